@@ -1,0 +1,390 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgfleet/pgfleet/internal/api"
+	"github.com/pgfleet/pgfleet/internal/fleet"
+	"github.com/pgfleet/pgfleet/internal/postgres"
+)
+
+func table(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0) }
+
+func newHostsCmd(cf *clientFlags) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "hosts",
+		Short: "List the fleet's live hosts",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			hs, err := c.Hosts(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if cf.json {
+				return printJSON(cmd.OutOrStdout(), hs)
+			}
+			t := table(cmd.OutOrStdout())
+			fmt.Fprintln(t, "HOST\tREGION\tADDRESS\tAPI\tMEMBERS\tUP SINCE")
+			for _, h := range hs {
+				fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%d\t%s\n", h.Name, h.Region, h.Addr, h.APIAddr, h.Members, h.Started.Local().Format(time.DateTime))
+			}
+			return t.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&cf.json, "json", false, "print JSON")
+	return cmd
+}
+
+func newCreateCmd(cf *clientFlags) *cobra.Command {
+	var req api.CreateRequest
+	var ha int
+	var replicas string
+	var wait bool
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "create NAME --primary-region REGION [--ha N] [--replicas R1,R2] [--wait]",
+		Short: "Create a cluster: a primary and standbys in one region, read replicas in others",
+		Args:  exactArgs("a cluster NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req.Name = args[0]
+			req.HA = &ha
+			for _, r := range strings.Split(replicas, ",") {
+				if r = strings.TrimSpace(r); r != "" {
+					req.Replicas = append(req.Replicas, r)
+				}
+			}
+			spec := fleet.ClusterSpec{Name: req.Name, PrimaryRegion: req.PrimaryRegion, HA: ha, Replicas: req.Replicas}
+			if req.PrimaryRegion == "" {
+				return usageError{fmt.Errorf("--primary-region is required: the region where the primary and its standbys run")}
+			}
+			if err := spec.Validate(); err != nil {
+				return usageError{err}
+			}
+			if timeout <= 0 {
+				return usageError{fmt.Errorf("--timeout must be positive")}
+			}
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			start := time.Now()
+			v, err := c.Create(cmd.Context(), req)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "cluster %s created on port %d:\n", v.Name, v.Port)
+			for _, m := range v.Members {
+				fmt.Fprintf(out, "  %-12s %-8s on %s (%s)\n", m.ID, m.Role, m.Host, m.Region)
+			}
+			if !wait {
+				fmt.Fprintf(out, "members are starting; watch them with `pgfleet status %s`\n", v.Name)
+				return nil
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			if _, err := waitReady(ctx, c, v.Name, out); err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "cluster %s is ready in %s\n", v.Name, time.Since(start).Round(100*time.Millisecond))
+			fmt.Fprintf(out, "connect: pgfleet connect %s    url: pgfleet url %s\n", v.Name, v.Name)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&req.PrimaryRegion, "primary-region", "", "region of the primary and its standbys (required)")
+	f.IntVar(&ha, "ha", 1, "members in the primary region, the primary included (2 or more for automatic failover)")
+	f.StringVar(&replicas, "replicas", "", "comma-separated regions that get a read replica")
+	f.BoolVar(&wait, "wait", false, "wait until every member runs and streams, showing progress")
+	f.DurationVar(&timeout, "timeout", 10*time.Minute, "how long --wait waits")
+	return cmd
+}
+
+// ready reports whether every member runs (the primary) or streams with no lag.
+func ready(v api.ClusterView) bool {
+	if v.Primary == "" {
+		return false
+	}
+	for _, m := range v.Members {
+		if !m.Healthy || (m.Role != fleet.RolePrimary && m.LagBytes != 0) {
+			return false
+		}
+	}
+	return true
+}
+
+// waitReady polls the cluster and prints each member's progress as it
+// changes, until every member is ready.
+func waitReady(ctx context.Context, c *api.Client, name string, out io.Writer) (api.ClusterView, error) {
+	shown := map[string]string{}
+	var last api.ClusterView
+	for {
+		v, err := c.Cluster(ctx, name)
+		if err == nil {
+			last = v
+			for _, m := range v.Members {
+				line := fmt.Sprintf("%s %s", m.State, m.Progress)
+				if m.State == fleet.StateFailed || m.State == fleet.StateWaiting {
+					line += " " + m.Message
+				}
+				if shown[m.ID] != line {
+					shown[m.ID] = line
+					fmt.Fprintf(out, "  %-12s %-8s %-8s %s\n", m.ID, m.Role, m.Host, strings.TrimSpace(line))
+				}
+			}
+			if ready(v) {
+				return v, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			var states []string
+			for _, m := range last.Members {
+				states = append(states, fmt.Sprintf("%s %s", m.ID, m.State))
+			}
+			if err == nil {
+				err = ctx.Err()
+			}
+			return last, fmt.Errorf("cluster %s not ready: %v (last seen: %s); see `pgfleet events %s`", name, err, strings.Join(states, ", "), name)
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+}
+
+func newStatusCmd(cf *clientFlags) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "status NAME",
+		Short: "Show a cluster's members: role, state, timeline and lag",
+		Args:  exactArgs("a cluster NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			v, err := c.Cluster(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if cf.json {
+				return printJSON(cmd.OutOrStdout(), v)
+			}
+			out := cmd.OutOrStdout()
+			primary := v.Primary
+			if primary == "" {
+				primary = "(none)"
+			}
+			fmt.Fprintf(out, "cluster %s  primary %s  region %s  port %d\n\n", v.Name, primary, v.PrimaryRegion, v.Port)
+			t := table(out)
+			fmt.Fprintln(t, "MEMBER\tHOST\tREGION\tROLE\tSTATE\tADDRESS\tTL\tLAG\tNOTE")
+			for _, m := range v.Members {
+				lag := "-"
+				if m.LagBytes >= 0 && m.Role != fleet.RolePrimary {
+					lag = humanBytes(m.LagBytes)
+				}
+				tl := "-"
+				if m.Timeline > 0 {
+					tl = fmt.Sprint(m.Timeline)
+				}
+				fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, m.Host, m.Region, m.Role, m.State, m.Addr, tl, lag, strings.TrimSpace(m.Progress+" "+m.Message))
+			}
+			return t.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&cf.json, "json", false, "print JSON")
+	return cmd
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n < 1<<10:
+		return fmt.Sprintf("%d B", n)
+	case n < 1<<20:
+		return fmt.Sprintf("%.1f kB", float64(n)/(1<<10))
+	default:
+		return fmt.Sprintf("%.1f MB", float64(n)/(1<<20))
+	}
+}
+
+func newListCmd(cf *clientFlags) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List clusters",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			cs, err := c.Clusters(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if cf.json {
+				return printJSON(cmd.OutOrStdout(), cs)
+			}
+			t := table(cmd.OutOrStdout())
+			fmt.Fprintln(t, "CLUSTER\tPRIMARY REGION\tREPLICAS\tPORT\tPRIMARY\tHEALTHY")
+			for _, v := range cs {
+				healthy := 0
+				for _, m := range v.Members {
+					if m.Healthy {
+						healthy++
+					}
+				}
+				fmt.Fprintf(t, "%s\t%s\t%s\t%d\t%s\t%d/%d\n", v.Name, v.PrimaryRegion, strings.Join(v.Replicas, ","), v.Port, v.Primary, healthy, len(v.Members))
+			}
+			return t.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&cf.json, "json", false, "print JSON")
+	return cmd
+}
+
+func newURLCmd(cf *clientFlags) *cobra.Command {
+	var member string
+	cmd := &cobra.Command{
+		Use:   "url NAME [--member ID]",
+		Short: "Print a libpq URL, with credentials, of the primary or of a member",
+		Args:  exactArgs("a cluster NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			u, err := c.URL(cmd.Context(), args[0], member)
+			if err != nil {
+				return err
+			}
+			if cf.json {
+				return printJSON(cmd.OutOrStdout(), u)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), u.URL)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&member, "member", "", "member id (default: the primary)")
+	cmd.Flags().BoolVar(&cf.json, "json", false, "print JSON")
+	return cmd
+}
+
+func newConnectCmd(cf *clientFlags) *cobra.Command {
+	var member string
+	cmd := &cobra.Command{
+		Use:   "connect NAME [--member ID] [-- PSQL-ARGS...]",
+		Short: "Open psql on the primary or on a member",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			u, err := c.URL(cmd.Context(), args[0], member)
+			if err != nil {
+				return err
+			}
+			psql, err := findPsql()
+			if err != nil {
+				return err
+			}
+			argv := append([]string{"psql", u.URL}, args[1:]...)
+			return syscall.Exec(psql, argv, os.Environ())
+		},
+	}
+	cmd.Flags().StringVar(&member, "member", "", "member id (default: the primary)")
+	return cmd
+}
+
+func findPsql() (string, error) {
+	if p, err := exec.LookPath("psql"); err == nil {
+		return p, nil
+	}
+	if b, err := postgres.FindBin(""); err == nil {
+		p := filepath.Join(b.Dir, "psql")
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("psql not found: install it with `sudo apt-get install -y postgresql-client-15`")
+}
+
+func newDestroyCmd(cf *clientFlags) *cobra.Command {
+	var yes bool
+	cmd := &cobra.Command{
+		Use:   "destroy NAME --yes",
+		Short: "Delete a cluster and all of its data",
+		Args:  exactArgs("a cluster NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !yes {
+				return usageError{fmt.Errorf("destroy deletes cluster %s and all of its data: add --yes to confirm", args[0])}
+			}
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			if err := c.Destroy(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "cluster %s destroyed; its hosts are removing its data\n", args[0])
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&yes, "yes", false, "confirm the deletion")
+	return cmd
+}
+
+func newEventsCmd(cf *clientFlags) *cobra.Command {
+	var limit int
+	cmd := &cobra.Command{
+		Use:   "events NAME",
+		Short: "Show what happened to a cluster",
+		Args:  exactArgs("a cluster NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			evs, err := c.Events(cmd.Context(), args[0], limit)
+			if err != nil {
+				return err
+			}
+			if cf.json {
+				return printJSON(cmd.OutOrStdout(), evs)
+			}
+			t := table(cmd.OutOrStdout())
+			fmt.Fprintln(t, "TIME\tMEMBER\tKIND\tMESSAGE")
+			for _, e := range evs {
+				fmt.Fprintf(t, "%s\t%s\t%s\t%s\n", e.Time.Local().Format("2006-01-02 15:04:05.000"), e.Member, e.Kind, e.Message)
+			}
+			return t.Flush()
+		},
+	}
+	cmd.Flags().IntVar(&limit, "limit", 100, "how many of the newest events to show")
+	cmd.Flags().BoolVar(&cf.json, "json", false, "print JSON")
+	return cmd
+}
+
+func newVersionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print pgfleet's version",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			fmt.Fprintln(cmd.OutOrStdout(), "pgfleet", versionString())
+		},
+	}
+}

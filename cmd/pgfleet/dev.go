@@ -1,0 +1,93 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgfleet/pgfleet/internal/lab"
+	"github.com/pgfleet/pgfleet/internal/postgres"
+)
+
+// defaultDevDir is where a dev fleet lives. As root, postgres runs as the
+// postgres OS user, which cannot enter root's home, so the fleet goes under
+// /var/lib.
+func defaultDevDir() string {
+	if os.Geteuid() == 0 && os.Getenv("PGFLEET_HOME") == "" {
+		return "/var/lib/pgfleet/dev"
+	}
+	return filepath.Join(home(), "dev")
+}
+
+func newDevCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "dev", Short: "Run a local multi-region fleet on this machine"}
+	var regions, dir, pgBin string
+	up := &cobra.Command{
+		Use:   "up",
+		Short: "Start a local fleet: one agent per host, each on its own loopback address",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			plan, err := lab.ParsePlan(regions, 0)
+			if err != nil {
+				return usageError{err}
+			}
+			if _, err := postgres.FindBin(pgBin); err != nil {
+				return err
+			}
+			exe, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			abs, err := filepath.Abs(dir)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			d := &lab.Dev{Exe: exe, Dir: abs, PGBin: pgBin, Out: out}
+			fmt.Fprintf(out, "starting dev fleet in %s\n", abs)
+			plan, token, err := d.Up(cmd.Context(), plan, cmd.Flags().Changed("regions"))
+			if err != nil {
+				return err
+			}
+			if err := saveConfig(cliConfig{Endpoints: lab.Endpoints(plan), Token: token, DevDir: abs}); err != nil {
+				return fmt.Errorf("save CLI config: %w", err)
+			}
+			fmt.Fprintf(out, "fleet ready: %d hosts (%s); API %s; token saved in %s\n", len(plan.Hosts), plan.Regions, plan.Hosts[0].API(), configPath())
+			fmt.Fprintf(out, "next: pgfleet create demo --primary-region %s --ha 3 --replicas ams,syd --wait\n", plan.Hosts[0].Region)
+			return nil
+		},
+	}
+	up.Flags().StringVar(&regions, "regions", lab.DefaultRegions, "regions and host counts, e.g. iad:3,ams,syd")
+	up.Flags().StringVar(&dir, "dir", defaultDevDir(), "directory of the dev fleet")
+	up.Flags().StringVar(&pgBin, "pg-bin", "", "directory of the PostgreSQL server binaries")
+
+	var purge bool
+	var downDir string
+	down := &cobra.Command{
+		Use:   "down",
+		Short: "Stop the local fleet (and delete it with --purge)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			abs, err := filepath.Abs(downDir)
+			if err != nil {
+				return err
+			}
+			d := &lab.Dev{Dir: abs, Out: cmd.OutOrStdout()}
+			if err := d.Down(purge); err != nil {
+				return err
+			}
+			if purge {
+				if cfg, err := loadConfig(); err == nil && cfg.DevDir == abs {
+					os.Remove(configPath())
+				}
+			}
+			return nil
+		},
+	}
+	down.Flags().BoolVar(&purge, "purge", false, "also delete the fleet's data")
+	down.Flags().StringVar(&downDir, "dir", defaultDevDir(), "directory of the dev fleet")
+	cmd.AddCommand(up, down)
+	return cmd
+}

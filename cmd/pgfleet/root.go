@@ -1,0 +1,148 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgfleet/pgfleet/internal/api"
+)
+
+// clientFlags are the flags every command that talks to the fleet shares.
+type clientFlags struct {
+	api   string
+	token string
+	json  bool
+}
+
+func newRootCmd() *cobra.Command {
+	cf := &clientFlags{}
+	root := &cobra.Command{
+		Use:           "pgfleet",
+		Short:         "Run highly available PostgreSQL close to your apps, on machines you own",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.PersistentFlags().StringVar(&cf.api, "api", "", "agent API address(es), comma-separated (default: recorded by `pgfleet dev up`; env PGFLEET_API)")
+	root.PersistentFlags().StringVar(&cf.token, "token", "", "API token (default: recorded by `pgfleet dev up`; env PGFLEET_TOKEN)")
+	root.AddCommand(
+		newAgentCmd(),
+		newDevCmd(),
+		newHostsCmd(cf),
+		newCreateCmd(cf),
+		newStatusCmd(cf),
+		newListCmd(cf),
+		newURLCmd(cf),
+		newConnectCmd(cf),
+		newDestroyCmd(cf),
+		newEventsCmd(cf),
+		newVersionCmd(),
+	)
+	return root
+}
+
+// home is where the CLI keeps what it needs between commands.
+func home() string {
+	if h := os.Getenv("PGFLEET_HOME"); h != "" {
+		return h
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".pgfleet")
+	}
+	return ".pgfleet"
+}
+
+// cliConfig is $PGFLEET_HOME/config.json, written by `pgfleet dev up`.
+type cliConfig struct {
+	Endpoints []string `json:"endpoints"`
+	Token     string   `json:"token"`
+	DevDir    string   `json:"dev_dir,omitempty"`
+}
+
+func configPath() string { return filepath.Join(home(), "config.json") }
+
+func loadConfig() (cliConfig, error) {
+	var c cliConfig
+	b, err := os.ReadFile(configPath())
+	if errors.Is(err, os.ErrNotExist) {
+		return c, nil
+	}
+	if err != nil {
+		return c, err
+	}
+	if err := json.Unmarshal(b, &c); err != nil {
+		return c, fmt.Errorf("read %s: %w (delete it and run `pgfleet dev up` again)", configPath(), err)
+	}
+	return c, nil
+}
+
+// saveConfig writes the config with mode 0600: it holds the API token.
+func saveConfig(c cliConfig) error {
+	if err := os.MkdirAll(home(), 0o700); err != nil {
+		return err
+	}
+	b, _ := json.MarshalIndent(c, "", "  ")
+	tmp := configPath() + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, configPath())
+}
+
+// client builds an API client from flags, environment and the saved config,
+// in that order of precedence.
+func (cf *clientFlags) client() (*api.Client, error) {
+	cfg, err := loadConfig()
+	if err != nil {
+		return nil, err
+	}
+	eps := cfg.Endpoints
+	if v := firstNonEmpty(cf.api, os.Getenv("PGFLEET_API")); v != "" {
+		eps = nil
+		for _, e := range strings.Split(v, ",") {
+			if e = strings.TrimSpace(e); e != "" {
+				eps = append(eps, e)
+			}
+		}
+	}
+	token := firstNonEmpty(cf.token, os.Getenv("PGFLEET_TOKEN"), cfg.Token)
+	if len(eps) == 0 {
+		return nil, errors.New("no fleet configured: run `pgfleet dev up` for a local fleet, or pass --api HOST:PORT and --token")
+	}
+	if token == "" {
+		return nil, errors.New("no API token: pass --token or set PGFLEET_TOKEN (the first agent of a fleet saves it in <data-dir>/token)")
+	}
+	return api.NewClient(eps, token), nil
+}
+
+func firstNonEmpty(vs ...string) string {
+	for _, v := range vs {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// exactArgs is cobra.ExactArgs with a message that names what is missing.
+func exactArgs(what ...string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != len(what) {
+			return usageError{fmt.Errorf("%s needs %s (usage: %s)", cmd.CommandPath(), strings.Join(what, " and "), cmd.UseLine())}
+		}
+		return nil
+	}
+}

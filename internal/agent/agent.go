@@ -1,0 +1,458 @@
+// Package agent wires one host together: its part of the state store, its
+// registration, the HTTP API and a supervisor for every member placed on it.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/pgfleet/pgfleet/internal/api"
+	"github.com/pgfleet/pgfleet/internal/fleet"
+	"github.com/pgfleet/pgfleet/internal/postgres"
+	"github.com/pgfleet/pgfleet/internal/store"
+)
+
+// Version is pgfleet's version, set at build time.
+var Version = "dev"
+
+// Defaults for an agent's ports.
+const (
+	DefaultAPIPort        = 7480
+	DefaultEtcdClientPort = 2379
+	DefaultEtcdPeerPort   = 2380
+	// HostTTL is the host lease: a host's record and its members' status
+	// vanish this long after its agent stops answering.
+	HostTTL = 5 * time.Second
+)
+
+// Config is one agent's configuration.
+type Config struct {
+	Name      string // host name, unique in the fleet
+	Region    string
+	Advertise string // IP other hosts and clients reach this host at
+	DataDir   string
+	APIListen string // host:port; default Advertise:7480
+
+	EtcdEndpoints  []string // an existing etcd cluster; empty runs embedded etcd
+	EtcdPrefix     string   // key prefix, default /pgfleet/
+	Join           string   // an embedded etcd member's client address, to join its fleet
+	EtcdClientPort int
+	EtcdPeerPort   int
+
+	PGBin  string // PostgreSQL server binaries; found automatically when empty
+	Logger *slog.Logger
+}
+
+// Validate checks the configuration and fills in defaults. It touches
+// nothing on disk.
+func (c *Config) Validate() error {
+	if err := fleet.ValidateName("host", c.Name, 63); err != nil {
+		return fmt.Errorf("--name: %w", err)
+	}
+	if err := fleet.ValidateName("region", c.Region, fleet.MaxRegionName); err != nil {
+		return fmt.Errorf("--region: %w", err)
+	}
+	ip := net.ParseIP(c.Advertise)
+	if ip == nil || ip.IsUnspecified() {
+		return fmt.Errorf("--advertise %q is not a usable IP address: give the address other hosts reach this one at, e.g. 10.0.0.5", c.Advertise)
+	}
+	if c.DataDir == "" {
+		return errors.New("--data-dir is required: the directory where this host keeps its state and databases")
+	}
+	abs, err := filepath.Abs(c.DataDir)
+	if err != nil {
+		return fmt.Errorf("--data-dir: %w", err)
+	}
+	c.DataDir = abs
+	if c.APIListen == "" {
+		c.APIListen = net.JoinHostPort(c.Advertise, strconv.Itoa(DefaultAPIPort))
+	}
+	if _, p, err := net.SplitHostPort(c.APIListen); err != nil {
+		return fmt.Errorf("--api-listen %q: want HOST:PORT (%v)", c.APIListen, err)
+	} else if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("--api-listen %q: port must be 1-65535", c.APIListen)
+	}
+	if c.EtcdClientPort == 0 {
+		c.EtcdClientPort = DefaultEtcdClientPort
+	}
+	if c.EtcdPeerPort == 0 {
+		c.EtcdPeerPort = DefaultEtcdPeerPort
+	}
+	for _, p := range []int{c.EtcdClientPort, c.EtcdPeerPort} {
+		if p < 1 || p > 65535 {
+			return fmt.Errorf("etcd port %d: must be 1-65535", p)
+		}
+	}
+	if len(c.EtcdEndpoints) > 0 && c.Join != "" {
+		return errors.New("--join and --etcd-endpoints exclude each other: --join joins the embedded etcd of another agent, --etcd-endpoints uses an existing etcd cluster")
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Agent is a running host.
+type Agent struct {
+	cfg    Config
+	log    *slog.Logger
+	bin    postgres.Bin
+	osUser postgres.OSUser
+	host   fleet.Host
+
+	store *store.Store
+	etcd  *store.Embedded
+	apiLn net.Listener
+
+	leaseMu sync.Mutex
+	lease   *store.Lease
+
+	ready chan struct{}
+	sups  map[string]*running // by member id
+}
+
+type running struct {
+	cancel context.CancelCauseFunc
+	done   chan struct{}
+}
+
+// New validates cfg and checks everything that can be checked before any
+// state is created: Postgres binaries, the data directory, the API port.
+func New(cfg Config) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	bin, err := postgres.FindBin(cfg.PGBin)
+	if err != nil {
+		return nil, err
+	}
+	osUser, err := postgres.CurrentOrPostgres()
+	if err != nil {
+		return nil, err
+	}
+	if err := checkDataDir(cfg.DataDir, osUser); err != nil {
+		return nil, err
+	}
+	return &Agent{
+		cfg: cfg, bin: bin, osUser: osUser, log: cfg.Logger.With("host", cfg.Name),
+		ready: make(chan struct{}), sups: map[string]*running{},
+		host: fleet.Host{Name: cfg.Name, Region: cfg.Region, Addr: cfg.Advertise, APIAddr: cfg.APIListen, Version: Version},
+	}, nil
+}
+
+// checkDataDir refuses a data directory that belongs to someone else, and,
+// when postgres runs as another OS user, one that user cannot reach.
+func checkDataDir(dir string, pg postgres.OSUser) error {
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		// Created by Run; its parents must still let postgres through.
+	case err != nil:
+		return fmt.Errorf("--data-dir %s: %w", dir, err)
+	case !fi.IsDir():
+		return fmt.Errorf("--data-dir %s is not a directory", dir)
+	default:
+		st := fi.Sys().(*syscall.Stat_t)
+		if int(st.Uid) != os.Geteuid() {
+			owner := strconv.Itoa(int(st.Uid))
+			if u, err := user.LookupId(owner); err == nil {
+				owner = u.Username
+			}
+			me := strconv.Itoa(os.Geteuid())
+			if u, err := user.Current(); err == nil {
+				me = u.Username
+			}
+			return fmt.Errorf("--data-dir %s is owned by %s, but pgfleet runs as %s: use a directory of your own, or `chown -R %s %s` if it really is this agent's", dir, owner, me, me, dir)
+		}
+	}
+	if pg.UID == os.Geteuid() {
+		return nil
+	}
+	// postgres must be able to traverse every parent of the data directory.
+	for p := filepath.Dir(dir); ; p = filepath.Dir(p) {
+		fi, err := os.Stat(p)
+		if err == nil {
+			st := fi.Sys().(*syscall.Stat_t)
+			ok := fi.Mode().Perm()&0o001 != 0 ||
+				(int(st.Uid) == pg.UID && fi.Mode().Perm()&0o100 != 0) ||
+				(int(st.Gid) == pg.GID && fi.Mode().Perm()&0o010 != 0)
+			if !ok {
+				return fmt.Errorf("--data-dir %s: the %s OS user, which runs postgres, cannot enter %s (mode %s): choose a data dir under a directory it can reach, such as /var/lib/pgfleet, or `chmod o+x %s`", dir, pg.Name, p, fi.Mode().Perm(), p)
+			}
+		}
+		if p == "/" || p == "." {
+			return nil
+		}
+	}
+}
+
+// Ready returns a channel that closes once the agent serves its API and has
+// registered its host.
+func (a *Agent) Ready() <-chan struct{} { return a.ready }
+
+// Host returns this agent's host record.
+func (a *Agent) Host() fleet.Host { return a.host }
+
+// TokenPath is where the fleet's API token is kept on the host that created it.
+func TokenPath(dataDir string) string { return filepath.Join(dataDir, "token") }
+
+// Run runs the agent until ctx ends, then stops its members and leaves the
+// fleet cleanly.
+func (a *Agent) Run(ctx context.Context) error {
+	cfg := a.cfg
+	ln, err := net.Listen("tcp", cfg.APIListen)
+	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return fmt.Errorf("--api-listen %s is already in use by another process: stop it or pass another --api-listen", cfg.APIListen)
+		}
+		return fmt.Errorf("listen on %s: %w", cfg.APIListen, err)
+	}
+	a.apiLn = ln
+	defer ln.Close()
+
+	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "members"), 0o755); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
+	}
+	if err := os.Chmod(cfg.DataDir, 0o755); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+
+	endpoints := cfg.EtcdEndpoints
+	bootstrapped := false
+	if len(endpoints) == 0 {
+		e, err := store.StartEmbedded(ctx, store.EmbedConfig{
+			Name: cfg.Name, Dir: filepath.Join(cfg.DataDir, "etcd"), Addr: cfg.Advertise,
+			ClientPort: cfg.EtcdClientPort, PeerPort: cfg.EtcdPeerPort, Join: cfg.Join, Logger: a.log,
+		})
+		if err != nil {
+			return err
+		}
+		a.etcd = e
+		defer e.Close()
+		endpoints, bootstrapped = e.Endpoints, e.Bootstrapped
+	}
+	st, err := store.Open(endpoints, cfg.EtcdPrefix)
+	if err != nil {
+		return err
+	}
+	a.store = st
+	defer st.Close()
+
+	if bootstrapped || len(cfg.EtcdEndpoints) > 0 {
+		if err := a.initToken(ctx); err != nil {
+			return err
+		}
+	}
+
+	srv := &http.Server{Handler: api.NewServer(st, a.host, a.log.With("component", "api")).Handler(), ReadHeaderTimeout: 10 * time.Second}
+	srvDone := make(chan struct{})
+	go func() {
+		defer close(srvDone)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("api server", "err", err)
+		}
+	}()
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+		<-srvDone
+	}()
+
+	a.host.Started = time.Now().UTC()
+	if err := a.register(ctx); err != nil {
+		return err
+	}
+	a.log.Info("agent ready", "region", cfg.Region, "addr", cfg.Advertise, "api", cfg.APIListen, "etcd", endpoints, "postgres", a.bin.Dir)
+	close(a.ready)
+
+	a.loop(ctx)
+
+	a.stopAll()
+	a.leaseMu.Lock()
+	if a.lease != nil {
+		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		a.lease.Revoke(rctx)
+		cancel()
+	}
+	a.leaseMu.Unlock()
+	a.log.Info("agent stopped")
+	return nil
+}
+
+// initToken creates the fleet's API token when this agent is the first, and
+// keeps it readable by this host's owner only.
+func (a *Agent) initToken(ctx context.Context) error {
+	tok := api.NewToken()
+	ok, err := a.store.InitToken(ctx, api.HashToken(tok))
+	if err != nil || !ok {
+		return err
+	}
+	path := TokenPath(a.cfg.DataDir)
+	if err := os.WriteFile(path+".tmp", []byte(tok+"\n"), 0o600); err != nil {
+		return fmt.Errorf("save API token: %w", err)
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		return fmt.Errorf("save API token: %w", err)
+	}
+	a.log.Info("created the fleet's API token", "path", path)
+	return nil
+}
+
+func (a *Agent) currentLease() *store.Lease {
+	a.leaseMu.Lock()
+	defer a.leaseMu.Unlock()
+	return a.lease
+}
+
+// register grants the host lease and writes the host record under it.
+func (a *Agent) register(ctx context.Context) error {
+	l, err := a.store.Grant(ctx, HostTTL)
+	if err != nil {
+		return fmt.Errorf("register host: %w", err)
+	}
+	if err := a.store.RegisterHost(ctx, a.host, l); err != nil {
+		return fmt.Errorf("register host: %w", err)
+	}
+	a.leaseMu.Lock()
+	a.lease = l
+	a.leaseMu.Unlock()
+	return nil
+}
+
+// loop keeps the host registered and its supervisors in line with the
+// store until ctx ends.
+func (a *Agent) loop(ctx context.Context) {
+	watch := a.store.Watch(ctx)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.currentLease().Done():
+			if ctx.Err() != nil {
+				return
+			}
+			a.log.Warn("host lease lost; registering again")
+			if err := a.register(ctx); err != nil {
+				a.log.Error("register host", "err", err)
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Second):
+				}
+			}
+			continue
+		case _, ok := <-watch:
+			if !ok {
+				watch = a.store.Watch(ctx) // the watch broke (store restarted); open it again
+			}
+		case <-tick.C:
+		}
+		a.reconcile(ctx)
+	}
+}
+
+// reconcile starts a supervisor for every member placed on this host and
+// stops those whose member is gone.
+func (a *Agent) reconcile(ctx context.Context) {
+	cs, err := a.store.Clusters(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			a.log.Debug("read clusters", "err", err)
+		}
+		return
+	}
+	want := map[string]fleet.MemberSpec{}
+	for _, c := range cs {
+		for _, m := range c.Members {
+			if m.Host == a.cfg.Name {
+				want[m.ID] = m
+			}
+		}
+	}
+	for id, r := range a.sups {
+		if _, ok := want[id]; !ok {
+			a.log.Info("member removed", "member", id)
+			r.cancel(errRemoved)
+			<-r.done
+			delete(a.sups, id)
+		}
+	}
+	for id, m := range want {
+		if _, ok := a.sups[id]; ok {
+			continue
+		}
+		if err := a.startSupervisor(ctx, m); err != nil {
+			a.log.Error("start supervisor", "member", id, "err", err)
+		}
+	}
+	a.removeOrphans(want)
+}
+
+// removeOrphans deletes member directories whose member no longer exists,
+// e.g. because the cluster was destroyed while this agent was down.
+func (a *Agent) removeOrphans(want map[string]fleet.MemberSpec) {
+	entries, err := os.ReadDir(filepath.Join(a.cfg.DataDir, "members"))
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if _, ok := want[e.Name()]; ok || !e.IsDir() {
+			continue
+		}
+		if _, ok := a.sups[e.Name()]; ok {
+			continue
+		}
+		dir := filepath.Join(a.cfg.DataDir, "members", e.Name())
+		a.log.Info("removing data of a deleted member", "dir", dir)
+		os.RemoveAll(dir)
+	}
+}
+
+func (a *Agent) startSupervisor(ctx context.Context, m fleet.MemberSpec) error {
+	sec, err := a.store.Secrets(ctx, m.Cluster)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(a.cfg.DataDir, "members", m.ID)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create member dir: %w", err)
+	}
+	if err := os.Chown(dir, a.osUser.UID, a.osUser.GID); err != nil {
+		return fmt.Errorf("hand member dir to %s: %w", a.osUser.Name, err)
+	}
+	log := a.log.With("cluster", m.Cluster, "member", m.ID)
+	s := &supervisor{
+		spec: m, host: a.host, store: a.store, lease: a.currentLease, dir: dir, log: log, secrets: sec,
+		role: m.Role, state: fleet.StatePending,
+	}
+	s.inst = postgres.New(postgres.Config{Bin: a.bin, DataDir: s.pgdata(), User: a.osUser, Logger: log})
+	sctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
+	r := &running{cancel: cancel, done: make(chan struct{})}
+	a.sups[m.ID] = r
+	go func() { defer close(r.done); s.run(sctx) }()
+	return nil
+}
+
+// stopAll stops every supervisor, in parallel, keeping their data.
+func (a *Agent) stopAll() {
+	for _, r := range a.sups {
+		r.cancel(errors.New("agent stopping"))
+	}
+	for id, r := range a.sups {
+		<-r.done
+		delete(a.sups, id)
+	}
+}

@@ -1,0 +1,166 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/pgfleet/pgfleet/internal/fleet"
+)
+
+// Client talks to the fleet through any of its agents. It tries each
+// endpoint in turn, so the CLI keeps working when the host it usually
+// talks to is down.
+type Client struct {
+	Endpoints []string // host:port or http://host:port of agents' APIs
+	Token     string
+	HTTP      *http.Client
+}
+
+// NewClient returns a client with sane timeouts.
+func NewClient(endpoints []string, token string) *Client {
+	return &Client{Endpoints: endpoints, Token: token, HTTP: &http.Client{Timeout: 15 * time.Second}}
+}
+
+// APIError is a non-2xx answer of an agent.
+type APIError struct {
+	Status  int
+	Message string
+}
+
+func (e *APIError) Error() string { return e.Message }
+
+// IsNotFound reports whether err is a 404 from the API.
+func IsNotFound(err error) bool {
+	var ae *APIError
+	return errors.As(err, &ae) && ae.Status == http.StatusNotFound
+}
+
+func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
+	if len(c.Endpoints) == 0 {
+		return errors.New("no agent address known: run `pgfleet dev up`, or pass --api HOST:PORT")
+	}
+	var payload []byte
+	if body != nil {
+		var err error
+		if payload, err = json.Marshal(body); err != nil {
+			return err
+		}
+	}
+	var errs []string
+	for _, ep := range c.Endpoints {
+		base := ep
+		if !strings.Contains(base, "://") {
+			base = "http://" + base
+		}
+		req, err := http.NewRequestWithContext(ctx, method, base+path, bytes.NewReader(payload))
+		if err != nil {
+			return err
+		}
+		if body != nil {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+		resp, err := c.HTTP.Do(req)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			errs = append(errs, fmt.Sprintf("%s: %v", ep, unwrapURLError(err)))
+			continue // the next agent may answer
+		}
+		b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+		resp.Body.Close()
+		if err != nil {
+			errs = append(errs, fmt.Sprintf("%s: read answer: %v", ep, err))
+			continue
+		}
+		if resp.StatusCode >= 300 {
+			var ev ErrorView
+			if json.Unmarshal(b, &ev) != nil || ev.Error == "" {
+				ev.Error = fmt.Sprintf("%s %s: %s", method, path, resp.Status)
+			}
+			return &APIError{Status: resp.StatusCode, Message: ev.Error}
+		}
+		if out != nil && len(b) > 0 {
+			if err := json.Unmarshal(b, out); err != nil {
+				return fmt.Errorf("decode answer of %s: %w", ep, err)
+			}
+		}
+		return nil
+	}
+	return fmt.Errorf("no agent answered (%s): is the fleet running? (`pgfleet dev up` starts a local one)", strings.Join(errs, "; "))
+}
+
+func unwrapURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
+// Health asks one endpoint whether its agent and the store answer.
+func (c *Client) Health(ctx context.Context) (HealthView, error) {
+	var v HealthView
+	err := c.do(ctx, http.MethodGet, "/v1/health", nil, &v)
+	return v, err
+}
+
+// Hosts lists the live hosts.
+func (c *Client) Hosts(ctx context.Context) ([]HostView, error) {
+	var v []HostView
+	err := c.do(ctx, http.MethodGet, "/v1/hosts", nil, &v)
+	return v, err
+}
+
+// Clusters lists every cluster.
+func (c *Client) Clusters(ctx context.Context) ([]ClusterView, error) {
+	var v []ClusterView
+	err := c.do(ctx, http.MethodGet, "/v1/clusters", nil, &v)
+	return v, err
+}
+
+// Cluster reads one cluster.
+func (c *Client) Cluster(ctx context.Context, name string) (ClusterView, error) {
+	var v ClusterView
+	err := c.do(ctx, http.MethodGet, "/v1/clusters/"+url.PathEscape(name), nil, &v)
+	return v, err
+}
+
+// Create asks for a new cluster.
+func (c *Client) Create(ctx context.Context, req CreateRequest) (ClusterView, error) {
+	var v ClusterView
+	err := c.do(ctx, http.MethodPost, "/v1/clusters", req, &v)
+	return v, err
+}
+
+// Destroy deletes a cluster and, through its agents, its data.
+func (c *Client) Destroy(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/clusters/"+url.PathEscape(name), nil, nil)
+}
+
+// Events reads a cluster's events, oldest first.
+func (c *Client) Events(ctx context.Context, name string, limit int) ([]fleet.Event, error) {
+	var v []fleet.Event
+	err := c.do(ctx, http.MethodGet, fmt.Sprintf("/v1/clusters/%s/events?limit=%d", url.PathEscape(name), limit), nil, &v)
+	return v, err
+}
+
+// URL returns a libpq URL with credentials for a member (the primary if member is "").
+func (c *Client) URL(ctx context.Context, name, member string) (URLView, error) {
+	var v URLView
+	q := ""
+	if member != "" {
+		q = "?member=" + url.QueryEscape(member)
+	}
+	err := c.do(ctx, http.MethodGet, "/v1/clusters/"+url.PathEscape(name)+"/url"+q, nil, &v)
+	return v, err
+}

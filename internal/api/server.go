@@ -1,0 +1,428 @@
+package api
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pgfleet/pgfleet/internal/fleet"
+	"github.com/pgfleet/pgfleet/internal/store"
+)
+
+// DefaultPortBase is the first port block handed to clusters.
+const DefaultPortBase = 6000
+
+// Server serves one agent's API. Every answer is read from the store, so any
+// agent of the fleet answers the same.
+type Server struct {
+	store    *store.Store
+	self     fleet.Host
+	log      *slog.Logger
+	portBase int
+
+	mu        sync.Mutex
+	tokenHash string // cached: the fleet's token never changes
+}
+
+// NewServer returns a server for the agent on self.
+func NewServer(st *store.Store, self fleet.Host, log *slog.Logger) *Server {
+	return &Server{store: st, self: self, log: log, portBase: DefaultPortBase}
+}
+
+// HashToken is how tokens are kept in the store: never in clear.
+func HashToken(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:])
+}
+
+// NewToken returns a fresh random API token.
+func NewToken() string { return "pgf_" + randomString(32) }
+
+func randomString(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(fmt.Sprintf("read random: %v", err)) // the kernel's RNG does not fail
+	}
+	return hex.EncodeToString(b)
+}
+
+// Handler returns the API's routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/health", s.health)
+	mux.Handle("GET /v1/hosts", s.auth(s.hosts))
+	mux.Handle("GET /v1/clusters", s.auth(s.listClusters))
+	mux.Handle("POST /v1/clusters", s.auth(s.createCluster))
+	mux.Handle("GET /v1/clusters/{name}", s.auth(s.getCluster))
+	mux.Handle("DELETE /v1/clusters/{name}", s.auth(s.deleteCluster))
+	mux.Handle("GET /v1/clusters/{name}/events", s.auth(s.events))
+	mux.Handle("GET /v1/clusters/{name}/url", s.auth(s.clusterURL))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, ErrorView{Error: msg})
+}
+
+// storeError answers a failed store call with the status that says whose
+// fault it is.
+func (s *Server) storeError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		writeError(w, http.StatusNotFound, err.Error())
+	case errors.Is(err, store.ErrClusterExists):
+		writeError(w, http.StatusConflict, err.Error())
+	case errors.Is(err, store.ErrNoQuorum):
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+	default:
+		s.log.Error("request failed", "err", err)
+		writeError(w, http.StatusInternalServerError, err.Error())
+	}
+}
+
+func (s *Server) auth(h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || tok == "" {
+			writeError(w, http.StatusUnauthorized, "missing bearer token: pass --token or run `pgfleet dev up`, which records it")
+			return
+		}
+		want, err := s.wantHash(r.Context())
+		if err != nil {
+			s.storeError(w, err)
+			return
+		}
+		if subtle.ConstantTimeCompare([]byte(HashToken(tok)), []byte(want)) != 1 {
+			writeError(w, http.StatusUnauthorized, "invalid API token")
+			return
+		}
+		h(w, r)
+	})
+}
+
+func (s *Server) wantHash(ctx context.Context) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.tokenHash != "" {
+		return s.tokenHash, nil
+	}
+	h, err := s.store.TokenHash(ctx)
+	if err != nil {
+		return "", err
+	}
+	s.tokenHash = h
+	return h, nil
+}
+
+func (s *Server) health(w http.ResponseWriter, r *http.Request) {
+	v := HealthView{Host: s.self.Name, Region: s.self.Region, Store: "ok"}
+	if _, err := s.store.Leader(r.Context(), "-"); err != nil {
+		v.Store = err.Error()
+		writeJSON(w, http.StatusServiceUnavailable, v)
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+func (s *Server) hostMap(ctx context.Context) (map[string]fleet.Host, []fleet.Host, error) {
+	hosts, err := s.store.Hosts(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	m := make(map[string]fleet.Host, len(hosts))
+	for _, h := range hosts {
+		m[h.Name] = h
+	}
+	return m, hosts, nil
+}
+
+func (s *Server) hosts(w http.ResponseWriter, r *http.Request) {
+	_, hosts, err := s.hostMap(r.Context())
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	cs, err := s.store.Clusters(r.Context())
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	load := memberLoad(cs)
+	out := make([]HostView, 0, len(hosts))
+	for _, h := range hosts {
+		out = append(out, HostView{Host: h, Members: load[h.Name]})
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func memberLoad(cs []store.ClusterState) map[string]int {
+	load := map[string]int{}
+	for _, c := range cs {
+		for _, m := range c.Members {
+			load[m.Host]++
+		}
+	}
+	return load
+}
+
+func (s *Server) listClusters(w http.ResponseWriter, r *http.Request) {
+	hm, _, err := s.hostMap(r.Context())
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	cs, err := s.store.Clusters(r.Context())
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	out := make([]ClusterView, 0, len(cs))
+	for _, c := range cs {
+		out = append(out, viewCluster(c, hm))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) getCluster(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if err := fleet.ValidateName("cluster", name, fleet.MaxClusterName); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	hm, _, err := s.hostMap(r.Context())
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	c, err := s.store.Cluster(r.Context(), name)
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, viewCluster(c, hm))
+}
+
+// maxBody bounds request bodies: a create request is a few hundred bytes.
+const maxBody = 64 << 10
+
+// decodeStrict reads exactly one JSON object with only known fields.
+func decodeStrict(r *http.Request, v any) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		return fmt.Errorf("content type %q is not supported: send application/json", ct)
+	}
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody+1))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		if errors.Is(err, io.EOF) {
+			return errors.New("request body is empty: send a JSON object")
+		}
+		return fmt.Errorf("request body is not valid: %v", err)
+	}
+	if dec.More() {
+		return errors.New("request body has data after the JSON object")
+	}
+	var extra json.RawMessage
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return errors.New("request body has data after the JSON object")
+	}
+	return nil
+}
+
+func (s *Server) createCluster(w http.ResponseWriter, r *http.Request) {
+	var req CreateRequest
+	if err := decodeStrict(r, &req); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	spec := fleet.ClusterSpec{
+		Name: req.Name, PrimaryRegion: req.PrimaryRegion, HA: 1,
+		Replicas: req.Replicas, Params: req.Params, Created: time.Now().UTC(),
+	}
+	if req.HA != nil {
+		spec.HA = *req.HA
+	}
+	if err := spec.Validate(); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	// Two tries: a concurrent create may take the same port block between
+	// reading the used ports and the transaction.
+	for try := 0; ; try++ {
+		hm, hosts, err := s.hostMap(r.Context())
+		if err != nil {
+			s.storeError(w, err)
+			return
+		}
+		cs, err := s.store.Clusters(r.Context())
+		if err != nil {
+			s.storeError(w, err)
+			return
+		}
+		for _, c := range cs {
+			if c.Spec.Name == spec.Name {
+				writeError(w, http.StatusConflict, fmt.Sprintf("cluster %q already exists: pick another name, or destroy it first", spec.Name))
+				return
+			}
+		}
+		members, err := fleet.Place(spec, hosts, memberLoad(cs))
+		if err != nil {
+			writeError(w, http.StatusUnprocessableEntity, err.Error())
+			return
+		}
+		used, err := s.store.UsedPorts(r.Context())
+		if err != nil {
+			s.storeError(w, err)
+			return
+		}
+		spec.Port = fleet.NextPort(s.portBase, used)
+		for i := range members {
+			members[i].Port = spec.Port
+		}
+		secrets := fleet.Secrets{SuperuserPassword: randomString(16), ReplicationPassword: randomString(16)}
+		ev := fleet.Event{Time: time.Now().UTC(), Cluster: spec.Name, Host: s.self.Name, Kind: "created",
+			Message: fmt.Sprintf("cluster %s created: %s", spec.Name, describePlacement(members))}
+		err = s.store.CreateCluster(r.Context(), spec, secrets, members, ev)
+		if errors.Is(err, store.ErrConflict) && try == 0 {
+			continue
+		}
+		if err != nil {
+			s.storeError(w, err)
+			return
+		}
+		c, err := s.store.Cluster(r.Context(), spec.Name)
+		if err != nil {
+			s.storeError(w, err)
+			return
+		}
+		s.log.Info("cluster created", "cluster", spec.Name, "port", spec.Port, "members", len(members))
+		writeJSON(w, http.StatusCreated, viewCluster(c, hm))
+		return
+	}
+}
+
+func describePlacement(ms []fleet.MemberSpec) string {
+	parts := make([]string, len(ms))
+	for i, m := range ms {
+		parts[i] = fmt.Sprintf("%s %s on %s", m.ID, m.Role, m.Host)
+	}
+	return strings.Join(parts, ", ")
+}
+
+func (s *Server) deleteCluster(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if err := fleet.ValidateName("cluster", name, fleet.MaxClusterName); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if err := s.store.DeleteCluster(r.Context(), name); err != nil {
+		s.storeError(w, err)
+		return
+	}
+	s.log.Info("cluster deleted", "cluster", name)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) events(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if err := fleet.ValidateName("cluster", name, fleet.MaxClusterName); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	limit := 100
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > store.MaxEvents {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("limit %q is not valid: give a number from 1 to %d", v, store.MaxEvents))
+			return
+		}
+		limit = n
+	}
+	if _, err := s.store.Cluster(r.Context(), name); err != nil {
+		s.storeError(w, err)
+		return
+	}
+	evs, err := s.store.Events(r.Context(), name, limit)
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, evs)
+}
+
+func (s *Server) clusterURL(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if err := fleet.ValidateName("cluster", name, fleet.MaxClusterName); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	hm, _, err := s.hostMap(r.Context())
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	c, err := s.store.Cluster(r.Context(), name)
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	member := r.URL.Query().Get("member")
+	if member == "" {
+		member = c.Leader
+		if member == "" {
+			writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("cluster %s has no primary yet: wait for `pgfleet status %s` to show one, or pass --member", name, name))
+			return
+		}
+	}
+	m, ok := c.Member(member)
+	if !ok {
+		ids := make([]string, len(c.Members))
+		for i, m := range c.Members {
+			ids[i] = m.ID
+		}
+		writeError(w, http.StatusNotFound, fmt.Sprintf("cluster %s has no member %q: its members are %s", name, member, strings.Join(ids, ", ")))
+		return
+	}
+	h, ok := hm[m.Host]
+	if !ok {
+		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("member %s is on host %s, which is down", m.ID, m.Host))
+		return
+	}
+	sec, err := s.store.Secrets(r.Context(), name)
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	u := url.URL{
+		Scheme:   "postgres",
+		User:     url.UserPassword(fleet.Superuser, sec.SuperuserPassword),
+		Host:     net.JoinHostPort(h.Addr, strconv.Itoa(m.Port)),
+		Path:     "/postgres",
+		RawQuery: "sslmode=prefer",
+	}
+	writeJSON(w, http.StatusOK, URLView{URL: u.String(), Member: m.ID})
+}

@@ -1,0 +1,108 @@
+// Package api is the agent's HTTP API (JSON, bearer-token auth) and the Go
+// client the CLI uses to talk to it.
+package api
+
+import (
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/pgfleet/pgfleet/internal/fleet"
+	"github.com/pgfleet/pgfleet/internal/store"
+)
+
+// CreateRequest is the body of POST /v1/clusters.
+type CreateRequest struct {
+	Name          string            `json:"name"`
+	PrimaryRegion string            `json:"primary_region"`
+	HA            *int              `json:"ha,omitempty"` // default 1
+	Replicas      []string          `json:"replicas,omitempty"`
+	Params        map[string]string `json:"params,omitempty"`
+}
+
+// ClusterView is a cluster as the API shows it.
+type ClusterView struct {
+	Name          string       `json:"name"`
+	PrimaryRegion string       `json:"primary_region"`
+	HA            int          `json:"ha"`
+	Replicas      []string     `json:"replicas"`
+	Port          int          `json:"port"`
+	Primary       string       `json:"primary"` // member id holding the leader key, "" if none
+	Created       time.Time    `json:"created"`
+	Members       []MemberView `json:"members"`
+}
+
+// MemberView is one member as the API shows it: its placement merged with
+// its last published status.
+type MemberView struct {
+	ID         string      `json:"id"`
+	Host       string      `json:"host"`
+	Region     string      `json:"region"`
+	Role       fleet.Role  `json:"role"`
+	State      fleet.State `json:"state"`
+	Addr       string      `json:"addr"`
+	Timeline   int64       `json:"timeline"`
+	LagBytes   int64       `json:"lag_bytes"` // -1 when unknown
+	Healthy    bool        `json:"healthy"`
+	WriteLSN   string      `json:"write_lsn,omitempty"`
+	ReceiveLSN string      `json:"receive_lsn,omitempty"`
+	ReplayLSN  string      `json:"replay_lsn,omitempty"`
+	Progress   string      `json:"progress,omitempty"`
+	Message    string      `json:"message,omitempty"`
+	Updated    *time.Time  `json:"updated,omitempty"`
+}
+
+// HostView is one live host with the members placed on it.
+type HostView struct {
+	fleet.Host
+	Members int `json:"members"`
+}
+
+// URLView answers GET /v1/clusters/{name}/url.
+type URLView struct {
+	URL    string `json:"url"`
+	Member string `json:"member"`
+}
+
+// ErrorView is the body of every non-2xx answer.
+type ErrorView struct {
+	Error string `json:"error"`
+}
+
+// HealthView answers GET /v1/health, which needs no token.
+type HealthView struct {
+	Host   string `json:"host"`
+	Region string `json:"region"`
+	Store  string `json:"store"` // "ok" or why the store does not answer
+}
+
+// viewCluster merges a cluster's spec, placement and status.
+func viewCluster(c store.ClusterState, hosts map[string]fleet.Host) ClusterView {
+	v := ClusterView{
+		Name: c.Spec.Name, PrimaryRegion: c.Spec.PrimaryRegion, HA: c.Spec.HA,
+		Replicas: c.Spec.Replicas, Port: c.Spec.Port, Primary: c.Leader, Created: c.Spec.Created,
+	}
+	if v.Replicas == nil {
+		v.Replicas = []string{}
+	}
+	for _, m := range c.Members {
+		mv := MemberView{ID: m.ID, Host: m.Host, Region: m.Region, Role: m.Role, State: fleet.StateUnknown, LagBytes: -1}
+		if h, ok := hosts[m.Host]; ok {
+			mv.Addr = net.JoinHostPort(h.Addr, strconv.Itoa(m.Port))
+			mv.State = fleet.StatePending
+		}
+		if st, ok := c.Status[m.ID]; ok {
+			mv.Role, mv.State, mv.Addr = st.Role, st.State, st.Addr
+			mv.Timeline, mv.LagBytes, mv.Healthy = st.Timeline, st.LagBytes, st.Healthy
+			mv.WriteLSN, mv.ReceiveLSN, mv.ReplayLSN = st.WriteLSN, st.ReceiveLSN, st.ReplayLSN
+			mv.Progress, mv.Message = st.Progress, st.Message
+			u := st.Updated
+			mv.Updated = &u
+		}
+		if mv.Role == fleet.RolePrimary {
+			mv.LagBytes = 0
+		}
+		v.Members = append(v.Members, mv)
+	}
+	return v
+}

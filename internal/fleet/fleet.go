@@ -1,0 +1,297 @@
+// Package fleet holds pgfleet's domain: hosts, clusters, members and the rules
+// that relate them. It does no I/O, so every rule here is tested with tables.
+package fleet
+
+import (
+	"fmt"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Role is what a member is for.
+type Role string
+
+const (
+	// RolePrimary accepts writes; at most one member of a cluster holds it.
+	RolePrimary Role = "primary"
+	// RoleStandby streams from the primary in the primary region and may be promoted.
+	RoleStandby Role = "standby"
+	// RoleReplica is a read replica in another region; it is never promoted.
+	RoleReplica Role = "replica"
+)
+
+// State is the lifecycle stage a member's supervisor reports.
+type State string
+
+const (
+	StatePending      State = "pending"      // placed, supervisor not started yet
+	StateInitializing State = "initializing" // initdb running
+	StateCloning      State = "cloning"      // pg_basebackup running
+	StateWaiting      State = "waiting"      // waiting for a primary to clone from
+	StateStarting     State = "starting"     // postmaster starting
+	StateRunning      State = "running"      // primary accepting writes
+	StateStreaming    State = "streaming"    // standby or replica receiving WAL
+	StateCatchingUp   State = "catching-up"  // standby running but not streaming
+	StateFailed       State = "failed"       // the supervisor retries; Message says why
+	StateStopped      State = "stopped"
+	StateUnknown      State = "unknown" // no status in the store: its host is gone
+)
+
+// Host is one machine running `pgfleet agent`.
+type Host struct {
+	Name    string    `json:"name"`
+	Region  string    `json:"region"`
+	Addr    string    `json:"addr"`     // advertise address: Postgres and etcd listen here
+	APIAddr string    `json:"api_addr"` // host:port of the agent's HTTP API
+	Version string    `json:"version"`
+	Started time.Time `json:"started"`
+}
+
+// ClusterSpec is the desired state of one cluster, written by the API.
+type ClusterSpec struct {
+	Name          string            `json:"name"`
+	PrimaryRegion string            `json:"primary_region"`
+	HA            int               `json:"ha"`       // members in the primary region, the primary included
+	Replicas      []string          `json:"replicas"` // one read replica in each of these regions
+	Port          int               `json:"port"`     // Postgres port on every member's host
+	Params        map[string]string `json:"params,omitempty"`
+	Created       time.Time         `json:"created"`
+}
+
+// Secrets are a cluster's generated credentials. They are stored apart from
+// the spec so that reading a spec never reveals them.
+type Secrets struct {
+	SuperuserPassword   string `json:"superuser_password"`
+	ReplicationPassword string `json:"replication_password"`
+}
+
+// Superuser and ReplicationUser are the roles pgfleet creates in every cluster.
+const (
+	Superuser       = "postgres"
+	ReplicationUser = "pgfleet_replication"
+)
+
+// MemberSpec is where one member is placed and what it is wanted to be.
+type MemberSpec struct {
+	ID      string `json:"id"`
+	Cluster string `json:"cluster"`
+	Host    string `json:"host"`
+	Region  string `json:"region"`
+	Role    Role   `json:"role"` // role wanted at creation; the leader key decides who is primary
+	Port    int    `json:"port"`
+}
+
+// MemberStatus is what a member's supervisor publishes, at least every second,
+// under its host's lease.
+type MemberStatus struct {
+	ID         string    `json:"id"`
+	Host       string    `json:"host"`
+	Region     string    `json:"region"`
+	Role       Role      `json:"role"`
+	State      State     `json:"state"`
+	Addr       string    `json:"addr"` // host:port of this member's Postgres
+	Timeline   int64     `json:"timeline"`
+	WriteLSN   string    `json:"write_lsn,omitempty"`
+	ReceiveLSN string    `json:"receive_lsn,omitempty"`
+	ReplayLSN  string    `json:"replay_lsn,omitempty"`
+	LagBytes   int64     `json:"lag_bytes"`
+	Healthy    bool      `json:"healthy"`
+	Progress   string    `json:"progress,omitempty"` // e.g. clone progress "42%"
+	Message    string    `json:"message,omitempty"`
+	Updated    time.Time `json:"updated"`
+}
+
+// Event is something that happened to a cluster, for `pgfleet events`.
+type Event struct {
+	Time    time.Time `json:"time"`
+	Cluster string    `json:"cluster"`
+	Member  string    `json:"member,omitempty"`
+	Host    string    `json:"host,omitempty"`
+	Kind    string    `json:"kind"`
+	Message string    `json:"message"`
+}
+
+// Limits on names and sizes.
+const (
+	MaxClusterName = 40 // leaves room for "-NN" in member ids within a 63-byte DNS label
+	MaxRegionName  = 20
+	MaxHA          = 9
+	MaxReplicas    = 16
+)
+
+var labelRE = regexp.MustCompile(`^[a-z]([a-z0-9-]*[a-z0-9])?$`)
+
+// ValidateName checks that s is a DNS label of at most max bytes that starts
+// with a letter: such names are safe in URLs, file names, etcd keys and
+// Postgres identifiers alike.
+func ValidateName(kind, s string, max int) error {
+	switch {
+	case s == "":
+		return fmt.Errorf("%s name is empty: use lowercase letters, digits and '-'", kind)
+	case len(s) > max:
+		return fmt.Errorf("%s name %q is %d characters long: at most %d are allowed", kind, s, len(s), max)
+	case !labelRE.MatchString(s):
+		return fmt.Errorf("%s name %q is not valid: use lowercase letters, digits and '-', starting with a letter and not ending with '-'", kind, s)
+	}
+	return nil
+}
+
+// Validate checks a requested spec before anything is written.
+func (s ClusterSpec) Validate() error {
+	if err := ValidateName("cluster", s.Name, MaxClusterName); err != nil {
+		return err
+	}
+	if err := ValidateName("region", s.PrimaryRegion, MaxRegionName); err != nil {
+		return fmt.Errorf("primary region: %w", err)
+	}
+	if s.HA < 1 || s.HA > MaxHA {
+		return fmt.Errorf("ha is %d: a cluster needs 1 to %d members in its primary region (1 = a primary without standbys)", s.HA, MaxHA)
+	}
+	if len(s.Replicas) > MaxReplicas {
+		return fmt.Errorf("%d replica regions requested: at most %d are allowed", len(s.Replicas), MaxReplicas)
+	}
+	seen := map[string]bool{}
+	for _, r := range s.Replicas {
+		if err := ValidateName("region", r, MaxRegionName); err != nil {
+			return fmt.Errorf("replicas: %w", err)
+		}
+		if r == s.PrimaryRegion {
+			return fmt.Errorf("replicas: %q is the primary region; use --ha to add standbys there", r)
+		}
+		if seen[r] {
+			return fmt.Errorf("replicas: region %q is listed twice", r)
+		}
+		seen[r] = true
+	}
+	for k := range s.Params {
+		if !paramRE.MatchString(k) {
+			return fmt.Errorf("parameter %q is not a valid PostgreSQL setting name", k)
+		}
+		if reservedParams[k] {
+			return fmt.Errorf("parameter %q is managed by pgfleet and cannot be set", k)
+		}
+	}
+	return nil
+}
+
+var paramRE = regexp.MustCompile(`^[a-z_][a-z0-9_.]*$`)
+
+// reservedParams are settings pgfleet itself writes; letting a spec override
+// them would break replication or routing.
+var reservedParams = map[string]bool{
+	"listen_addresses": true, "port": true, "primary_conninfo": true, "primary_slot_name": true,
+	"hot_standby": true, "wal_level": true, "unix_socket_directories": true, "cluster_name": true,
+	"password_encryption": true, "logging_collector": true,
+}
+
+// MemberID names the n-th member (1-based) of a cluster.
+func MemberID(cluster string, n int) string { return fmt.Sprintf("%s-%d", cluster, n) }
+
+// Place chooses hosts for a new cluster's members: HA hosts in the primary
+// region (the first becomes the primary) and one host in each replica region.
+// It never puts two members of the cluster on one host and prefers the hosts
+// that run the fewest members (load); ties go to the host name, so the result
+// is deterministic.
+func Place(spec ClusterSpec, hosts []Host, load map[string]int) ([]MemberSpec, error) {
+	byRegion := map[string][]Host{}
+	for _, h := range hosts {
+		byRegion[h.Region] = append(byRegion[h.Region], h)
+	}
+	pick := func(region string, n int) ([]Host, error) {
+		cands := append([]Host(nil), byRegion[region]...)
+		if len(cands) < n {
+			return nil, placementError(spec, region, n, cands, byRegion)
+		}
+		sort.Slice(cands, func(i, j int) bool {
+			if load[cands[i].Name] != load[cands[j].Name] {
+				return load[cands[i].Name] < load[cands[j].Name]
+			}
+			return cands[i].Name < cands[j].Name
+		})
+		return cands[:n], nil
+	}
+
+	var members []MemberSpec
+	add := func(h Host, role Role) {
+		members = append(members, MemberSpec{
+			ID: MemberID(spec.Name, len(members)+1), Cluster: spec.Name,
+			Host: h.Name, Region: h.Region, Role: role, Port: spec.Port,
+		})
+	}
+	prim, err := pick(spec.PrimaryRegion, spec.HA)
+	if err != nil {
+		return nil, err
+	}
+	for i, h := range prim {
+		role := RoleStandby
+		if i == 0 {
+			role = RolePrimary
+		}
+		add(h, role)
+	}
+	for _, r := range spec.Replicas {
+		hs, err := pick(r, 1)
+		if err != nil {
+			return nil, err
+		}
+		add(hs[0], RoleReplica)
+	}
+	return members, nil
+}
+
+// ErrPlacement marks errors that say the fleet cannot hold a requested cluster.
+type ErrPlacement struct{ msg string }
+
+func (e *ErrPlacement) Error() string { return e.msg }
+
+func placementError(spec ClusterSpec, region string, n int, have []Host, byRegion map[string][]Host) error {
+	var regions []string
+	for r, hs := range byRegion {
+		regions = append(regions, fmt.Sprintf("%s (%d)", r, len(hs)))
+	}
+	sort.Strings(regions)
+	known := "the fleet has no hosts"
+	if len(regions) > 0 {
+		known = "hosts per region: " + strings.Join(regions, ", ")
+	}
+	if len(have) == 0 {
+		return &ErrPlacement{fmt.Sprintf("unknown region %q: no host of the fleet is in it (%s); start an agent with --region %s or pick another region", region, known, region)}
+	}
+	names := make([]string, len(have))
+	for i, h := range have {
+		names[i] = h.Name
+	}
+	sort.Strings(names)
+	return &ErrPlacement{fmt.Sprintf("cluster %s needs %d hosts in region %s (one member per host) but the fleet has %d there (%s); add hosts to %s or lower --ha",
+		spec.Name, n, region, len(have), strings.Join(names, ", "), region)}
+}
+
+// PortStride is the gap between two clusters' port blocks: Port is Postgres,
+// Port+1 and Port+2 are kept for the routing proxy's primary and replica ports.
+const PortStride = 10
+
+// NextPort returns the lowest port block at or above base that no cluster uses.
+func NextPort(base int, used []int) int {
+	taken := map[int]bool{}
+	for _, p := range used {
+		taken[p] = true
+	}
+	p := base
+	for taken[p] {
+		p += PortStride
+	}
+	return p
+}
+
+// LagBytes is how far a member that has replayed up to replay is behind a
+// primary that has written up to write. A member cannot be ahead of its
+// primary; a negative difference comes from reading the two at different
+// moments and counts as no lag.
+func LagBytes(write, replay uint64) int64 {
+	if replay >= write {
+		return 0
+	}
+	return int64(write - replay)
+}

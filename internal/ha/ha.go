@@ -1,0 +1,66 @@
+// Package ha holds the member supervisor's decisions as pure functions: given
+// what a supervisor observes, what should its member do next. Nothing here
+// touches Postgres or etcd, so every rule is a table test.
+package ha
+
+import "github.com/pgfleet/pgfleet/internal/fleet"
+
+// Action is the next step of a member's supervisor.
+type Action string
+
+const (
+	// Wait: nothing can be done yet; observe again shortly.
+	Wait Action = "wait"
+	// Bootstrap: create a new database cluster with initdb and run it as primary.
+	Bootstrap Action = "bootstrap"
+	// Clone: copy the leader's data with pg_basebackup, then follow it.
+	Clone Action = "clone"
+	// StartPrimary: start the existing data as the writable primary.
+	StartPrimary Action = "start-primary"
+	// StartStandby: start the existing data as a standby of the leader.
+	StartStandby Action = "start-standby"
+	// Rejoin: the data was a primary's and another member leads now; it must
+	// be rewound or re-cloned before it may follow.
+	Rejoin Action = "rejoin"
+)
+
+// Observation is what a supervisor knows before starting its member.
+type Observation struct {
+	Self        fleet.MemberSpec
+	Initialized bool   // the member's data directory holds a database cluster
+	WasPrimary  bool   // that data was last run as a primary (no standby.signal)
+	Leader      string // member id holding the leader key, "" if none
+	LeaderReady bool   // the leader's status says it accepts connections
+}
+
+// Next decides what a member whose postgres is not running does next, and why.
+// The leader key is the only authority on who may be primary: a member runs
+// writable only if it holds the key or the key is free and the member was
+// placed as the cluster's first primary.
+func Next(o Observation) (Action, string) {
+	self := o.Self.ID
+	switch {
+	case !o.Initialized && o.Leader == "" && o.Self.Role == fleet.RolePrimary:
+		return Bootstrap, "no data and no leader: creating the cluster"
+	case !o.Initialized && o.Leader == self:
+		return Wait, "holds the leader key but has no data; waiting for the key to expire"
+	case !o.Initialized && o.Leader == "":
+		return Wait, "waiting for a primary to clone from"
+	case !o.Initialized && !o.LeaderReady:
+		return Wait, "waiting for primary " + o.Leader + " to accept connections"
+	case !o.Initialized:
+		return Clone, "cloning from primary " + o.Leader
+	case o.Leader == self:
+		return StartPrimary, "holds the leader key"
+	case o.Leader == "" && o.Self.Role == fleet.RolePrimary && o.WasPrimary:
+		return StartPrimary, "leader key is free and this member was the primary"
+	case o.Leader == "":
+		return Wait, "waiting for a leader"
+	case o.WasPrimary:
+		return Rejoin, "was primary but " + o.Leader + " leads now"
+	case !o.LeaderReady:
+		return Wait, "waiting for primary " + o.Leader + " to accept connections"
+	default:
+		return StartStandby, "following primary " + o.Leader
+	}
+}

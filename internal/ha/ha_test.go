@@ -1,0 +1,44 @@
+package ha
+
+import (
+	"testing"
+
+	"github.com/pgfleet/pgfleet/internal/fleet"
+)
+
+func TestNext(t *testing.T) {
+	prim := fleet.MemberSpec{ID: "db-1", Role: fleet.RolePrimary}
+	stby := fleet.MemberSpec{ID: "db-2", Role: fleet.RoleStandby}
+	repl := fleet.MemberSpec{ID: "db-4", Role: fleet.RoleReplica}
+	tests := []struct {
+		name string
+		obs  Observation
+		want Action
+	}{
+		{"new primary bootstraps", Observation{Self: prim}, Bootstrap},
+		{"new standby waits for leader", Observation{Self: stby}, Wait},
+		{"new standby waits for ready leader", Observation{Self: stby, Leader: "db-1"}, Wait},
+		{"new standby clones", Observation{Self: stby, Leader: "db-1", LeaderReady: true}, Clone},
+		{"new replica clones", Observation{Self: repl, Leader: "db-1", LeaderReady: true}, Clone},
+		{"placed primary with leader elsewhere clones", Observation{Self: prim, Leader: "db-2", LeaderReady: true}, Clone},
+		{"leader without data waits", Observation{Self: prim, Leader: "db-1"}, Wait},
+		{"restart holding key", Observation{Self: prim, Initialized: true, WasPrimary: true, Leader: "db-1"}, StartPrimary},
+		{"restart after key expired", Observation{Self: prim, Initialized: true, WasPrimary: true}, StartPrimary},
+		{"standby never starts as primary without key", Observation{Self: stby, Initialized: true, WasPrimary: false}, Wait},
+		{"promoted standby data with free key waits", Observation{Self: stby, Initialized: true, WasPrimary: true}, Wait},
+		{"old primary must rejoin", Observation{Self: prim, Initialized: true, WasPrimary: true, Leader: "db-2", LeaderReady: true}, Rejoin},
+		{"standby restart follows", Observation{Self: stby, Initialized: true, Leader: "db-1", LeaderReady: true}, StartStandby},
+		{"standby restart waits for leader", Observation{Self: stby, Initialized: true, Leader: "db-1"}, Wait},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, why := Next(tt.obs)
+			if got != tt.want {
+				t.Fatalf("Next(%+v) = %q (%s), want %q", tt.obs, got, why, tt.want)
+			}
+			if why == "" {
+				t.Fatalf("Next(%+v) gave no reason", tt.obs)
+			}
+		})
+	}
+}

@@ -1,0 +1,590 @@
+// Package store keeps pgfleet's state in etcd: the key layout, hosts under
+// leases, cluster specs and member placement, member status, leader keys and
+// events. It translates etcd's errors into the domain's.
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/pgfleet/pgfleet/internal/fleet"
+)
+
+var errAddrInUse = syscall.EADDRINUSE
+
+// Errors the store returns, in the domain's words.
+var (
+	ErrNotFound      = errors.New("not found")
+	ErrClusterExists = errors.New("a cluster with that name already exists")
+	ErrConflict      = errors.New("the fleet changed while the request ran; retry")
+	// ErrNoQuorum means etcd did not answer in time, which for a fleet whose
+	// hosts are running means fewer than half of its voting members are up.
+	ErrNoQuorum = errors.New("the state store (etcd) has no quorum: fewer than half of its voting members answer; start the stopped hosts and retry")
+)
+
+// RequestTimeout bounds every store call, so a fleet without quorum gives an
+// error instead of a hang.
+const RequestTimeout = 4 * time.Second
+
+// Translate turns etcd's and gRPC's errors into the store's.
+func Translate(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, rpctypes.ErrNoLeader) ||
+		errors.Is(err, rpctypes.ErrTimeout) || errors.Is(err, rpctypes.ErrTimeoutDueToLeaderFail) ||
+		errors.Is(err, rpctypes.ErrTimeoutDueToConnectionLost) {
+		return fmt.Errorf("%w (%v)", ErrNoQuorum, err)
+	}
+	if s, ok := status.FromError(err); ok && (s.Code() == codes.DeadlineExceeded || s.Code() == codes.Unavailable) {
+		return fmt.Errorf("%w (%v)", ErrNoQuorum, err)
+	}
+	return err
+}
+
+// Store is a client of the fleet's etcd under one key prefix.
+type Store struct {
+	cli    *clientv3.Client
+	prefix string
+}
+
+// Open connects to etcd. prefix (default "/pgfleet/") lets several fleets,
+// or parallel tests, share one etcd.
+func Open(endpoints []string, prefix string) (*Store, error) {
+	if prefix == "" {
+		prefix = "/pgfleet/"
+	}
+	if !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:            endpoints,
+		DialTimeout:          5 * time.Second,
+		DialKeepAliveTime:    2 * time.Second,
+		DialKeepAliveTimeout: 2 * time.Second,
+		Logger:               zap.NewNop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("connect to etcd %v: %w", endpoints, err)
+	}
+	return &Store{cli: cli, prefix: prefix}, nil
+}
+
+// Close closes the client.
+func (s *Store) Close() error { return s.cli.Close() }
+
+// Client exposes the etcd client to adapters in this package's family (leases).
+func (s *Store) Client() *clientv3.Client { return s.cli }
+
+// Key layout. Events live under their own prefix so that reading every
+// cluster's state never reads its history.
+func (s *Store) hostKey(h string) string       { return s.prefix + "hosts/" + h }
+func (s *Store) clustersPrefix() string        { return s.prefix + "clusters/" }
+func (s *Store) clusterPrefix(c string) string { return s.prefix + "clusters/" + c + "/" }
+func (s *Store) specKey(c string) string       { return s.clusterPrefix(c) + "spec" }
+func (s *Store) secretsKey(c string) string    { return s.prefix + "secrets/" + c }
+func (s *Store) memberSpecKey(c, m string) string {
+	return s.clusterPrefix(c) + "members/" + m + "/spec"
+}
+func (s *Store) memberStatusKey(c, m string) string {
+	return s.clusterPrefix(c) + "members/" + m + "/status"
+}
+func (s *Store) leaderKey(c string) string    { return s.clusterPrefix(c) + "leader" }
+func (s *Store) eventsPrefix(c string) string { return s.prefix + "events/" + c + "/" }
+func (s *Store) portKey(p int) string         { return s.prefix + "ports/" + strconv.Itoa(p) }
+func (s *Store) authKey() string              { return s.prefix + "auth/token-sha256" }
+
+func timeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, RequestTimeout)
+}
+
+// Lease is an etcd lease kept alive in the background.
+type Lease struct {
+	ID   clientv3.LeaseID
+	TTL  time.Duration
+	done chan struct{}
+	cli  *clientv3.Client
+	stop context.CancelFunc
+}
+
+// Done returns a channel that closes when the lease stops being refreshed:
+// it expired, was revoked, or the store was unreachable for too long.
+func (l *Lease) Done() <-chan struct{} { return l.done }
+
+// Revoke ends the lease now, deleting every key bound to it.
+func (l *Lease) Revoke(ctx context.Context) error {
+	l.stop()
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	_, err := l.cli.Revoke(ctx, l.ID)
+	return Translate(err)
+}
+
+// Grant creates a lease of ttl and refreshes it until ctx ends or Revoke.
+func (s *Store) Grant(ctx context.Context, ttl time.Duration) (*Lease, error) {
+	gctx, cancel := timeout(ctx)
+	resp, err := s.cli.Grant(gctx, int64((ttl+time.Second-1)/time.Second))
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("grant lease: %w", Translate(err))
+	}
+	kctx, stop := context.WithCancel(ctx)
+	ch, err := s.cli.KeepAlive(kctx, resp.ID)
+	if err != nil {
+		stop()
+		return nil, fmt.Errorf("keep lease alive: %w", Translate(err))
+	}
+	l := &Lease{ID: resp.ID, TTL: ttl, done: make(chan struct{}), cli: s.cli, stop: stop}
+	go func() {
+		defer close(l.done)
+		for range ch {
+		}
+	}()
+	return l, nil
+}
+
+// RegisterHost writes h under lease, replacing an older record of the same host.
+func (s *Store) RegisterHost(ctx context.Context, h fleet.Host, lease *Lease) error {
+	return s.putJSON(ctx, s.hostKey(h.Name), h, clientv3.WithLease(lease.ID))
+}
+
+// HostRegistered reports whether a live record of host name exists: another
+// agent with the same name would make two hosts look like one.
+func (s *Store) HostRegistered(ctx context.Context, name string) (bool, error) {
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, s.hostKey(name), clientv3.WithCountOnly())
+	if err != nil {
+		return false, Translate(err)
+	}
+	return resp.Count > 0, nil
+}
+
+// Hosts lists the hosts whose agents are alive.
+func (s *Store) Hosts(ctx context.Context) ([]fleet.Host, error) {
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, s.prefix+"hosts/", clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("list hosts: %w", Translate(err))
+	}
+	hosts := make([]fleet.Host, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		var h fleet.Host
+		if err := json.Unmarshal(kv.Value, &h); err != nil {
+			return nil, fmt.Errorf("decode %s: %w", kv.Key, err)
+		}
+		hosts = append(hosts, h)
+	}
+	sort.Slice(hosts, func(i, j int) bool { return hosts[i].Name < hosts[j].Name })
+	return hosts, nil
+}
+
+// ClusterState is everything the store knows about one cluster.
+type ClusterState struct {
+	Spec    fleet.ClusterSpec
+	Members []fleet.MemberSpec            // in id order
+	Status  map[string]fleet.MemberStatus // by member id; missing when the host is gone
+	Leader  string                        // member id holding the leader key, "" if none
+}
+
+// Member returns the spec of member id.
+func (c ClusterState) Member(id string) (fleet.MemberSpec, bool) {
+	for _, m := range c.Members {
+		if m.ID == id {
+			return m, true
+		}
+	}
+	return fleet.MemberSpec{}, false
+}
+
+// Clusters reads every cluster in one request, so the view is consistent.
+func (s *Store) Clusters(ctx context.Context) ([]ClusterState, error) {
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, s.clustersPrefix(), clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("read clusters: %w", Translate(err))
+	}
+	byName := map[string]*ClusterState{}
+	get := func(name string) *ClusterState {
+		c := byName[name]
+		if c == nil {
+			c = &ClusterState{Status: map[string]fleet.MemberStatus{}}
+			byName[name] = c
+		}
+		return c
+	}
+	for _, kv := range resp.Kvs {
+		rest := strings.TrimPrefix(string(kv.Key), s.clustersPrefix())
+		parts := strings.Split(rest, "/")
+		c := get(parts[0])
+		var err error
+		switch {
+		case len(parts) == 2 && parts[1] == "spec":
+			err = json.Unmarshal(kv.Value, &c.Spec)
+		case len(parts) == 2 && parts[1] == "leader":
+			c.Leader = string(kv.Value)
+		case len(parts) == 4 && parts[1] == "members" && parts[3] == "spec":
+			var m fleet.MemberSpec
+			err = json.Unmarshal(kv.Value, &m)
+			c.Members = append(c.Members, m)
+		case len(parts) == 4 && parts[1] == "members" && parts[3] == "status":
+			var st fleet.MemberStatus
+			err = json.Unmarshal(kv.Value, &st)
+			c.Status[parts[2]] = st
+		}
+		if err != nil {
+			return nil, fmt.Errorf("decode %s: %w", kv.Key, err)
+		}
+	}
+	out := make([]ClusterState, 0, len(byName))
+	for _, c := range byName {
+		if c.Spec.Name == "" { // leftovers of a cluster being deleted
+			continue
+		}
+		sort.Slice(c.Members, func(i, j int) bool { return memberLess(c.Members[i].ID, c.Members[j].ID) })
+		out = append(out, *c)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Spec.Name < out[j].Spec.Name })
+	return out, nil
+}
+
+// memberLess orders "demo-2" before "demo-10".
+func memberLess(a, b string) bool {
+	ai, bi := a[strings.LastIndexByte(a, '-')+1:], b[strings.LastIndexByte(b, '-')+1:]
+	an, aerr := strconv.Atoi(ai)
+	bn, berr := strconv.Atoi(bi)
+	if aerr == nil && berr == nil && a[:len(a)-len(ai)] == b[:len(b)-len(bi)] {
+		return an < bn
+	}
+	return a < b
+}
+
+// Cluster reads one cluster; ErrNotFound if it does not exist.
+func (s *Store) Cluster(ctx context.Context, name string) (ClusterState, error) {
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, s.clusterPrefix(name), clientv3.WithPrefix())
+	if err != nil {
+		return ClusterState{}, fmt.Errorf("read cluster %s: %w", name, Translate(err))
+	}
+	c := ClusterState{Status: map[string]fleet.MemberStatus{}}
+	for _, kv := range resp.Kvs {
+		rest := strings.TrimPrefix(string(kv.Key), s.clusterPrefix(name))
+		parts := strings.Split(rest, "/")
+		var err error
+		switch {
+		case rest == "spec":
+			err = json.Unmarshal(kv.Value, &c.Spec)
+		case rest == "leader":
+			c.Leader = string(kv.Value)
+		case len(parts) == 3 && parts[0] == "members" && parts[2] == "spec":
+			var m fleet.MemberSpec
+			err = json.Unmarshal(kv.Value, &m)
+			c.Members = append(c.Members, m)
+		case len(parts) == 3 && parts[0] == "members" && parts[2] == "status":
+			var st fleet.MemberStatus
+			err = json.Unmarshal(kv.Value, &st)
+			c.Status[parts[1]] = st
+		}
+		if err != nil {
+			return ClusterState{}, fmt.Errorf("decode %s: %w", kv.Key, err)
+		}
+	}
+	if c.Spec.Name == "" {
+		return ClusterState{}, fmt.Errorf("cluster %q: %w", name, ErrNotFound)
+	}
+	sort.Slice(c.Members, func(i, j int) bool { return memberLess(c.Members[i].ID, c.Members[j].ID) })
+	return c, nil
+}
+
+// UsedPorts lists the port blocks that clusters hold.
+func (s *Store) UsedPorts(ctx context.Context) ([]int, error) {
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, s.prefix+"ports/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, fmt.Errorf("read ports: %w", Translate(err))
+	}
+	var ports []int
+	for _, kv := range resp.Kvs {
+		if p, err := strconv.Atoi(path.Base(string(kv.Key))); err == nil {
+			ports = append(ports, p)
+		}
+	}
+	return ports, nil
+}
+
+// CreateCluster writes a cluster's spec, secrets, port block and member
+// placement in one transaction: either all of it exists afterwards or none.
+// It fails with ErrClusterExists if the name is taken and ErrConflict if the
+// port block was taken meanwhile.
+func (s *Store) CreateCluster(ctx context.Context, spec fleet.ClusterSpec, secrets fleet.Secrets, members []fleet.MemberSpec, ev fleet.Event) error {
+	ops := []clientv3.Op{}
+	put := func(key string, v any) {
+		b, _ := json.Marshal(v)
+		ops = append(ops, clientv3.OpPut(key, string(b)))
+	}
+	put(s.specKey(spec.Name), spec)
+	put(s.secretsKey(spec.Name), secrets)
+	ops = append(ops, clientv3.OpPut(s.portKey(spec.Port), spec.Name))
+	for _, m := range members {
+		put(s.memberSpecKey(spec.Name, m.ID), m)
+	}
+	put(s.eventKey(ev), ev)
+
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(s.specKey(spec.Name)), "=", 0),
+			clientv3.Compare(clientv3.CreateRevision(s.portKey(spec.Port)), "=", 0)).
+		Then(ops...).
+		Else(clientv3.OpGet(s.specKey(spec.Name), clientv3.WithCountOnly())).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("create cluster %s: %w", spec.Name, Translate(err))
+	}
+	if !resp.Succeeded {
+		if resp.Responses[0].GetResponseRange().Count > 0 {
+			return fmt.Errorf("cluster %q: %w", spec.Name, ErrClusterExists)
+		}
+		return fmt.Errorf("create cluster %s: port %d: %w", spec.Name, spec.Port, ErrConflict)
+	}
+	return nil
+}
+
+// DeleteCluster removes a cluster's desired state in one transaction. Agents
+// see their members vanish, stop them and remove their data.
+func (s *Store) DeleteCluster(ctx context.Context, name string) error {
+	c, err := s.Cluster(ctx, name)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(s.specKey(name)), ">", 0)).
+		Then(
+			clientv3.OpDelete(s.clusterPrefix(name), clientv3.WithPrefix()),
+			clientv3.OpDelete(s.secretsKey(name)),
+			clientv3.OpDelete(s.eventsPrefix(name), clientv3.WithPrefix()),
+			clientv3.OpDelete(s.portKey(c.Spec.Port)),
+		).Commit()
+	if err != nil {
+		return fmt.Errorf("delete cluster %s: %w", name, Translate(err))
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("cluster %q: %w", name, ErrNotFound)
+	}
+	return nil
+}
+
+// Secrets reads a cluster's credentials.
+func (s *Store) Secrets(ctx context.Context, cluster string) (fleet.Secrets, error) {
+	var sec fleet.Secrets
+	err := s.getJSON(ctx, s.secretsKey(cluster), &sec)
+	return sec, err
+}
+
+// PutStatus publishes a member's status under its host's lease, so it
+// vanishes when the host does.
+func (s *Store) PutStatus(ctx context.Context, cluster string, st fleet.MemberStatus, lease *Lease) error {
+	// Only while the member still exists: a status written after its cluster
+	// was deleted would be an orphan.
+	b, _ := json.Marshal(st)
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	_, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(s.memberSpecKey(cluster, st.ID)), ">", 0)).
+		Then(clientv3.OpPut(s.memberStatusKey(cluster, st.ID), string(b), clientv3.WithLease(lease.ID))).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("publish status of %s: %w", st.ID, Translate(err))
+	}
+	return nil
+}
+
+// Leader returns the member holding a cluster's leader key, "" if none.
+func (s *Store) Leader(ctx context.Context, cluster string) (string, error) {
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, s.leaderKey(cluster))
+	if err != nil {
+		return "", fmt.Errorf("read leader of %s: %w", cluster, Translate(err))
+	}
+	if len(resp.Kvs) == 0 {
+		return "", nil
+	}
+	return string(resp.Kvs[0].Value), nil
+}
+
+// AcquireLeader creates the leader key for member under lease if no member
+// holds it, or re-binds it to lease if member already holds it (an agent
+// restart). It reports whether member holds the key afterwards.
+func (s *Store) AcquireLeader(ctx context.Context, cluster, member string, lease *Lease) (bool, error) {
+	key := s.leaderKey(cluster)
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(s.specKey(cluster)), ">", 0),
+			clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, member, clientv3.WithLease(lease.ID))).
+		Commit()
+	if err != nil {
+		return false, fmt.Errorf("acquire leader key of %s: %w", cluster, Translate(err))
+	}
+	if resp.Succeeded {
+		return true, nil
+	}
+	resp, err = s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.Value(key), "=", member)).
+		Then(clientv3.OpPut(key, member, clientv3.WithLease(lease.ID))).
+		Commit()
+	if err != nil {
+		return false, fmt.Errorf("acquire leader key of %s: %w", cluster, Translate(err))
+	}
+	return resp.Succeeded, nil
+}
+
+func (s *Store) eventKey(ev fleet.Event) string {
+	// Zero-padded nanoseconds sort in time order; the member keeps two
+	// events of the same instant apart.
+	return fmt.Sprintf("%s%020d-%s", s.eventsPrefix(ev.Cluster), ev.Time.UnixNano(), ev.Member)
+}
+
+// MaxEvents is how many events a cluster keeps; older ones are trimmed.
+const MaxEvents = 500
+
+// AppendEvent records ev.
+func (s *Store) AppendEvent(ctx context.Context, ev fleet.Event) error {
+	if ev.Time.IsZero() {
+		ev.Time = time.Now().UTC()
+	}
+	return s.putJSON(ctx, s.eventKey(ev), ev)
+}
+
+// Events returns a cluster's events, oldest first, at most limit (newest kept).
+func (s *Store) Events(ctx context.Context, cluster string, limit int) ([]fleet.Event, error) {
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend)}
+	if limit > 0 {
+		opts = append(opts, clientv3.WithLimit(int64(limit)))
+	}
+	resp, err := s.cli.Get(ctx, s.eventsPrefix(cluster), opts...)
+	if err != nil {
+		return nil, fmt.Errorf("read events of %s: %w", cluster, Translate(err))
+	}
+	evs := make([]fleet.Event, len(resp.Kvs))
+	for i, kv := range resp.Kvs {
+		if err := json.Unmarshal(kv.Value, &evs[len(evs)-1-i]); err != nil {
+			return nil, fmt.Errorf("decode %s: %w", kv.Key, err)
+		}
+	}
+	return evs, nil
+}
+
+// TrimEvents deletes all but the newest MaxEvents events of a cluster.
+func (s *Store) TrimEvents(ctx context.Context, cluster string) error {
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, s.eventsPrefix(cluster), clientv3.WithPrefix(), clientv3.WithKeysOnly(),
+		clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend), clientv3.WithLimit(MaxEvents+1))
+	if err != nil {
+		return Translate(err)
+	}
+	if len(resp.Kvs) <= MaxEvents {
+		return nil
+	}
+	oldestKept := string(resp.Kvs[MaxEvents-1].Key)
+	_, err = s.cli.Delete(ctx, s.eventsPrefix(cluster), clientv3.WithRange(oldestKept))
+	return Translate(err)
+}
+
+// InitToken stores the hash of the fleet's API token unless one is stored;
+// it reports whether hash was stored by this call.
+func (s *Store) InitToken(ctx context.Context, hash string) (bool, error) {
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(s.authKey()), "=", 0)).
+		Then(clientv3.OpPut(s.authKey(), hash)).
+		Commit()
+	if err != nil {
+		return false, fmt.Errorf("store API token: %w", Translate(err))
+	}
+	return resp.Succeeded, nil
+}
+
+// TokenHash returns the stored hash of the fleet's API token.
+func (s *Store) TokenHash(ctx context.Context) (string, error) {
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, s.authKey())
+	if err != nil {
+		return "", fmt.Errorf("read API token: %w", Translate(err))
+	}
+	if len(resp.Kvs) == 0 {
+		return "", fmt.Errorf("API token: %w", ErrNotFound)
+	}
+	return string(resp.Kvs[0].Value), nil
+}
+
+// Watch returns a channel that receives a value whenever anything under the
+// clusters prefix changes, so agents react at once instead of on their next
+// poll. It closes when ctx ends.
+func (s *Store) Watch(ctx context.Context) <-chan struct{} {
+	out := make(chan struct{}, 1)
+	wch := s.cli.Watch(clientv3.WithRequireLeader(ctx), s.clustersPrefix(), clientv3.WithPrefix())
+	go func() {
+		defer close(out)
+		for range wch {
+			select {
+			case out <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	return out
+}
+
+func (s *Store) putJSON(ctx context.Context, key string, v any, opts ...clientv3.OpOption) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", key, err)
+	}
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	if _, err := s.cli.Put(ctx, key, string(b), opts...); err != nil {
+		return fmt.Errorf("write %s: %w", strings.TrimPrefix(key, s.prefix), Translate(err))
+	}
+	return nil
+}
+
+func (s *Store) getJSON(ctx context.Context, key string, v any) error {
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, key)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", strings.TrimPrefix(key, s.prefix), Translate(err))
+	}
+	if len(resp.Kvs) == 0 {
+		return fmt.Errorf("%s: %w", strings.TrimPrefix(key, s.prefix), ErrNotFound)
+	}
+	return json.Unmarshal(resp.Kvs[0].Value, v)
+}
