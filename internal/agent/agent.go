@@ -271,8 +271,19 @@ func (a *Agent) Run(ctx context.Context) error {
 	}()
 
 	a.host.Started = time.Now().UTC()
-	if err := a.register(ctx); err != nil {
-		return err
+	// Without quorum (a restarted fleet whose other voters are still down)
+	// the agent waits for the store, and its API says why meanwhile.
+	for {
+		err := a.register(ctx)
+		if err == nil {
+			break
+		}
+		a.log.Warn("waiting for the state store", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
 	}
 	a.log.Info("agent ready", "region", cfg.Region, "addr", cfg.Advertise, "api", cfg.APIListen, "etcd", endpoints, "postgres", a.bin.Dir)
 	close(a.ready)

@@ -148,17 +148,44 @@ func (d *Dev) Up(ctx context.Context, want Plan, explicit bool) (Plan, string, e
 	if err := os.WriteFile(d.planPath(), b, 0o644); err != nil {
 		return Plan{}, "", fmt.Errorf("save fleet plan: %w", err)
 	}
-	for i, h := range p.Hosts {
+	// Hosts that already have state restart together: an etcd voter alone
+	// has no quorum, so none of them could get ready one at a time. New hosts
+	// then join one by one, each becoming a voter (or client) in turn.
+	var restart, fresh []HostPlan
+	for _, h := range p.Hosts {
 		if pid := d.runningPid(h); pid != 0 {
 			d.printf("  %-8s %-4s %-12s already running (pid %d)\n", h.Name, h.Region, h.Addr, pid)
 			continue
 		}
-		join := ""
-		if i > 0 {
-			join = net.JoinHostPort(p.Hosts[0].Addr, "2379")
+		if _, err := os.Stat(filepath.Join(d.hostDir(h), "etcd")); err == nil {
+			restart = append(restart, h)
+		} else {
+			fresh = append(fresh, h)
 		}
+	}
+	join := net.JoinHostPort(p.Hosts[0].Addr, "2379")
+	pids := map[string]int{}
+	start := time.Now()
+	for _, h := range restart {
+		pid, err := d.start(h, "")
+		if err != nil {
+			return Plan{}, "", err
+		}
+		pids[h.Name] = pid
+	}
+	for _, h := range restart {
+		if err := d.waitHealthy(ctx, h, pids[h.Name]); err != nil {
+			return Plan{}, "", err
+		}
+		d.printf("  %-8s %-4s %-12s restarted in %s (pid %d)\n", h.Name, h.Region, h.Addr, time.Since(start).Round(time.Millisecond), pids[h.Name])
+	}
+	for _, h := range fresh {
 		start := time.Now()
-		pid, err := d.start(h, join)
+		j := join
+		if h == p.Hosts[0] {
+			j = "" // the first host bootstraps the fleet
+		}
+		pid, err := d.start(h, j)
 		if err != nil {
 			return Plan{}, "", err
 		}
@@ -309,12 +336,18 @@ func (d *Dev) Down(purge bool) error {
 	if err != nil && !purge {
 		return err
 	}
-	// Stop in reverse order: etcd voters last, so the store keeps quorum while
-	// the others leave cleanly.
-	for i := len(p.Hosts) - 1; i >= 0; i-- {
-		h := p.Hosts[i]
-		pid := d.runningPid(h)
-		if pid == 0 {
+	// All at once: each agent stops its postgres before its part of etcd,
+	// so the store keeps quorum while the members leave cleanly.
+	pids := map[string]int{}
+	for _, h := range p.Hosts {
+		if pid := d.runningPid(h); pid != 0 {
+			pids[h.Name] = pid
+			syscall.Kill(pid, syscall.SIGTERM)
+		}
+	}
+	for _, h := range p.Hosts {
+		pid, ok := pids[h.Name]
+		if !ok {
 			continue
 		}
 		if err := stop(pid, 45*time.Second); err != nil {

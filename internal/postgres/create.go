@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"syscall"
 	"time"
@@ -187,7 +188,10 @@ func (i *Instance) runTool(ctx context.Context, program string, args, env []stri
 
 	i.log.Debug("running", "cmd", program, "args", args)
 	start := time.Now()
+	// See spawn: Pdeathsig is bound to the forking thread.
+	runtime.LockOSThread()
 	err := cmd.Run()
+	runtime.UnlockOSThread()
 	out.Flush()
 	if ctx.Err() != nil {
 		return fmt.Errorf("%s: %w", program, ctx.Err())

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -112,11 +113,10 @@ func (i *Instance) running() *process {
 // "standby" for a hot standby), and a TCP startup handshake on its listen
 // address gets an answer other than "the database system is starting up".
 //
-// The child gets Pdeathsig SIGKILL so it dies with the agent (note: Linux
-// delivers it when the thread that started it exits; the Go runtime does not
-// end threads of goroutines that are not locked to them, so this is the
-// process' death in practice) and its own process group so a Ctrl-C at the
-// agent's terminal reaches the agent, which then shuts postgres down in order.
+// The child gets Pdeathsig SIGKILL, so that it dies with the agent and no
+// postgres keeps accepting writes without a supervisor that could fence it,
+// and its own process group, so that a Ctrl-C at the agent's terminal reaches
+// only the agent, which then shuts postgres down in order.
 //
 // If the child exits before it is ready, the error contains its last log
 // lines and wraps ErrAddrInUse when the port was taken. If ctx ends first, the
@@ -129,17 +129,13 @@ func (i *Instance) Start(ctx context.Context) error {
 	}
 	pid := p.cmd.Process.Pid
 
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
+	// Poll quickly while postgres starts up; back off once it answers
+	// "not accepting connections", because each refused probe is a FATAL
+	// line in its log.
+	interval := 100 * time.Millisecond
+	timer := time.NewTimer(0)
+	defer timer.Stop()
 	for {
-		ready, err := i.ready(ctx, pid)
-		if err != nil {
-			return fmt.Errorf("start postgres in %s: %w", i.cfg.DataDir, err)
-		}
-		if ready {
-			i.log.Info("postgres ready", "pid", pid)
-			return nil
-		}
 		select {
 		case <-p.done:
 			err := fmt.Errorf("start postgres in %s: exited before accepting connections (%v); last output:%s",
@@ -151,8 +147,17 @@ func (i *Instance) Start(ctx context.Context) error {
 		case <-ctx.Done():
 			i.stop(p, 15*time.Second, syscall.SIGINT, syscall.SIGQUIT)
 			return fmt.Errorf("start postgres in %s: %w", i.cfg.DataDir, ctx.Err())
-		case <-tick.C:
+		case <-timer.C:
 		}
+		ready, refused := i.ready(ctx, pid)
+		if ready {
+			i.log.Info("postgres ready", "pid", pid)
+			return nil
+		}
+		if refused {
+			interval = min(2*interval, time.Second)
+		}
+		timer.Reset(interval)
 	}
 }
 
@@ -179,33 +184,53 @@ func (i *Instance) spawn() (*process, error) {
 		Pdeathsig:  syscall.SIGKILL,
 		Credential: credential(i.cfg.User),
 	}
-	if err := cmd.Start(); err != nil {
+	p := &process{cmd: cmd, out: out, done: make(chan struct{})}
+
+	// Linux sends Pdeathsig when the thread that forked the child exits,
+	// not the process, and the Go runtime ends a thread when a goroutine
+	// locked to it returns without unlocking. Forking and reaping from one
+	// goroutine that holds its thread for the child's whole life keeps that
+	// thread alive exactly as long as it must be.
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		p.reap(i.log)
+	}()
+	if err := <-started; err != nil {
 		return nil, err
 	}
-	p := &process{cmd: cmd, out: out, done: make(chan struct{})}
 	i.proc = p
 	i.log.Info("postgres started", "pid", cmd.Process.Pid, "data_dir", i.cfg.DataDir)
-
-	go func() {
-		err := cmd.Wait()
-		out.Flush()
-		if errors.Is(err, exec.ErrWaitDelay) {
-			// The postmaster exited cleanly; only orphaned backends held
-			// its output open.
-			err = nil
-		}
-		switch {
-		case p.stopping.Load():
-			p.err = nil
-		case err != nil:
-			p.err = fmt.Errorf("postgres (pid %d) exited unexpectedly: %w; last output:%s", cmd.Process.Pid, err, out.tailText())
-		default:
-			p.err = fmt.Errorf("postgres (pid %d) exited unexpectedly with status 0; last output:%s", cmd.Process.Pid, out.tailText())
-		}
-		i.log.Info("postgres exited", "pid", cmd.Process.Pid, "status", cmd.ProcessState.String(), "requested", p.stopping.Load())
-		close(p.done)
-	}()
 	return p, nil
+}
+
+// reap waits for the postmaster to exit, records why, and closes done.
+func (p *process) reap(log *slog.Logger) {
+	cmd := p.cmd
+	err := cmd.Wait()
+	p.out.Flush()
+	if errors.Is(err, exec.ErrWaitDelay) {
+		// The postmaster exited cleanly; only orphaned backends held its
+		// output open.
+		err = nil
+	}
+	pid := cmd.Process.Pid
+	switch {
+	case p.stopping.Load():
+		p.err = nil
+	case err != nil:
+		p.err = fmt.Errorf("postgres (pid %d) exited unexpectedly: %w; last output:%s", pid, err, p.out.tailText())
+	default:
+		p.err = fmt.Errorf("postgres (pid %d) exited unexpectedly with status 0; last output:%s", pid, p.out.tailText())
+	}
+	log.Info("postgres exited", "pid", pid, "status", cmd.ProcessState.String(), "requested", p.stopping.Load())
+	close(p.done)
 }
 
 func tailContains(o *output, s string) bool {
@@ -247,42 +272,43 @@ func readPidFile(dataDir string) (pidFile, error) {
 	return pf, nil
 }
 
-// ready reports whether the postmaster with pid accepts connections. A stale
-// postmaster.pid from an earlier crash names another pid and is ignored.
-func (i *Instance) ready(ctx context.Context, pid int) (bool, error) {
+// ready reports whether the postmaster with pid accepts connections, and
+// whether it was asked and refused. A stale postmaster.pid from an earlier
+// crash names another pid and is ignored.
+func (i *Instance) ready(ctx context.Context, pid int) (ready, refused bool) {
 	pf, err := readPidFile(i.cfg.DataDir)
-	if err != nil || pf.pid != pid {
-		return false, nil
+	if err != nil || pf.pid != pid || pf.port == 0 {
+		return false, false
 	}
+	// "standby" also covers a standby with hot_standby off, which never
+	// accepts connections; the probe below tells.
 	if pf.status != "ready" && pf.status != "standby" {
-		return false, nil
-	}
-	if pf.port == 0 {
-		return false, nil
+		return false, false
 	}
 	host := pf.listenAddr
 	switch host {
 	case "":
 		// listen_addresses is empty: nothing to probe over TCP; the
 		// postmaster's own status has to do.
-		return true, nil
+		return true, false
 	case "*", "0.0.0.0":
 		host = "127.0.0.1"
 	case "::":
 		host = "::1"
 	}
-	return probe(ctx, net.JoinHostPort(host, strconv.Itoa(pf.port)))
+	ok := probe(ctx, net.JoinHostPort(host, strconv.Itoa(pf.port)))
+	return ok, !ok
 }
 
 // probe reports whether a server at addr answers a startup packet with
 // anything but "the database system is starting up" (SQLSTATE 57P03), which
 // is what libpq's PQping calls accepting connections. It hangs up at the
 // authentication request, which postgres does not log, and needs no password.
-func probe(ctx context.Context, addr string) (bool, error) {
+func probe(ctx context.Context, addr string) bool {
 	d := net.Dialer{Timeout: time.Second}
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return false, nil
+		return false
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(time.Second))
@@ -292,35 +318,35 @@ func probe(ctx context.Context, addr string) (bool, error) {
 	msg = binary.BigEndian.AppendUint32(msg, 196608) // protocol 3.0
 	msg = append(msg, params...)
 	if _, err := c.Write(msg); err != nil {
-		return false, nil
+		return false
 	}
 
 	// Read the whole first message: closing with unread data would reset
 	// the connection, which the server logs.
 	var hdr [5]byte
 	if _, err := io.ReadFull(c, hdr[:]); err != nil {
-		return false, nil
+		return false
 	}
 	n := int(binary.BigEndian.Uint32(hdr[1:])) - 4
 	if n < 0 || n > 64<<10 {
-		return false, nil
+		return false
 	}
 	reply := make([]byte, n)
 	if _, err := io.ReadFull(c, reply); err != nil {
-		return false, nil
+		return false
 	}
 	switch hdr[0] {
 	case 'R', 'v': // authentication request, protocol negotiation: accepting
-		return true, nil
+		return true
 	case 'E':
 		for _, f := range bytes.Split(reply, []byte{0}) {
 			if len(f) > 0 && f[0] == 'C' {
-				return string(f[1:]) != "57P03", nil
+				return string(f[1:]) != "57P03"
 			}
 		}
-		return true, nil
+		return true
 	}
-	return false, nil
+	return false
 }
 
 // Done returns a channel that is closed when the postmaster started by the

@@ -171,6 +171,23 @@ func TestPrimaryAndStandby(t *testing.T) {
 	if sst.Timeline != 1 || sst.Upstream != "127.0.0.1" || sst.WriteLSN != 0 {
 		t.Errorf("standby QueryStatus = %+v, want timeline 1, upstream 127.0.0.1, no WriteLSN", sst)
 	}
+	// A parameter change reaches the running primary on Reload.
+	s := primary.settings()
+	s.Params = map[string]string{"work_mem": "7MB"}
+	if err := primary.Configure(s); err != nil {
+		t.Fatalf("Configure(primary): %v", err)
+	}
+	if err := primary.Reload(); err != nil {
+		t.Fatalf("Reload: %v", err)
+	}
+	waitFor(t, 10*time.Second, "work_mem = 7MB after Reload", func() (bool, string) {
+		var v string
+		if err := pconn.QueryRow(ctx, "SHOW work_mem").Scan(&v); err != nil {
+			return false, err.Error()
+		}
+		return v == "7MB", v
+	})
+
 	var app, slotUsed string
 	err = pconn.QueryRow(ctx, `SELECT r.application_name, s.slot_name FROM pg_stat_replication r
 		JOIN pg_replication_slots s ON s.active_pid = r.pid`).Scan(&app, &slotUsed)
@@ -195,6 +212,26 @@ func TestPrimaryAndStandby(t *testing.T) {
 	}
 	if _, err := sconn.Exec(ctx, "INSERT INTO t VALUES (101)"); err != nil {
 		t.Errorf("write after Promote: %v", err)
+	}
+
+	// Remove refuses a running instance, then deletes the data directory and
+	// the passfile, also from an Instance that never ran Configure.
+	if err := standby.Remove(); err == nil {
+		t.Errorf("Remove() of a running instance = nil, want error")
+	}
+	sconn.Close(ctx)
+	if err := standby.Stop(30 * time.Second); err != nil {
+		t.Fatalf("Stop(standby): %v", err)
+	}
+	if _, err := os.Stat(standby.PassfilePath("demo-2")); err != nil {
+		t.Fatalf("passfile before Remove: %v", err)
+	}
+	fresh := New(Config{Bin: standby.cfg.Bin, DataDir: standby.DataDir(), User: standby.cfg.User})
+	if err := fresh.Remove(); err != nil {
+		t.Fatalf("Remove: %v", err)
+	}
+	if entries, _ := os.ReadDir(parent); len(entries) != 0 {
+		t.Errorf("after Remove %s holds %v", parent, entries)
 	}
 }
 
@@ -221,6 +258,33 @@ func TestStartAddressInUse(t *testing.T) {
 	}
 	if pid := ti.Pid(); pid != 0 {
 		t.Errorf("Pid() = %d after a failed Start, want 0", pid)
+	}
+}
+
+// TestStartCancel starts a standby that can never accept connections
+// (hot_standby off) and expects Start to give up with ctx and stop it.
+func TestStartCancel(t *testing.T) {
+	ti := newTestInstance(t, "never-ready")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := ti.InitDB(ctx, testPassword); err != nil {
+		t.Fatalf("InitDB: %v", err)
+	}
+	s := ti.settings()
+	s.Follow = &ConnInfo{Host: "127.0.0.1", Port: freePort(t), User: "replicator", Password: "x"}
+	s.Params = map[string]string{"hot_standby": "off"}
+	if err := ti.Configure(s); err != nil {
+		t.Fatalf("Configure: %v", err)
+	}
+	short, cancelShort := context.WithTimeout(ctx, 2*time.Second)
+	defer cancelShort()
+	if err := ti.Start(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Start of a never-ready standby = %v, want context.DeadlineExceeded", err)
+	}
+	select {
+	case <-ti.Done():
+	default:
+		t.Errorf("Start returned on ctx but postgres (pid %d) still runs", ti.Pid())
 	}
 }
 

@@ -286,10 +286,18 @@ func checkFree(addr string) error {
 	return l.Close()
 }
 
-// Close stops the embedded member, if any.
+// Close stops the embedded member, if any. etcd's Close waits for client
+// servers that a member which never reached quorum has not started yet, so
+// the wait is bounded: the process is leaving anyway.
 func (e *Embedded) Close() {
-	if e.etcd != nil {
-		e.etcd.Close()
+	if e.etcd == nil {
+		return
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); e.etcd.Close() }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
 	}
 }
 

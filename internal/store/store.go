@@ -470,12 +470,26 @@ func (s *Store) eventKey(ev fleet.Event) string {
 // MaxEvents is how many events a cluster keeps; older ones are trimmed.
 const MaxEvents = 500
 
-// AppendEvent records ev.
+// AppendEvent records ev, unless its cluster is gone: an event written
+// after a delete would outlive the cluster.
 func (s *Store) AppendEvent(ctx context.Context, ev fleet.Event) error {
 	if ev.Time.IsZero() {
 		ev.Time = time.Now().UTC()
 	}
-	return s.putJSON(ctx, s.eventKey(ev), ev)
+	b, err := json.Marshal(ev)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	_, err = s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(s.specKey(ev.Cluster)), ">", 0)).
+		Then(clientv3.OpPut(s.eventKey(ev), string(b))).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("record event: %w", Translate(err))
+	}
+	return nil
 }
 
 // Events returns a cluster's events, oldest first, at most limit (newest kept).

@@ -1,0 +1,210 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgfleet/pgfleet/internal/agent"
+	"github.com/pgfleet/pgfleet/internal/api"
+	"github.com/pgfleet/pgfleet/internal/postgres"
+)
+
+// RequirePostgres skips a test when the PostgreSQL server binaries are
+// missing, except in CI (CI is set), where that is a failure.
+func RequirePostgres(t testing.TB) postgres.Bin {
+	t.Helper()
+	bin, err := postgres.FindBin("")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("CI needs PostgreSQL: %v", err)
+		}
+		t.Skipf("skipping: %v", err)
+	}
+	return bin
+}
+
+// TestDir returns a fresh directory that the postgres OS user can enter:
+// t.TempDir's folders are 0700, which locks it out when tests run as root.
+func TestDir(t testing.TB) string {
+	t.Helper()
+	dir := t.TempDir()
+	for d := dir; strings.HasPrefix(d, os.TempDir()+"/"); d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatalf("chmod %s: %v", d, err)
+		}
+	}
+	return dir
+}
+
+// FreeNet returns a second loopback octet N such that 127.N.1.1 has its API
+// and etcd ports free, so parallel tests and a developer's `dev up` fleet
+// (N = 0) never meet.
+func FreeNet(t testing.TB) int {
+	t.Helper()
+	for range 50 {
+		n := 100 + rand.IntN(150)
+		free := true
+		for _, p := range []string{"7480", "2379", "2380"} {
+			ln, err := net.Listen("tcp", net.JoinHostPort(fmt.Sprintf("127.%d.1.1", n), p))
+			if err != nil {
+				free = false
+				break
+			}
+			ln.Close()
+		}
+		if free {
+			return n
+		}
+	}
+	t.Fatal("no free loopback network found")
+	return 0
+}
+
+// Fleet is a fleet of agents running in the test's process, each with its
+// own loopback address, data directory and embedded etcd member.
+type Fleet struct {
+	t      testing.TB
+	Plan   Plan
+	Dir    string
+	Token  string
+	Client *api.Client
+	agents map[string]*inproc
+}
+
+type inproc struct {
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// StartFleet starts the hosts of regions ("iad:3,ams,syd") one by one, the
+// way `dev up` does, and stops them all when the test ends.
+func StartFleet(t testing.TB, regions string) *Fleet {
+	t.Helper()
+	RequirePostgres(t)
+	plan, err := ParsePlan(regions, FreeNet(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &Fleet{t: t, Plan: plan, Dir: TestDir(t), agents: map[string]*inproc{}}
+	t.Cleanup(f.StopAll)
+	for i, h := range plan.Hosts {
+		join := ""
+		if i > 0 {
+			join = net.JoinHostPort(plan.Hosts[0].Addr, "2379")
+		}
+		f.Start(h.Name, join)
+	}
+	tok, err := os.ReadFile(filepath.Join(f.Dir, plan.Hosts[0].Name, "token"))
+	if err != nil {
+		t.Fatalf("read token: %v", err)
+	}
+	f.Token = strings.TrimSpace(string(tok))
+	f.Client = api.NewClient(Endpoints(plan), f.Token)
+	if err := waitHosts(context.Background(), f.Client, len(plan.Hosts)); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// Host returns the plan of host name.
+func (f *Fleet) Host(name string) HostPlan {
+	for _, h := range f.Plan.Hosts {
+		if h.Name == name {
+			return h
+		}
+	}
+	f.t.Fatalf("no host %s in the fleet", name)
+	return HostPlan{}
+}
+
+// DataDir is host name's data directory.
+func (f *Fleet) DataDir(name string) string { return filepath.Join(f.Dir, name) }
+
+// Start starts (or restarts) host name's agent and waits until it is ready.
+func (f *Fleet) Start(name, join string) {
+	f.t.Helper()
+	h := f.Host(name)
+	logf, err := os.OpenFile(filepath.Join(f.Dir, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	a, err := agent.New(agent.Config{
+		Name: h.Name, Region: h.Region, Advertise: h.Addr, DataDir: f.DataDir(name),
+		APIListen: h.API(), Join: join,
+		Logger: slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	if err != nil {
+		f.t.Fatalf("agent %s: %v", name, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &inproc{cancel: cancel, done: make(chan error, 1)}
+	go func() {
+		p.done <- a.Run(ctx)
+		logf.Close()
+	}()
+	select {
+	case <-a.Ready():
+	case err := <-p.done:
+		f.t.Fatalf("agent %s exited: %v\n%s", name, err, tail(filepath.Join(f.Dir, name+".log"), 20))
+	case <-time.After(90 * time.Second):
+		f.t.Fatalf("agent %s not ready after 90s\n%s", name, tail(filepath.Join(f.Dir, name+".log"), 20))
+	}
+	f.agents[name] = p
+}
+
+// Stop stops host name's agent, as SIGTERM would, and waits for it.
+func (f *Fleet) Stop(name string) {
+	p, ok := f.agents[name]
+	if !ok {
+		return
+	}
+	p.cancel()
+	select {
+	case <-p.done:
+	case <-time.After(60 * time.Second):
+		f.t.Errorf("agent %s did not stop within 60s", name)
+	}
+	delete(f.agents, name)
+}
+
+// StopAll stops every agent, all at once.
+func (f *Fleet) StopAll() {
+	for _, p := range f.agents {
+		p.cancel()
+	}
+	for name := range f.agents {
+		f.Stop(name)
+	}
+	if f.t.Failed() {
+		for _, h := range f.Plan.Hosts {
+			f.t.Logf("--- end of %s's log:\n%s", h.Name, tail(filepath.Join(f.Dir, h.Name+".log"), 30))
+		}
+	}
+}
+
+// WaitFor polls cond until it holds or timeout passes; then the test fails
+// with the last state cond described.
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last string
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		last = state
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not reached after %s; last state: %s", what, timeout, last)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
