@@ -24,12 +24,16 @@ func defaultDevDir() string {
 func newDevCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "dev", Short: "Run a local multi-region fleet on this machine"}
 	var regions, dir, pgBin string
+	var netOctet int
 	up := &cobra.Command{
 		Use:   "up",
 		Short: "Start a local fleet: one agent per host, each on its own loopback address",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			plan, err := lab.ParsePlan(regions, 0)
+			if netOctet < 0 || netOctet > 254 {
+				return usageError{fmt.Errorf("--net %d: must be 0-254", netOctet)}
+			}
+			plan, err := lab.ParsePlan(regions, netOctet)
 			if err != nil {
 				return usageError{err}
 			}
@@ -62,6 +66,8 @@ func newDevCmd() *cobra.Command {
 	up.Flags().StringVar(&regions, "regions", lab.DefaultRegions, "regions and host counts, e.g. iad:3,ams,syd")
 	up.Flags().StringVar(&dir, "dir", defaultDevDir(), "directory of the dev fleet")
 	up.Flags().StringVar(&pgBin, "pg-bin", "", "directory of the PostgreSQL server binaries")
+	up.Flags().IntVar(&netOctet, "net", 0, "second octet N of the hosts' loopback addresses 127.N.R.H")
+	up.Flags().MarkHidden("net")
 
 	var purge bool
 	var downDir string
@@ -70,6 +76,11 @@ func newDevCmd() *cobra.Command {
 		Short: "Stop the local fleet (and delete it with --purge)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !cmd.Flags().Changed("dir") {
+				if cfg, err := loadConfig(); err == nil && cfg.DevDir != "" {
+					downDir = cfg.DevDir
+				}
+			}
 			abs, err := filepath.Abs(downDir)
 			if err != nil {
 				return err

@@ -1,0 +1,233 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgfleet/pgfleet/internal/api"
+	"github.com/pgfleet/pgfleet/internal/fleet"
+	"github.com/pgfleet/pgfleet/internal/lab"
+)
+
+// cli runs the built pgfleet binary with its own PGFLEET_HOME.
+type cli struct {
+	t    *testing.T
+	exe  string
+	home string
+}
+
+func (c cli) run(args ...string) (string, string, int) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, c.exe, args...)
+	cmd.Env = append(os.Environ(), "PGFLEET_HOME="+c.home)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		c.t.Fatalf("pgfleet %s: %v", strings.Join(args, " "), err)
+	}
+	return out.String(), errb.String(), code
+}
+
+// ok runs a command that must succeed and returns its output.
+func (c cli) ok(args ...string) string {
+	c.t.Helper()
+	out, errs, code := c.run(args...)
+	if code != 0 {
+		c.t.Fatalf("pgfleet %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, out, errs)
+	}
+	return out
+}
+
+// fails runs a command that must fail with code and a message containing want.
+func (c cli) fails(code int, want string, args ...string) {
+	c.t.Helper()
+	out, errs, got := c.run(args...)
+	if got != code || !strings.Contains(errs, want) {
+		c.t.Errorf("pgfleet %s: exit %d, stderr %q (stdout %q); want exit %d with %q", strings.Join(args, " "), got, errs, out, code, want)
+	}
+}
+
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	exe := filepath.Join(lab.TestDir(t), "pgfleet")
+	out, err := exec.Command("go", "build", "-o", exe, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return exe
+}
+
+// TestDevUpNewcomer walks the path of the README: dev up, create with
+// progress, status, url, connect, write on the primary and read on a replica
+// in another region, bad input, a lost agent restarted by dev up, destroy,
+// dev down.
+func TestDevUpNewcomer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a five-host dev fleet")
+	}
+	lab.RequirePostgres(t)
+	c := cli{t: t, exe: buildBinary(t), home: lab.TestDir(t)}
+	dir := filepath.Join(lab.TestDir(t), "fleet")
+	netArg := strconv.Itoa(lab.FreeNet(t))
+	t.Cleanup(func() {
+		c.run("dev", "down", "--dir", dir)
+		if t.Failed() {
+			for _, h := range []string{"iad-1", "iad-2", "iad-3", "ams-1", "syd-1"} {
+				b, _ := os.ReadFile(filepath.Join(dir, h+".log"))
+				lines := strings.Split(string(b), "\n")
+				t.Logf("--- end of %s.log:\n%s", h, strings.Join(lines[max(0, len(lines)-25):], "\n"))
+			}
+		}
+	})
+
+	c.fails(1, "apt-get install -y postgresql-15", "dev", "up", "--dir", dir, "--net", netArg, "--pg-bin", "/nonexistent")
+	c.fails(2, "host count", "dev", "up", "--dir", dir, "--net", netArg, "--regions", "iad:x")
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("a failed dev up created %s", dir)
+	}
+
+	start := time.Now()
+	out := c.ok("dev", "up", "--dir", dir, "--net", netArg)
+	if !strings.Contains(out, "fleet ready: 5 hosts (iad:3,ams,syd)") {
+		t.Fatalf("dev up output:\n%s", out)
+	}
+	fi, err := os.Stat(filepath.Join(c.home, "config.json"))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("config.json: %v, mode %v; want it saved with mode 0600", err, fi.Mode().Perm())
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "iad-1", "token")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("token file: %v; want mode 0600", err)
+	}
+	if out := c.ok("dev", "up", "--dir", dir, "--net", netArg); strings.Count(out, "already running") != 5 {
+		t.Fatalf("second dev up must change nothing; output:\n%s", out)
+	}
+	c.fails(1, "already exists in", "dev", "up", "--dir", dir, "--net", netArg, "--regions", "iad,ams")
+
+	var hosts []api.HostView
+	if err := json.Unmarshal([]byte(c.ok("hosts", "--json")), &hosts); err != nil || len(hosts) != 5 {
+		t.Fatalf("hosts --json: %d hosts, %v; want 5", len(hosts), err)
+	}
+
+	out = c.ok("create", "demo", "--primary-region", "iad", "--ha", "3", "--replicas", "ams,syd", "--wait")
+	for _, want := range []string{"cloning", "streaming", "cluster demo is ready"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("create --wait output lacks %q:\n%s", want, out)
+		}
+	}
+	t.Logf("dev up + create of a 5-member cluster: %s", time.Since(start).Round(100*time.Millisecond))
+
+	var v api.ClusterView
+	if err := json.Unmarshal([]byte(c.ok("status", "demo", "--json")), &v); err != nil {
+		t.Fatal(err)
+	}
+	var layout []string
+	for _, m := range v.Members {
+		layout = append(layout, fmt.Sprintf("%s/%s/%s", m.Role, m.Region, m.State))
+		if m.Addr == "" || m.Host == "" || m.Timeline != 1 || m.LagBytes != 0 {
+			t.Errorf("status member %+v: want addr, host, timeline 1 and lag 0", m)
+		}
+	}
+	if got := strings.Join(layout, " "); v.Primary != "demo-1" || got != "primary/iad/running standby/iad/streaming standby/iad/streaming replica/ams/streaming replica/syd/streaming" {
+		t.Fatalf("status demo --json: primary %q, members %s", v.Primary, got)
+	}
+	if out := c.ok("status", "demo"); !strings.Contains(out, "MEMBER") || !strings.Contains(out, "demo-5") {
+		t.Errorf("status table:\n%s", out)
+	}
+
+	ctx := context.Background()
+	primary, err := pgx.Connect(ctx, strings.TrimSpace(c.ok("url", "demo")))
+	if err != nil {
+		t.Fatalf("connect to the primary's url: %v", err)
+	}
+	defer primary.Close(ctx)
+	if _, err := primary.Exec(ctx, "CREATE TABLE notes (body text); INSERT INTO notes VALUES ('hello from iad')"); err != nil {
+		t.Fatal(err)
+	}
+	replica, err := pgx.Connect(ctx, strings.TrimSpace(c.ok("url", "demo", "--member", "demo-5")))
+	if err != nil {
+		t.Fatalf("connect to demo-5: %v", err)
+	}
+	defer replica.Close(ctx)
+	lab.WaitFor(t, 30*time.Second, "row on the syd replica", func() (bool, string) {
+		var body string
+		err := replica.QueryRow(ctx, "SELECT body FROM notes").Scan(&body)
+		return err == nil && body == "hello from iad", fmt.Sprint(body, err)
+	})
+	if out := c.ok("connect", "demo", "--member", "demo-4", "--", "-Atc", "SELECT pg_is_in_recovery()"); strings.TrimSpace(out) != "t" {
+		t.Errorf("connect demo --member demo-4 -- -Atc ...: %q, want t", out)
+	}
+
+	c.fails(1, `cluster "demo" already exists`, "create", "demo", "--primary-region", "iad")
+	c.fails(2, `cluster name "Demo_2" is not valid`, "create", "Demo_2", "--primary-region", "iad")
+	c.fails(2, "ha is 0", "create", "x", "--primary-region", "iad", "--ha", "0")
+	c.fails(1, `unknown region "fra"`, "create", "x", "--primary-region", "fra")
+	c.fails(2, "--primary-region is required", "create", "x")
+	c.fails(2, "add --yes to confirm", "destroy", "demo")
+	c.fails(1, "not found", "status", "nope")
+	c.fails(2, "needs a cluster NAME", "status")
+
+	// An agent killed outright takes its postgres with it; dev up brings it back.
+	pidBytes, _ := os.ReadFile(filepath.Join(dir, "syd-1.pid"))
+	agentPid, _ := strconv.Atoi(strings.TrimSpace(string(pidBytes)))
+	pmBytes, err := os.ReadFile(filepath.Join(dir, "syd-1", "members", "demo-5", "pgdata", "postmaster.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pmPid, _ := strconv.Atoi(strings.SplitN(string(pmBytes), "\n", 2)[0])
+	if err := syscall.Kill(agentPid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	lab.WaitFor(t, 10*time.Second, "postmaster gone with its agent", func() (bool, string) {
+		err := syscall.Kill(pmPid, 0)
+		return err != nil, fmt.Sprintf("postmaster %d: kill 0 = %v", pmPid, err)
+	})
+	if out := c.ok("dev", "up", "--dir", dir, "--net", netArg); !strings.Contains(out, "syd-1") || !strings.Contains(out, "restarted") {
+		t.Fatalf("dev up after a lost agent:\n%s", out)
+	}
+	lab.WaitFor(t, time.Minute, "demo-5 streaming again", func() (bool, string) {
+		var v api.ClusterView
+		if err := json.Unmarshal([]byte(c.ok("status", "demo", "--json")), &v); err != nil {
+			return false, err.Error()
+		}
+		m := v.Members[4]
+		return m.State == fleet.StateStreaming && m.LagBytes == 0, fmt.Sprintf("%s %s lag %d", m.ID, m.State, m.LagBytes)
+	})
+
+	if out := c.ok("events", "demo"); !strings.Contains(out, "demo-1 is primary") {
+		t.Errorf("events demo:\n%s", out)
+	}
+	c.ok("destroy", "demo", "--yes")
+	if out := c.ok("list", "--json"); strings.TrimSpace(out) != "[]" {
+		t.Errorf("list --json after destroy = %s, want []", out)
+	}
+	lab.WaitFor(t, 30*time.Second, "member data removed", func() (bool, string) {
+		m, _ := filepath.Glob(filepath.Join(dir, "*", "members", "demo-*"))
+		return len(m) == 0, fmt.Sprint(m)
+	})
+
+	c.ok("dev", "down", "--dir", dir, "--purge")
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("dev down --purge left %s", dir)
+	}
+	if _, err := os.Stat(filepath.Join(c.home, "config.json")); !os.IsNotExist(err) {
+		t.Errorf("dev down --purge left the CLI config of the purged fleet")
+	}
+}
