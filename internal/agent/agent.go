@@ -270,6 +270,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		<-srvDone
 	}()
 
+	// Two agents under one name would look like one host and fight over its
+	// members. The same host restarting within its lease has the same address.
+	if h, err := st.Host(ctx, cfg.Name); err == nil && h.Addr != cfg.Advertise {
+		return fmt.Errorf("--name %s: a host of that name is already registered at %s; pick another name", cfg.Name, h.Addr)
+	}
 	a.host.Started = time.Now().UTC()
 	// Without quorum (a restarted fleet whose other voters are still down)
 	// the agent waits for the store, and its API says why meanwhile.

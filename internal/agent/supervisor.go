@@ -291,7 +291,13 @@ func (s *supervisor) runPrimary(ctx context.Context, c store.ClusterState, fresh
 
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	for {
+	for n := 0; ; n++ {
+		if n%60 == 0 {
+			// The primary keeps its cluster's event history bounded.
+			if err := s.store.TrimEvents(ctx, s.spec.Cluster); err != nil && ctx.Err() == nil {
+				s.log.Warn("trim events", "err", err)
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()

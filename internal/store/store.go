@@ -162,16 +162,11 @@ func (s *Store) RegisterHost(ctx context.Context, h fleet.Host, lease *Lease) er
 	return s.putJSON(ctx, s.hostKey(h.Name), h, clientv3.WithLease(lease.ID))
 }
 
-// HostRegistered reports whether a live record of host name exists: another
-// agent with the same name would make two hosts look like one.
-func (s *Store) HostRegistered(ctx context.Context, name string) (bool, error) {
-	ctx, cancel := timeout(ctx)
-	defer cancel()
-	resp, err := s.cli.Get(ctx, s.hostKey(name), clientv3.WithCountOnly())
-	if err != nil {
-		return false, Translate(err)
-	}
-	return resp.Count > 0, nil
+// Host returns the live record of host name; ErrNotFound if there is none.
+func (s *Store) Host(ctx context.Context, name string) (fleet.Host, error) {
+	var h fleet.Host
+	err := s.getJSON(ctx, s.hostKey(name), &h)
+	return h, err
 }
 
 // Hosts lists the hosts whose agents are alive.
