@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgfleet/pgfleet/internal/agent"
 	"github.com/pgfleet/pgfleet/internal/api"
 	"github.com/pgfleet/pgfleet/internal/fleet"
 	"github.com/pgfleet/pgfleet/internal/lab"
@@ -106,6 +108,22 @@ func TestThreeRegionFleet(t *testing.T) {
 	if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE active").Scan(&slots); err != nil || slots != 4 {
 		t.Fatalf("active replication slots on the primary = %d, %v; want 4 (one per other member)", slots, err)
 	}
+	// Every connection is encrypted: clients, and the standbys' WAL streams.
+	var tlsClient bool
+	var tlsStreams int
+	if err := conn.QueryRow(ctx, "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").Scan(&tlsClient); err != nil || !tlsClient {
+		t.Fatalf("client connection TLS = %v, %v; want TLS", tlsClient, err)
+	}
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) WHERE s.ssl").Scan(&tlsStreams); err != nil || tlsStreams != 4 {
+		t.Fatalf("replication streams over TLS = %d, %v; want 4", tlsStreams, err)
+	}
+	plain := strings.Replace(primaryURL.URL, "sslmode=require", "sslmode=disable", 1)
+	if pc, err := pgx.Connect(ctx, plain); err == nil || !strings.Contains(err.Error(), "no encryption") {
+		if pc != nil {
+			pc.Close(ctx)
+		}
+		t.Fatalf("connect without TLS = %v, want it refused (no encryption)", err)
+	}
 
 	for _, m := range v.Members {
 		if m.ID == v.Primary {
@@ -155,6 +173,7 @@ func TestThreeRegionFleet(t *testing.T) {
 
 	t.Run("bad input changes nothing", func(t *testing.T) { badInput(t, f) })
 	t.Run("destroy removes data", func(t *testing.T) { destroy(t, f) })
+	t.Run("duplicate host name", func(t *testing.T) { duplicateHost(t, f) })
 	t.Run("no quorum", func(t *testing.T) { noQuorum(t, f) })
 }
 
@@ -276,6 +295,29 @@ func destroy(t *testing.T, f *lab.Fleet) {
 	}
 	if err := c.Destroy(ctx, "tmp2"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func duplicateHost(t *testing.T, f *lab.Fleet) {
+	// A fourth client host that calls itself ams-1 from another address.
+	addr := strings.Replace(f.Host("ams-1").Addr, ".2.1", ".9.9", 1)
+	a, err := agent.New(agent.Config{
+		Name: "ams-1", Region: "ams", Advertise: addr, DataDir: filepath.Join(lab.TestDir(t), "dup"),
+		Join: f.Host("iad-1").Addr + ":2379", Logger: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err = a.Run(ctx)
+	want := "--name ams-1: a host of that name is already registered at " + f.Host("ams-1").Addr
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("Run() of a second ams-1 = %v, want %q", err, want)
+	}
+	hosts, err := f.Client.Hosts(context.Background())
+	if err != nil || len(hosts) != 5 {
+		t.Fatalf("Hosts() = %d, %v; want the 5 hosts unchanged", len(hosts), err)
 	}
 }
 

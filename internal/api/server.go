@@ -422,7 +422,7 @@ func (s *Server) clusterURL(w http.ResponseWriter, r *http.Request) {
 		User:     url.UserPassword(fleet.Superuser, sec.SuperuserPassword),
 		Host:     net.JoinHostPort(h.Addr, strconv.Itoa(m.Port)),
 		Path:     "/postgres",
-		RawQuery: "sslmode=prefer",
+		RawQuery: "sslmode=require",
 	}
 	writeJSON(w, http.StatusOK, URLView{URL: u.String(), Member: m.ID})
 }

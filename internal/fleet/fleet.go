@@ -183,7 +183,7 @@ var paramRE = regexp.MustCompile(`^[a-z_][a-z0-9_.]*$`)
 var reservedParams = map[string]bool{
 	"listen_addresses": true, "port": true, "primary_conninfo": true, "primary_slot_name": true,
 	"hot_standby": true, "wal_level": true, "unix_socket_directories": true, "cluster_name": true,
-	"password_encryption": true, "logging_collector": true,
+	"password_encryption": true, "logging_collector": true, "ssl": true, "ssl_cert_file": true, "ssl_key_file": true,
 }
 
 // MemberID names the n-th member (1-based) of a cluster.

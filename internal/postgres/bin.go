@@ -161,6 +161,7 @@ func probeBin(dir string) (Bin, error) {
 type OSUser struct {
 	Name     string
 	UID, GID int
+	Home     string
 }
 
 // CurrentOrPostgres returns the `postgres` OS user when the current process is
@@ -191,7 +192,7 @@ func toOSUser(u *user.User) (OSUser, error) {
 	if err != nil {
 		return OSUser{}, fmt.Errorf("user %s: gid %q: %w", u.Username, u.Gid, err)
 	}
-	return OSUser{Name: u.Username, UID: uid, GID: gid}, nil
+	return OSUser{Name: u.Username, UID: uid, GID: gid, Home: u.HomeDir}, nil
 }
 
 // switchUser reports whether child processes must change to u: only root can,
@@ -232,16 +233,21 @@ func chown(path string, u OSUser) error {
 	return nil
 }
 
-// childEnv is the environment of the programs we run: ours without PG*
+// childEnv is the environment of the programs we run as u: ours without PG*
 // variables, which would otherwise silently redirect initdb, pg_basebackup or
-// libpq (PGDATA, PGHOST, PGPASSWORD...) behind our back.
-func childEnv(extra ...string) []string {
+// libpq (PGDATA, PGHOST, PGPASSWORD...) behind our back, and with u's HOME:
+// libpq looks for client certificates under ~/.postgresql, and root's home
+// is closed to the postgres user, which makes every TLS connection fail.
+func childEnv(u OSUser, extra ...string) []string {
 	var env []string
 	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, "PG") {
+		if strings.HasPrefix(kv, "PG") || (switchUser(u) && strings.HasPrefix(kv, "HOME=")) {
 			continue
 		}
 		env = append(env, kv)
+	}
+	if switchUser(u) && u.Home != "" {
+		env = append(env, "HOME="+u.Home)
 	}
 	return append(env, extra...)
 }

@@ -71,6 +71,9 @@ var reservedParams = map[string]bool{
 	"include":           true,
 	"include_dir":       true,
 	"include_if_exists": true,
+	"ssl":               true,
+	"ssl_cert_file":     true,
+	"ssl_key_file":      true,
 }
 
 var paramNameRE = regexp.MustCompile(`^[a-z_][a-z0-9_.]*$`)
@@ -101,12 +104,15 @@ func (i *Instance) Configure(s Settings) error {
 }
 
 func (i *Instance) configure(s Settings) error {
-	conf, err := renderFleetConf(s, i.passfilePath(s.Name))
+	conf, err := renderFleetConf(s, i.passfilePath(s.Name), i.CertPath(), i.KeyPath())
 	if err != nil {
 		return err
 	}
 	if !i.Initialized() {
 		return errors.New("no cluster: run InitDB or BaseBackup first")
+	}
+	if err := i.ensureCert(s.Name, s.ListenAddr); err != nil {
+		return err
 	}
 	if err := i.ensureInclude(); err != nil {
 		return err
@@ -179,7 +185,7 @@ func (i *Instance) passfilePathLocked() string {
 }
 
 // renderFleetConf returns pgfleet.conf for s.
-func renderFleetConf(s Settings, passfile string) ([]byte, error) {
+func renderFleetConf(s Settings, passfile, cert, key string) ([]byte, error) {
 	if err := validName(s.Name); err != nil {
 		return nil, err
 	}
@@ -237,6 +243,9 @@ func renderFleetConf(s Settings, passfile string) ([]byte, error) {
 	set("listen_addresses", s.ListenAddr)
 	set("port", strconv.Itoa(s.Port))
 	set("cluster_name", s.Name)
+	set("ssl", "on")
+	set("ssl_cert_file", cert)
+	set("ssl_key_file", key)
 	for _, p := range params {
 		set(p[0], p[1])
 	}
@@ -279,15 +288,16 @@ func confQuote(v string) string {
 	return "'" + strings.ReplaceAll(v, "'", "''") + "'"
 }
 
-// hbaConf admits SCRAM-authenticated users from any address to any
-// database and to replication. There are no unix sockets, hence no local
-// lines.
+// hbaConf admits SCRAM-authenticated users over TLS from any address to
+// any database and to replication. There are no unix sockets, hence no local
+// lines, and no plain TCP: libpq's and pgx's default sslmode (prefer) uses
+// TLS when the server offers it.
 const hbaConf = `# Written by pgfleet and rewritten whole on every change: do not edit.
-# TYPE  DATABASE     USER  ADDRESS    METHOD
-host    all          all   0.0.0.0/0  scram-sha-256
-host    all          all   ::/0       scram-sha-256
-host    replication  all   0.0.0.0/0  scram-sha-256
-host    replication  all   ::/0       scram-sha-256
+# TYPE   DATABASE     USER  ADDRESS    METHOD
+hostssl  all          all   0.0.0.0/0  scram-sha-256
+hostssl  all          all   ::/0       scram-sha-256
+hostssl  replication  all   0.0.0.0/0  scram-sha-256
+hostssl  replication  all   ::/0       scram-sha-256
 `
 
 // ensureInclude appends the include line to postgresql.conf unless it is

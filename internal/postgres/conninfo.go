@@ -26,14 +26,15 @@ type ConnInfo struct {
 	Database string
 }
 
-// URL returns ci as a postgres:// URL with every part escaped. TLS is off:
-// pgfleet's fleet talks over loopback until certificates are managed.
+// URL returns ci as a postgres:// URL with every part escaped. TLS is
+// required: every member serves it (see ensureCert); the server is not
+// verified until the fleet has a CA.
 func (ci ConnInfo) URL() string {
 	u := url.URL{
 		Scheme:   "postgres",
 		Host:     net.JoinHostPort(ci.Host, strconv.Itoa(ci.Port)),
 		Path:     "/" + ci.Database,
-		RawQuery: "sslmode=disable",
+		RawQuery: "sslmode=require",
 	}
 	switch {
 	case ci.Password != "":

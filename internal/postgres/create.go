@@ -175,7 +175,7 @@ func (i *Instance) runTool(ctx context.Context, program string, args, env []stri
 	cmd := exec.CommandContext(ctx, i.cfg.Bin.Path(program), args...)
 	cmd.Dir = filepath.Dir(i.cfg.DataDir)
 	// LC_ALL=C keeps messages (and the progress line we parse) in English.
-	cmd.Env = childEnv(append([]string{"LC_ALL=C"}, env...)...)
+	cmd.Env = childEnv(i.cfg.User, append([]string{"LC_ALL=C"}, env...)...)
 	cmd.Stdout = out
 	cmd.Stderr = out
 	cmd.WaitDelay = outputGrace

@@ -175,7 +175,7 @@ func (i *Instance) spawn() (*process, error) {
 	out := newOutput(i.log, nil)
 	cmd := exec.Command(i.cfg.Bin.Path("postgres"), "-D", i.cfg.DataDir)
 	cmd.Dir = i.cfg.DataDir
-	cmd.Env = childEnv()
+	cmd.Env = childEnv(i.cfg.User)
 	cmd.Stdout = out
 	cmd.Stderr = out
 	cmd.WaitDelay = outputGrace
@@ -451,7 +451,7 @@ func (i *Instance) Remove() error {
 	if p := i.running(); p != nil {
 		return fmt.Errorf("remove %s: postgres is running (pid %d)", i.cfg.DataDir, p.cmd.Process.Pid)
 	}
-	paths := []string{i.passfilePathLocked(), i.cfg.DataDir, i.cfg.DataDir + initSuffix, i.cfg.DataDir + backupSuffix}
+	paths := []string{i.passfilePathLocked(), i.CertPath(), i.KeyPath(), i.cfg.DataDir, i.cfg.DataDir + initSuffix, i.cfg.DataDir + backupSuffix}
 	for _, p := range paths {
 		if p == "" {
 			continue

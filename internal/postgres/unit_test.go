@@ -154,17 +154,17 @@ func TestConnInfoURL(t *testing.T) {
 		{
 			name: "plain",
 			ci:   ConnInfo{Host: "127.0.0.1", Port: 5432, User: "postgres", Password: "pw", Database: "postgres"},
-			want: "postgres://postgres:pw@127.0.0.1:5432/postgres?sslmode=disable",
+			want: "postgres://postgres:pw@127.0.0.1:5432/postgres?sslmode=require",
 		},
 		{
 			name: "escaped",
 			ci:   ConnInfo{Host: "::1", Port: 6000, User: "a@b", Password: "p:w/@?#", Database: "my db"},
-			want: "postgres://a%40b:p%3Aw%2F%40%3F%23@[::1]:6000/my%20db?sslmode=disable",
+			want: "postgres://a%40b:p%3Aw%2F%40%3F%23@[::1]:6000/my%20db?sslmode=require",
 		},
 		{
 			name: "no password",
 			ci:   ConnInfo{Host: "127.0.0.1", Port: 5432, User: "u"},
-			want: "postgres://u@127.0.0.1:5432/?sslmode=disable",
+			want: "postgres://u@127.0.0.1:5432/?sslmode=require",
 		},
 	}
 	for _, tt := range tests {
@@ -301,8 +301,15 @@ func TestConfigure(t *testing.T) {
 	for _, name := range []string{passfile, filepath.Join(data, "pgfleet.conf"), filepath.Join(data, "pg_hba.conf"), filepath.Join(data, "standby.signal")} {
 		checkOwned(t, name, u)
 	}
-	if hba := readFile(t, filepath.Join(data, "pg_hba.conf")); !strings.Contains(hba, "host    replication  all   ::/0       scram-sha-256") {
-		t.Errorf("pg_hba.conf lacks the replication line:\n%s", hba)
+	if hba := readFile(t, filepath.Join(data, "pg_hba.conf")); !strings.Contains(hba, "hostssl  replication  all   ::/0       scram-sha-256") || strings.Contains(hba, "\nhost ") {
+		t.Errorf("pg_hba.conf lacks the TLS-only replication line, or admits plain TCP:\n%s", hba)
+	}
+	if conf := readFile(t, filepath.Join(data, "pgfleet.conf")); !strings.Contains(conf, "ssl = 'on'") || !strings.Contains(conf, "ssl_key_file = '"+inst.KeyPath()+"'") {
+		t.Errorf("pgfleet.conf does not turn TLS on with the member's key:\n%s", conf)
+	}
+	checkOwned(t, inst.KeyPath(), u)
+	if fi, err := os.Stat(inst.KeyPath()); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("TLS key %s: %v; want mode 0600", inst.KeyPath(), err)
 	}
 
 	// Back to primary: standby.signal and the passfile go away.
