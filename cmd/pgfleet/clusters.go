@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -135,6 +137,10 @@ func waitReady(ctx context.Context, c *api.Client, name string, out io.Writer) (
 	var last api.ClusterView
 	for {
 		v, err := c.Cluster(ctx, name)
+		var ae *api.APIError
+		if errors.As(err, &ae) && ae.Status < 500 {
+			return v, err
+		}
 		if err == nil {
 			last = v
 			for _, m := range v.Members {
@@ -301,8 +307,19 @@ func newConnectCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			argv := append([]string{"psql", u.URL}, args[1:]...)
-			return syscall.Exec(psql, argv, os.Environ())
+			// The password goes through the environment: any local user can
+			// read a process's arguments with ps.
+			parsed, err := url.Parse(u.URL)
+			if err != nil {
+				return fmt.Errorf("parse the member's URL: %w", err)
+			}
+			env := os.Environ()
+			if pw, ok := parsed.User.Password(); ok {
+				env = append(env, "PGPASSWORD="+pw)
+				parsed.User = url.User(parsed.User.Username())
+			}
+			argv := append([]string{"psql", parsed.String()}, args[1:]...)
+			return syscall.Exec(psql, argv, env)
 		},
 	}
 	cmd.Flags().StringVar(&member, "member", "", "member id (default: the primary)")

@@ -18,7 +18,7 @@ import (
 
 	"github.com/pgfleet/pgfleet/internal/api"
 	"github.com/pgfleet/pgfleet/internal/fleet"
-	"github.com/pgfleet/pgfleet/internal/lab"
+	"github.com/pgfleet/pgfleet/internal/lab/labtest"
 )
 
 // cli runs the built pgfleet binary with its own PGFLEET_HOME.
@@ -67,7 +67,7 @@ func (c cli) fails(code int, want string, args ...string) {
 
 func buildBinary(t *testing.T) string {
 	t.Helper()
-	exe := filepath.Join(lab.TestDir(t), "pgfleet")
+	exe := filepath.Join(labtest.TestDir(t), "pgfleet")
 	out, err := exec.Command("go", "build", "-o", exe, ".").CombinedOutput()
 	if err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
@@ -83,10 +83,10 @@ func TestDevUpNewcomer(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a five-host dev fleet")
 	}
-	lab.RequirePostgres(t)
-	c := cli{t: t, exe: buildBinary(t), home: lab.TestDir(t)}
-	dir := filepath.Join(lab.TestDir(t), "fleet")
-	netArg := strconv.Itoa(lab.FreeNet(t))
+	labtest.RequirePostgres(t)
+	c := cli{t: t, exe: buildBinary(t), home: labtest.TestDir(t)}
+	dir := filepath.Join(labtest.TestDir(t), "fleet")
+	netArg := strconv.Itoa(labtest.FreeNet(t))
 	t.Cleanup(func() {
 		c.run("dev", "down", "--dir", dir)
 		if t.Failed() {
@@ -166,7 +166,7 @@ func TestDevUpNewcomer(t *testing.T) {
 		t.Fatalf("connect to demo-5: %v", err)
 	}
 	defer replica.Close(ctx)
-	lab.WaitFor(t, 30*time.Second, "row on the syd replica", func() (bool, string) {
+	labtest.WaitFor(t, 30*time.Second, "row on the syd replica", func() (bool, string) {
 		var body string
 		err := replica.QueryRow(ctx, "SELECT body FROM notes").Scan(&body)
 		return err == nil && body == "hello from iad", fmt.Sprint(body, err)
@@ -195,14 +195,14 @@ func TestDevUpNewcomer(t *testing.T) {
 	if err := syscall.Kill(agentPid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	lab.WaitFor(t, 10*time.Second, "postmaster gone with its agent", func() (bool, string) {
+	labtest.WaitFor(t, 10*time.Second, "postmaster gone with its agent", func() (bool, string) {
 		err := syscall.Kill(pmPid, 0)
 		return err != nil, fmt.Sprintf("postmaster %d: kill 0 = %v", pmPid, err)
 	})
 	if out := c.ok("dev", "up", "--dir", dir, "--net", netArg); !strings.Contains(out, "syd-1") || !strings.Contains(out, "restarted") {
 		t.Fatalf("dev up after a lost agent:\n%s", out)
 	}
-	lab.WaitFor(t, time.Minute, "demo-5 streaming again", func() (bool, string) {
+	labtest.WaitFor(t, time.Minute, "demo-5 streaming again", func() (bool, string) {
 		var v api.ClusterView
 		if err := json.Unmarshal([]byte(c.ok("status", "demo", "--json")), &v); err != nil {
 			return false, err.Error()
@@ -218,7 +218,7 @@ func TestDevUpNewcomer(t *testing.T) {
 	if out := c.ok("list", "--json"); strings.TrimSpace(out) != "[]" {
 		t.Errorf("list --json after destroy = %s, want []", out)
 	}
-	lab.WaitFor(t, 30*time.Second, "member data removed", func() (bool, string) {
+	labtest.WaitFor(t, 30*time.Second, "member data removed", func() (bool, string) {
 		m, _ := filepath.Glob(filepath.Join(dir, "*", "members", "demo-*"))
 		return len(m) == 0, fmt.Sprint(m)
 	})

@@ -4,6 +4,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -118,13 +119,15 @@ type Agent struct {
 	leaseMu sync.Mutex
 	lease   *store.Lease
 
-	ready chan struct{}
-	sups  map[string]*running // by member id
+	ready   chan struct{}
+	sups    map[string]*running // by member id
+	fleetID string              // the store's fleet id, once known
 }
 
 type running struct {
-	cancel context.CancelCauseFunc
-	done   chan struct{}
+	cancel  context.CancelCauseFunc
+	done    chan struct{}
+	created time.Time // the cluster incarnation the supervisor serves
 }
 
 // New validates cfg and checks everything that can be checked before any
@@ -229,7 +232,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 
 	endpoints := cfg.EtcdEndpoints
-	bootstrapped := false
 	if len(endpoints) == 0 {
 		e, err := store.StartEmbedded(ctx, store.EmbedConfig{
 			Name: cfg.Name, Dir: filepath.Join(cfg.DataDir, "etcd"), Addr: cfg.Advertise,
@@ -240,7 +242,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		a.etcd = e
 		defer e.Close()
-		endpoints, bootstrapped = e.Endpoints, e.Bootstrapped
+		endpoints = e.Endpoints
 	}
 	st, err := store.Open(endpoints, cfg.EtcdPrefix)
 	if err != nil {
@@ -248,12 +250,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.store = st
 	defer st.Close()
-
-	if bootstrapped || len(cfg.EtcdEndpoints) > 0 {
-		if err := a.initToken(ctx); err != nil {
-			return err
-		}
-	}
 
 	srv := &http.Server{Handler: api.NewServer(st, a.host, a.log.With("component", "api")).Handler(), ReadHeaderTimeout: 10 * time.Second}
 	srvDone := make(chan struct{})
@@ -279,7 +275,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	// Without quorum (a restarted fleet whose other voters are still down)
 	// the agent waits for the store, and its API says why meanwhile.
 	for {
-		err := a.register(ctx)
+		err := a.ensureToken(ctx)
+		if err == nil {
+			err = a.register(ctx)
+		}
 		if err == nil {
 			break
 		}
@@ -307,20 +306,28 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
-// initToken creates the fleet's API token when this agent is the first, and
-// keeps it readable by this host's owner only.
-func (a *Agent) initToken(ctx context.Context) error {
-	tok := api.NewToken()
-	ok, err := a.store.InitToken(ctx, api.HashToken(tok))
-	if err != nil || !ok {
+// ensureToken creates the fleet's API token if the fleet has none: the
+// first agent to get here saves it in its data dir (mode 0600) and its hash
+// in the store. The file is written before the hash, so a crash between the
+// two cannot leave a fleet whose token nobody knows.
+func (a *Agent) ensureToken(ctx context.Context) error {
+	if _, err := a.store.TokenHash(ctx); err == nil {
+		return nil
+	} else if !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
+	tok := api.NewToken()
 	path := TokenPath(a.cfg.DataDir)
 	if err := os.WriteFile(path+".tmp", []byte(tok+"\n"), 0o600); err != nil {
 		return fmt.Errorf("save API token: %w", err)
 	}
 	if err := os.Rename(path+".tmp", path); err != nil {
 		return fmt.Errorf("save API token: %w", err)
+	}
+	ok, err := a.store.InitToken(ctx, api.HashToken(tok))
+	if err != nil || !ok {
+		os.Remove(path) // another agent's token won
+		return err
 	}
 	a.log.Info("created the fleet's API token", "path", path)
 	return nil
@@ -380,8 +387,16 @@ func (a *Agent) loop(ctx context.Context) {
 	}
 }
 
+// placed is a member this host should run, with the cluster it belongs to.
+type placed struct {
+	spec    fleet.MemberSpec
+	cluster fleet.ClusterSpec
+}
+
 // reconcile starts a supervisor for every member placed on this host and
-// stops those whose member is gone.
+// stops those whose member is gone. A cluster destroyed and created again
+// under the same name is another cluster: its members get new supervisors
+// and fresh data.
 func (a *Agent) reconcile(ctx context.Context) {
 	cs, err := a.store.Clusters(ctx)
 	if err != nil {
@@ -390,73 +405,120 @@ func (a *Agent) reconcile(ctx context.Context) {
 		}
 		return
 	}
-	want := map[string]fleet.MemberSpec{}
+	want := map[string]placed{}
 	for _, c := range cs {
 		for _, m := range c.Members {
 			if m.Host == a.cfg.Name {
-				want[m.ID] = m
+				want[m.ID] = placed{spec: m, cluster: c.Spec}
 			}
 		}
 	}
 	for id, r := range a.sups {
-		if _, ok := want[id]; !ok {
+		if p, ok := want[id]; !ok || !p.cluster.Created.Equal(r.created) {
 			a.log.Info("member removed", "member", id)
 			r.cancel(errRemoved)
 			<-r.done
 			delete(a.sups, id)
 		}
 	}
-	for id, m := range want {
+	for id, p := range want {
 		if _, ok := a.sups[id]; ok {
 			continue
 		}
-		if err := a.startSupervisor(ctx, m); err != nil {
+		if err := a.startSupervisor(ctx, p); err != nil {
 			a.log.Error("start supervisor", "member", id, "err", err)
 		}
 	}
-	a.removeOrphans(want)
+	a.removeOrphans(ctx, want)
 }
 
+// memberMark is written into every member directory: which fleet and which
+// incarnation of its cluster the data belongs to.
+type memberMark struct {
+	FleetID string    `json:"fleet_id"`
+	Cluster string    `json:"cluster"`
+	Created time.Time `json:"created"`
+}
+
+const markFile = "member.json"
+
 // removeOrphans deletes member directories whose member no longer exists,
-// e.g. because the cluster was destroyed while this agent was down.
-func (a *Agent) removeOrphans(want map[string]fleet.MemberSpec) {
+// e.g. because the cluster was destroyed while this agent was down. It only
+// deletes what the store positively says is gone: data marked with this
+// fleet's id whose cluster is absent or was created anew. A store that is
+// not this fleet's (a wrong --etcd-prefix or --etcd-endpoints) has another
+// fleet id, or none, and deletes nothing.
+func (a *Agent) removeOrphans(ctx context.Context, want map[string]placed) {
+	if a.fleetID == "" {
+		id, err := a.store.FleetID(ctx, false)
+		if err != nil {
+			return
+		}
+		a.fleetID = id
+	}
 	entries, err := os.ReadDir(filepath.Join(a.cfg.DataDir, "members"))
 	if err != nil {
 		return
 	}
 	for _, e := range entries {
-		if _, ok := want[e.Name()]; ok || !e.IsDir() {
-			continue
-		}
-		if _, ok := a.sups[e.Name()]; ok {
+		if _, ok := a.sups[e.Name()]; ok || !e.IsDir() {
 			continue
 		}
 		dir := filepath.Join(a.cfg.DataDir, "members", e.Name())
-		a.log.Info("removing data of a deleted member", "dir", dir)
-		os.RemoveAll(dir)
+		var mark memberMark
+		b, err := os.ReadFile(filepath.Join(dir, markFile))
+		if err != nil || json.Unmarshal(b, &mark) != nil || mark.FleetID != a.fleetID {
+			continue
+		}
+		if p, ok := want[e.Name()]; ok && p.cluster.Created.Equal(mark.Created) {
+			continue
+		}
+		a.log.Info("removing data of a deleted member", "dir", dir, "cluster", mark.Cluster)
+		if err := os.RemoveAll(dir); err != nil {
+			a.log.Error("remove member data", "dir", dir, "err", err)
+		}
 	}
 }
 
-func (a *Agent) startSupervisor(ctx context.Context, m fleet.MemberSpec) error {
+func (a *Agent) startSupervisor(ctx context.Context, p placed) error {
+	m := p.spec
+	fleetID, err := a.store.FleetID(ctx, true)
+	if err != nil {
+		return err
+	}
 	sec, err := a.store.Secrets(ctx, m.Cluster)
 	if err != nil {
 		return err
 	}
 	dir := filepath.Join(a.cfg.DataDir, "members", m.ID)
+	var mark memberMark
+	if b, err := os.ReadFile(filepath.Join(dir, markFile)); err == nil && json.Unmarshal(b, &mark) == nil &&
+		(mark.FleetID != fleetID || !mark.Created.Equal(p.cluster.Created)) {
+		// Data of an older cluster of the same name (destroyed while this
+		// agent was down, then created again): never serve it as the new one.
+		a.log.Info("removing data of an earlier cluster of the same name", "dir", dir)
+		if err := os.RemoveAll(dir); err != nil {
+			return fmt.Errorf("remove stale member data: %w", err)
+		}
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create member dir: %w", err)
 	}
 	if err := os.Chown(dir, a.osUser.UID, a.osUser.GID); err != nil {
 		return fmt.Errorf("hand member dir to %s: %w", a.osUser.Name, err)
 	}
+	b, _ := json.Marshal(memberMark{FleetID: fleetID, Cluster: m.Cluster, Created: p.cluster.Created})
+	if err := os.WriteFile(filepath.Join(dir, markFile), b, 0o600); err != nil {
+		return fmt.Errorf("mark member dir: %w", err)
+	}
 	log := a.log.With("cluster", m.Cluster, "member", m.ID)
 	s := &supervisor{
 		spec: m, host: a.host, store: a.store, lease: a.currentLease, dir: dir, log: log, secrets: sec,
-		role: m.Role, state: fleet.StatePending,
+		params: p.cluster.Params, role: m.Role, state: fleet.StatePending,
 	}
 	s.inst = postgres.New(postgres.Config{Bin: a.bin, DataDir: s.pgdata(), User: a.osUser, Logger: log})
 	sctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
-	r := &running{cancel: cancel, done: make(chan struct{})}
+	r := &running{cancel: cancel, done: make(chan struct{}), created: p.cluster.Created}
 	a.sups[m.ID] = r
 	go func() { defer close(r.done); s.run(sctx) }()
 	return nil

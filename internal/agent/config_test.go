@@ -10,11 +10,11 @@ import (
 	"testing"
 
 	"github.com/pgfleet/pgfleet/internal/agent"
-	"github.com/pgfleet/pgfleet/internal/lab"
+	"github.com/pgfleet/pgfleet/internal/lab/labtest"
 )
 
 func validConfig(t *testing.T) agent.Config {
-	return agent.Config{Name: "h1", Region: "iad", Advertise: "127.0.0.1", DataDir: filepath.Join(lab.TestDir(t), "data")}
+	return agent.Config{Name: "h1", Region: "iad", Advertise: "127.0.0.1", DataDir: filepath.Join(labtest.TestDir(t), "data")}
 }
 
 func TestConfigValidate(t *testing.T) {
@@ -69,7 +69,7 @@ func TestNewRefusesMissingPostgres(t *testing.T) {
 }
 
 func TestNewRefusesForeignDataDir(t *testing.T) {
-	lab.RequirePostgres(t)
+	labtest.RequirePostgres(t)
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to give a directory to another user")
 	}
@@ -87,11 +87,11 @@ func TestNewRefusesForeignDataDir(t *testing.T) {
 }
 
 func TestNewRefusesDataDirPostgresCannotReach(t *testing.T) {
-	lab.RequirePostgres(t)
+	labtest.RequirePostgres(t)
 	if os.Geteuid() != 0 {
 		t.Skip("postgres runs as the current user when not root")
 	}
-	locked := filepath.Join(lab.TestDir(t), "locked")
+	locked := filepath.Join(labtest.TestDir(t), "locked")
 	if err := os.Mkdir(locked, 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +104,7 @@ func TestNewRefusesDataDirPostgresCannotReach(t *testing.T) {
 }
 
 func TestRunRefusesPortInUse(t *testing.T) {
-	lab.RequirePostgres(t)
+	labtest.RequirePostgres(t)
 	for _, which := range []string{"api", "etcd"} {
 		t.Run(which, func(t *testing.T) {
 			ln, err := net.Listen("tcp", "127.0.0.1:0")

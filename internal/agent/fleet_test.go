@@ -18,7 +18,7 @@ import (
 	"github.com/pgfleet/pgfleet/internal/agent"
 	"github.com/pgfleet/pgfleet/internal/api"
 	"github.com/pgfleet/pgfleet/internal/fleet"
-	"github.com/pgfleet/pgfleet/internal/lab"
+	"github.com/pgfleet/pgfleet/internal/lab/labtest"
 )
 
 func ptr[T any](v T) *T { return &v }
@@ -42,7 +42,7 @@ func TestThreeRegionFleet(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts five agents and five postgres instances")
 	}
-	f := lab.StartFleet(t, "iad:3,ams,syd")
+	f := labtest.StartFleet(t, "iad:3,ams,syd")
 	ctx := context.Background()
 	c := f.Client
 
@@ -55,7 +55,7 @@ func TestThreeRegionFleet(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Create: %v", err)
 	}
-	lab.WaitFor(t, 3*time.Minute, "cluster demo ready", func() (bool, string) {
+	labtest.WaitFor(t, 3*time.Minute, "cluster demo ready", func() (bool, string) {
 		v, err = c.Cluster(ctx, "demo")
 		if err != nil {
 			return false, err.Error()
@@ -137,7 +137,7 @@ func TestThreeRegionFleet(t *testing.T) {
 		if err != nil {
 			t.Fatalf("connect to %s: %v", m.ID, err)
 		}
-		lab.WaitFor(t, 30*time.Second, "1000 rows on "+m.ID, func() (bool, string) {
+		labtest.WaitFor(t, 30*time.Second, "1000 rows on "+m.ID, func() (bool, string) {
 			var n int
 			var rec bool
 			err := mc.QueryRow(ctx, "SELECT count(*), pg_is_in_recovery() FROM items").Scan(&n, &rec)
@@ -148,7 +148,7 @@ func TestThreeRegionFleet(t *testing.T) {
 		})
 		mc.Close(ctx)
 	}
-	lab.WaitFor(t, 30*time.Second, "all lags 0", func() (bool, string) {
+	labtest.WaitFor(t, 30*time.Second, "all lags 0", func() (bool, string) {
 		v, err = c.Cluster(ctx, "demo")
 		if err != nil {
 			return false, err.Error()
@@ -177,7 +177,7 @@ func TestThreeRegionFleet(t *testing.T) {
 	t.Run("no quorum", func(t *testing.T) { noQuorum(t, f) })
 }
 
-func badInput(t *testing.T, f *lab.Fleet) {
+func badInput(t *testing.T, f *labtest.Fleet) {
 	ctx := context.Background()
 	c := f.Client
 	before, err := c.Clusters(ctx)
@@ -258,14 +258,14 @@ func badInput(t *testing.T, f *lab.Fleet) {
 	}
 }
 
-func destroy(t *testing.T, f *lab.Fleet) {
+func destroy(t *testing.T, f *labtest.Fleet) {
 	ctx := context.Background()
 	c := f.Client
 	if _, err := c.Create(ctx, api.CreateRequest{Name: "tmp", PrimaryRegion: "ams"}); err != nil {
 		t.Fatal(err)
 	}
 	dir := filepath.Join(f.DataDir("ams-1"), "members", "tmp-1")
-	lab.WaitFor(t, time.Minute, "tmp-1 running", func() (bool, string) {
+	labtest.WaitFor(t, time.Minute, "tmp-1 running", func() (bool, string) {
 		v, err := c.Cluster(ctx, "tmp")
 		if err != nil {
 			return false, err.Error()
@@ -278,7 +278,7 @@ func destroy(t *testing.T, f *lab.Fleet) {
 	if _, err := c.Cluster(ctx, "tmp"); !api.IsNotFound(err) {
 		t.Fatalf("Cluster(tmp) after destroy = %v, want not found", err)
 	}
-	lab.WaitFor(t, 30*time.Second, "tmp-1 data removed", func() (bool, string) {
+	labtest.WaitFor(t, 30*time.Second, "tmp-1 data removed", func() (bool, string) {
 		_, err := os.Stat(dir)
 		return errors.Is(err, os.ErrNotExist), fmt.Sprintf("stat %s: %v", dir, err)
 	})
@@ -298,11 +298,11 @@ func destroy(t *testing.T, f *lab.Fleet) {
 	}
 }
 
-func duplicateHost(t *testing.T, f *lab.Fleet) {
+func duplicateHost(t *testing.T, f *labtest.Fleet) {
 	// A fourth client host that calls itself ams-1 from another address.
 	addr := strings.Replace(f.Host("ams-1").Addr, ".2.1", ".9.9", 1)
 	a, err := agent.New(agent.Config{
-		Name: "ams-1", Region: "ams", Advertise: addr, DataDir: filepath.Join(lab.TestDir(t), "dup"),
+		Name: "ams-1", Region: "ams", Advertise: addr, DataDir: filepath.Join(labtest.TestDir(t), "dup"),
 		Join: f.Host("iad-1").Addr + ":2379", Logger: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
@@ -321,7 +321,7 @@ func duplicateHost(t *testing.T, f *lab.Fleet) {
 	}
 }
 
-func noQuorum(t *testing.T, f *lab.Fleet) {
+func noQuorum(t *testing.T, f *labtest.Fleet) {
 	ctx := context.Background()
 	// Two of the three etcd voters go away: the fleet loses quorum.
 	f.Stop("iad-2")
@@ -338,7 +338,7 @@ func noQuorum(t *testing.T, f *lab.Fleet) {
 	}
 	// Quorum back: the request that failed left nothing behind.
 	f.Start("iad-2", "")
-	lab.WaitFor(t, time.Minute, "store answers again", func() (bool, string) {
+	labtest.WaitFor(t, time.Minute, "store answers again", func() (bool, string) {
 		cs, err := c.Clusters(ctx)
 		if err != nil {
 			return false, err.Error()

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -39,6 +40,7 @@ type supervisor struct {
 	inst    *postgres.Instance
 	log     *slog.Logger
 	secrets fleet.Secrets
+	params  map[string]string // the cluster spec's postgres parameters
 
 	mu       sync.Mutex
 	state    fleet.State
@@ -46,10 +48,20 @@ type supervisor struct {
 	message  string
 	progress string
 
-	connMu sync.Mutex // pgx connections are not safe for concurrent use
-	conn   *pgx.Conn  // the supervisor's own superuser connection
+	// Two connections: a status query must not wait behind (or hang with)
+	// the control loop's work, and pgx connections are not safe for
+	// concurrent use.
+	ctl, pub pgConn
+	stopping atomic.Bool // set once postgres is being stopped: no new queries
+	events   int         // events written, to trim the history now and then
 
 	leader *store.Lease // held while this member is the primary
+}
+
+// pgConn is a lazily opened superuser connection to the member's postgres.
+type pgConn struct {
+	mu   sync.Mutex
+	conn *pgx.Conn
 }
 
 func (s *supervisor) set(state fleet.State, role fleet.Role, msg string) {
@@ -66,6 +78,13 @@ func (s *supervisor) event(ctx context.Context, kind, msg string) {
 	ev := fleet.Event{Time: time.Now().UTC(), Cluster: s.spec.Cluster, Member: s.spec.ID, Host: s.host.Name, Kind: kind, Message: msg}
 	if err := s.store.AppendEvent(ctx, ev); err != nil && ctx.Err() == nil {
 		s.log.Warn("record event", "err", err)
+	}
+	// A member stuck in a failure loop writes an event per retry; trimming
+	// here keeps the history bounded even when no primary runs.
+	if s.events++; s.events%50 == 0 {
+		if err := s.store.TrimEvents(ctx, s.spec.Cluster); err != nil && ctx.Err() == nil {
+			s.log.Warn("trim events", "err", err)
+		}
 	}
 }
 
@@ -96,6 +115,10 @@ func (s *supervisor) run(ctx context.Context) {
 		if time.Since(start) > time.Minute {
 			backoff = time.Second
 		}
+		// Whatever step failed, postgres does not keep running half set up:
+		// a primary that could not take the leader key must not take writes.
+		s.stopPostgres()
+		s.releaseLeader()
 		s.set(fleet.StateFailed, "", err.Error())
 		s.event(ctx, "failed", fmt.Sprintf("%s: %v; retrying in %s", s.spec.ID, err, backoff))
 		select {
@@ -121,10 +144,15 @@ func (s *supervisor) run(ctx context.Context) {
 	}
 }
 
+// stopPostgres stops postgres with a fast shutdown: clients are
+// disconnected and their transactions rolled back.
 func (s *supervisor) stopPostgres() {
-	s.closeConn()
+	s.stopping.Store(true)
+	defer s.stopping.Store(false)
+	s.ctl.close()
+	s.pub.close()
 	if s.inst.Pid() != 0 {
-		if err := s.inst.Stop(30 * time.Second); err != nil {
+		if err := s.inst.StopFast(30 * time.Second); err != nil {
 			s.log.Warn("stop postgres", "err", err)
 		}
 	}
@@ -148,7 +176,7 @@ func (s *supervisor) observe(ctx context.Context) (ha.Observation, store.Cluster
 	if err != nil {
 		return ha.Observation{}, c, err
 	}
-	o := ha.Observation{Self: s.spec, Initialized: s.inst.Initialized(), Leader: c.Leader}
+	o := ha.Observation{Self: s.spec, Initialized: s.inst.Initialized(), Leader: c.Leader, ClusterInitialized: c.Initialized}
 	if o.Initialized {
 		_, err := os.Stat(filepath.Join(s.pgdata(), "standby.signal"))
 		o.WasPrimary = errors.Is(err, os.ErrNotExist)
@@ -192,16 +220,19 @@ func (s *supervisor) converge(ctx context.Context) error {
 			if err := s.inst.InitDB(ctx, s.secrets.SuperuserPassword); err != nil {
 				return fmt.Errorf("initdb: %w", err)
 			}
-			return s.runPrimary(ctx, c, true)
+			return s.runPrimary(ctx, c)
 		case ha.StartPrimary:
-			return s.runPrimary(ctx, c, false)
+			return s.runPrimary(ctx, c)
 		case ha.Clone:
 			leader, _ := c.Member(c.Leader)
-			src := s.replicationSource(c, leader)
+			src, err := s.replicationSource(ctx, c, leader)
+			if err != nil {
+				return err
+			}
 			s.event(ctx, "clone", fmt.Sprintf("cloning %s from %s (%s)", s.spec.ID, leader.ID, net.JoinHostPort(src.Host, strconv.Itoa(src.Port))))
 			s.set(fleet.StateCloning, s.standbyRole(), why)
 			start := time.Now()
-			err := s.inst.BaseBackup(ctx, src, postgres.SlotName(s.spec.ID), func(done, total int64) {
+			err = s.inst.BaseBackup(ctx, src, postgres.SlotName(s.spec.ID), func(done, total int64) {
 				s.mu.Lock()
 				if total > 0 {
 					s.progress = fmt.Sprintf("%d%% of %d MB", done*100/total, total>>20)
@@ -228,26 +259,26 @@ func (s *supervisor) standbyRole() fleet.Role {
 	return fleet.RoleStandby
 }
 
-func (s *supervisor) replicationSource(c store.ClusterState, leader fleet.MemberSpec) postgres.ConnInfo {
-	addr := leader.Host
-	if st, ok := c.Status[leader.ID]; ok {
-		if h, _, err := net.SplitHostPort(st.Addr); err == nil {
-			addr = h
-		}
+// replicationSource is where a standby streams from: the leader's host
+// address, from its host record.
+func (s *supervisor) replicationSource(ctx context.Context, c store.ClusterState, leader fleet.MemberSpec) (postgres.ConnInfo, error) {
+	h, err := s.store.Host(ctx, leader.Host)
+	if err != nil {
+		return postgres.ConnInfo{}, fmt.Errorf("find primary %s's host %s: %w", leader.ID, leader.Host, err)
 	}
-	return postgres.ConnInfo{Host: addr, Port: leader.Port, User: fleet.ReplicationUser, Password: s.secrets.ReplicationPassword, Database: "postgres"}
+	return postgres.ConnInfo{Host: h.Addr, Port: leader.Port, User: fleet.ReplicationUser, Password: s.secrets.ReplicationPassword, Database: "postgres"}, nil
 }
 
 func (s *supervisor) settings(follow *postgres.ConnInfo) postgres.Settings {
 	return postgres.Settings{
 		Name: s.spec.ID, ListenAddr: s.host.Addr, Port: s.spec.Port,
-		Follow: follow, SlotName: postgres.SlotName(s.spec.ID),
+		Follow: follow, SlotName: postgres.SlotName(s.spec.ID), Params: s.params,
 	}
 }
 
 // runPrimary starts the member as primary, takes the leader key and keeps the
 // other members' replication slots until postgres exits.
-func (s *supervisor) runPrimary(ctx context.Context, c store.ClusterState, fresh bool) error {
+func (s *supervisor) runPrimary(ctx context.Context, c store.ClusterState) error {
 	if err := s.inst.Configure(s.settings(nil)); err != nil {
 		return fmt.Errorf("configure: %w", err)
 	}
@@ -255,11 +286,11 @@ func (s *supervisor) runPrimary(ctx context.Context, c store.ClusterState, fresh
 	if err := s.start(ctx); err != nil {
 		return err
 	}
-	err := s.withConn(ctx, func(conn *pgx.Conn) error {
-		if fresh {
-			if err := postgres.EnsureRole(ctx, conn, fleet.ReplicationUser, s.secrets.ReplicationPassword, true); err != nil {
-				return fmt.Errorf("create replication role: %w", err)
-			}
+	err := s.ctl.do(ctx, s.superuser(), func(conn *pgx.Conn) error {
+		// Every start, not only after initdb: a first start that failed
+		// half-way must not leave the cluster without its replication role.
+		if err := postgres.EnsureRole(ctx, conn, fleet.ReplicationUser, s.secrets.ReplicationPassword, true); err != nil {
+			return fmt.Errorf("create replication role: %w", err)
 		}
 		// Slots exist before the leader key does, so a clone never finds its
 		// slot missing and WAL a standby still needs is never recycled.
@@ -271,7 +302,9 @@ func (s *supervisor) runPrimary(ctx context.Context, c store.ClusterState, fresh
 	if err != nil {
 		return err
 	}
-	lease, err := s.store.Grant(ctx, LeaderTTL)
+	// The lease is kept alive independently of ctx: when the agent stops,
+	// it must outlive postgres' shutdown and end only with releaseLeader.
+	lease, err := s.store.Grant(context.WithoutCancel(ctx), LeaderTTL)
 	if err != nil {
 		return err
 	}
@@ -305,17 +338,22 @@ func (s *supervisor) runPrimary(ctx context.Context, c store.ClusterState, fresh
 			s.releaseLeader()
 			return fmt.Errorf("postgres exited: %v", s.inst.ExitErr())
 		case <-lease.Done():
-			// Fencing and election build on this; the foundation stops the
-			// primary rather than run writable without the key.
-			s.stopPostgres()
+			// Fencing with a margin and election come with automatic
+			// failover; until then a primary that lost its key stops at
+			// once rather than run writable without it.
+			s.stopping.Store(true)
+			s.inst.StopFast(2 * time.Second)
 			s.leader = nil
+			s.event(ctx, "fenced", fmt.Sprintf("%s lost its leader lease; postgres stopped", s.spec.ID))
 			return errors.New("lost the leader lease; postgres stopped")
 		case <-tick.C:
 			c, err := s.store.Cluster(ctx, s.spec.Cluster)
 			if err != nil {
 				continue
 			}
-			err = s.withConn(ctx, func(conn *pgx.Conn) error { return postgres.EnsureSlots(ctx, conn, s.otherSlots(c)) })
+			qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			err = s.ctl.do(qctx, s.superuser(), func(conn *pgx.Conn) error { return postgres.EnsureSlots(qctx, conn, s.otherSlots(c)) })
+			cancel()
 			if err != nil && ctx.Err() == nil {
 				s.log.Warn("ensure replication slots", "err", err)
 			}
@@ -336,7 +374,10 @@ func (s *supervisor) otherSlots(c store.ClusterState) []string {
 // runStandby starts the member as a standby of leader and runs until
 // postgres exits.
 func (s *supervisor) runStandby(ctx context.Context, c store.ClusterState, leader fleet.MemberSpec) error {
-	src := s.replicationSource(c, leader)
+	src, err := s.replicationSource(ctx, c, leader)
+	if err != nil {
+		return err
+	}
 	if err := s.inst.Configure(s.settings(&src)); err != nil {
 		return fmt.Errorf("configure: %w", err)
 	}
@@ -354,40 +395,45 @@ func (s *supervisor) runStandby(ctx context.Context, c store.ClusterState, leade
 	}
 }
 
+// startTimeout bounds a start: crash recovery or a standby reaching a
+// consistent state can take a while, but not forever.
+const startTimeout = 10 * time.Minute
+
 func (s *supervisor) start(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, startTimeout)
+	defer cancel()
 	if err := s.inst.Start(ctx); err != nil {
 		return fmt.Errorf("start postgres: %w", err)
 	}
 	return nil
 }
 
-// withConn runs f on the supervisor's superuser connection, connecting first
-// if needed. A failed call drops the connection, so the next one reconnects
-// after a postgres restart.
-func (s *supervisor) withConn(ctx context.Context, f func(*pgx.Conn) error) error {
-	s.connMu.Lock()
-	defer s.connMu.Unlock()
-	if s.conn == nil || s.conn.IsClosed() {
-		conn, err := postgres.Connect(ctx, s.superuser())
+// do runs f on the connection, connecting first if needed. A failed call
+// drops the connection, so the next one reconnects after a postgres restart.
+func (p *pgConn) do(ctx context.Context, ci postgres.ConnInfo, f func(*pgx.Conn) error) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conn == nil || p.conn.IsClosed() {
+		conn, err := postgres.Connect(ctx, ci)
 		if err != nil {
 			return fmt.Errorf("connect as superuser: %w", err)
 		}
-		s.conn = conn
+		p.conn = conn
 	}
-	err := f(s.conn)
+	err := f(p.conn)
 	if err != nil {
-		s.conn.Close(context.Background())
-		s.conn = nil
+		p.conn.Close(context.Background())
+		p.conn = nil
 	}
 	return err
 }
 
-func (s *supervisor) closeConn() {
-	s.connMu.Lock()
-	defer s.connMu.Unlock()
-	if s.conn != nil {
-		s.conn.Close(context.Background())
-		s.conn = nil
+func (p *pgConn) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conn != nil {
+		p.conn.Close(context.Background())
+		p.conn = nil
 	}
 }
 
@@ -417,10 +463,10 @@ func (s *supervisor) publish(ctx context.Context) {
 		st.Role = s.spec.Role
 	}
 
-	if s.inst.Pid() != 0 && (st.State == fleet.StateRunning || st.State == fleet.StateStreaming || st.State == fleet.StateCatchingUp) {
+	if s.inst.Pid() != 0 && !s.stopping.Load() && (st.State == fleet.StateRunning || st.State == fleet.StateStreaming || st.State == fleet.StateCatchingUp) {
 		qctx, cancel := context.WithTimeout(ctx, 800*time.Millisecond)
 		var pst postgres.Status
-		err := s.withConn(qctx, func(conn *pgx.Conn) (err error) {
+		err := s.pub.do(qctx, s.superuser(), func(conn *pgx.Conn) (err error) {
 			pst, err = postgres.QueryStatus(qctx, conn)
 			return err
 		})

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -55,6 +56,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		}
 	}
 	var errs []string
+	var lastErr error
 	for _, ep := range c.Endpoints {
 		base := ep
 		if !strings.Contains(base, "://") {
@@ -73,6 +75,13 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
+			// A read is safe to repeat elsewhere, and so is a write that
+			// never reached the agent. A write that may have been received
+			// is not: repeating a create would report a conflict with itself.
+			var op *net.OpError
+			if method != http.MethodGet && !(errors.As(err, &op) && op.Op == "dial") {
+				return fmt.Errorf("%s %s: no answer from %s (%v): the request may or may not have taken effect; check with a read command", method, path, ep, unwrapURLError(err))
+			}
 			errs = append(errs, fmt.Sprintf("%s: %v", ep, unwrapURLError(err)))
 			continue // the next agent may answer
 		}
@@ -87,7 +96,15 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 			if json.Unmarshal(b, &ev) != nil || ev.Error == "" {
 				ev.Error = fmt.Sprintf("%s %s: %s", method, path, resp.Status)
 			}
-			return &APIError{Status: resp.StatusCode, Message: ev.Error}
+			apiErr := &APIError{Status: resp.StatusCode, Message: ev.Error}
+			// An agent cut off from the store's quorum answers 503; another
+			// agent may still be on the majority side.
+			if resp.StatusCode == http.StatusServiceUnavailable && method == http.MethodGet && ep != c.Endpoints[len(c.Endpoints)-1] {
+				errs = append(errs, fmt.Sprintf("%s: %s", ep, ev.Error))
+				lastErr = apiErr
+				continue
+			}
+			return apiErr
 		}
 		if out != nil && len(b) > 0 {
 			if err := json.Unmarshal(b, out); err != nil {
@@ -95,6 +112,9 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 			}
 		}
 		return nil
+	}
+	if lastErr != nil {
+		return lastErr
 	}
 	return fmt.Errorf("no agent answered (%s): is the fleet running? (`pgfleet dev up` starts a local one)", strings.Join(errs, "; "))
 }

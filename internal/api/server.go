@@ -95,7 +95,7 @@ func (s *Server) storeError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		writeError(w, http.StatusNotFound, err.Error())
-	case errors.Is(err, store.ErrClusterExists):
+	case errors.Is(err, store.ErrClusterExists), errors.Is(err, store.ErrConflict):
 		writeError(w, http.StatusConflict, err.Error())
 	case errors.Is(err, store.ErrNoQuorum):
 		writeError(w, http.StatusServiceUnavailable, err.Error())
@@ -235,9 +235,13 @@ func decodeStrict(r *http.Request, v any) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
 		return fmt.Errorf("content type %q is not supported: send application/json", ct)
 	}
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody+1))
+	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, maxBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return fmt.Errorf("request body is larger than %d bytes", maxBody)
+		}
 		if errors.Is(err, io.EOF) {
 			return errors.New("request body is empty: send a JSON object")
 		}
@@ -299,7 +303,11 @@ func (s *Server) createCluster(w http.ResponseWriter, r *http.Request) {
 			s.storeError(w, err)
 			return
 		}
-		spec.Port = fleet.NextPort(s.portBase, used)
+		spec.Port, err = fleet.NextPort(s.portBase, used, reservedPorts(hosts))
+		if err != nil {
+			writeError(w, http.StatusUnprocessableEntity, err.Error())
+			return
+		}
 		for i := range members {
 			members[i].Port = spec.Port
 		}
@@ -314,15 +322,24 @@ func (s *Server) createCluster(w http.ResponseWriter, r *http.Request) {
 			s.storeError(w, err)
 			return
 		}
-		c, err := s.store.Cluster(r.Context(), spec.Name)
-		if err != nil {
-			s.storeError(w, err)
-			return
-		}
 		s.log.Info("cluster created", "cluster", spec.Name, "port", spec.Port, "members", len(members))
-		writeJSON(w, http.StatusCreated, viewCluster(c, hm))
+		writeJSON(w, http.StatusCreated, viewCluster(store.ClusterState{Spec: spec, Members: members}, hm))
 		return
 	}
+}
+
+// reservedPorts are ports a cluster's block must not cover: the agents' API
+// ports and embedded etcd's.
+func reservedPorts(hosts []fleet.Host) []int {
+	ports := []int{2379, 2380}
+	for _, h := range hosts {
+		if _, p, err := net.SplitHostPort(h.APIAddr); err == nil {
+			if n, err := strconv.Atoi(p); err == nil {
+				ports = append(ports, n)
+			}
+		}
+	}
+	return ports
 }
 
 func describePlacement(ms []fleet.MemberSpec) string {

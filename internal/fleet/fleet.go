@@ -165,12 +165,15 @@ func (s ClusterSpec) Validate() error {
 		}
 		seen[r] = true
 	}
-	for k := range s.Params {
+	for k, v := range s.Params {
 		if !paramRE.MatchString(k) {
 			return fmt.Errorf("parameter %q is not a valid PostgreSQL setting name", k)
 		}
 		if reservedParams[k] {
 			return fmt.Errorf("parameter %q is managed by pgfleet and cannot be set", k)
+		}
+		if strings.ContainsAny(v, "\x00\r\n") {
+			return fmt.Errorf("parameter %s: the value contains a line break", k)
 		}
 	}
 	return nil
@@ -184,6 +187,7 @@ var reservedParams = map[string]bool{
 	"listen_addresses": true, "port": true, "primary_conninfo": true, "primary_slot_name": true,
 	"hot_standby": true, "wal_level": true, "unix_socket_directories": true, "cluster_name": true,
 	"password_encryption": true, "logging_collector": true, "ssl": true, "ssl_cert_file": true, "ssl_key_file": true,
+	"include": true, "include_dir": true, "include_if_exists": true, "recovery_target_timeline": true,
 }
 
 // MemberID names the n-th member (1-based) of a cluster.
@@ -272,17 +276,31 @@ func placementError(spec ClusterSpec, region string, n int, have []Host, byRegio
 // Port+1 and Port+2 are kept for the routing proxy's primary and replica ports.
 const PortStride = 10
 
-// NextPort returns the lowest port block at or above base that no cluster uses.
-func NextPort(base int, used []int) int {
+// MaxPort is the last port a cluster's block may use.
+const MaxPort = 65000
+
+// NextPort returns the lowest port block at or above base that no cluster
+// uses and that holds none of the reserved ports (the agent's own API and
+// etcd ports), or an error when the range is full.
+func NextPort(base int, used, reserved []int) (int, error) {
 	taken := map[int]bool{}
 	for _, p := range used {
 		taken[p] = true
 	}
-	p := base
-	for taken[p] {
-		p += PortStride
+	clashes := func(p int) bool {
+		for _, r := range reserved {
+			if r >= p && r < p+PortStride {
+				return true
+			}
+		}
+		return false
 	}
-	return p
+	for p := base; p+PortStride-1 <= MaxPort; p += PortStride {
+		if !taken[p] && !clashes(p) {
+			return p, nil
+		}
+	}
+	return 0, fmt.Errorf("no free port block between %d and %d: destroy clusters that are no longer used", base, MaxPort)
 }
 
 // LagBytes is how far a member that has replayed up to replay is behind a

@@ -32,6 +32,8 @@ func TestValidateSpec(t *testing.T) {
 		{"reserved param", func(s *ClusterSpec) { s.Params = map[string]string{"port": "1"} }, "managed by pgfleet"},
 		{"bad param", func(s *ClusterSpec) { s.Params = map[string]string{"x;drop": "1"} }, "not a valid PostgreSQL setting"},
 		{"ok param", func(s *ClusterSpec) { s.Params = map[string]string{"work_mem": "8MB"} }, ""},
+		{"include param", func(s *ClusterSpec) { s.Params = map[string]string{"include": "/etc/passwd"} }, "managed by pgfleet"},
+		{"line break in value", func(s *ClusterSpec) { s.Params = map[string]string{"work_mem": "8MB\nport = 1"} }, "line break"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -133,18 +135,30 @@ func TestPlace(t *testing.T) {
 }
 
 func TestNextPort(t *testing.T) {
+	reserved := []int{7480, 2379, 2380}
 	tests := []struct {
+		base int
 		used []int
 		want int
 	}{
-		{nil, 6000},
-		{[]int{6000}, 6010},
-		{[]int{6000, 6010, 6030}, 6020},
-		{[]int{6010}, 6000},
+		{6000, nil, 6000},
+		{6000, []int{6000}, 6010},
+		{6000, []int{6000, 6010, 6030}, 6020},
+		{6000, []int{6010}, 6000},
+		{7470, []int{7470}, 7490}, // 7480..7489 holds the agent's API port
+		{2370, []int{2370}, 2390}, // 2380..2389 holds etcd's peer port
+		{64990, []int{64990}, 0},  // full
 	}
 	for _, tt := range tests {
-		if got := NextPort(6000, tt.used); got != tt.want {
-			t.Errorf("NextPort(6000, %v) = %d, want %d", tt.used, got, tt.want)
+		got, err := NextPort(tt.base, tt.used, reserved)
+		if tt.want == 0 {
+			if err == nil || !strings.Contains(err.Error(), "no free port block") {
+				t.Errorf("NextPort(%d, %v) = %d, %v; want an error", tt.base, tt.used, got, err)
+			}
+			continue
+		}
+		if err != nil || got != tt.want {
+			t.Errorf("NextPort(%d, %v) = %d, %v; want %d", tt.base, tt.used, got, err, tt.want)
 		}
 	}
 }

@@ -31,6 +31,10 @@ type Observation struct {
 	WasPrimary  bool   // that data was last run as a primary (no standby.signal)
 	Leader      string // member id holding the leader key, "" if none
 	LeaderReady bool   // the leader's status says it accepts connections
+	// ClusterInitialized reports whether the cluster ever had a primary:
+	// then its data exists somewhere, and initdb would create a second,
+	// empty history.
+	ClusterInitialized bool
 }
 
 // Next decides what a member whose postgres is not running does next, and why.
@@ -40,8 +44,10 @@ type Observation struct {
 func Next(o Observation) (Action, string) {
 	self := o.Self.ID
 	switch {
-	case !o.Initialized && o.Leader == "" && o.Self.Role == fleet.RolePrimary:
+	case !o.Initialized && o.Leader == "" && o.Self.Role == fleet.RolePrimary && !o.ClusterInitialized:
 		return Bootstrap, "no data and no leader: creating the cluster"
+	case !o.Initialized && o.Leader == "" && o.ClusterInitialized:
+		return Wait, "no data here and no primary to clone from; the cluster's data is on other members"
 	case !o.Initialized && o.Leader == self:
 		return Wait, "holds the leader key but has no data; waiting for the key to expire"
 	case !o.Initialized && o.Leader == "":

@@ -22,6 +22,8 @@ func TestNext(t *testing.T) {
 		{"new replica clones", Observation{Self: repl, Leader: "db-1", LeaderReady: true}, Clone},
 		{"placed primary with leader elsewhere clones", Observation{Self: prim, Leader: "db-2", LeaderReady: true}, Clone},
 		{"leader without data waits", Observation{Self: prim, Leader: "db-1"}, Wait},
+		{"wiped primary never bootstraps twice", Observation{Self: prim, ClusterInitialized: true}, Wait},
+		{"wiped primary clones from the new leader", Observation{Self: prim, ClusterInitialized: true, Leader: "db-2", LeaderReady: true}, Clone},
 		{"restart holding key", Observation{Self: prim, Initialized: true, WasPrimary: true, Leader: "db-1"}, StartPrimary},
 		{"restart after key expired", Observation{Self: prim, Initialized: true, WasPrimary: true}, StartPrimary},
 		{"standby never starts as primary without key", Observation{Self: stby, Initialized: true, WasPrimary: false}, Wait},

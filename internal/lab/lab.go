@@ -100,7 +100,7 @@ func (d *Dev) pidPath(h HostPlan) string { return filepath.Join(d.Dir, h.Name+".
 func (d *Dev) logPath(h HostPlan) string { return filepath.Join(d.Dir, h.Name+".log") }
 func (d *Dev) TokenPath(p Plan) string   { return filepath.Join(d.hostDir(p.Hosts[0]), "token") }
 func (d *Dev) printf(f string, a ...any) { fmt.Fprintf(d.Out, f, a...) }
-func (d *Dev) hostLog(h HostPlan) string { return tail(d.logPath(h), 15) }
+func (d *Dev) hostLog(h HostPlan) string { return Tail(d.logPath(h), 15) }
 
 // Endpoints lists the API addresses of the fleet's hosts.
 func Endpoints(p Plan) (eps []string) {
@@ -199,7 +199,7 @@ func (d *Dev) Up(ctx context.Context, want Plan, explicit bool) (Plan, string, e
 		return Plan{}, "", fmt.Errorf("read the fleet's API token: %w", err)
 	}
 	token := strings.TrimSpace(string(tok))
-	if err := waitHosts(ctx, api.NewClient(Endpoints(p), token), len(p.Hosts)); err != nil {
+	if err := WaitHosts(ctx, api.NewClient(Endpoints(p), token), len(p.Hosts)); err != nil {
 		return Plan{}, "", err
 	}
 	return p, token, nil
@@ -270,13 +270,10 @@ func (d *Dev) waitHealthy(ctx context.Context, h HostPlan, pid int) error {
 		if !alive(pid) {
 			return fmt.Errorf("agent %s exited; the end of its log (%s):\n%s", h.Name, d.logPath(h), d.hostLog(h))
 		}
-		hv, err := c.Health(ctx)
-		if err == nil {
+		if _, err := c.Health(ctx); err == nil {
 			return nil
-		}
-		last = err.Error()
-		if hv.Store != "" {
-			last = hv.Store
+		} else {
+			last = err.Error()
 		}
 		select {
 		case <-ctx.Done():
@@ -287,7 +284,8 @@ func (d *Dev) waitHealthy(ctx context.Context, h HostPlan, pid int) error {
 	return fmt.Errorf("agent %s did not become ready in 90s (last: %s); the end of its log (%s):\n%s", h.Name, last, d.logPath(h), d.hostLog(h))
 }
 
-func waitHosts(ctx context.Context, c *api.Client, n int) error {
+// WaitHosts waits until the fleet lists n live hosts.
+func WaitHosts(ctx context.Context, c *api.Client, n int) error {
 	deadline := time.Now().Add(30 * time.Second)
 	var last string
 	for time.Now().Before(deadline) {
@@ -333,8 +331,8 @@ func (d *Dev) Down(purge bool) error {
 		d.printf("no dev fleet in %s\n", d.Dir)
 		return nil
 	}
-	if err != nil && !purge {
-		return err
+	if err != nil {
+		return fmt.Errorf("%w: stop its agents by hand before deleting %s", err, d.Dir)
 	}
 	// All at once: each agent stops its postgres before its part of etcd,
 	// so the store keeps quorum while the members leave cleanly.
@@ -387,8 +385,8 @@ func stop(pid int, grace time.Duration) error {
 	return nil
 }
 
-// tail returns the last n lines of a file.
-func tail(path string, n int) string {
+// Tail returns the last n lines of a file, for error messages.
+func Tail(path string, n int) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return "(no log: " + err.Error() + ")"

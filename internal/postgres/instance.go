@@ -416,6 +416,20 @@ func (i *Instance) Stop(timeout time.Duration) error {
 	return i.stop(p, timeout, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT)
 }
 
+// StopFast shuts the postmaster down without waiting for sessions to end:
+// SIGINT (fast), then SIGQUIT (immediate), then SIGKILL, each after half of
+// timeout. It is what an agent uses: a smart shutdown waits for every client
+// to disconnect, which an application's connection pool never does.
+func (i *Instance) StopFast(timeout time.Duration) error {
+	i.mu.Lock()
+	p := i.running()
+	i.mu.Unlock()
+	if p == nil {
+		return nil
+	}
+	return i.stop(p, timeout, syscall.SIGINT, syscall.SIGQUIT)
+}
+
 // stop sends each signal in turn, giving each an equal share of timeout,
 // then SIGKILL, and waits for the reaper.
 func (i *Instance) stop(p *process, timeout time.Duration, sigs ...syscall.Signal) error {

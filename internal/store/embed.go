@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -43,8 +44,6 @@ type EmbedConfig struct {
 type Embedded struct {
 	etcd      *embed.Etcd // nil on a client-only host
 	Endpoints []string
-	// Bootstrapped reports whether this call created a new fleet.
-	Bootstrapped bool
 }
 
 // role is remembered next to the etcd data so a restart takes the same part.
@@ -94,7 +93,7 @@ func StartEmbedded(ctx context.Context, cfg EmbedConfig) (*Embedded, error) {
 			e.Close()
 			return nil, err
 		}
-		return &Embedded{etcd: e, Endpoints: ep, Bootstrapped: true}, nil
+		return &Embedded{etcd: e, Endpoints: ep}, nil
 	}
 
 	join := cfg.Join
@@ -115,8 +114,19 @@ func StartEmbedded(ctx context.Context, cfg EmbedConfig) (*Embedded, error) {
 	var voters []string
 	var clientURLs []string
 	for _, m := range list.Members {
+		if slices.Contains(m.PeerURLs, urlString(cfg.peerURL())) {
+			// This host's own member from a join that did not finish (or whose
+			// data was lost): it has no data here, so it goes and joins anew.
+			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_, err := cli.MemberRemove(rctx, m.ID)
+			cancel()
+			if err != nil {
+				return nil, fmt.Errorf("join %s: remove this host's stale etcd member: %w", cfg.Join, Translate(err))
+			}
+			continue
+		}
 		if m.Name == cfg.Name {
-			return nil, fmt.Errorf("join %s: an etcd member named %s already exists but %s has no etcd data: remove that member or pick another --name", cfg.Join, cfg.Name, cfg.Dir)
+			return nil, fmt.Errorf("join %s: an etcd member named %s already exists at %v: pick another --name", cfg.Join, cfg.Name, m.PeerURLs)
 		}
 		if !m.IsLearner {
 			voters = append(voters, m.Name+"="+strings.Join(m.PeerURLs, ","))
@@ -138,9 +148,13 @@ func StartEmbedded(ctx context.Context, cfg EmbedConfig) (*Embedded, error) {
 		return nil, fmt.Errorf("join %s: add etcd member: %w", cfg.Join, Translate(err))
 	}
 	initial := strings.Join(append(voters, cfg.Name+"="+urlString(cfg.peerURL())), ",")
+	ep := []string{urlString(cfg.clientURL())}
 	e, err := startEtcd(ctx, cfg, initial, embed.ClusterStateFlagExisting)
 	if err == nil {
 		err = promote(ctx, cli, added.Member.ID)
+		if err == nil {
+			err = writeRole(rolePath, role{Member: true, Endpoints: ep})
+		}
 		if err != nil {
 			e.Close()
 		}
@@ -151,11 +165,6 @@ func StartEmbedded(ctx context.Context, cfg EmbedConfig) (*Embedded, error) {
 		defer cancel()
 		_, _ = cli.MemberRemove(rctx, added.Member.ID)
 		os.RemoveAll(filepath.Join(cfg.Dir, "member"))
-		return nil, err
-	}
-	ep := []string{urlString(cfg.clientURL())}
-	if err := writeRole(rolePath, role{Member: true, Endpoints: ep}); err != nil {
-		e.Close()
 		return nil, err
 	}
 	return &Embedded{etcd: e, Endpoints: ep}, nil

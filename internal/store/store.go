@@ -5,6 +5,8 @@ package store
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -103,10 +105,11 @@ func (s *Store) memberSpecKey(c, m string) string {
 func (s *Store) memberStatusKey(c, m string) string {
 	return s.clusterPrefix(c) + "members/" + m + "/status"
 }
-func (s *Store) leaderKey(c string) string    { return s.clusterPrefix(c) + "leader" }
-func (s *Store) eventsPrefix(c string) string { return s.prefix + "events/" + c + "/" }
-func (s *Store) portKey(p int) string         { return s.prefix + "ports/" + strconv.Itoa(p) }
-func (s *Store) authKey() string              { return s.prefix + "auth/token-sha256" }
+func (s *Store) leaderKey(c string) string      { return s.clusterPrefix(c) + "leader" }
+func (s *Store) initializedKey(c string) string { return s.clusterPrefix(c) + "initialized" }
+func (s *Store) eventsPrefix(c string) string   { return s.prefix + "events/" + c + "/" }
+func (s *Store) portKey(p int) string           { return s.prefix + "ports/" + strconv.Itoa(p) }
+func (s *Store) authKey() string                { return s.prefix + "auth/token-sha256" }
 
 func timeout(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, RequestTimeout)
@@ -195,6 +198,11 @@ type ClusterState struct {
 	Members []fleet.MemberSpec            // in id order
 	Status  map[string]fleet.MemberStatus // by member id; missing when the host is gone
 	Leader  string                        // member id holding the leader key, "" if none
+	// Initialized reports whether the cluster ever had a leader, i.e. its
+	// data exists on some member.
+	Initialized bool
+
+	specRev int64 // mod revision of the spec, for transactions on this view
 }
 
 // Member returns the spec of member id.
@@ -234,6 +242,8 @@ func (s *Store) Clusters(ctx context.Context) ([]ClusterState, error) {
 			err = json.Unmarshal(kv.Value, &c.Spec)
 		case len(parts) == 2 && parts[1] == "leader":
 			c.Leader = string(kv.Value)
+		case len(parts) == 2 && parts[1] == "initialized":
+			c.Initialized = true
 		case len(parts) == 4 && parts[1] == "members" && parts[3] == "spec":
 			var m fleet.MemberSpec
 			err = json.Unmarshal(kv.Value, &m)
@@ -286,8 +296,11 @@ func (s *Store) Cluster(ctx context.Context, name string) (ClusterState, error) 
 		switch {
 		case rest == "spec":
 			err = json.Unmarshal(kv.Value, &c.Spec)
+			c.specRev = kv.ModRevision
 		case rest == "leader":
 			c.Leader = string(kv.Value)
+		case rest == "initialized":
+			c.Initialized = true
 		case len(parts) == 3 && parts[0] == "members" && parts[2] == "spec":
 			var m fleet.MemberSpec
 			err = json.Unmarshal(kv.Value, &m)
@@ -372,8 +385,10 @@ func (s *Store) DeleteCluster(ctx context.Context, name string) error {
 	}
 	ctx, cancel := timeout(ctx)
 	defer cancel()
+	// The spec must be the one read above: a cluster deleted and created
+	// again meanwhile holds another port block.
 	resp, err := s.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(s.specKey(name)), ">", 0)).
+		If(clientv3.Compare(clientv3.ModRevision(s.specKey(name)), "=", c.specRev)).
 		Then(
 			clientv3.OpDelete(s.clusterPrefix(name), clientv3.WithPrefix()),
 			clientv3.OpDelete(s.secretsKey(name)),
@@ -384,7 +399,7 @@ func (s *Store) DeleteCluster(ctx context.Context, name string) error {
 		return fmt.Errorf("delete cluster %s: %w", name, Translate(err))
 	}
 	if !resp.Succeeded {
-		return fmt.Errorf("cluster %q: %w", name, ErrNotFound)
+		return fmt.Errorf("delete cluster %s: %w", name, ErrConflict)
 	}
 	return nil
 }
@@ -430,7 +445,8 @@ func (s *Store) Leader(ctx context.Context, cluster string) (string, error) {
 
 // AcquireLeader creates the leader key for member under lease if no member
 // holds it, or re-binds it to lease if member already holds it (an agent
-// restart). It reports whether member holds the key afterwards.
+// restart). It reports whether member holds the key afterwards. The same
+// transaction marks the cluster initialized, for good.
 func (s *Store) AcquireLeader(ctx context.Context, cluster, member string, lease *Lease) (bool, error) {
 	key := s.leaderKey(cluster)
 	ctx, cancel := timeout(ctx)
@@ -438,7 +454,7 @@ func (s *Store) AcquireLeader(ctx context.Context, cluster, member string, lease
 	resp, err := s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(s.specKey(cluster)), ">", 0),
 			clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, member, clientv3.WithLease(lease.ID))).
+		Then(clientv3.OpPut(key, member, clientv3.WithLease(lease.ID)), clientv3.OpPut(s.initializedKey(cluster), member)).
 		Commit()
 	if err != nil {
 		return false, fmt.Errorf("acquire leader key of %s: %w", cluster, Translate(err))
@@ -538,6 +554,36 @@ func (s *Store) InitToken(ctx context.Context, hash string) (bool, error) {
 		return false, fmt.Errorf("store API token: %w", Translate(err))
 	}
 	return resp.Succeeded, nil
+}
+
+// FleetID returns the fleet's random id, creating it when create is set and
+// there is none. Member data is marked with it, so an agent pointed at
+// another store never mistakes that store's view for its own fleet's.
+func (s *Store) FleetID(ctx context.Context, create bool) (string, error) {
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	key := s.prefix + "fleet-id"
+	if create {
+		b := make([]byte, 16)
+		if _, err := rand.Read(b); err != nil {
+			return "", err
+		}
+		_, err := s.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+			Then(clientv3.OpPut(key, hex.EncodeToString(b))).
+			Commit()
+		if err != nil {
+			return "", fmt.Errorf("create fleet id: %w", Translate(err))
+		}
+	}
+	resp, err := s.cli.Get(ctx, key)
+	if err != nil {
+		return "", fmt.Errorf("read fleet id: %w", Translate(err))
+	}
+	if len(resp.Kvs) == 0 {
+		return "", fmt.Errorf("fleet id: %w", ErrNotFound)
+	}
+	return string(resp.Kvs[0].Value), nil
 }
 
 // TokenHash returns the stored hash of the fleet's API token.

@@ -12,7 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/pgfleet/pgfleet/internal/fleet"
-	"github.com/pgfleet/pgfleet/internal/lab"
+	"github.com/pgfleet/pgfleet/internal/lab/labtest"
 	"github.com/pgfleet/pgfleet/internal/store"
 )
 
@@ -41,7 +41,7 @@ func openStore(t *testing.T) *store.Store {
 			return
 		}
 		e, err := store.StartEmbedded(context.Background(), store.EmbedConfig{
-			Name: "t1", Dir: etcdDir, Addr: fmt.Sprintf("127.%d.1.1", lab.FreeNet(t)), ClientPort: 2379, PeerPort: 2380,
+			Name: "t1", Dir: etcdDir, Addr: fmt.Sprintf("127.%d.1.1", labtest.FreeNet(t)), ClientPort: 2379, PeerPort: 2380,
 		})
 		if err != nil {
 			etcdErr = err
@@ -128,7 +128,7 @@ func TestStatusVanishesWithHostLease(t *testing.T) {
 		t.Fatalf("Cluster(c) status = %+v, %v; want c-1 running", c.Status, err)
 	}
 	stop()
-	lab.WaitFor(t, 10*time.Second, "status and host gone with the lease", func() (bool, string) {
+	labtest.WaitFor(t, 10*time.Second, "status and host gone with the lease", func() (bool, string) {
 		c, err := s.Cluster(ctx, "c")
 		hosts, herr := s.Hosts(ctx)
 		if err != nil || herr != nil {

@@ -1,4 +1,7 @@
-package lab
+// Package labtest starts fleets of in-process agents for tests, and holds
+// the helpers integration tests share. It imports testing, so only tests
+// import it.
+package labtest
 
 import (
 	"context"
@@ -14,6 +17,7 @@ import (
 
 	"github.com/pgfleet/pgfleet/internal/agent"
 	"github.com/pgfleet/pgfleet/internal/api"
+	"github.com/pgfleet/pgfleet/internal/lab"
 	"github.com/pgfleet/pgfleet/internal/postgres"
 )
 
@@ -72,7 +76,7 @@ func FreeNet(t testing.TB) int {
 // own loopback address, data directory and embedded etcd member.
 type Fleet struct {
 	t      testing.TB
-	Plan   Plan
+	Plan   lab.Plan
 	Dir    string
 	Token  string
 	Client *api.Client
@@ -89,7 +93,7 @@ type inproc struct {
 func StartFleet(t testing.TB, regions string) *Fleet {
 	t.Helper()
 	RequirePostgres(t)
-	plan, err := ParsePlan(regions, FreeNet(t))
+	plan, err := lab.ParsePlan(regions, FreeNet(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,22 +111,22 @@ func StartFleet(t testing.TB, regions string) *Fleet {
 		t.Fatalf("read token: %v", err)
 	}
 	f.Token = strings.TrimSpace(string(tok))
-	f.Client = api.NewClient(Endpoints(plan), f.Token)
-	if err := waitHosts(context.Background(), f.Client, len(plan.Hosts)); err != nil {
+	f.Client = api.NewClient(lab.Endpoints(plan), f.Token)
+	if err := lab.WaitHosts(context.Background(), f.Client, len(plan.Hosts)); err != nil {
 		t.Fatal(err)
 	}
 	return f
 }
 
 // Host returns the plan of host name.
-func (f *Fleet) Host(name string) HostPlan {
+func (f *Fleet) Host(name string) lab.HostPlan {
 	for _, h := range f.Plan.Hosts {
 		if h.Name == name {
 			return h
 		}
 	}
 	f.t.Fatalf("no host %s in the fleet", name)
-	return HostPlan{}
+	return lab.HostPlan{}
 }
 
 // DataDir is host name's data directory.
@@ -153,9 +157,11 @@ func (f *Fleet) Start(name, join string) {
 	select {
 	case <-a.Ready():
 	case err := <-p.done:
-		f.t.Fatalf("agent %s exited: %v\n%s", name, err, tail(filepath.Join(f.Dir, name+".log"), 20))
+		f.t.Fatalf("agent %s exited: %v\n%s", name, err, lab.Tail(filepath.Join(f.Dir, name+".log"), 20))
 	case <-time.After(90 * time.Second):
-		f.t.Fatalf("agent %s not ready after 90s\n%s", name, tail(filepath.Join(f.Dir, name+".log"), 20))
+		cancel()
+		<-p.done
+		f.t.Fatalf("agent %s not ready after 90s\n%s", name, lab.Tail(filepath.Join(f.Dir, name+".log"), 20))
 	}
 	f.agents[name] = p
 }
@@ -185,7 +191,7 @@ func (f *Fleet) StopAll() {
 	}
 	if f.t.Failed() {
 		for _, h := range f.Plan.Hosts {
-			f.t.Logf("--- end of %s's log:\n%s", h.Name, tail(filepath.Join(f.Dir, h.Name+".log"), 30))
+			f.t.Logf("--- end of %s's log:\n%s", h.Name, lab.Tail(filepath.Join(f.Dir, h.Name+".log"), 30))
 		}
 	}
 }
