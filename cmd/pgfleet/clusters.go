@@ -57,20 +57,24 @@ func newCreateCmd(cf *clientFlags) *cobra.Command {
 	var ha int
 	var replicas string
 	var wait bool
-	var timeout time.Duration
+	var timeout, leaseTTL time.Duration
 	cmd := &cobra.Command{
-		Use:   "create NAME --primary-region REGION [--ha N] [--replicas R1,R2] [--wait]",
+		Use:   "create NAME --primary-region REGION [--ha N] [--replicas R1,R2] [--lease-ttl 3s] [--wait]",
 		Short: "Create a cluster: a primary and standbys in one region, read replicas in others",
 		Args:  exactArgs("a cluster NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req.Name = args[0]
 			req.HA = &ha
+			if leaseTTL%time.Second != 0 || leaseTTL < fleet.MinLeaseTTL*time.Second || leaseTTL > fleet.MaxLeaseTTL*time.Second {
+				return usageError{fmt.Errorf("--lease-ttl %s: give whole seconds from %ds to %ds", leaseTTL, fleet.MinLeaseTTL, fleet.MaxLeaseTTL)}
+			}
+			req.LeaseTTL = int(leaseTTL / time.Second)
 			for _, r := range strings.Split(replicas, ",") {
 				if r = strings.TrimSpace(r); r != "" {
 					req.Replicas = append(req.Replicas, r)
 				}
 			}
-			spec := fleet.ClusterSpec{Name: req.Name, PrimaryRegion: req.PrimaryRegion, HA: ha, Replicas: req.Replicas}
+			spec := fleet.ClusterSpec{Name: req.Name, PrimaryRegion: req.PrimaryRegion, HA: ha, Replicas: req.Replicas, LeaseTTL: req.LeaseTTL, MaxLagOnFailover: req.MaxLagOnFailover}
 			if req.PrimaryRegion == "" {
 				return usageError{fmt.Errorf("--primary-region is required: the region where the primary and its standbys run")}
 			}
@@ -112,6 +116,8 @@ func newCreateCmd(cf *clientFlags) *cobra.Command {
 	f.StringVar(&req.PrimaryRegion, "primary-region", "", "region of the primary and its standbys (required)")
 	f.IntVar(&ha, "ha", 1, "members in the primary region, the primary included (2 or more for automatic failover)")
 	f.StringVar(&replicas, "replicas", "", "comma-separated regions that get a read replica")
+	f.DurationVar(&leaseTTL, "lease-ttl", fleet.DefaultLeaseTTL*time.Second, "leader lease: a failed primary is replaced in about this long (1s to 60s)")
+	f.Int64Var(&req.MaxLagOnFailover, "max-lag-on-failover", fleet.DefaultMaxLag, "bytes of WAL a standby may miss and still be promoted")
 	f.BoolVar(&wait, "wait", false, "wait until every member runs and streams, showing progress")
 	f.DurationVar(&timeout, "timeout", 10*time.Minute, "how long --wait waits")
 	return cmd
@@ -393,6 +399,93 @@ func newEventsCmd(cf *clientFlags) *cobra.Command {
 	cmd.Flags().IntVar(&limit, "limit", 100, "how many of the newest events to show")
 	cmd.Flags().BoolVar(&cf.json, "json", false, "print JSON")
 	return cmd
+}
+
+func newSwitchoverCmd(cf *clientFlags) *cobra.Command {
+	var to string
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "switchover NAME [--to MEMBER]",
+		Short: "Move the primary to a standby, without losing a committed transaction",
+		Args:  exactArgs("a cluster NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			start := time.Now()
+			v, err := c.Switchover(cmd.Context(), args[0], to)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "switching over %s from %s to %s\n", args[0], v.From, v.To)
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			if err := waitPrimary(ctx, c, args[0], func(p string) bool { return p == v.To }); err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "%s is the primary of %s (%s)\n", v.To, args[0], time.Since(start).Round(10*time.Millisecond))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&to, "to", "", "member to promote (default: the most caught-up standby)")
+	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for the new primary")
+	return cmd
+}
+
+func newFailoverCmd(cf *clientFlags) *cobra.Command {
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "failover NAME",
+		Short: "Make the primary step down at once and elect a new one (for tests and emergencies)",
+		Args:  exactArgs("a cluster NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			before, err := c.Cluster(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			start := time.Now()
+			if err := c.Failover(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			var now string
+			if err := waitPrimary(ctx, c, args[0], func(p string) bool { now = p; return p != "" && p != before.Primary }); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s is the primary of %s (was %s; %s)\n", now, args[0], before.Primary, time.Since(start).Round(10*time.Millisecond))
+			return nil
+		},
+	}
+	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for the new primary")
+	return cmd
+}
+
+// waitPrimary waits until the cluster's primary satisfies ok and runs.
+func waitPrimary(ctx context.Context, c *api.Client, name string, ok func(string) bool) error {
+	last := "no answer"
+	for {
+		v, err := c.Cluster(ctx, name)
+		if err == nil {
+			last = "primary " + v.Primary
+			for _, m := range v.Members {
+				if m.ID == v.Primary && ok(v.Primary) && m.State == fleet.StateRunning {
+					return nil
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cluster %s: no new primary in time (last seen: %s); see `pgfleet events %s`", name, last, name)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 func newVersionCmd() *cobra.Command {

@@ -43,6 +43,8 @@ func newRootCmd() *cobra.Command {
 		newConnectCmd(cf),
 		newDestroyCmd(cf),
 		newEventsCmd(cf),
+		newSwitchoverCmd(cf),
+		newFailoverCmd(cf),
 		newVersionCmd(),
 	)
 	return root

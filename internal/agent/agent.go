@@ -514,7 +514,7 @@ func (a *Agent) startSupervisor(ctx context.Context, p placed) error {
 	log := a.log.With("cluster", m.Cluster, "member", m.ID)
 	s := &supervisor{
 		spec: m, host: a.host, store: a.store, lease: a.currentLease, dir: dir, log: log, secrets: sec,
-		params: p.cluster.Params, role: m.Role, state: fleet.StatePending,
+		cluster: p.cluster, role: m.Role, state: fleet.StatePending,
 	}
 	s.inst = postgres.New(postgres.Config{Bin: a.bin, DataDir: s.pgdata(), User: a.osUser, Logger: log})
 	sctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))

@@ -25,14 +25,26 @@ import (
 // deleted from the store, so its data goes too.
 var errRemoved = errors.New("member removed from the cluster spec")
 
-// LeaderTTL is the leader key's lease. Automatic failover builds on it.
-const LeaderTTL = 5 * time.Second
+// errSteppedDown ends a primary's term without a failure: a switchover or
+// `pgfleet failover` asked it to hand over.
+var errSteppedDown = errors.New("stepped down")
+
+// Loop periods.
+const (
+	primaryTick = 250 * time.Millisecond // a primary checks for step-down and switchover requests
+	standbyTick = 200 * time.Millisecond // a standby checks the leader key and runs elections
+	// divergedAfter is how long a standby may fail to stream from a running
+	// primary before it is taken to have another history and rejoins.
+	divergedAfter = 10 * time.Second
+)
 
 // supervisor runs one member: it creates or clones its data, runs postgres as
-// a child, publishes its status every second and, on the primary, holds the
-// leader key and the replication slots of the other members.
+// a child, publishes its status every second, runs in elections, and while
+// it is the primary holds the leader key, fences itself when it cannot, and
+// keeps the other members' replication slots.
 type supervisor struct {
 	spec    fleet.MemberSpec
+	cluster fleet.ClusterSpec
 	host    fleet.Host
 	store   *store.Store
 	lease   func() *store.Lease // the host's current lease
@@ -40,7 +52,6 @@ type supervisor struct {
 	inst    *postgres.Instance
 	log     *slog.Logger
 	secrets fleet.Secrets
-	params  map[string]string // the cluster spec's postgres parameters
 
 	mu       sync.Mutex
 	state    fleet.State
@@ -53,15 +64,14 @@ type supervisor struct {
 	// concurrent use.
 	ctl, pub pgConn
 	stopping atomic.Bool // set once postgres is being stopped: no new queries
+	diverged atomic.Bool // streaming from the leader failed for long: rejoin
 	events   int         // events written, to trim the history now and then
 
-	leader *store.Lease // held while this member is the primary
-}
-
-// pgConn is a lazily opened superuser connection to the member's postgres.
-type pgConn struct {
-	mu   sync.Mutex
-	conn *pgx.Conn
+	hold *leaderHold // while this member holds the leader key
+	// abstainUntil keeps a primary that was told to step down out of the
+	// election its step-down starts; otherwise, holding the most WAL, it
+	// would win it again.
+	abstainUntil time.Time
 }
 
 func (s *supervisor) set(state fleet.State, role fleet.Role, msg string) {
@@ -112,13 +122,17 @@ func (s *supervisor) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			break
 		}
+		// Whatever ended the term, postgres does not keep running half set
+		// up, and a primary never runs without the key.
+		s.stopPostgres()
+		s.releaseLeader()
+		if errors.Is(err, errSteppedDown) {
+			backoff = time.Second
+			continue
+		}
 		if time.Since(start) > time.Minute {
 			backoff = time.Second
 		}
-		// Whatever step failed, postgres does not keep running half set up:
-		// a primary that could not take the leader key must not take writes.
-		s.stopPostgres()
-		s.releaseLeader()
 		s.set(fleet.StateFailed, "", err.Error())
 		s.event(ctx, "failed", fmt.Sprintf("%s: %v; retrying in %s", s.spec.ID, err, backoff))
 		select {
@@ -158,16 +172,24 @@ func (s *supervisor) stopPostgres() {
 	}
 }
 
-func (s *supervisor) releaseLeader() {
-	if s.leader == nil {
-		return
+// fence stops postgres at once, so that no transaction commits after it
+// returns. Used when the leader lease can no longer be confirmed.
+func (s *supervisor) fence(ctx context.Context, why string) {
+	s.stopping.Store(true)
+	defer s.stopping.Store(false)
+	if err := s.inst.StopImmediate(2 * time.Second); err != nil {
+		s.log.Error("fence: stop postgres", "err", err)
 	}
-	// Revoking at once lets another member take over without waiting for the
-	// lease to expire.
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	_ = s.leader.Revoke(ctx)
-	s.leader = nil
+	s.ctl.close()
+	s.pub.close()
+	s.event(ctx, "fenced", fmt.Sprintf("%s fenced: %s; postgres stopped", s.spec.ID, why))
+}
+
+func (s *supervisor) releaseLeader() {
+	if s.hold != nil {
+		s.hold.release()
+		s.hold = nil
+	}
 }
 
 // observe gathers what ha.Next needs.
@@ -176,7 +198,10 @@ func (s *supervisor) observe(ctx context.Context) (ha.Observation, store.Cluster
 	if err != nil {
 		return ha.Observation{}, c, err
 	}
-	o := ha.Observation{Self: s.spec, Initialized: s.inst.Initialized(), Leader: c.Leader, ClusterInitialized: c.Initialized}
+	o := ha.Observation{
+		Self: s.spec, Initialized: s.inst.Initialized(), Leader: c.Leader,
+		ClusterInitialized: c.Initialized, Diverged: s.diverged.Load(),
+	}
 	if o.Initialized {
 		_, err := os.Stat(filepath.Join(s.pgdata(), "standby.signal"))
 		o.WasPrimary = errors.Is(err, os.ErrNotExist)
@@ -187,8 +212,8 @@ func (s *supervisor) observe(ctx context.Context) (ha.Observation, store.Cluster
 	return o, c, nil
 }
 
-// converge brings the member up and returns only when postgres has exited or
-// a step failed; run retries it.
+// converge brings the member up and returns only when its postgres has
+// exited, its term as primary ended, or a step failed; run retries it.
 func (s *supervisor) converge(ctx context.Context) error {
 	for {
 		o, c, err := s.observe(ctx)
@@ -202,16 +227,12 @@ func (s *supervisor) converge(ctx context.Context) error {
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
-			case <-time.After(500 * time.Millisecond):
+			case <-time.After(300 * time.Millisecond):
 			}
 			continue
 		case ha.Rejoin:
-			// Automatic rewind comes with failover; until then say what is needed.
-			s.set(fleet.StateFailed, fleet.RoleStandby, why+": rejoin needs pg_rewind")
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(5 * time.Second):
+			if err := s.rejoin(ctx, c, why); err != nil {
+				return err
 			}
 			continue
 		case ha.Bootstrap:
@@ -220,36 +241,74 @@ func (s *supervisor) converge(ctx context.Context) error {
 			if err := s.inst.InitDB(ctx, s.secrets.SuperuserPassword); err != nil {
 				return fmt.Errorf("initdb: %w", err)
 			}
-			return s.runPrimary(ctx, c)
+			return s.runPrimary(ctx)
 		case ha.StartPrimary:
-			return s.runPrimary(ctx, c)
+			return s.runPrimary(ctx)
 		case ha.Clone:
-			leader, _ := c.Member(c.Leader)
-			src, err := s.replicationSource(ctx, c, leader)
-			if err != nil {
+			if err := s.clone(ctx, c, why); err != nil {
 				return err
 			}
-			s.event(ctx, "clone", fmt.Sprintf("cloning %s from %s (%s)", s.spec.ID, leader.ID, net.JoinHostPort(src.Host, strconv.Itoa(src.Port))))
-			s.set(fleet.StateCloning, s.standbyRole(), why)
-			start := time.Now()
-			err = s.inst.BaseBackup(ctx, src, postgres.SlotName(s.spec.ID), func(done, total int64) {
-				s.mu.Lock()
-				if total > 0 {
-					s.progress = fmt.Sprintf("%d%% of %d MB", done*100/total, total>>20)
-				}
-				s.mu.Unlock()
-			})
-			if err != nil {
-				return fmt.Errorf("clone from %s: %w", leader.ID, err)
-			}
-			s.event(ctx, "cloned", fmt.Sprintf("cloned %s from %s in %s", s.spec.ID, leader.ID, time.Since(start).Round(time.Millisecond)))
-			return s.runStandby(ctx, c, leader)
+			return s.runStandby(ctx)
 		case ha.StartStandby:
-			leader, _ := c.Member(c.Leader)
-			return s.runStandby(ctx, c, leader)
+			return s.runStandby(ctx)
 		}
 		return fmt.Errorf("unknown action %q", act)
 	}
+}
+
+func (s *supervisor) clone(ctx context.Context, c store.ClusterState, why string) error {
+	leader, _ := c.Member(c.Leader)
+	src, err := s.replicationSource(ctx, leader)
+	if err != nil {
+		return err
+	}
+	s.event(ctx, "clone", fmt.Sprintf("cloning %s from %s (%s)", s.spec.ID, leader.ID, net.JoinHostPort(src.Host, strconv.Itoa(src.Port))))
+	s.set(fleet.StateCloning, s.standbyRole(), why)
+	start := time.Now()
+	err = s.inst.BaseBackup(ctx, src, postgres.SlotName(s.spec.ID), func(done, total int64) {
+		s.mu.Lock()
+		if total > 0 {
+			s.progress = fmt.Sprintf("%d%% of %d MB", done*100/total, total>>20)
+		}
+		s.mu.Unlock()
+	})
+	if err != nil {
+		return fmt.Errorf("clone from %s: %w", leader.ID, err)
+	}
+	s.event(ctx, "cloned", fmt.Sprintf("cloned %s from %s in %s", s.spec.ID, leader.ID, time.Since(start).Round(time.Millisecond)))
+	return nil
+}
+
+// rejoin makes data whose history left the leader's follow it again: with
+// pg_rewind when it can, else by removing it so that the member is cloned
+// afresh.
+func (s *supervisor) rejoin(ctx context.Context, c store.ClusterState, why string) error {
+	leader, _ := c.Member(c.Leader)
+	h, err := s.store.Host(ctx, leader.Host)
+	if err != nil {
+		return fmt.Errorf("find primary %s's host: %w", leader.ID, err)
+	}
+	src := postgres.ConnInfo{Host: h.Addr, Port: leader.Port, User: fleet.Superuser, Password: s.secrets.SuperuserPassword, Database: "postgres"}
+	s.set(fleet.StateRejoining, s.standbyRole(), why)
+	start := time.Now()
+	if err := s.inst.Rewind(ctx, src); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		s.event(ctx, "reclone", fmt.Sprintf("%s: pg_rewind from %s failed (%v); cloning afresh", s.spec.ID, leader.ID, err))
+		if err := os.RemoveAll(s.pgdata()); err != nil {
+			return fmt.Errorf("remove data to re-clone: %w", err)
+		}
+		s.diverged.Store(false)
+		return nil
+	}
+	// pg_rewind copied the leader's configuration; make the data a standby's.
+	if err := s.inst.Configure(s.settings(nil, true)); err != nil {
+		return fmt.Errorf("configure after rewind: %w", err)
+	}
+	s.diverged.Store(false)
+	s.event(ctx, "rewind", fmt.Sprintf("%s rewound to follow %s in %s (%s)", s.spec.ID, leader.ID, time.Since(start).Round(time.Millisecond), why))
+	return nil
 }
 
 func (s *supervisor) standbyRole() fleet.Role {
@@ -261,7 +320,7 @@ func (s *supervisor) standbyRole() fleet.Role {
 
 // replicationSource is where a standby streams from: the leader's host
 // address, from its host record.
-func (s *supervisor) replicationSource(ctx context.Context, c store.ClusterState, leader fleet.MemberSpec) (postgres.ConnInfo, error) {
+func (s *supervisor) replicationSource(ctx context.Context, leader fleet.MemberSpec) (postgres.ConnInfo, error) {
 	h, err := s.store.Host(ctx, leader.Host)
 	if err != nil {
 		return postgres.ConnInfo{}, fmt.Errorf("find primary %s's host %s: %w", leader.ID, leader.Host, err)
@@ -269,31 +328,74 @@ func (s *supervisor) replicationSource(ctx context.Context, c store.ClusterState
 	return postgres.ConnInfo{Host: h.Addr, Port: leader.Port, User: fleet.ReplicationUser, Password: s.secrets.ReplicationPassword, Database: "postgres"}, nil
 }
 
-func (s *supervisor) settings(follow *postgres.ConnInfo) postgres.Settings {
+func (s *supervisor) settings(follow *postgres.ConnInfo, standby bool) postgres.Settings {
 	return postgres.Settings{
 		Name: s.spec.ID, ListenAddr: s.host.Addr, Port: s.spec.Port,
-		Follow: follow, SlotName: postgres.SlotName(s.spec.ID), Params: s.params,
+		Follow: follow, Standby: standby, SlotName: postgres.SlotName(s.spec.ID), Params: s.cluster.Params,
 	}
 }
 
-// runPrimary starts the member as primary, takes the leader key and keeps the
-// other members' replication slots until postgres exits.
-func (s *supervisor) runPrimary(ctx context.Context, c store.ClusterState) error {
-	if err := s.inst.Configure(s.settings(nil)); err != nil {
+// takeLeader acquires the leader key under a fresh lease and starts holding
+// it; false when another member has it.
+func (s *supervisor) takeLeader(ctx context.Context) (bool, error) {
+	lease, err := s.store.GrantManual(ctx, s.cluster.TTL())
+	if err != nil {
+		return false, err
+	}
+	sent := time.Now()
+	ok, err := s.store.AcquireLeader(ctx, s.spec.Cluster, s.spec.ID, lease)
+	if err != nil || !ok {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
+		lease.Revoke(rctx)
+		cancel()
+		return false, err
+	}
+	// The grant was sent before the acquiring transaction, so the key
+	// cannot expire before sent+TTL.
+	s.hold = holdLeader(lease, s.cluster.TTL(), sent, s.log)
+	return true, nil
+}
+
+// runPrimary starts the member as the primary: the leader key first, then
+// postgres, so that it never accepts a write without the key.
+func (s *supervisor) runPrimary(ctx context.Context) error {
+	ok, err := s.takeLeader(ctx)
+	if err != nil {
+		return fmt.Errorf("take leader key: %w", err)
+	}
+	if !ok {
+		return errors.New("another member holds the leader key")
+	}
+	if err := s.inst.Configure(s.settings(nil, false)); err != nil {
 		return fmt.Errorf("configure: %w", err)
 	}
 	s.set(fleet.StateStarting, fleet.RolePrimary, "starting postgres")
 	if err := s.start(ctx); err != nil {
 		return err
 	}
-	err := s.ctl.do(ctx, s.superuser(), func(conn *pgx.Conn) error {
+	return s.servePrimary(ctx, "primary", fmt.Sprintf("%s is primary on %s (%s)", s.spec.ID, s.host.Name, s.addr()))
+}
+
+// servePrimary runs the member as the primary until its term ends. It arms
+// the fence, makes sure of the replication role and every other member's
+// slot, and then watches: postgres exiting, the lease no longer confirmed,
+// a step-down or switchover request.
+func (s *supervisor) servePrimary(ctx context.Context, kind, msg string) error {
+	if err := s.hold.arm(s.inst); err != nil {
+		return err
+	}
+	c, err := s.store.Cluster(ctx, s.spec.Cluster)
+	if err != nil {
+		return err
+	}
+	err = s.ctl.do(ctx, s.superuser(), func(conn *pgx.Conn) error {
 		// Every start, not only after initdb: a first start that failed
 		// half-way must not leave the cluster without its replication role.
 		if err := postgres.EnsureRole(ctx, conn, fleet.ReplicationUser, s.secrets.ReplicationPassword, true); err != nil {
 			return fmt.Errorf("create replication role: %w", err)
 		}
-		// Slots exist before the leader key does, so a clone never finds its
-		// slot missing and WAL a standby still needs is never recycled.
+		// Slots exist before the member reports itself running, which is
+		// what standbys wait for before they clone.
 		if err := postgres.EnsureSlots(ctx, conn, s.otherSlots(c)); err != nil {
 			return fmt.Errorf("create replication slots: %w", err)
 		}
@@ -302,63 +404,81 @@ func (s *supervisor) runPrimary(ctx context.Context, c store.ClusterState) error
 	if err != nil {
 		return err
 	}
-	// The lease is kept alive independently of ctx: when the agent stops,
-	// it must outlive postgres' shutdown and end only with releaseLeader.
-	lease, err := s.store.Grant(context.WithoutCancel(ctx), LeaderTTL)
-	if err != nil {
-		return err
-	}
-	ok, err := s.store.AcquireLeader(ctx, s.spec.Cluster, s.spec.ID, lease)
-	if err != nil || !ok {
-		cctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-		lease.Revoke(cctx)
-		cancel()
-		if err == nil {
-			err = errors.New("another member took the leader key")
-		}
-		return fmt.Errorf("take leader key: %w", err)
-	}
-	s.leader = lease
 	s.set(fleet.StateRunning, fleet.RolePrimary, "")
-	s.event(ctx, "primary", fmt.Sprintf("%s is primary on %s (%s)", s.spec.ID, s.host.Name, s.addr()))
+	s.event(ctx, kind, msg)
 
-	tick := time.NewTicker(time.Second)
+	tick := time.NewTicker(primaryTick)
 	defer tick.Stop()
-	for n := 0; ; n++ {
-		if n%60 == 0 {
-			// The primary keeps its cluster's event history bounded.
-			if err := s.store.TrimEvents(ctx, s.spec.Cluster); err != nil && ctx.Err() == nil {
-				s.log.Warn("trim events", "err", err)
-			}
-		}
+	lastTrim := time.Time{}
+	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-s.inst.Done():
+			// Promoting an up-to-date standby is quicker than crash
+			// recovery here, so the key goes at once.
 			s.releaseLeader()
+			s.event(ctx, "crashed", fmt.Sprintf("%s: postgres exited (%v); leader key released", s.spec.ID, s.inst.ExitErr()))
 			return fmt.Errorf("postgres exited: %v", s.inst.ExitErr())
-		case <-lease.Done():
-			// Fencing with a margin and election come with automatic
-			// failover; until then a primary that lost its key stops at
-			// once rather than run writable without it.
-			s.stopping.Store(true)
-			s.inst.StopFast(2 * time.Second)
-			s.leader = nil
-			s.event(ctx, "fenced", fmt.Sprintf("%s lost its leader lease; postgres stopped", s.spec.ID))
-			return errors.New("lost the leader lease; postgres stopped")
+		case <-s.hold.lost:
+			s.fence(ctx, s.hold.why())
+			s.hold.forget()
+			s.hold = nil
+			return errors.New("leader lease not confirmed in time")
 		case <-tick.C:
-			c, err := s.store.Cluster(ctx, s.spec.Cluster)
-			if err != nil {
-				continue
-			}
-			qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			err = s.ctl.do(qctx, s.superuser(), func(conn *pgx.Conn) error { return postgres.EnsureSlots(qctx, conn, s.otherSlots(c)) })
-			cancel()
-			if err != nil && ctx.Err() == nil {
-				s.log.Warn("ensure replication slots", "err", err)
+		}
+		c, err := s.store.Cluster(ctx, s.spec.Cluster)
+		if err != nil {
+			continue // the lease decides; the fence fires if the store stays away
+		}
+		switch {
+		case c.Leader != s.spec.ID:
+			s.fence(ctx, "the leader key names "+c.Leader)
+			s.hold.forget()
+			s.hold = nil
+			return errors.New("lost the leader key")
+		case c.Stepdown:
+			s.fence(ctx, "asked to step down")
+			s.abstainUntil = time.Now().Add(2 * s.cluster.TTL())
+			s.releaseLeader()
+			return errSteppedDown
+		case c.Switchover != nil && c.Switchover.From == s.spec.ID && c.Switchover.LSN == 0:
+			return s.handOver(ctx, *c.Switchover)
+		}
+		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err = s.ctl.do(qctx, s.superuser(), func(conn *pgx.Conn) error { return postgres.EnsureSlots(qctx, conn, s.otherSlots(c)) })
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			s.log.Warn("ensure replication slots", "err", err)
+		}
+		if time.Since(lastTrim) > time.Minute {
+			// The primary keeps its cluster's event history bounded.
+			lastTrim = time.Now()
+			if err := s.store.TrimEvents(ctx, s.spec.Cluster); err != nil && ctx.Err() == nil {
+				s.log.Warn("trim events", "err", err)
 			}
 		}
 	}
+}
+
+// handOver is the old primary's half of a switchover: a clean shutdown
+// streams every record to the standbys, the last record's LSN goes into the
+// switchover, and the key is released for the target to take.
+func (s *supervisor) handOver(ctx context.Context, sw fleet.Switchover) error {
+	s.event(ctx, "switchover", fmt.Sprintf("%s stopping to hand over to %s", s.spec.ID, sw.To))
+	s.set(fleet.StateStopped, fleet.RolePrimary, "switchover to "+sw.To)
+	s.stopPostgres()
+	lsn, err := s.inst.CheckpointLSN(ctx)
+	if err != nil {
+		return err
+	}
+	sw.LSN = uint64(lsn)
+	if err := s.store.UpdateSwitchover(ctx, s.spec.Cluster, sw); err != nil {
+		return fmt.Errorf("record switchover LSN: %w", err)
+	}
+	s.releaseLeader()
+	s.event(ctx, "switchover", fmt.Sprintf("%s stopped at %s and released the leader key for %s", s.spec.ID, lsn, sw.To))
+	return errSteppedDown
 }
 
 func (s *supervisor) otherSlots(c store.ClusterState) []string {
@@ -371,28 +491,196 @@ func (s *supervisor) otherSlots(c store.ClusterState) []string {
 	return slots
 }
 
-// runStandby starts the member as a standby of leader and runs until
-// postgres exits.
-func (s *supervisor) runStandby(ctx context.Context, c store.ClusterState, leader fleet.MemberSpec) error {
-	src, err := s.replicationSource(ctx, c, leader)
+// runStandby starts the member read-only, following the leader when there
+// is one, and runs until postgres exits or the member is promoted and its
+// term as primary ends. While no member holds the leader key, an eligible
+// standby runs in the election.
+func (s *supervisor) runStandby(ctx context.Context) error {
+	c, err := s.store.Cluster(ctx, s.spec.Cluster)
 	if err != nil {
 		return err
 	}
-	if err := s.inst.Configure(s.settings(&src)); err != nil {
+	following := ""
+	var follow *postgres.ConnInfo
+	if l, ok := c.Member(c.Leader); ok && c.Leader != s.spec.ID {
+		src, err := s.replicationSource(ctx, l)
+		if err != nil {
+			return err
+		}
+		following, follow = l.ID, &src
+	}
+	if err := s.inst.Configure(s.settings(follow, true)); err != nil {
 		return fmt.Errorf("configure: %w", err)
 	}
 	s.set(fleet.StateStarting, s.standbyRole(), "starting postgres")
 	if err := s.start(ctx); err != nil {
 		return err
 	}
-	s.set(fleet.StateCatchingUp, s.standbyRole(), "following "+leader.ID)
-	s.event(ctx, "standby", fmt.Sprintf("%s runs as %s of %s on %s (%s)", s.spec.ID, s.standbyRole(), leader.ID, s.host.Name, s.addr()))
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-s.inst.Done():
-		return fmt.Errorf("postgres exited: %v", s.inst.ExitErr())
+	s.set(fleet.StateCatchingUp, s.standbyRole(), followNote(following))
+	if following != "" {
+		s.event(ctx, "standby", fmt.Sprintf("%s runs as %s of %s on %s (%s)", s.spec.ID, s.standbyRole(), following, s.host.Name, s.addr()))
 	}
+
+	var (
+		lastPrimaryLSN uint64    // the leader's last published write LSN
+		candidateSince time.Time // when this member entered the current election
+		since          = time.Now()
+	)
+	tick := time.NewTicker(standbyTick)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.inst.Done():
+			return fmt.Errorf("postgres exited: %v", s.inst.ExitErr())
+		case <-tick.C:
+		}
+		c, err := s.store.Cluster(ctx, s.spec.Cluster)
+		if err != nil {
+			continue
+		}
+		s.cluster = c.Spec
+		if c.Leader == "" {
+			won, err := s.campaign(ctx, c, &candidateSince, lastPrimaryLSN)
+			if err != nil {
+				s.log.Warn("election", "err", err)
+			}
+			if won {
+				return s.promote(ctx)
+			}
+			continue
+		}
+		candidateSince = time.Time{}
+		if c.Leader == s.spec.ID {
+			// The key is ours but this member runs read-only (an election won
+			// by a previous run): finish the promotion.
+			return s.promote(ctx)
+		}
+		if st, ok := c.Status[c.Leader]; ok && st.WriteLSN != "" {
+			if l, err := postgres.ParseLSN(st.WriteLSN); err == nil {
+				lastPrimaryLSN = uint64(l)
+			}
+		}
+		if c.Leader != following {
+			l, _ := c.Member(c.Leader)
+			src, err := s.replicationSource(ctx, l)
+			if err != nil {
+				continue
+			}
+			if err := s.inst.Configure(s.settings(&src, true)); err != nil {
+				return fmt.Errorf("configure: %w", err)
+			}
+			if err := s.inst.Reload(); err != nil {
+				return err
+			}
+			s.event(ctx, "follow", fmt.Sprintf("%s now follows %s", s.spec.ID, l.ID))
+			following, since = l.ID, time.Now()
+			s.set(fleet.StateCatchingUp, s.standbyRole(), followNote(following))
+			continue
+		}
+		// A standby that cannot stream from a running leader has a history
+		// the leader does not share (it was ahead of the promoted member):
+		// it rejoins.
+		s.mu.Lock()
+		streaming := s.state == fleet.StateStreaming
+		s.mu.Unlock()
+		if streaming {
+			since = time.Now()
+		} else if st, ok := c.Status[c.Leader]; ok && st.State == fleet.StateRunning && time.Since(since) > divergedAfter {
+			s.diverged.Store(true)
+			s.event(ctx, "diverged", fmt.Sprintf("%s cannot stream from %s; rejoining", s.spec.ID, c.Leader))
+			return errSteppedDown
+		}
+	}
+}
+
+func followNote(leader string) string {
+	if leader == "" {
+		return "no primary: waiting for an election"
+	}
+	return "following " + leader
+}
+
+// campaign is one round of the election for an eligible standby: publish
+// its candidacy, wait the election window, and try to take the key if it is
+// the most advanced candidate. It reports whether this member won.
+func (s *supervisor) campaign(ctx context.Context, c store.ClusterState, since *time.Time, lastPrimaryLSN uint64) (bool, error) {
+	if !ha.Eligible(s.spec, c.Spec) || time.Now().Before(s.abstainUntil) {
+		return false, nil
+	}
+	var pst postgres.Status
+	err := s.ctl.do(ctx, s.superuser(), func(conn *pgx.Conn) (err error) {
+		pst, err = postgres.QueryStatus(ctx, conn)
+		return err
+	})
+	if err != nil {
+		return false, err
+	}
+	lsn := uint64(max(pst.ReceiveLSN, pst.ReplayLSN))
+	cd := fleet.Candidacy{Member: s.spec.ID, LSN: lsn, LagBytes: -1, Timeline: pst.Timeline, At: time.Now().UTC()}
+	if lastPrimaryLSN > 0 {
+		cd.LagBytes = fleet.LagBytes(lastPrimaryLSN, lsn)
+	}
+	if err := s.store.PutCandidate(ctx, s.spec.Cluster, cd, s.lease()); err != nil {
+		return false, err
+	}
+	if since.IsZero() {
+		*since = time.Now()
+		s.event(ctx, "election", fmt.Sprintf("%s runs in the election with %s received", s.spec.ID, postgres.LSN(lsn)))
+		return false, nil
+	}
+	if time.Since(*since) < ha.ElectionWindow {
+		return false, nil
+	}
+	c, err = s.store.Cluster(ctx, s.spec.Cluster)
+	if err != nil || c.Leader != "" {
+		return false, err
+	}
+	winner, why := ha.Elect(ha.ElectionInput{Now: time.Now(), Spec: c.Spec, Members: c.Members, Candidates: c.Candidates, Switchover: c.Switchover})
+	if winner != s.spec.ID {
+		s.set(fleet.StateCatchingUp, s.standbyRole(), "election: "+why)
+		return false, nil
+	}
+	ok, err := s.takeLeader(ctx)
+	if err != nil || !ok {
+		return false, err
+	}
+	s.event(ctx, "elected", fmt.Sprintf("%s won the election: %s", s.spec.ID, why))
+	return true, nil
+}
+
+// promote turns the running standby, which holds the leader key, into the
+// primary.
+func (s *supervisor) promote(ctx context.Context) error {
+	if s.hold == nil {
+		ok, err := s.takeLeader(ctx)
+		if err != nil {
+			return fmt.Errorf("take leader key: %w", err)
+		}
+		if !ok {
+			return errors.New("another member holds the leader key")
+		}
+	}
+	start := time.Now()
+	if err := s.inst.Promote(ctx, s.superuser()); err != nil {
+		return err
+	}
+	// Promotion removed standby.signal itself; drop the upstream settings
+	// and the replication passfile a primary does not need.
+	if err := s.inst.Configure(s.settings(nil, false)); err != nil {
+		return fmt.Errorf("configure: %w", err)
+	}
+	if err := s.inst.Reload(); err != nil {
+		return err
+	}
+	if c, err := s.store.Cluster(ctx, s.spec.Cluster); err == nil && c.Switchover != nil && c.Switchover.To == s.spec.ID {
+		if err := s.store.ClearSwitchover(ctx, s.spec.Cluster); err != nil {
+			s.log.Warn("clear switchover", "err", err)
+		}
+	}
+	s.set(fleet.StateRunning, fleet.RolePrimary, "")
+	return s.servePrimary(ctx, "promoted", fmt.Sprintf("%s promoted to primary on %s (%s) in %s", s.spec.ID, s.host.Name, s.addr(), time.Since(start).Round(time.Millisecond)))
 }
 
 // startTimeout bounds a start: crash recovery or a standby reaching a
@@ -406,6 +694,12 @@ func (s *supervisor) start(ctx context.Context) error {
 		return fmt.Errorf("start postgres: %w", err)
 	}
 	return nil
+}
+
+// pgConn is a lazily opened superuser connection to the member's postgres.
+type pgConn struct {
+	mu   sync.Mutex
+	conn *pgx.Conn
 }
 
 // do runs f on the connection, connecting first if needed. A failed call

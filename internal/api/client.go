@@ -184,3 +184,15 @@ func (c *Client) URL(ctx context.Context, name, member string) (URLView, error) 
 	err := c.do(ctx, http.MethodGet, "/v1/clusters/"+url.PathEscape(name)+"/url"+q, nil, &v)
 	return v, err
 }
+
+// Switchover starts a planned leader change; to "" lets the fleet pick.
+func (c *Client) Switchover(ctx context.Context, name, to string) (SwitchoverView, error) {
+	var v SwitchoverView
+	err := c.do(ctx, http.MethodPost, "/v1/clusters/"+url.PathEscape(name)+"/switchover", SwitchoverRequest{To: to}, &v)
+	return v, err
+}
+
+// Failover makes the primary step down and starts an election.
+func (c *Client) Failover(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodPost, "/v1/clusters/"+url.PathEscape(name)+"/failover", struct{}{}, nil)
+}

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/pgfleet/pgfleet/internal/fleet"
+	"github.com/pgfleet/pgfleet/internal/ha"
 	"github.com/pgfleet/pgfleet/internal/store"
 )
 
@@ -71,6 +72,8 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("DELETE /v1/clusters/{name}", s.auth(s.deleteCluster))
 	mux.Handle("GET /v1/clusters/{name}/events", s.auth(s.events))
 	mux.Handle("GET /v1/clusters/{name}/url", s.auth(s.clusterURL))
+	mux.Handle("POST /v1/clusters/{name}/switchover", s.auth(s.switchover))
+	mux.Handle("POST /v1/clusters/{name}/failover", s.auth(s.failover))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -266,6 +269,7 @@ func (s *Server) createCluster(w http.ResponseWriter, r *http.Request) {
 	spec := fleet.ClusterSpec{
 		Name: req.Name, PrimaryRegion: req.PrimaryRegion, HA: 1,
 		Replicas: req.Replicas, Params: req.Params, Created: time.Now().UTC(),
+		LeaseTTL: req.LeaseTTL, MaxLagOnFailover: req.MaxLagOnFailover,
 	}
 	if req.HA != nil {
 		spec.HA = *req.HA
@@ -442,4 +446,112 @@ func (s *Server) clusterURL(w http.ResponseWriter, r *http.Request) {
 		RawQuery: "sslmode=require",
 	}
 	writeJSON(w, http.StatusOK, URLView{URL: u.String(), Member: m.ID})
+}
+
+// switchover starts a planned leader change to a standby of the primary
+// region: the primary stops cleanly, the target takes over once it has
+// every record. The answer comes at once; the CLI waits for the new primary.
+func (s *Server) switchover(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if err := fleet.ValidateName("cluster", name, fleet.MaxClusterName); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	var req SwitchoverRequest
+	if err := decodeStrict(r, &req); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	c, err := s.store.Cluster(r.Context(), name)
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	if c.Leader == "" {
+		writeError(w, http.StatusConflict, fmt.Sprintf("cluster %s has no primary right now (an election is running): retry in a few seconds", name))
+		return
+	}
+	to, msg := switchoverTarget(c, req.To)
+	if to == "" {
+		writeError(w, http.StatusUnprocessableEntity, msg)
+		return
+	}
+	sw := fleet.Switchover{From: c.Leader, To: to, Requested: time.Now().UTC()}
+	if err := s.store.RequestSwitchover(r.Context(), name, sw); err != nil {
+		s.storeError(w, err)
+		return
+	}
+	s.store.AppendEvent(r.Context(), fleet.Event{Cluster: name, Host: s.self.Name, Kind: "switchover",
+		Message: fmt.Sprintf("switchover requested from %s to %s", sw.From, sw.To)})
+	writeJSON(w, http.StatusAccepted, SwitchoverView{From: sw.From, To: sw.To})
+}
+
+// switchoverTarget checks the requested target, or picks the healthy
+// eligible standby with the least lag; "" and why when there is none.
+func switchoverTarget(c store.ClusterState, want string) (string, string) {
+	best, bestLag := "", int64(-1)
+	for _, m := range c.Members {
+		st, ok := c.Status[m.ID]
+		switch {
+		case m.ID == c.Leader:
+			if want == m.ID {
+				return "", fmt.Sprintf("%s is already the primary", m.ID)
+			}
+			continue
+		case want != "" && m.ID != want:
+			continue
+		case !ha.Eligible(m, c.Spec):
+			if want != "" {
+				return "", fmt.Sprintf("%s is a read replica in %s: only standbys in the primary region %s can become primary", m.ID, m.Region, c.Spec.PrimaryRegion)
+			}
+			continue
+		case !ok || st.State != fleet.StateStreaming || st.LagBytes < 0:
+			if want != "" {
+				return "", fmt.Sprintf("%s is not streaming from the primary (state %s): it cannot take over now", m.ID, stateOf(st, ok))
+			}
+			continue
+		}
+		if best == "" || st.LagBytes < bestLag {
+			best, bestLag = m.ID, st.LagBytes
+		}
+	}
+	if best == "" && want != "" {
+		return "", fmt.Sprintf("cluster %s has no member %q", c.Spec.Name, want)
+	}
+	if best == "" {
+		return "", fmt.Sprintf("cluster %s has no streaming standby in %s to switch over to", c.Spec.Name, c.Spec.PrimaryRegion)
+	}
+	return best, ""
+}
+
+func stateOf(st fleet.MemberStatus, ok bool) fleet.State {
+	if !ok {
+		return fleet.StateUnknown
+	}
+	return st.State
+}
+
+// failover asks the primary to fence itself and release the leader key,
+// which starts an election. Unlike a switchover it does not wait for a
+// standby to catch up.
+func (s *Server) failover(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if err := fleet.ValidateName("cluster", name, fleet.MaxClusterName); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if _, err := s.store.Cluster(r.Context(), name); err != nil {
+		s.storeError(w, err)
+		return
+	}
+	if err := s.store.RequestStepdown(r.Context(), name); err != nil {
+		if errors.Is(err, store.ErrNoQuorum) {
+			s.storeError(w, err)
+			return
+		}
+		writeError(w, http.StatusConflict, err.Error())
+		return
+	}
+	s.store.AppendEvent(r.Context(), fleet.Event{Cluster: name, Host: s.self.Name, Kind: "failover", Message: "failover requested: the primary steps down and an election follows"})
+	w.WriteHeader(http.StatusAccepted)
 }

@@ -18,6 +18,22 @@ type CreateRequest struct {
 	HA            *int              `json:"ha,omitempty"` // default 1
 	Replicas      []string          `json:"replicas,omitempty"`
 	Params        map[string]string `json:"params,omitempty"`
+	// LeaseTTL is the leader lease in whole seconds (default 3).
+	LeaseTTL int `json:"lease_ttl,omitempty"`
+	// MaxLagOnFailover is how many bytes of WAL a standby may miss and still
+	// be promoted (default 16 MiB).
+	MaxLagOnFailover int64 `json:"max_lag_on_failover,omitempty"`
+}
+
+// SwitchoverRequest is the body of POST /v1/clusters/{name}/switchover.
+type SwitchoverRequest struct {
+	To string `json:"to,omitempty"` // default: the most caught-up healthy standby
+}
+
+// SwitchoverView answers a switchover request.
+type SwitchoverView struct {
+	From string `json:"from"`
+	To   string `json:"to"`
 }
 
 // ClusterView is a cluster as the API shows it.
@@ -27,6 +43,7 @@ type ClusterView struct {
 	HA            int          `json:"ha"`
 	Replicas      []string     `json:"replicas"`
 	Port          int          `json:"port"`
+	LeaseTTL      int          `json:"lease_ttl"`
 	Primary       string       `json:"primary"` // member id holding the leader key, "" if none
 	Created       time.Time    `json:"created"`
 	Members       []MemberView `json:"members"`
@@ -81,6 +98,7 @@ func viewCluster(c store.ClusterState, hosts map[string]fleet.Host) ClusterView 
 	v := ClusterView{
 		Name: c.Spec.Name, PrimaryRegion: c.Spec.PrimaryRegion, HA: c.Spec.HA,
 		Replicas: c.Spec.Replicas, Port: c.Spec.Port, Primary: c.Leader, Created: c.Spec.Created,
+		LeaseTTL: int(c.Spec.TTL() / time.Second),
 	}
 	if v.Replicas == nil {
 		v.Replicas = []string{}

@@ -34,6 +34,7 @@ const (
 	StateRunning      State = "running"      // primary accepting writes
 	StateStreaming    State = "streaming"    // standby or replica receiving WAL
 	StateCatchingUp   State = "catching-up"  // standby running but not streaming
+	StateRejoining    State = "rejoining"    // pg_rewind running
 	StateFailed       State = "failed"       // the supervisor retries; Message says why
 	StateStopped      State = "stopped"
 	StateUnknown      State = "unknown" // no status in the store: its host is gone
@@ -58,6 +59,55 @@ type ClusterSpec struct {
 	Port          int               `json:"port"`     // Postgres port on every member's host
 	Params        map[string]string `json:"params,omitempty"`
 	Created       time.Time         `json:"created"`
+	// LeaseTTL is the leader lease in whole seconds (etcd leases are); 0
+	// means DefaultLeaseTTL. A dead primary is replaced in about this long.
+	LeaseTTL int `json:"lease_ttl,omitempty"`
+	// MaxLagOnFailover is how far, in bytes of WAL, a standby may be behind
+	// the last primary and still be promoted; 0 means DefaultMaxLag.
+	MaxLagOnFailover int64 `json:"max_lag_on_failover,omitempty"`
+}
+
+// Defaults and limits of the failover settings.
+const (
+	DefaultLeaseTTL = 3
+	MinLeaseTTL     = 1
+	MaxLeaseTTL     = 60
+	DefaultMaxLag   = 16 << 20
+)
+
+// TTL is the cluster's leader lease.
+func (s ClusterSpec) TTL() time.Duration {
+	if s.LeaseTTL == 0 {
+		return DefaultLeaseTTL * time.Second
+	}
+	return time.Duration(s.LeaseTTL) * time.Second
+}
+
+// MaxLag is the cluster's failover lag limit in bytes.
+func (s ClusterSpec) MaxLag() int64 {
+	if s.MaxLagOnFailover == 0 {
+		return DefaultMaxLag
+	}
+	return s.MaxLagOnFailover
+}
+
+// Switchover is a planned leader change in progress: the primary From
+// stops cleanly, records the LSN of its last record, and the member To
+// takes the leader key once it has received everything up to there.
+type Switchover struct {
+	From      string    `json:"from"`
+	To        string    `json:"to"`
+	LSN       uint64    `json:"lsn,omitempty"` // set once From has stopped
+	Requested time.Time `json:"requested"`
+}
+
+// Candidacy is what a standby publishes when it runs in an election.
+type Candidacy struct {
+	Member   string    `json:"member"`
+	LSN      uint64    `json:"lsn"`       // WAL received
+	LagBytes int64     `json:"lag_bytes"` // behind the last primary write it saw; -1 unknown
+	Timeline int64     `json:"timeline"`
+	At       time.Time `json:"at"`
 }
 
 // Secrets are a cluster's generated credentials. They are stored apart from
@@ -164,6 +214,12 @@ func (s ClusterSpec) Validate() error {
 			return fmt.Errorf("replicas: region %q is listed twice", r)
 		}
 		seen[r] = true
+	}
+	if s.LeaseTTL != 0 && (s.LeaseTTL < MinLeaseTTL || s.LeaseTTL > MaxLeaseTTL) {
+		return fmt.Errorf("lease ttl is %ds: it must be %d to %d seconds", s.LeaseTTL, MinLeaseTTL, MaxLeaseTTL)
+	}
+	if s.MaxLagOnFailover < 0 {
+		return fmt.Errorf("max lag on failover is %d bytes: it must not be negative", s.MaxLagOnFailover)
 	}
 	for k, v := range s.Params {
 		if !paramRE.MatchString(k) {

@@ -29,6 +29,7 @@ type Observation struct {
 	Self        fleet.MemberSpec
 	Initialized bool   // the member's data directory holds a database cluster
 	WasPrimary  bool   // that data was last run as a primary (no standby.signal)
+	Diverged    bool   // streaming from the leader failed: the histories differ
 	Leader      string // member id holding the leader key, "" if none
 	LeaderReady bool   // the leader's status says it accepts connections
 	// ClusterInitialized reports whether the cluster ever had a primary:
@@ -39,8 +40,8 @@ type Observation struct {
 
 // Next decides what a member whose postgres is not running does next, and why.
 // The leader key is the only authority on who may be primary: a member runs
-// writable only if it holds the key or the key is free and the member was
-// placed as the cluster's first primary.
+// writable only while it holds the key. A member with data and no leader
+// starts read-only and runs in the election; the winner promotes.
 func Next(o Observation) (Action, string) {
 	self := o.Self.ID
 	switch {
@@ -48,24 +49,23 @@ func Next(o Observation) (Action, string) {
 		return Bootstrap, "no data and no leader: creating the cluster"
 	case !o.Initialized && o.Leader == "" && o.ClusterInitialized:
 		return Wait, "no data here and no primary to clone from; the cluster's data is on other members"
-	case !o.Initialized && o.Leader == self:
-		return Wait, "holds the leader key but has no data; waiting for the key to expire"
 	case !o.Initialized && o.Leader == "":
 		return Wait, "waiting for a primary to clone from"
+	case !o.Initialized && o.Leader == self:
+		return Wait, "holds the leader key but has no data; waiting for the key to expire"
 	case !o.Initialized && !o.LeaderReady:
 		return Wait, "waiting for primary " + o.Leader + " to accept connections"
 	case !o.Initialized:
 		return Clone, "cloning from primary " + o.Leader
 	case o.Leader == self:
 		return StartPrimary, "holds the leader key"
-	case o.Leader == "" && o.Self.Role == fleet.RolePrimary && o.WasPrimary:
-		return StartPrimary, "leader key is free and this member was the primary"
 	case o.Leader == "":
-		return Wait, "waiting for a leader"
-	case o.WasPrimary:
-		return Rejoin, "was primary but " + o.Leader + " leads now"
-	case !o.LeaderReady:
-		return Wait, "waiting for primary " + o.Leader + " to accept connections"
+		return StartStandby, "no leader: starting read-only to run in the election"
+	case o.WasPrimary || o.Diverged:
+		if !o.LeaderReady {
+			return Wait, "must rejoin " + o.Leader + ", which does not accept connections yet"
+		}
+		return Rejoin, "its history differs from primary " + o.Leader + "'s"
 	default:
 		return StartStandby, "following primary " + o.Leader
 	}

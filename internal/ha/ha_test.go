@@ -25,12 +25,14 @@ func TestNext(t *testing.T) {
 		{"wiped primary never bootstraps twice", Observation{Self: prim, ClusterInitialized: true}, Wait},
 		{"wiped primary clones from the new leader", Observation{Self: prim, ClusterInitialized: true, Leader: "db-2", LeaderReady: true}, Clone},
 		{"restart holding key", Observation{Self: prim, Initialized: true, WasPrimary: true, Leader: "db-1"}, StartPrimary},
-		{"restart after key expired", Observation{Self: prim, Initialized: true, WasPrimary: true}, StartPrimary},
-		{"standby never starts as primary without key", Observation{Self: stby, Initialized: true, WasPrimary: false}, Wait},
-		{"promoted standby data with free key waits", Observation{Self: stby, Initialized: true, WasPrimary: true}, Wait},
+		{"old primary after key expired runs in the election", Observation{Self: prim, Initialized: true, WasPrimary: true}, StartStandby},
+		{"standby without leader runs in the election", Observation{Self: stby, Initialized: true}, StartStandby},
+		{"standby holding the key starts as primary", Observation{Self: stby, Initialized: true, Leader: "db-2"}, StartPrimary},
 		{"old primary must rejoin", Observation{Self: prim, Initialized: true, WasPrimary: true, Leader: "db-2", LeaderReady: true}, Rejoin},
+		{"old primary waits for the new one to be ready", Observation{Self: prim, Initialized: true, WasPrimary: true, Leader: "db-2"}, Wait},
+		{"diverged standby rejoins", Observation{Self: repl, Initialized: true, Diverged: true, Leader: "db-2", LeaderReady: true}, Rejoin},
 		{"standby restart follows", Observation{Self: stby, Initialized: true, Leader: "db-1", LeaderReady: true}, StartStandby},
-		{"standby restart waits for leader", Observation{Self: stby, Initialized: true, Leader: "db-1"}, Wait},
+		{"standby restart follows a leader still starting", Observation{Self: stby, Initialized: true, Leader: "db-1"}, StartStandby},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

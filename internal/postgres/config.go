@@ -19,7 +19,8 @@ type Settings struct {
 	Name       string            // member id; used as cluster_name and application_name
 	ListenAddr string            // listen_addresses (an IP)
 	Port       int               // port
-	Follow     *ConnInfo         // nil: run as primary. non-nil: standby of that server (replication user creds)
+	Follow     *ConnInfo         // standby of that server (replication user creds); nil: no upstream
+	Standby    bool              // run in recovery even without Follow (a member waiting for an election)
 	SlotName   string            // primary_slot_name when Follow != nil
 	Params     map[string]string // extra postgresql.conf parameters, override defaults
 }
@@ -126,9 +127,11 @@ func (i *Instance) configure(s Settings) error {
 
 	signal := filepath.Join(i.cfg.DataDir, standbySignal)
 	passfile := i.passfilePath(s.Name)
-	if s.Follow != nil {
-		if err := i.writeFile(passfile, []byte(pgpassLine(*s.Follow))); err != nil {
-			return err
+	if s.Follow != nil || s.Standby {
+		if s.Follow != nil {
+			if err := i.writeFile(passfile, []byte(pgpassLine(*s.Follow))); err != nil {
+				return err
+			}
 		}
 		if err := i.writeFile(signal, nil); err != nil {
 			return err

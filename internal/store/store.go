@@ -160,6 +160,33 @@ func (s *Store) Grant(ctx context.Context, ttl time.Duration) (*Lease, error) {
 	return l, nil
 }
 
+// ErrLeaseLost means a lease expired or was revoked at the store.
+var ErrLeaseLost = errors.New("lease lost")
+
+// GrantManual creates a lease of ttl that nothing refreshes: its holder
+// calls Renew and tracks when the store last confirmed it, which is what a
+// primary needs to fence itself in time.
+func (s *Store) GrantManual(ctx context.Context, ttl time.Duration) (*Lease, error) {
+	gctx, cancel := timeout(ctx)
+	resp, err := s.cli.Grant(gctx, int64((ttl+time.Second-1)/time.Second))
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("grant lease: %w", Translate(err))
+	}
+	done := make(chan struct{})
+	return &Lease{ID: resp.ID, TTL: ttl, done: done, cli: s.cli, stop: func() {}}, nil
+}
+
+// Renew refreshes a manual lease once. ErrLeaseLost when the store no
+// longer has it.
+func (l *Lease) Renew(ctx context.Context) error {
+	resp, err := l.cli.KeepAliveOnce(ctx, l.ID)
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) || (err == nil && resp.TTL <= 0) {
+		return ErrLeaseLost
+	}
+	return Translate(err)
+}
+
 // RegisterHost writes h under lease, replacing an older record of the same host.
 func (s *Store) RegisterHost(ctx context.Context, h fleet.Host, lease *Lease) error {
 	return s.putJSON(ctx, s.hostKey(h.Name), h, clientv3.WithLease(lease.ID))
@@ -201,8 +228,54 @@ type ClusterState struct {
 	// Initialized reports whether the cluster ever had a leader, i.e. its
 	// data exists on some member.
 	Initialized bool
+	// Switchover is the planned leader change in progress, if any.
+	Switchover *fleet.Switchover
+	// Stepdown reports that the primary was asked to step down (`pgfleet
+	// failover`): it fences and releases the leader key.
+	Stepdown bool
+	// Candidates are the members running in the current election.
+	Candidates []fleet.Candidacy
 
 	specRev int64 // mod revision of the spec, for transactions on this view
+}
+
+// decode adds one key of the cluster (its path below the cluster's prefix)
+// to the view.
+func (c *ClusterState) decode(rest string, v []byte, rev int64) error {
+	parts := strings.Split(rest, "/")
+	switch {
+	case rest == "spec":
+		c.specRev = rev
+		return json.Unmarshal(v, &c.Spec)
+	case rest == "leader":
+		c.Leader = string(v)
+	case rest == "initialized":
+		c.Initialized = true
+	case rest == "switchover":
+		c.Switchover = &fleet.Switchover{}
+		return json.Unmarshal(v, c.Switchover)
+	case rest == "stepdown":
+		c.Stepdown = true
+	case len(parts) == 2 && parts[0] == "candidates":
+		var cd fleet.Candidacy
+		if err := json.Unmarshal(v, &cd); err != nil {
+			return err
+		}
+		c.Candidates = append(c.Candidates, cd)
+	case len(parts) == 3 && parts[0] == "members" && parts[2] == "spec":
+		var m fleet.MemberSpec
+		if err := json.Unmarshal(v, &m); err != nil {
+			return err
+		}
+		c.Members = append(c.Members, m)
+	case len(parts) == 3 && parts[0] == "members" && parts[2] == "status":
+		var st fleet.MemberStatus
+		if err := json.Unmarshal(v, &st); err != nil {
+			return err
+		}
+		c.Status[parts[1]] = st
+	}
+	return nil
 }
 
 // Member returns the spec of member id.
@@ -233,27 +306,8 @@ func (s *Store) Clusters(ctx context.Context) ([]ClusterState, error) {
 		return c
 	}
 	for _, kv := range resp.Kvs {
-		rest := strings.TrimPrefix(string(kv.Key), s.clustersPrefix())
-		parts := strings.Split(rest, "/")
-		c := get(parts[0])
-		var err error
-		switch {
-		case len(parts) == 2 && parts[1] == "spec":
-			err = json.Unmarshal(kv.Value, &c.Spec)
-		case len(parts) == 2 && parts[1] == "leader":
-			c.Leader = string(kv.Value)
-		case len(parts) == 2 && parts[1] == "initialized":
-			c.Initialized = true
-		case len(parts) == 4 && parts[1] == "members" && parts[3] == "spec":
-			var m fleet.MemberSpec
-			err = json.Unmarshal(kv.Value, &m)
-			c.Members = append(c.Members, m)
-		case len(parts) == 4 && parts[1] == "members" && parts[3] == "status":
-			var st fleet.MemberStatus
-			err = json.Unmarshal(kv.Value, &st)
-			c.Status[parts[2]] = st
-		}
-		if err != nil {
+		name, rest, _ := strings.Cut(strings.TrimPrefix(string(kv.Key), s.clustersPrefix()), "/")
+		if err := get(name).decode(rest, kv.Value, kv.ModRevision); err != nil {
 			return nil, fmt.Errorf("decode %s: %w", kv.Key, err)
 		}
 	}
@@ -290,27 +344,7 @@ func (s *Store) Cluster(ctx context.Context, name string) (ClusterState, error) 
 	}
 	c := ClusterState{Status: map[string]fleet.MemberStatus{}}
 	for _, kv := range resp.Kvs {
-		rest := strings.TrimPrefix(string(kv.Key), s.clusterPrefix(name))
-		parts := strings.Split(rest, "/")
-		var err error
-		switch {
-		case rest == "spec":
-			err = json.Unmarshal(kv.Value, &c.Spec)
-			c.specRev = kv.ModRevision
-		case rest == "leader":
-			c.Leader = string(kv.Value)
-		case rest == "initialized":
-			c.Initialized = true
-		case len(parts) == 3 && parts[0] == "members" && parts[2] == "spec":
-			var m fleet.MemberSpec
-			err = json.Unmarshal(kv.Value, &m)
-			c.Members = append(c.Members, m)
-		case len(parts) == 3 && parts[0] == "members" && parts[2] == "status":
-			var st fleet.MemberStatus
-			err = json.Unmarshal(kv.Value, &st)
-			c.Status[parts[1]] = st
-		}
-		if err != nil {
+		if err := c.decode(strings.TrimPrefix(string(kv.Key), s.clusterPrefix(name)), kv.Value, kv.ModRevision); err != nil {
 			return ClusterState{}, fmt.Errorf("decode %s: %w", kv.Key, err)
 		}
 	}
@@ -451,10 +485,13 @@ func (s *Store) AcquireLeader(ctx context.Context, cluster, member string, lease
 	key := s.leaderKey(cluster)
 	ctx, cancel := timeout(ctx)
 	defer cancel()
+	// A new leader ends the election and any step-down request.
 	resp, err := s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(s.specKey(cluster)), ">", 0),
 			clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, member, clientv3.WithLease(lease.ID)), clientv3.OpPut(s.initializedKey(cluster), member)).
+		Then(clientv3.OpPut(key, member, clientv3.WithLease(lease.ID)), clientv3.OpPut(s.initializedKey(cluster), member),
+			clientv3.OpDelete(s.clusterPrefix(cluster)+"candidates/", clientv3.WithPrefix()),
+			clientv3.OpDelete(s.clusterPrefix(cluster)+"stepdown")).
 		Commit()
 	if err != nil {
 		return false, fmt.Errorf("acquire leader key of %s: %w", cluster, Translate(err))
@@ -470,6 +507,85 @@ func (s *Store) AcquireLeader(ctx context.Context, cluster, member string, lease
 		return false, fmt.Errorf("acquire leader key of %s: %w", cluster, Translate(err))
 	}
 	return resp.Succeeded, nil
+}
+
+// PutCandidate publishes a member's candidacy in the election of a
+// cluster that has no leader, under lease (its host's: a candidate whose
+// host dies drops out).
+func (s *Store) PutCandidate(ctx context.Context, cluster string, cd fleet.Candidacy, lease *Lease) error {
+	b, _ := json.Marshal(cd)
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	_, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(s.specKey(cluster)), ">", 0),
+			clientv3.Compare(clientv3.CreateRevision(s.leaderKey(cluster)), "=", 0)).
+		Then(clientv3.OpPut(s.clusterPrefix(cluster)+"candidates/"+cd.Member, string(b), clientv3.WithLease(lease.ID))).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("publish candidacy of %s: %w", cd.Member, Translate(err))
+	}
+	return nil
+}
+
+// RequestSwitchover records a planned leader change from sw.From, which
+// must hold the leader key, to sw.To. Only one runs at a time.
+func (s *Store) RequestSwitchover(ctx context.Context, cluster string, sw fleet.Switchover) error {
+	b, _ := json.Marshal(sw)
+	key := s.clusterPrefix(cluster) + "switchover"
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.Value(s.leaderKey(cluster)), "=", sw.From),
+			clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(b))).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("request switchover of %s: %w", cluster, Translate(err))
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("switchover of %s: %w (another switchover runs, or %s no longer leads)", cluster, ErrConflict, sw.From)
+	}
+	return nil
+}
+
+// UpdateSwitchover rewrites the switchover in progress (the stopped
+// primary's final LSN); it does nothing if none is in progress.
+func (s *Store) UpdateSwitchover(ctx context.Context, cluster string, sw fleet.Switchover) error {
+	b, _ := json.Marshal(sw)
+	key := s.clusterPrefix(cluster) + "switchover"
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	_, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), ">", 0)).
+		Then(clientv3.OpPut(key, string(b))).
+		Commit()
+	return Translate(err)
+}
+
+// ClearSwitchover ends the switchover in progress.
+func (s *Store) ClearSwitchover(ctx context.Context, cluster string) error {
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	_, err := s.cli.Delete(ctx, s.clusterPrefix(cluster)+"switchover")
+	return Translate(err)
+}
+
+// RequestStepdown asks a cluster's primary to fence itself and release the
+// leader key, which starts an election (`pgfleet failover`).
+func (s *Store) RequestStepdown(ctx context.Context, cluster string) error {
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(s.leaderKey(cluster)), ">", 0)).
+		Then(clientv3.OpPut(s.clusterPrefix(cluster)+"stepdown", time.Now().UTC().Format(time.RFC3339Nano))).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("request stepdown of %s: %w", cluster, Translate(err))
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("cluster %s has no primary to step down: an election is already running", cluster)
+	}
+	return nil
 }
 
 func (s *Store) eventKey(ev fleet.Event) string {

@@ -1,0 +1,111 @@
+package ha
+
+import (
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/pgfleet/pgfleet/internal/fleet"
+)
+
+// Election timing.
+const (
+	// ElectionWindow is how long a candidate waits after publishing its
+	// candidacy before it counts the candidacies: every reachable eligible
+	// member publishes within it, so the most advanced one is never missed.
+	ElectionWindow = 400 * time.Millisecond
+	// CandidacyFresh is how old a candidacy may be and still count.
+	CandidacyFresh = 3 * time.Second
+	// SwitchoverTimeout is how long a switchover may take before the
+	// members fall back to an ordinary election.
+	SwitchoverTimeout = 30 * time.Second
+)
+
+// Eligible reports whether m may ever be promoted: standbys in the primary
+// region. Read replicas in other regions are never promoted.
+func Eligible(m fleet.MemberSpec, spec fleet.ClusterSpec) bool {
+	return m.Role != fleet.RoleReplica && m.Region == spec.PrimaryRegion
+}
+
+// ElectionInput is what the election decision needs.
+type ElectionInput struct {
+	Now        time.Time
+	Spec       fleet.ClusterSpec
+	Members    []fleet.MemberSpec
+	Candidates []fleet.Candidacy
+	Switchover *fleet.Switchover
+}
+
+// Elect returns the member that should take the leader key, or "" when no
+// one should yet, and why. The winner is the eligible candidate that has
+// received the most WAL, so no acknowledged commit that any reachable
+// eligible member holds is lost; ties go to the lower member id, so every
+// member computes the same winner.
+//
+// During a switchover only its target may win, and only once it has
+// received the stopped primary's last record.
+func Elect(in ElectionInput) (string, string) {
+	byID := map[string]fleet.MemberSpec{}
+	for _, m := range in.Members {
+		byID[m.ID] = m
+	}
+	fresh := map[string]fleet.Candidacy{}
+	for _, c := range in.Candidates {
+		m, ok := byID[c.Member]
+		if !ok || !Eligible(m, in.Spec) || in.Now.Sub(c.At) > CandidacyFresh {
+			continue
+		}
+		fresh[c.Member] = c
+	}
+
+	if sw := in.Switchover; sw != nil && in.Now.Sub(sw.Requested) < SwitchoverTimeout {
+		if sw.LSN == 0 {
+			return "", fmt.Sprintf("switchover: waiting for %s to stop", sw.From)
+		}
+		c, ok := fresh[sw.To]
+		switch {
+		case !ok:
+			return "", fmt.Sprintf("switchover: waiting for %s's candidacy", sw.To)
+		case c.LSN < sw.LSN:
+			return "", fmt.Sprintf("switchover: %s has received %s of %s", sw.To, fmtLSN(c.LSN), fmtLSN(sw.LSN))
+		default:
+			return sw.To, fmt.Sprintf("switchover: %s has everything up to %s", sw.To, fmtLSN(sw.LSN))
+		}
+	}
+
+	var cands []fleet.Candidacy
+	for _, c := range fresh {
+		if c.LagBytes > in.Spec.MaxLag() {
+			continue
+		}
+		cands = append(cands, c)
+	}
+	if len(cands) == 0 {
+		return "", "no eligible candidate within the lag limit"
+	}
+	sort.Slice(cands, func(i, j int) bool {
+		a, b := cands[i], cands[j]
+		if a.LSN != b.LSN {
+			return a.LSN > b.LSN
+		}
+		return a.Member < b.Member
+	})
+	w := cands[0]
+	return w.Member, fmt.Sprintf("%s has received the most WAL (%s) of %d candidates", w.Member, fmtLSN(w.LSN), len(cands))
+}
+
+func fmtLSN(l uint64) string { return fmt.Sprintf("%X/%X", l>>32, uint32(l)) }
+
+// FenceDeadline is when a primary whose lease renewal was last confirmed
+// for a request sent at sent must have stopped taking writes. The store
+// counts the lease from when it received that request, which is after sent,
+// so the key cannot expire, and no other member be promoted, before
+// sent+ttl; the margin (a quarter of the TTL, at least 300 ms) covers the
+// time fencing itself takes.
+func FenceDeadline(sent time.Time, ttl time.Duration) time.Time {
+	return sent.Add(ttl - max(ttl/4, 300*time.Millisecond))
+}
+
+// RenewEvery is how often a leader renews its lease: three tries before
+// the fence deadline.
+func RenewEvery(ttl time.Duration) time.Duration { return ttl / 4 }
