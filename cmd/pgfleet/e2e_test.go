@@ -23,9 +23,24 @@ import (
 
 // cli runs the built pgfleet binary with its own PGFLEET_HOME.
 type cli struct {
-	t    *testing.T
-	exe  string
-	home string
+	t       *testing.T
+	exe     string
+	home    string
+	hostAPI [][2]string // host name, API address
+	apis    string      // --api for read commands; "" uses the saved config
+}
+
+// without returns a cli whose status reads skip host's agent, for while that
+// agent is stopped and would only time out.
+func (c cli) without(host string) cli {
+	var eps []string
+	for _, h := range c.hostAPI {
+		if h[0] != host {
+			eps = append(eps, h[1])
+		}
+	}
+	c.apis = strings.Join(eps, ",")
+	return c
 }
 
 func (c cli) run(args ...string) (string, string, int) {

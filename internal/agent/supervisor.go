@@ -513,7 +513,7 @@ func (s *supervisor) runStandby(ctx context.Context) error {
 		return fmt.Errorf("configure: %w", err)
 	}
 	s.set(fleet.StateStarting, s.standbyRole(), "starting postgres")
-	if err := s.start(ctx); err != nil {
+	if err := s.startStandby(ctx, following); err != nil {
 		return err
 	}
 	s.set(fleet.StateCatchingUp, s.standbyRole(), followNote(following))
@@ -695,6 +695,37 @@ func (s *supervisor) start(ctx context.Context) error {
 	}
 	return nil
 }
+
+// startStandby starts postgres read-only. A standby is ready only once it
+// is consistent, which may need WAL from the leader; if the leader changes
+// meanwhile (it died, another was elected) the start is abandoned and the
+// member converges again instead of waiting for a primary that is gone.
+func (s *supervisor) startStandby(ctx context.Context, following string) error {
+	sctx, cancel := context.WithCancelCause(ctx)
+	watchDone := make(chan struct{})
+	defer func() { cancel(nil); <-watchDone }()
+	go func() {
+		defer close(watchDone)
+		for {
+			select {
+			case <-sctx.Done():
+				return
+			case <-time.After(500 * time.Millisecond):
+			}
+			if c, err := s.store.Cluster(sctx, s.spec.Cluster); err == nil && c.Leader != following {
+				cancel(errLeaderChanged)
+				return
+			}
+		}
+	}()
+	err := s.start(sctx)
+	if err != nil && errors.Is(context.Cause(sctx), errLeaderChanged) {
+		return errSteppedDown
+	}
+	return err
+}
+
+var errLeaderChanged = errors.New("the leader changed")
 
 // pgConn is a lazily opened superuser connection to the member's postgres.
 type pgConn struct {

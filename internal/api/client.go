@@ -25,9 +25,12 @@ type Client struct {
 	HTTP      *http.Client
 }
 
-// NewClient returns a client with sane timeouts.
+// NewClient returns a client with sane timeouts. Every request the API
+// serves takes at most a few store calls, each bounded by
+// store.RequestTimeout, so an agent that does not answer within 8 s is
+// stopped or hung, and the next one is tried.
 func NewClient(endpoints []string, token string) *Client {
-	return &Client{Endpoints: endpoints, Token: token, HTTP: &http.Client{Timeout: 15 * time.Second}}
+	return &Client{Endpoints: endpoints, Token: token, HTTP: &http.Client{Timeout: 8 * time.Second}}
 }
 
 // APIError is a non-2xx answer of an agent.
