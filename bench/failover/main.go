@@ -234,6 +234,7 @@ func run(exe, dir string, iters, ttl int, out string) error {
 	defer func() { close(cl.stopc); <-cl.done }()
 
 	res := result{TTL: ttl}
+	lostSoFar := 0 // acknowledged rows missing after the previous fault
 	hostOf := func(v api.ClusterView, id string) string {
 		for _, m := range v.Members {
 			if m.ID == id {
@@ -288,9 +289,11 @@ func run(exe, dir string, iters, ttl int, out string) error {
 			if err != nil {
 				return err
 			}
-			if s.Lost, err = cl.lost(ctx, pu.URL); err != nil {
+			total, err := cl.lost(ctx, pu.URL)
+			if err != nil {
 				return err
 			}
+			s.Lost, lostSoFar = total-lostSoFar, total
 			fmt.Fprintf(os.Stderr, "ttl %ds %-10s %d: %s -> %s in %.3fs (gap %.3fs, lost %d)\n", ttl, fault, i, s.Old, s.New, s.Seconds, s.WriteGap, s.Lost)
 			switch fault {
 			case "host-loss":

@@ -125,6 +125,7 @@ type Agent struct {
 }
 
 type running struct {
+	sup     *supervisor
 	cancel  context.CancelCauseFunc
 	done    chan struct{}
 	created time.Time // the cluster incarnation the supervisor serves
@@ -382,8 +383,27 @@ func (a *Agent) loop(ctx context.Context) {
 				watch = a.store.Watch(ctx) // the watch broke (store restarted); open it again
 			}
 		case <-tick.C:
+			a.keepStoreLeaderAway(ctx)
 		}
 		a.reconcile(ctx)
+	}
+}
+
+// keepStoreLeaderAway moves etcd's leadership off this host while it runs
+// a primary (see store.Embedded.MoveLeaderAway).
+func (a *Agent) keepStoreLeaderAway(ctx context.Context) {
+	if a.etcd == nil {
+		return
+	}
+	for _, r := range a.sups {
+		if r.sup.leading.Load() {
+			if moved, err := a.etcd.MoveLeaderAway(ctx); err != nil {
+				a.log.Debug("move etcd leadership", "err", err)
+			} else if moved {
+				a.log.Info("moved etcd leadership to another host: this one runs a primary")
+			}
+			return
+		}
 	}
 }
 
@@ -518,7 +538,7 @@ func (a *Agent) startSupervisor(ctx context.Context, p placed) error {
 	}
 	s.inst = postgres.New(postgres.Config{Bin: a.bin, DataDir: s.pgdata(), User: a.osUser, Logger: log})
 	sctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
-	r := &running{cancel: cancel, done: make(chan struct{}), created: p.cluster.Created}
+	r := &running{sup: s, cancel: cancel, done: make(chan struct{}), created: p.cluster.Created}
 	a.sups[m.ID] = r
 	go func() { defer close(r.done); s.run(sctx) }()
 	return nil

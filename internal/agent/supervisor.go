@@ -33,6 +33,8 @@ var errSteppedDown = errors.New("stepped down")
 const (
 	primaryTick = 250 * time.Millisecond // a primary checks for step-down and switchover requests
 	standbyTick = 200 * time.Millisecond // a standby checks the leader key and runs elections
+	// switchoverTick is how often a switchover's target checks.
+	switchoverTick = 25 * time.Millisecond
 	// divergedAfter is how long a standby may fail to stream from a running
 	// primary before it is taken to have another history and rejoins.
 	divergedAfter = 10 * time.Second
@@ -67,7 +69,8 @@ type supervisor struct {
 	diverged atomic.Bool // streaming from the leader failed for long: rejoin
 	events   int         // events written, to trim the history now and then
 
-	hold *leaderHold // while this member holds the leader key
+	hold    *leaderHold // while this member holds the leader key
+	leading atomic.Bool // hold != nil, readable by the agent
 	// abstainUntil keeps a primary that was told to step down out of the
 	// election its step-down starts; otherwise, holding the most WAL, it
 	// would win it again.
@@ -83,19 +86,27 @@ func (s *supervisor) set(state fleet.State, role fleet.Role, msg string) {
 	}
 }
 
+// event logs what happened and records it in the store in the
+// background: recording must not slow a failover down, and the event's key
+// carries its time, so the history stays in order.
 func (s *supervisor) event(ctx context.Context, kind, msg string) {
 	s.log.Info(msg, "event", kind)
 	ev := fleet.Event{Time: time.Now().UTC(), Cluster: s.spec.Cluster, Member: s.spec.ID, Host: s.host.Name, Kind: kind, Message: msg}
-	if err := s.store.AppendEvent(ctx, ev); err != nil && ctx.Err() == nil {
-		s.log.Warn("record event", "err", err)
-	}
 	// A member stuck in a failure loop writes an event per retry; trimming
-	// here keeps the history bounded even when no primary runs.
-	if s.events++; s.events%50 == 0 {
-		if err := s.store.TrimEvents(ctx, s.spec.Cluster); err != nil && ctx.Err() == nil {
-			s.log.Warn("trim events", "err", err)
+	// now and then keeps the history bounded even when no primary runs.
+	s.events++
+	trim := s.events%50 == 0
+	ctx = context.WithoutCancel(ctx)
+	go func() {
+		if err := s.store.AppendEvent(ctx, ev); err != nil {
+			s.log.Warn("record event", "err", err)
 		}
-	}
+		if trim {
+			if err := s.store.TrimEvents(ctx, s.spec.Cluster); err != nil {
+				s.log.Warn("trim events", "err", err)
+			}
+		}
+	}()
 }
 
 func (s *supervisor) pgdata() string { return filepath.Join(s.dir, "pgdata") }
@@ -185,10 +196,15 @@ func (s *supervisor) fence(ctx context.Context, why string) {
 	s.event(ctx, "fenced", fmt.Sprintf("%s fenced: %s; postgres stopped", s.spec.ID, why))
 }
 
+func (s *supervisor) setHold(h *leaderHold) {
+	s.hold = h
+	s.leading.Store(h != nil)
+}
+
 func (s *supervisor) releaseLeader() {
 	if s.hold != nil {
 		s.hold.release()
-		s.hold = nil
+		s.setHold(nil)
 	}
 }
 
@@ -352,7 +368,7 @@ func (s *supervisor) takeLeader(ctx context.Context) (bool, error) {
 	}
 	// The grant was sent before the acquiring transaction, so the key
 	// cannot expire before sent+TTL.
-	s.hold = holdLeader(lease, s.cluster.TTL(), sent, s.log)
+	s.setHold(holdLeader(lease, s.cluster.TTL(), sent, s.log))
 	return true, nil
 }
 
@@ -423,7 +439,7 @@ func (s *supervisor) servePrimary(ctx context.Context, kind, msg string) error {
 		case <-s.hold.lost:
 			s.fence(ctx, s.hold.why())
 			s.hold.forget()
-			s.hold = nil
+			s.setHold(nil)
 			return errors.New("leader lease not confirmed in time")
 		case <-tick.C:
 		}
@@ -435,7 +451,7 @@ func (s *supervisor) servePrimary(ctx context.Context, kind, msg string) error {
 		case c.Leader != s.spec.ID:
 			s.fence(ctx, "the leader key names "+c.Leader)
 			s.hold.forget()
-			s.hold = nil
+			s.setHold(nil)
 			return errors.New("lost the leader key")
 		case c.Stepdown:
 			s.fence(ctx, "asked to step down")
@@ -526,19 +542,24 @@ func (s *supervisor) runStandby(ctx context.Context) error {
 		candidateSince time.Time // when this member entered the current election
 		since          = time.Now()
 	)
-	tick := time.NewTicker(standbyTick)
-	defer tick.Stop()
+	tick := standbyTick
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-s.inst.Done():
 			return fmt.Errorf("postgres exited: %v", s.inst.ExitErr())
-		case <-tick.C:
+		case <-time.After(tick):
 		}
 		c, err := s.store.Cluster(ctx, s.spec.Cluster)
 		if err != nil {
 			continue
+		}
+		// While a switchover runs, clients wait for the target: it watches
+		// closely for the old primary's release.
+		tick = standbyTick
+		if c.Switchover != nil && c.Switchover.To == s.spec.ID {
+			tick = switchoverTick
 		}
 		s.cluster = c.Spec
 		if c.Leader == "" {
@@ -625,12 +646,17 @@ func (s *supervisor) campaign(ctx context.Context, c store.ClusterState, since *
 	if err := s.store.PutCandidate(ctx, s.spec.Cluster, cd, s.lease()); err != nil {
 		return false, err
 	}
+	// A switchover's target is known in advance: it need not wait for other
+	// candidacies, which only an ordinary election compares.
+	planned := c.Switchover != nil && c.Switchover.To == s.spec.ID && c.Switchover.LSN > 0
 	if since.IsZero() {
 		*since = time.Now()
 		s.event(ctx, "election", fmt.Sprintf("%s runs in the election with %s received", s.spec.ID, postgres.LSN(lsn)))
-		return false, nil
+		if !planned {
+			return false, nil
+		}
 	}
-	if time.Since(*since) < ha.ElectionWindow {
+	if !planned && time.Since(*since) < ha.ElectionWindow {
 		return false, nil
 	}
 	c, err = s.store.Cluster(ctx, s.spec.Cluster)

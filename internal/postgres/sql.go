@@ -259,19 +259,32 @@ func promote(ctx context.Context, superuser ConnInfo) error {
 	if !inRecovery {
 		return nil
 	}
+	// pg_promote(wait => true) checks for the end of recovery only ten
+	// times a second; asking without waiting and polling here makes the
+	// new primary writable up to 100 ms sooner, which a switchover's clients
+	// feel.
 	ctx, cancel := context.WithTimeout(ctx, (promoteWait+5)*time.Second)
 	defer cancel()
-	var promoted bool
-	if err := conn.QueryRow(ctx, "SELECT pg_promote(true, $1)", promoteWait).Scan(&promoted); err != nil {
+	var signalled bool
+	if err := conn.QueryRow(ctx, "SELECT pg_promote(false)").Scan(&signalled); err != nil {
 		return err
 	}
-	if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery); err != nil {
-		return err
+	if !signalled {
+		return errors.New("pg_promote could not signal the server")
 	}
-	if !promoted || inRecovery {
-		return fmt.Errorf("still in recovery after %d s", promoteWait)
+	for {
+		if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery); err != nil {
+			return err
+		}
+		if !inRecovery {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("still in recovery after %d s", promoteWait)
+		case <-time.After(10 * time.Millisecond):
+		}
 	}
-	return nil
 }
 
 // isCode reports whether err is a server error with SQLSTATE code.

@@ -328,3 +328,32 @@ func etcdLogger() *zap.Logger {
 	}
 	return l
 }
+
+// MoveLeaderAway hands etcd's leadership to another voter if this host's
+// member leads. A host that runs a primary should not also lead etcd: when
+// such a host dies, etcd first elects a new leader, which extends every
+// lease by its election timeout, and the failover waits that much longer.
+// It reports whether leadership moved.
+func (e *Embedded) MoveLeaderAway(ctx context.Context) (bool, error) {
+	if e.etcd == nil {
+		return false, nil
+	}
+	srv := e.etcd.Server
+	self := uint64(srv.MemberID())
+	if srv.Leader() != srv.MemberID() {
+		return false, nil
+	}
+	for _, m := range srv.Cluster().Members() {
+		if uint64(m.ID) == self || m.IsLearner || len(m.ClientURLs) == 0 {
+			continue // ClientURLs are published once a member has started
+		}
+		ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		err := srv.MoveLeader(ctx, self, uint64(m.ID))
+		cancel()
+		if err != nil {
+			return false, fmt.Errorf("move etcd leadership to %s: %w", m.Name, err)
+		}
+		return true, nil
+	}
+	return false, nil
+}
