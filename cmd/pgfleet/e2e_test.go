@@ -90,6 +90,29 @@ func buildBinary(t *testing.T) string {
 	return exe
 }
 
+// devFleetCLI returns a cli with a home of its own, the directory and
+// loopback network for a dev fleet, and a cleanup that stops the fleet and,
+// when the test failed, shows the end of each host's log.
+func devFleetCLI(t *testing.T, hosts []string) (c cli, dir, netArg string) {
+	t.Helper()
+	labtest.RequirePostgres(t)
+	c = cli{t: t, exe: buildBinary(t), home: labtest.TestDir(t)}
+	dir = filepath.Join(labtest.TestDir(t), "fleet")
+	netArg = strconv.Itoa(labtest.FreeNet(t))
+	t.Cleanup(func() {
+		c.run("dev", "down", "--dir", dir)
+		if !t.Failed() {
+			return
+		}
+		for _, h := range hosts {
+			b, _ := os.ReadFile(filepath.Join(dir, h+".log"))
+			lines := strings.Split(string(b), "\n")
+			t.Logf("--- end of %s.log:\n%s", h, strings.Join(lines[max(0, len(lines)-40):], "\n"))
+		}
+	})
+	return c, dir, netArg
+}
+
 // TestDevUpNewcomer walks the path of the README: dev up, create with
 // progress, status, url, connect, write on the primary and read on a replica
 // in another region, bad input, a lost agent restarted by dev up, destroy,
@@ -98,20 +121,7 @@ func TestDevUpNewcomer(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a five-host dev fleet")
 	}
-	labtest.RequirePostgres(t)
-	c := cli{t: t, exe: buildBinary(t), home: labtest.TestDir(t)}
-	dir := filepath.Join(labtest.TestDir(t), "fleet")
-	netArg := strconv.Itoa(labtest.FreeNet(t))
-	t.Cleanup(func() {
-		c.run("dev", "down", "--dir", dir)
-		if t.Failed() {
-			for _, h := range []string{"iad-1", "iad-2", "iad-3", "ams-1", "syd-1"} {
-				b, _ := os.ReadFile(filepath.Join(dir, h+".log"))
-				lines := strings.Split(string(b), "\n")
-				t.Logf("--- end of %s.log:\n%s", h, strings.Join(lines[max(0, len(lines)-25):], "\n"))
-			}
-		}
-	})
+	c, dir, netArg := devFleetCLI(t, []string{"iad-1", "iad-2", "iad-3", "ams-1", "syd-1"})
 
 	c.fails(1, "apt-get install -y postgresql-15", "dev", "up", "--dir", dir, "--net", netArg, "--pg-bin", "/nonexistent")
 	c.fails(2, "host count", "dev", "up", "--dir", dir, "--net", netArg, "--regions", "iad:x")

@@ -108,6 +108,19 @@ func (w *writer) halt() []ack {
 	return append([]ack(nil), w.acks...)
 }
 
+// waitWritesOn waits until member acknowledged a commit after start.
+func (w *writer) waitWritesOn(member string, start time.Time) {
+	w.t.Helper()
+	labtest.WaitFor(w.t, 10*time.Second, "writes on "+member, func() (bool, string) {
+		for _, a := range w.since(start) {
+			if a.member == member {
+				return true, ""
+			}
+		}
+		return false, "none yet"
+	})
+}
+
 // since returns the acks after t.
 func (w *writer) since(t time.Time) []ack {
 	w.mu.Lock()
@@ -247,20 +260,10 @@ func TestFailover(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a three-host fleet through four faults")
 	}
-	labtest.RequirePostgres(t)
-	c := cli{t: t, exe: buildBinary(t), home: labtest.TestDir(t)}
-	dir := filepath.Join(labtest.TestDir(t), "fleet")
-	netArg := strconv.Itoa(labtest.FreeNet(t))
+	c, dir, netArg := devFleetCLI(t, []string{"iad-1", "iad-2", "iad-3"})
 	t.Cleanup(func() {
-		c.run("dev", "down", "--dir", dir)
 		if t.Failed() {
-			for _, h := range []string{"iad-1", "iad-2", "iad-3"} {
-				b, _ := os.ReadFile(filepath.Join(dir, h+".log"))
-				lines := strings.Split(string(b), "\n")
-				t.Logf("--- end of %s.log:\n%s", h, strings.Join(lines[max(0, len(lines)-40):], "\n"))
-			}
-		}
-		if out, _, _ := c.run("events", "db"); t.Failed() {
+			out, _, _ := c.run("events", "db")
 			t.Logf("events:\n%s", out)
 		}
 	})
@@ -310,14 +313,7 @@ func TestFailover(t *testing.T) {
 		out := c.ok("switchover", "db")
 		newP := status(t, c, "db").Primary
 		t.Logf("%s", strings.TrimSpace(out))
-		labtest.WaitFor(t, 10*time.Second, "writes on the new primary", func() (bool, string) {
-			for _, a := range w.since(start) {
-				if a.member == newP {
-					return true, ""
-				}
-			}
-			return false, "none yet"
-		})
+		w.waitWritesOn(newP, start)
 		acks := w.since(time.Time{})
 		checkOnePrimary(t, w.since(start), old, newP)
 		if lost := lostRows(t, c, "db", acks); len(lost) > 0 {
@@ -338,14 +334,7 @@ func TestFailover(t *testing.T) {
 		if took >= ttl {
 			t.Errorf("handover took %s, not less than the lease TTL %s: the key was not released at once", took, ttl)
 		}
-		labtest.WaitFor(t, 10*time.Second, "writes on the new primary", func() (bool, string) {
-			for _, a := range w.since(start) {
-				if a.member == newP {
-					return true, ""
-				}
-			}
-			return false, "none yet"
-		})
+		w.waitWritesOn(newP, start)
 		checkOnePrimary(t, w.since(start), old, newP)
 		t.Logf("acknowledged rows lost (async): %d", len(lostRows(t, c, "db", w.since(time.Time{}))))
 		waitAllStreaming(t, c, "db")
@@ -362,14 +351,7 @@ func TestFailover(t *testing.T) {
 		newP, took := waitNewPrimary(t, c, "db", old, 30*time.Second)
 		t.Logf("agent of %s stopped: %s primary after %s", old, newP, took.Round(10*time.Millisecond))
 		// Keep it stopped well past the new primary's start, then let it go.
-		labtest.WaitFor(t, 10*time.Second, "writes on the new primary", func() (bool, string) {
-			for _, a := range w.since(start) {
-				if a.member == newP {
-					return true, ""
-				}
-			}
-			return false, "none yet"
-		})
+		w.waitWritesOn(newP, start)
 		time.Sleep(2 * time.Second) // the fault: the agent stays stopped a while longer
 		if err := syscall.Kill(agentPid, syscall.SIGCONT); err != nil {
 			t.Fatal(err)
@@ -390,14 +372,7 @@ func TestFailover(t *testing.T) {
 		syscall.Kill(pm, syscall.SIGKILL)
 		newP, took := waitNewPrimary(t, c, "db", old, 30*time.Second)
 		t.Logf("host %s lost: %s primary after %s", host, newP, took.Round(10*time.Millisecond))
-		labtest.WaitFor(t, 10*time.Second, "writes on the new primary", func() (bool, string) {
-			for _, a := range w.since(start) {
-				if a.member == newP {
-					return true, ""
-				}
-			}
-			return false, "none yet"
-		})
+		w.waitWritesOn(newP, start)
 		c.ok("dev", "up", "--dir", dir, "--net", netArg)
 		waitAllStreaming(t, c, "db")
 		phase := w.since(start)
