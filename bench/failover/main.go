@@ -154,7 +154,9 @@ func (c *client) lastBefore(member string, t time.Time) time.Time {
 	return last
 }
 
-func (c *client) lost(ctx context.Context, primaryURL string) (int, error) {
+// lost counts the commits acknowledged between from and to that the
+// primary at primaryURL does not have.
+func (c *client) lost(ctx context.Context, primaryURL string, from, to time.Time) (int, error) {
 	conn, err := pgx.Connect(ctx, primaryURL)
 	if err != nil {
 		return 0, err
@@ -174,7 +176,7 @@ func (c *client) lost(ctx context.Context, primaryURL string) (int, error) {
 	defer c.mu.Unlock()
 	n := 0
 	for _, a := range c.acks {
-		if !have[a.id] {
+		if a.at.After(from) && a.at.Before(to) && !have[a.id] {
 			n++
 		}
 	}
@@ -234,7 +236,7 @@ func run(exe, dir string, iters, ttl int, out string) error {
 	defer func() { close(cl.stopc); <-cl.done }()
 
 	res := result{TTL: ttl}
-	lostSoFar := 0 // acknowledged rows missing after the previous fault
+	prevFault := time.Time{}
 	hostOf := func(v api.ClusterView, id string) string {
 		for _, m := range v.Members {
 			if m.ID == id {
@@ -289,11 +291,12 @@ func run(exe, dir string, iters, ttl int, out string) error {
 			if err != nil {
 				return err
 			}
-			total, err := cl.lost(ctx, pu.URL)
-			if err != nil {
+			// Commits acknowledged since the previous fault, by the primary
+			// of that time, that the new primary lacks.
+			if s.Lost, err = cl.lost(ctx, pu.URL, prevFault, t0); err != nil {
 				return err
 			}
-			s.Lost, lostSoFar = total-lostSoFar, total
+			prevFault = t0
 			fmt.Fprintf(os.Stderr, "ttl %ds %-10s %d: %s -> %s in %.3fs (gap %.3fs, lost %d)\n", ttl, fault, i, s.Old, s.New, s.Seconds, s.WriteGap, s.Lost)
 			switch fault {
 			case "host-loss":

@@ -74,7 +74,7 @@ func newCreateCmd(cf *clientFlags) *cobra.Command {
 					req.Replicas = append(req.Replicas, r)
 				}
 			}
-			spec := fleet.ClusterSpec{Name: req.Name, PrimaryRegion: req.PrimaryRegion, HA: ha, Replicas: req.Replicas, LeaseTTL: req.LeaseTTL, MaxLagOnFailover: req.MaxLagOnFailover}
+			spec := fleet.ClusterSpec{Name: req.Name, PrimaryRegion: req.PrimaryRegion, HA: ha, Replicas: req.Replicas, LeaseTTL: req.LeaseTTL, MaxLagOnFailover: req.MaxLagOnFailover, Sync: req.Sync}
 			if req.PrimaryRegion == "" {
 				return usageError{fmt.Errorf("--primary-region is required: the region where the primary and its standbys run")}
 			}
@@ -118,6 +118,7 @@ func newCreateCmd(cf *clientFlags) *cobra.Command {
 	f.StringVar(&replicas, "replicas", "", "comma-separated regions that get a read replica")
 	f.DurationVar(&leaseTTL, "lease-ttl", fleet.DefaultLeaseTTL*time.Second, "leader lease: a failed primary is replaced in about this long (1s to 60s)")
 	f.Int64Var(&req.MaxLagOnFailover, "max-lag-on-failover", fleet.DefaultMaxLag, "bytes of WAL a standby may miss and still be promoted")
+	f.StringVar(&req.Sync, "sync", fleet.SyncOff, "replication mode: off (asynchronous), on (every commit on a standby too; alone, the primary goes on) or strict (commits wait while no standby can acknowledge)")
 	f.BoolVar(&wait, "wait", false, "wait until every member runs and streams, showing progress")
 	f.DurationVar(&timeout, "timeout", 10*time.Minute, "how long --wait waits")
 	return cmd
@@ -200,7 +201,7 @@ func newStatusCmd(cf *clientFlags) *cobra.Command {
 			if primary == "" {
 				primary = "(none)"
 			}
-			fmt.Fprintf(out, "cluster %s  primary %s  region %s  port %d\n\n", v.Name, primary, v.PrimaryRegion, v.Port)
+			fmt.Fprintf(out, "cluster %s  primary %s  region %s  port %d  sync %s\n\n", v.Name, primary, v.PrimaryRegion, v.Port, v.Sync)
 			t := table(out)
 			fmt.Fprintln(t, "MEMBER\tHOST\tREGION\tROLE\tSTATE\tADDRESS\tTL\tLAG\tNOTE")
 			for _, m := range v.Members {
@@ -398,6 +399,35 @@ func newEventsCmd(cf *clientFlags) *cobra.Command {
 	}
 	cmd.Flags().IntVar(&limit, "limit", 100, "how many of the newest events to show")
 	cmd.Flags().BoolVar(&cf.json, "json", false, "print JSON")
+	return cmd
+}
+
+func newSetCmd(cf *clientFlags) *cobra.Command {
+	var sync string
+	cmd := &cobra.Command{
+		Use:   "set NAME --sync off|on|strict",
+		Short: "Change a live cluster's replication mode",
+		Args:  exactArgs("a cluster NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !cmd.Flags().Changed("sync") {
+				return usageError{fmt.Errorf("nothing to change: give --sync off, on or strict")}
+			}
+			if err := fleet.ValidateSync(sync); err != nil {
+				return usageError{err}
+			}
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			v, err := c.Update(cmd.Context(), args[0], api.UpdateRequest{Sync: &sync})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "cluster %s: sync mode %s\n", v.Name, v.Sync)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&sync, "sync", "", "replication mode: off, on or strict")
 	return cmd
 }
 

@@ -253,7 +253,7 @@ func pidFile(t *testing.T, path string) int {
 // TestFailover runs the faults of a primary's life on one cluster, each
 // under a writer that records every acknowledged commit: a switchover, a
 // crash of the primary's postmaster, its agent stopped (SIGSTOP) for longer
-// than the lease, and the loss of its whole host. After each it checks
+// than the lease, and the loss of its whole host, in sync mode and not. After each it checks
 // that one primary at a time acknowledged writes, counts acknowledged rows
 // lost, and waits for the old primary to rejoin as a standby.
 func TestFailover(t *testing.T) {
@@ -322,7 +322,7 @@ func TestFailover(t *testing.T) {
 		waitAllStreaming(t, c, "db")
 	})
 
-	t.Run("postmaster crash hands over before the lease expires", func(t *testing.T) {
+	t.Run("postmaster crash hands over at once", func(t *testing.T) {
 		old := status(t, c, "db").Primary
 		pm := pidFile(t, filepath.Join(dir, hostOf(old), "members", old, "pgdata", "postmaster.pid"))
 		start := time.Now()
@@ -331,9 +331,12 @@ func TestFailover(t *testing.T) {
 		}
 		newP, took := waitNewPrimary(t, c, "db", old, 30*time.Second)
 		t.Logf("postmaster of %s killed: %s primary after %s", old, newP, took.Round(10*time.Millisecond))
-		if took >= ttl {
-			t.Errorf("handover took %s, not less than the lease TTL %s: the key was not released at once", took, ttl)
-		}
+		// Handed over, not expired: the old primary released the key when
+		// its postgres died (how fast that is, bench/failover measures).
+		labtest.WaitFor(t, 10*time.Second, "the crashed primary's release of the key", func() (bool, string) {
+			out, _, _ := c.run("events", "db", "--limit", "20")
+			return strings.Contains(out, old+": postgres exited") && strings.Contains(out, "leader key released"), out
+		})
 		w.waitWritesOn(newP, start)
 		checkOnePrimary(t, w.since(start), old, newP)
 		t.Logf("acknowledged rows lost (async): %d", len(lostRows(t, c, "db", w.since(time.Time{}))))
@@ -359,6 +362,39 @@ func TestFailover(t *testing.T) {
 		waitAllStreaming(t, c, "db")
 		checkOnePrimary(t, w.since(start), old, newP)
 		t.Logf("acknowledged rows lost (async): %d", len(lostRows(t, c, "db", w.since(time.Time{}))))
+	})
+
+	t.Run("sync mode loses no acknowledged commit", func(t *testing.T) {
+		c.ok("set", "db", "--sync", "on")
+		labtest.WaitFor(t, 30*time.Second, "both standbys in the sync set", func() (bool, string) {
+			v := status(t, c, "db")
+			return len(v.SyncStandbys) == 2, fmt.Sprintf("sync %s, standbys %v", v.Sync, v.SyncStandbys)
+		})
+		old := status(t, c, "db").Primary
+		host := hostOf(old)
+		start := time.Now()
+		labtest.WaitFor(t, 30*time.Second, "50 commits in sync mode", func() (bool, string) {
+			n := len(w.since(start))
+			return n >= 50, fmt.Sprintf("%d commits", n)
+		})
+		agentPid := pidFile(t, filepath.Join(dir, host+".pid"))
+		pm := pidFile(t, filepath.Join(dir, host, "members", old, "pgdata", "postmaster.pid"))
+		c := c.without(host)
+		kill := time.Now()
+		syscall.Kill(agentPid, syscall.SIGKILL)
+		syscall.Kill(pm, syscall.SIGKILL)
+		newP, took := waitNewPrimary(t, c, "db", old, 30*time.Second)
+		t.Logf("sync mode, host %s lost: %s primary after %s", host, newP, took.Round(10*time.Millisecond))
+		w.waitWritesOn(newP, kill)
+		phase := w.since(start)
+		checkOnePrimary(t, phase, old, newP)
+		if lost := lostRows(t, c, "db", phase); len(lost) > 0 {
+			t.Fatalf("sync mode lost %d acknowledged rows: %v", len(lost), lost)
+		}
+		t.Logf("sync mode: all %d rows acknowledged during the phase are on %s", len(phase), newP)
+		c.ok("dev", "up", "--dir", dir, "--net", netArg)
+		waitAllStreaming(t, c, "db")
+		c.ok("set", "db", "--sync", "off")
 	})
 
 	t.Run("host loss", func(t *testing.T) {
@@ -388,7 +424,7 @@ func TestFailover(t *testing.T) {
 	})
 
 	out := c.ok("events", "db")
-	for _, kind := range []string{"switchover", "crashed", "fenced", "elected", "promoted"} {
+	for _, kind := range []string{"switchover", "crashed", "fenced", "elected", "promoted", "sync", "rewind"} {
 		if !strings.Contains(out, " "+kind+" ") {
 			t.Errorf("events lack a %q event:\n%s", kind, out)
 		}

@@ -45,6 +45,7 @@ func newRootCmd() *cobra.Command {
 		newEventsCmd(cf),
 		newSwitchoverCmd(cf),
 		newFailoverCmd(cf),
+		newSetCmd(cf),
 		newVersionCmd(),
 	)
 	return root

@@ -8,7 +8,10 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
+	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -71,6 +74,13 @@ type supervisor struct {
 
 	hold    *leaderHold // while this member holds the leader key
 	leading atomic.Bool // hold != nil, readable by the agent
+	// syncApplied is the synchronous_standby_names list this primary runs
+	// with; syncFrom is the WAL position from which every commit waits for
+	// one of them.
+	syncApplied []string
+	syncFrom    postgres.LSN
+	// lastStreamed is when each standby was last seen streaming, this term.
+	lastStreamed map[string]time.Time
 	// abstainUntil keeps a primary that was told to step down out of the
 	// election its step-down starts; otherwise, holding the most WAL, it
 	// would win it again.
@@ -257,9 +267,9 @@ func (s *supervisor) converge(ctx context.Context) error {
 			if err := s.inst.InitDB(ctx, s.secrets.SuperuserPassword); err != nil {
 				return fmt.Errorf("initdb: %w", err)
 			}
-			return s.runPrimary(ctx)
+			return s.runPrimary(ctx, true)
 		case ha.StartPrimary:
-			return s.runPrimary(ctx)
+			return s.runPrimary(ctx, false)
 		case ha.Clone:
 			if err := s.clone(ctx, c, why); err != nil {
 				return err
@@ -345,9 +355,12 @@ func (s *supervisor) replicationSource(ctx context.Context, leader fleet.MemberS
 }
 
 func (s *supervisor) settings(follow *postgres.ConnInfo, standby bool) postgres.Settings {
+	// A standby ignores synchronous_standby_names; a member about to be
+	// promoted already has the list its first commits wait for.
 	return postgres.Settings{
 		Name: s.spec.ID, ListenAddr: s.host.Addr, Port: s.spec.Port,
 		Follow: follow, Standby: standby, SlotName: postgres.SlotName(s.spec.ID), Params: s.cluster.Params,
+		SyncStandbys: s.syncApplied,
 	}
 }
 
@@ -373,14 +386,22 @@ func (s *supervisor) takeLeader(ctx context.Context) (bool, error) {
 }
 
 // runPrimary starts the member as the primary: the leader key first, then
-// postgres, so that it never accepts a write without the key.
-func (s *supervisor) runPrimary(ctx context.Context) error {
+// postgres, so that it never accepts a write without the key. A fresh
+// cluster starts asynchronous whatever its mode: it has nothing to lose yet,
+// and its standbys can only clone once its first commits went through.
+func (s *supervisor) runPrimary(ctx context.Context, fresh bool) error {
 	ok, err := s.takeLeader(ctx)
 	if err != nil {
 		return fmt.Errorf("take leader key: %w", err)
 	}
 	if !ok {
 		return errors.New("another member holds the leader key")
+	}
+	s.syncApplied, s.syncFrom = nil, 0
+	if !fresh {
+		if err := s.initialSync(ctx); err != nil {
+			return err
+		}
 	}
 	if err := s.inst.Configure(s.settings(nil, false)); err != nil {
 		return fmt.Errorf("configure: %w", err)
@@ -399,6 +420,11 @@ func (s *supervisor) runPrimary(ctx context.Context) error {
 func (s *supervisor) servePrimary(ctx context.Context, kind, msg string) error {
 	if err := s.hold.arm(s.inst); err != nil {
 		return err
+	}
+	// Every standby the term started with gets the grace period to connect.
+	s.lastStreamed = map[string]time.Time{}
+	for _, m := range s.syncApplied {
+		s.lastStreamed[m] = time.Now()
 	}
 	c, err := s.store.Cluster(ctx, s.spec.Cluster)
 	if err != nil {
@@ -463,9 +489,12 @@ func (s *supervisor) servePrimary(ctx context.Context, kind, msg string) error {
 		}
 		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		err = s.ctl.do(qctx, s.superuser(), func(conn *pgx.Conn) error { return postgres.EnsureSlots(qctx, conn, s.otherSlots(c)) })
+		if err == nil {
+			err = s.reconcileSync(qctx, c)
+		}
 		cancel()
 		if err != nil && ctx.Err() == nil {
-			s.log.Warn("ensure replication slots", "err", err)
+			s.log.Warn("primary upkeep", "err", err)
 		}
 		if time.Since(lastTrim) > time.Minute {
 			// The primary keeps its cluster's event history bounded.
@@ -475,6 +504,186 @@ func (s *supervisor) servePrimary(ctx context.Context, kind, msg string) error {
 			}
 		}
 	}
+}
+
+// initialSync is the sync set a new primary starts with, before its first
+// write: in sync mode every other eligible member, published first, so that
+// not even the first commits of a term go unprotected; reconcileSync then
+// narrows it to the standbys that stream.
+func (s *supervisor) initialSync(ctx context.Context) error {
+	s.syncApplied, s.syncFrom = nil, 0
+	c, err := s.store.Cluster(ctx, s.spec.Cluster)
+	if err != nil {
+		return err
+	}
+	s.cluster = c.Spec
+	if c.Spec.SyncMode() == fleet.SyncOff {
+		return nil
+	}
+	var all []string
+	for _, m := range c.Members {
+		if m.ID != s.spec.ID && ha.Eligible(m, c.Spec) {
+			all = append(all, m.ID)
+		}
+	}
+	if len(all) == 0 {
+		return nil
+	}
+	if err := s.store.PutSync(ctx, s.spec.Cluster, fleet.SyncState{Primary: s.spec.ID, Members: all}); err != nil {
+		return err
+	}
+	s.syncApplied = all
+	return nil
+}
+
+// reconcileSync keeps synchronous replication as the cluster's mode asks,
+// with the standbys of the primary region that stream now. The published
+// sync set must always contain every standby that may hold a commit no
+// other has: so a standby joins the set before commits may wait for it, and
+// leaves it only after another member has flushed everything from the
+// moment commits stopped waiting for it.
+func (s *supervisor) reconcileSync(ctx context.Context, c store.ClusterState) error {
+	mode := c.Spec.SyncMode()
+	var want []string
+	if mode != fleet.SyncOff {
+		// A standby counts while it streams, and for a grace period after:
+		// right after a promotion or a restart it needs a moment to
+		// reconnect, and dropping it at once would weaken the guarantee for
+		// nothing.
+		now := time.Now()
+		for _, m := range c.Members {
+			if m.ID == s.spec.ID || !ha.Eligible(m, c.Spec) {
+				continue
+			}
+			if st, ok := c.Status[m.ID]; ok && st.State == fleet.StateStreaming {
+				s.lastStreamed[m.ID] = now
+			}
+			if seen, ok := s.lastStreamed[m.ID]; ok && now.Sub(seen) < syncGrace {
+				want = append(want, m.ID)
+			}
+		}
+		if len(want) == 0 && mode == fleet.SyncStrict {
+			// No standby can acknowledge: strict keeps commits waiting
+			// rather than accept one that a failover could lose.
+			want = s.syncApplied
+			if len(want) == 0 {
+				for _, m := range c.Members {
+					if m.ID != s.spec.ID && ha.Eligible(m, c.Spec) {
+						want = append(want, m.ID)
+					}
+				}
+			}
+		}
+	}
+	var published []string
+	if c.Sync != nil && c.Sync.Primary == s.spec.ID {
+		published = c.Sync.Members
+	}
+	// A standby enters the published set before commits wait for it.
+	if grown := union(published, want); mode != fleet.SyncOff && !sameSet(grown, published) {
+		if err := s.store.PutSync(ctx, s.spec.Cluster, fleet.SyncState{Primary: s.spec.ID, Members: grown}); err != nil {
+			return err
+		}
+		published = grown
+	}
+	if mode == fleet.SyncOff && len(published) > 0 {
+		// Leaving sync mode: the set goes before commits stop waiting.
+		if err := s.store.PutSync(ctx, s.spec.Cluster, fleet.SyncState{Primary: s.spec.ID}); err != nil {
+			return err
+		}
+		published = nil
+	}
+	if !sameSet(want, s.syncApplied) {
+		s.syncApplied = want
+		if err := s.inst.Configure(s.settings(nil, false)); err != nil {
+			return err
+		}
+		if err := s.inst.Reload(); err != nil {
+			return err
+		}
+		err := s.ctl.do(ctx, s.superuser(), func(conn *pgx.Conn) error {
+			// The reload applies a moment after the signal; the position
+			// that counts is the one after it took effect.
+			wantSetting := postgres.SyncStandbyNames(want)
+			for {
+				v, err := postgres.SyncStandbysInEffect(ctx, conn)
+				if err != nil {
+					return err
+				}
+				if v == wantSetting {
+					break
+				}
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(10 * time.Millisecond):
+				}
+			}
+			lsn, err := postgres.CurrentLSN(ctx, conn)
+			s.syncFrom = lsn
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		s.event(ctx, "sync", fmt.Sprintf("%s: commits wait for %s", s.spec.ID, syncNote(want)))
+	}
+	// Shrink the published set to what commits wait for, once one of those
+	// has flushed past the change; with none left (mode on, no standby),
+	// replication is asynchronous and the set goes.
+	if len(published) > 0 && !sameSet(published, s.syncApplied) {
+		ready := len(s.syncApplied) == 0
+		if !ready {
+			err := s.ctl.do(ctx, s.superuser(), func(conn *pgx.Conn) error {
+				flushed, err := postgres.FlushedBy(ctx, conn)
+				for _, m := range s.syncApplied {
+					ready = ready || flushed[m] >= s.syncFrom
+				}
+				return err
+			})
+			if err != nil {
+				return err
+			}
+		}
+		if ready {
+			return s.store.PutSync(ctx, s.spec.Cluster, fleet.SyncState{Primary: s.spec.ID, Members: s.syncApplied})
+		}
+	}
+	return nil
+}
+
+// syncGrace is how long a standby that stopped streaming stays one that
+// commits wait for.
+const syncGrace = 5 * time.Second
+
+func syncNote(names []string) string {
+	if len(names) == 0 {
+		return "no standby (asynchronous)"
+	}
+	return "any one of " + strings.Join(names, ", ")
+}
+
+func union(a, b []string) []string {
+	out := append([]string(nil), a...)
+	for _, x := range b {
+		if !slices.Contains(out, x) {
+			out = append(out, x)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func sameSet(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			return false
+		}
+	}
+	return true
 }
 
 // handOver is the old primary's half of a switchover: a clean shutdown
@@ -663,7 +872,7 @@ func (s *supervisor) campaign(ctx context.Context, c store.ClusterState, since *
 	if err != nil || c.Leader != "" {
 		return false, err
 	}
-	winner, why := ha.Elect(ha.ElectionInput{Now: time.Now(), Spec: c.Spec, Members: c.Members, Candidates: c.Candidates, Switchover: c.Switchover})
+	winner, why := ha.Elect(ha.ElectionInput{Now: time.Now(), Spec: c.Spec, Members: c.Members, Candidates: c.Candidates, Switchover: c.Switchover, Sync: c.Sync})
 	if winner != s.spec.ID {
 		s.set(fleet.StateCatchingUp, s.standbyRole(), "election: "+why)
 		return false, nil
@@ -689,6 +898,15 @@ func (s *supervisor) promote(ctx context.Context) error {
 		}
 	}
 	start := time.Now()
+	if err := s.initialSync(ctx); err != nil {
+		return err
+	}
+	if err := s.inst.Configure(s.settings(nil, true)); err != nil {
+		return fmt.Errorf("configure: %w", err)
+	}
+	if err := s.inst.Reload(); err != nil {
+		return err
+	}
 	if err := s.inst.Promote(ctx, s.superuser()); err != nil {
 		return err
 	}

@@ -199,3 +199,10 @@ func (c *Client) Switchover(ctx context.Context, name, to string) (SwitchoverVie
 func (c *Client) Failover(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodPost, "/v1/clusters/"+url.PathEscape(name)+"/failover", struct{}{}, nil)
 }
+
+// Update changes a live cluster's settings.
+func (c *Client) Update(ctx context.Context, name string, req UpdateRequest) (ClusterView, error) {
+	var v ClusterView
+	err := c.do(ctx, http.MethodPatch, "/v1/clusters/"+url.PathEscape(name), req, &v)
+	return v, err
+}

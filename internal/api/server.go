@@ -70,6 +70,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("POST /v1/clusters", s.auth(s.createCluster))
 	mux.Handle("GET /v1/clusters/{name}", s.auth(s.getCluster))
 	mux.Handle("DELETE /v1/clusters/{name}", s.auth(s.deleteCluster))
+	mux.Handle("PATCH /v1/clusters/{name}", s.auth(s.updateCluster))
 	mux.Handle("GET /v1/clusters/{name}/events", s.auth(s.events))
 	mux.Handle("GET /v1/clusters/{name}/url", s.auth(s.clusterURL))
 	mux.Handle("POST /v1/clusters/{name}/switchover", s.auth(s.switchover))
@@ -269,7 +270,7 @@ func (s *Server) createCluster(w http.ResponseWriter, r *http.Request) {
 	spec := fleet.ClusterSpec{
 		Name: req.Name, PrimaryRegion: req.PrimaryRegion, HA: 1,
 		Replicas: req.Replicas, Params: req.Params, Created: time.Now().UTC(),
-		LeaseTTL: req.LeaseTTL, MaxLagOnFailover: req.MaxLagOnFailover,
+		LeaseTTL: req.LeaseTTL, MaxLagOnFailover: req.MaxLagOnFailover, Sync: req.Sync,
 	}
 	if req.HA != nil {
 		spec.HA = *req.HA
@@ -554,4 +555,43 @@ func (s *Server) failover(w http.ResponseWriter, r *http.Request) {
 	}
 	s.store.AppendEvent(r.Context(), fleet.Event{Cluster: name, Host: s.self.Name, Kind: "failover", Message: "failover requested: the primary steps down and an election follows"})
 	w.WriteHeader(http.StatusAccepted)
+}
+
+// updateCluster changes what can change on a live cluster: its replication
+// mode. The primary applies it within a moment.
+func (s *Server) updateCluster(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if err := fleet.ValidateName("cluster", name, fleet.MaxClusterName); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	var req UpdateRequest
+	if err := decodeStrict(r, &req); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if req.Sync == nil {
+		writeError(w, http.StatusBadRequest, "nothing to change: give sync (off, on or strict)")
+		return
+	}
+	if err := fleet.ValidateSync(*req.Sync); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if err := s.store.SetSyncMode(r.Context(), name, *req.Sync); err != nil {
+		s.storeError(w, err)
+		return
+	}
+	s.store.AppendEvent(r.Context(), fleet.Event{Cluster: name, Host: s.self.Name, Kind: "config", Message: "sync mode set to " + *req.Sync})
+	hm, _, err := s.hostMap(r.Context())
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	c, err := s.store.Cluster(r.Context(), name)
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, viewCluster(c, hm))
 }

@@ -23,6 +23,14 @@ type CreateRequest struct {
 	// MaxLagOnFailover is how many bytes of WAL a standby may miss and still
 	// be promoted (default 16 MiB).
 	MaxLagOnFailover int64 `json:"max_lag_on_failover,omitempty"`
+	// Sync is the replication mode: off (default), on or strict.
+	Sync string `json:"sync,omitempty"`
+}
+
+// UpdateRequest is the body of PATCH /v1/clusters/{name}: the settings that
+// can change on a live cluster.
+type UpdateRequest struct {
+	Sync *string `json:"sync,omitempty"`
 }
 
 // SwitchoverRequest is the body of POST /v1/clusters/{name}/switchover.
@@ -44,7 +52,9 @@ type ClusterView struct {
 	Replicas      []string     `json:"replicas"`
 	Port          int          `json:"port"`
 	LeaseTTL      int          `json:"lease_ttl"`
-	Primary       string       `json:"primary"` // member id holding the leader key, "" if none
+	Sync          string       `json:"sync"`
+	SyncStandbys  []string     `json:"sync_standbys,omitempty"` // in sync mode: who holds every acknowledged commit
+	Primary       string       `json:"primary"`                 // member id holding the leader key, "" if none
 	Created       time.Time    `json:"created"`
 	Members       []MemberView `json:"members"`
 }
@@ -98,7 +108,10 @@ func viewCluster(c store.ClusterState, hosts map[string]fleet.Host) ClusterView 
 	v := ClusterView{
 		Name: c.Spec.Name, PrimaryRegion: c.Spec.PrimaryRegion, HA: c.Spec.HA,
 		Replicas: c.Spec.Replicas, Port: c.Spec.Port, Primary: c.Leader, Created: c.Spec.Created,
-		LeaseTTL: int(c.Spec.TTL() / time.Second),
+		LeaseTTL: int(c.Spec.TTL() / time.Second), Sync: c.Spec.SyncMode(),
+	}
+	if c.Sync != nil && c.Spec.SyncMode() != fleet.SyncOff {
+		v.SyncStandbys = c.Sync.Members
 	}
 	if v.Replicas == nil {
 		v.Replicas = []string{}

@@ -65,6 +65,48 @@ type ClusterSpec struct {
 	// MaxLagOnFailover is how far, in bytes of WAL, a standby may be behind
 	// the last primary and still be promoted; 0 means DefaultMaxLag.
 	MaxLagOnFailover int64 `json:"max_lag_on_failover,omitempty"`
+	// Sync is the replication mode: SyncOff (asynchronous, the default),
+	// SyncOn or SyncStrict.
+	Sync string `json:"sync,omitempty"`
+}
+
+// Replication modes.
+const (
+	// SyncOff replicates asynchronously: a failover may lose the last commits.
+	SyncOff = "off"
+	// SyncOn makes every commit wait for one standby of the primary region,
+	// and only promotes a member that holds every acknowledged commit; with
+	// no standby left, the primary goes on alone, asynchronously.
+	SyncOn = "on"
+	// SyncStrict is SyncOn that refuses to commit when no standby can
+	// acknowledge.
+	SyncStrict = "strict"
+)
+
+// SyncMode is the cluster's replication mode, SyncOff when unset.
+func (s ClusterSpec) SyncMode() string {
+	if s.Sync == "" {
+		return SyncOff
+	}
+	return s.Sync
+}
+
+// ValidateSync checks a replication mode given by a user.
+func ValidateSync(mode string) error {
+	switch mode {
+	case "", SyncOff, SyncOn, SyncStrict:
+		return nil
+	}
+	return fmt.Errorf("sync mode %q is not one of off, on, strict", mode)
+}
+
+// SyncState is what the primary publishes in sync mode: the standbys that
+// together hold every acknowledged commit (each commit is on at least one of
+// them). An election in sync mode waits for all of them and promotes the one
+// that has received the most.
+type SyncState struct {
+	Primary string   `json:"primary"`
+	Members []string `json:"members"`
 }
 
 // Defaults and limits of the failover settings.
@@ -218,6 +260,9 @@ func (s ClusterSpec) Validate() error {
 	if s.LeaseTTL != 0 && (s.LeaseTTL < MinLeaseTTL || s.LeaseTTL > MaxLeaseTTL) {
 		return fmt.Errorf("lease ttl is %ds: it must be %d to %d seconds", s.LeaseTTL, MinLeaseTTL, MaxLeaseTTL)
 	}
+	if err := ValidateSync(s.Sync); err != nil {
+		return err
+	}
 	if s.MaxLagOnFailover < 0 {
 		return fmt.Errorf("max lag on failover is %d bytes: it must not be negative", s.MaxLagOnFailover)
 	}
@@ -244,6 +289,7 @@ var reservedParams = map[string]bool{
 	"hot_standby": true, "wal_level": true, "unix_socket_directories": true, "cluster_name": true,
 	"password_encryption": true, "logging_collector": true, "ssl": true, "ssl_cert_file": true, "ssl_key_file": true,
 	"include": true, "include_dir": true, "include_if_exists": true, "recovery_target_timeline": true,
+	"synchronous_standby_names": true,
 }
 
 // MemberID names the n-th member (1-based) of a cluster.

@@ -34,6 +34,7 @@ type ElectionInput struct {
 	Members    []fleet.MemberSpec
 	Candidates []fleet.Candidacy
 	Switchover *fleet.Switchover
+	Sync       *fleet.SyncState
 }
 
 // Elect returns the member that should take the leader key, or "" when no
@@ -74,11 +75,24 @@ func Elect(in ElectionInput) (string, string) {
 	}
 
 	var cands []fleet.Candidacy
-	for _, c := range fresh {
-		if c.LagBytes > in.Spec.MaxLag() {
-			continue
+	if in.Spec.SyncMode() != fleet.SyncOff && in.Sync != nil && len(in.Sync.Members) > 0 {
+		// Every acknowledged commit is on at least one sync member, and WAL
+		// is one line: the most advanced of them all has every commit. So
+		// all of them must take part; the lag limit does not apply.
+		for _, m := range in.Sync.Members {
+			c, ok := fresh[m]
+			if !ok {
+				return "", fmt.Sprintf("sync mode: waiting for %s, which may hold the last acknowledged commits", m)
+			}
+			cands = append(cands, c)
 		}
-		cands = append(cands, c)
+	} else {
+		for _, c := range fresh {
+			if c.LagBytes > in.Spec.MaxLag() {
+				continue
+			}
+			cands = append(cands, c)
+		}
 	}
 	if len(cands) == 0 {
 		return "", "no eligible candidate within the lag limit"

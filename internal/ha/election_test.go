@@ -40,6 +40,29 @@ func TestElect(t *testing.T) {
 		{"switchover target wins once caught up", []fleet.Candidacy{cand("db-2", 200, 0), cand("db-3", 300, 0)}, &fleet.Switchover{From: "db-1", To: "db-2", LSN: 200, Requested: now}, "db-2"},
 		{"stalled switchover falls back to an election", []fleet.Candidacy{cand("db-2", 100, 0), cand("db-3", 300, 0)}, &fleet.Switchover{From: "db-1", To: "db-2", Requested: now.Add(-time.Minute)}, "db-3"},
 	}
+	syncSpec := spec
+	syncSpec.Sync = fleet.SyncOn
+	both := &fleet.SyncState{Primary: "db-1", Members: []string{"db-2", "db-3"}}
+	syncTests := []struct {
+		name  string
+		cands []fleet.Candidacy
+		sync  *fleet.SyncState
+		want  string
+	}{
+		{"sync: waits for every sync member", []fleet.Candidacy{cand("db-2", 900, 0)}, both, ""},
+		{"sync: most advanced sync member wins", []fleet.Candidacy{cand("db-2", 900, 0), cand("db-3", 950, 0)}, both, "db-3"},
+		{"sync: lag limit does not apply", []fleet.Candidacy{cand("db-2", 900, 5000), cand("db-3", 100, 0)}, both, "db-2"},
+		{"sync: a non-member does not count", []fleet.Candidacy{cand("db-2", 900, 0), cand("db-1", 990, 0)}, &fleet.SyncState{Members: []string{"db-2"}}, "db-2"},
+		{"sync without published state: async rules", []fleet.Candidacy{cand("db-2", 900, 0)}, nil, "db-2"},
+	}
+	for _, tt := range syncTests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, why := Elect(ElectionInput{Now: now, Spec: syncSpec, Members: members, Candidates: tt.cands, Sync: tt.sync})
+			if got != tt.want {
+				t.Fatalf("Elect(%+v, sync %+v) = %q (%s), want %q", tt.cands, tt.sync, got, why, tt.want)
+			}
+		})
+	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got, why := Elect(ElectionInput{Now: now, Spec: spec, Members: members, Candidates: tt.cands, Switchover: tt.sw})

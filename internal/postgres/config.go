@@ -16,13 +16,16 @@ import (
 
 // Settings is the configuration pgfleet owns; Configure writes it.
 type Settings struct {
-	Name       string            // member id; used as cluster_name and application_name
-	ListenAddr string            // listen_addresses (an IP)
-	Port       int               // port
-	Follow     *ConnInfo         // standby of that server (replication user creds); nil: no upstream
-	Standby    bool              // run in recovery even without Follow (a member waiting for an election)
-	SlotName   string            // primary_slot_name when Follow != nil
-	Params     map[string]string // extra postgresql.conf parameters, override defaults
+	Name       string    // member id; used as cluster_name and application_name
+	ListenAddr string    // listen_addresses (an IP)
+	Port       int       // port
+	Follow     *ConnInfo // standby of that server (replication user creds); nil: no upstream
+	Standby    bool      // run in recovery even without Follow (a member waiting for an election)
+	// SyncStandbys are the standbys a commit waits for (any one of them);
+	// none means asynchronous replication. Only a primary uses it.
+	SyncStandbys []string
+	SlotName     string            // primary_slot_name when Follow != nil
+	Params       map[string]string // extra postgresql.conf parameters, override defaults
 }
 
 // Names of the files Configure manages inside DataDir.
@@ -64,17 +67,18 @@ var defaultParams = [][2]string{
 // reservedParams come from Settings fields (or are configuration file
 // directives) and cannot be set through Params.
 var reservedParams = map[string]bool{
-	"listen_addresses":  true,
-	"port":              true,
-	"cluster_name":      true,
-	"primary_conninfo":  true,
-	"primary_slot_name": true,
-	"include":           true,
-	"include_dir":       true,
-	"include_if_exists": true,
-	"ssl":               true,
-	"ssl_cert_file":     true,
-	"ssl_key_file":      true,
+	"listen_addresses":          true,
+	"port":                      true,
+	"cluster_name":              true,
+	"primary_conninfo":          true,
+	"primary_slot_name":         true,
+	"include":                   true,
+	"include_dir":               true,
+	"include_if_exists":         true,
+	"ssl":                       true,
+	"synchronous_standby_names": true,
+	"ssl_cert_file":             true,
+	"ssl_key_file":              true,
 }
 
 var paramNameRE = regexp.MustCompile(`^[a-z_][a-z0-9_.]*$`)
@@ -246,6 +250,7 @@ func renderFleetConf(s Settings, passfile, cert, key string) ([]byte, error) {
 	set("listen_addresses", s.ListenAddr)
 	set("port", strconv.Itoa(s.Port))
 	set("cluster_name", s.Name)
+	set("synchronous_standby_names", SyncStandbyNames(s.SyncStandbys))
 	set("ssl", "on")
 	set("ssl_cert_file", cert)
 	set("ssl_key_file", key)

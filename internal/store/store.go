@@ -235,6 +235,8 @@ type ClusterState struct {
 	Stepdown bool
 	// Candidates are the members running in the current election.
 	Candidates []fleet.Candidacy
+	// Sync is the sync-mode state the primary published, if any.
+	Sync *fleet.SyncState
 
 	specRev int64 // mod revision of the spec, for transactions on this view
 }
@@ -256,6 +258,9 @@ func (c *ClusterState) decode(rest string, v []byte, rev int64) error {
 		return json.Unmarshal(v, c.Switchover)
 	case rest == "stepdown":
 		c.Stepdown = true
+	case rest == "sync":
+		c.Sync = &fleet.SyncState{}
+		return json.Unmarshal(v, c.Sync)
 	case len(parts) == 2 && parts[0] == "candidates":
 		var cd fleet.Candidacy
 		if err := json.Unmarshal(v, &cd); err != nil {
@@ -568,6 +573,50 @@ func (s *Store) ClearSwitchover(ctx context.Context, cluster string) error {
 	defer cancel()
 	_, err := s.cli.Delete(ctx, s.clusterPrefix(cluster)+"switchover")
 	return Translate(err)
+}
+
+// PutSync publishes the sync-mode state; only the member holding the leader
+// key may. Empty members delete it.
+func (s *Store) PutSync(ctx context.Context, cluster string, st fleet.SyncState) error {
+	key := s.clusterPrefix(cluster) + "sync"
+	op := clientv3.OpDelete(key)
+	if len(st.Members) > 0 {
+		b, _ := json.Marshal(st)
+		op = clientv3.OpPut(key, string(b))
+	}
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(s.leaderKey(cluster)), "=", st.Primary)).Then(op).Commit()
+	if err != nil {
+		return fmt.Errorf("publish sync state of %s: %w", cluster, Translate(err))
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("publish sync state of %s: %s does not hold the leader key", cluster, st.Primary)
+	}
+	return nil
+}
+
+// SetSyncMode changes a live cluster's replication mode.
+func (s *Store) SetSyncMode(ctx context.Context, cluster, mode string) error {
+	c, err := s.Cluster(ctx, cluster)
+	if err != nil {
+		return err
+	}
+	c.Spec.Sync = mode
+	b, _ := json.Marshal(c.Spec)
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(s.specKey(cluster)), "=", c.specRev)).
+		Then(clientv3.OpPut(s.specKey(cluster), string(b))).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("set sync mode of %s: %w", cluster, Translate(err))
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("set sync mode of %s: %w", cluster, ErrConflict)
+	}
+	return nil
 }
 
 // RequestStepdown asks a cluster's primary to fence itself and release the
