@@ -92,6 +92,10 @@ type Dev struct {
 	Dir   string // the fleet's directory: one folder per host
 	PGBin string // passed to the agents when set
 	Out   io.Writer
+	// Wrap, when set, returns the command that runs an agent's command line
+	// for host h, e.g. `ip netns exec NS`: tests run hosts in network
+	// namespaces of their own to cut them off.
+	Wrap func(h HostPlan) []string
 }
 
 func (d *Dev) planPath() string          { return filepath.Join(d.Dir, "fleet.json") }
@@ -243,7 +247,11 @@ func (d *Dev) start(h HostPlan, join string) (int, error) {
 		return 0, fmt.Errorf("open agent log: %w", err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(d.Exe, args...)
+	argv := append([]string{d.Exe}, args...)
+	if d.Wrap != nil {
+		argv = append(d.Wrap(h), argv...)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// A session of its own: the agent outlives this command and a Ctrl-C in
 	// the terminal that ran it.
