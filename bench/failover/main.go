@@ -39,6 +39,7 @@ type sample struct {
 
 type result struct {
 	TTL        int      `json:"ttl"`
+	Sync       string   `json:"sync,omitempty"`
 	HostLoss   []sample `json:"host_loss"`
 	Crash      []sample `json:"crash"`
 	Switchover []sample `json:"switchover"`
@@ -50,6 +51,7 @@ func main() {
 	iters := flag.Int("iters", 10, "repetitions of each fault")
 	ttl := flag.Int("ttl", 3, "leader lease TTL in seconds")
 	out := flag.String("out", "", "write results as JSON here")
+	sync := flag.String("sync", "off", "replication mode of the measured cluster; with on, only host loss is measured")
 	report := flag.String("report", "", "render the markdown report from these comma-separated result files")
 	peers := flag.String("peers", "bench/tmp/peers", "Patroni results directory")
 	flag.Parse()
@@ -57,7 +59,7 @@ func main() {
 	if *report != "" {
 		err = render(strings.Split(*report, ","), *peers)
 	} else {
-		err = run(*exe, *dir, *iters, *ttl, *out)
+		err = run(*exe, *dir, *iters, *ttl, *sync, *out)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)
@@ -183,7 +185,7 @@ func (c *client) lost(ctx context.Context, primaryURL string, from, to time.Time
 	return n, rows.Err()
 }
 
-func run(exe, dir string, iters, ttl int, out string) error {
+func run(exe, dir string, iters, ttl int, sync, out string) error {
 	ctx := context.Background()
 	abs, err := filepath.Abs(dir)
 	if err != nil {
@@ -206,7 +208,7 @@ func run(exe, dir string, iters, ttl int, out string) error {
 	}
 	c := api.NewClient(lab.Endpoints(plan), token)
 	ha := 3
-	if _, err := c.Create(ctx, api.CreateRequest{Name: "bench", PrimaryRegion: "iad", HA: &ha, LeaseTTL: ttl}); err != nil {
+	if _, err := c.Create(ctx, api.CreateRequest{Name: "bench", PrimaryRegion: "iad", HA: &ha, LeaseTTL: ttl, Sync: sync}); err != nil {
 		return err
 	}
 	if err := healthy(ctx, c); err != nil {
@@ -235,7 +237,11 @@ func run(exe, dir string, iters, ttl int, out string) error {
 	go cl.loop()
 	defer func() { close(cl.stopc); <-cl.done }()
 
-	res := result{TTL: ttl}
+	res := result{TTL: ttl, Sync: sync}
+	faults := []string{"host-loss", "crash", "switchover"}
+	if sync != "off" {
+		faults = []string{"host-loss"}
+	}
 	prevFault := time.Time{}
 	hostOf := func(v api.ClusterView, id string) string {
 		for _, m := range v.Members {
@@ -251,7 +257,7 @@ func run(exe, dir string, iters, ttl int, out string) error {
 		return n
 	}
 	for i := 0; i < iters; i++ {
-		for _, fault := range []string{"host-loss", "crash", "switchover"} {
+		for _, fault := range faults {
 			if err := healthy(ctx, c); err != nil {
 				return err
 			}
@@ -297,7 +303,7 @@ func run(exe, dir string, iters, ttl int, out string) error {
 				return err
 			}
 			prevFault = t0
-			fmt.Fprintf(os.Stderr, "ttl %ds %-10s %d: %s -> %s in %.3fs (gap %.3fs, lost %d)\n", ttl, fault, i, s.Old, s.New, s.Seconds, s.WriteGap, s.Lost)
+			fmt.Fprintf(os.Stderr, "ttl %ds sync %s %-10s %d: %s -> %s in %.3fs (gap %.3fs, lost %d)\n", ttl, sync, fault, i, s.Old, s.New, s.Seconds, s.WriteGap, s.Lost)
 			switch fault {
 			case "host-loss":
 				res.HostLoss = append(res.HostLoss, s)

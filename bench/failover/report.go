@@ -99,10 +99,14 @@ func render(files []string, peersDir string) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Failover: pgfleet and Patroni, one run\n\n")
 	fmt.Fprintf(&b, "Measured %s on one 2-core machine, every member on loopback, by `bash bench/failover/run.sh`.\n", time.Now().UTC().Format("2006-01-02"))
-	fmt.Fprintf(&b, "Three members (primary + two standbys). Time from the fault to the first committed INSERT on the new primary; a client inserts every 50 ms into whichever member takes the write. Host loss = kill -9 of the primary's agent (Patroni) and postmaster; crash = kill -9 of the postmaster only; switchover = `pgfleet switchover` / `patronictl switchover --force`, and the write gap is the time between the last commit on the old primary and the first on the new one. Replication is asynchronous in both.\n\n")
+	fmt.Fprintf(&b, "Three members (primary + two standbys). Time from the fault to the first committed INSERT on the new primary; a client inserts every 50 ms into whichever member takes the write. Host loss = kill -9 of the primary's agent (Patroni) and postmaster; crash = kill -9 of the postmaster only; switchover = `pgfleet switchover` / `patronictl switchover --force`, and the write gap is the time between the last commit on the old primary and the first on the new one. Replication is asynchronous in both, except the pgfleet row marked sync on (host loss only; every acknowledged row must survive).\n\n")
 	fmt.Fprintf(&b, "| system | settings | host loss | postgres crash | switchover: command → first write | switchover write gap | acked rows lost (host loss runs) |\n|---|---|---|---|---|---|---|\n")
 	for _, r := range rs {
-		fmt.Fprintf(&b, "| pgfleet | lease TTL %d s | %s | %s | %s | %s | %s |\n", r.TTL, seconds(r.HostLoss, false), seconds(r.Crash, false), seconds(r.Switchover, false), seconds(r.Switchover, true), lost(r.HostLoss))
+		mode := ""
+		if r.Sync != "" && r.Sync != "off" {
+			mode = ", sync " + r.Sync
+		}
+		fmt.Fprintf(&b, "| pgfleet | lease TTL %d s%s | %s | %s | %s | %s | %s |\n", r.TTL, mode, seconds(r.HostLoss, false), seconds(r.Crash, false), seconds(r.Switchover, false), seconds(r.Switchover, true), lost(r.HostLoss))
 	}
 	for _, p := range ps {
 		ls := make([]string, len(p.FailoverLostRows))
@@ -114,6 +118,9 @@ func render(files []string, peersDir string) error {
 	if len(rs) > 0 && len(ps) > 0 {
 		fmt.Fprintf(&b, "\nRatios of medians, pgfleet / Patroni (lower is better):\n\n")
 		for _, r := range rs {
+			if r.Sync != "" && r.Sync != "off" {
+				continue
+			}
 			for _, p := range ps {
 				hl, sw, gap := seconds(r.HostLoss, false), seconds(r.Switchover, false), seconds(r.Switchover, true)
 				if hl == nil || p.Failover == nil {

@@ -20,5 +20,7 @@ for ttl in 3 2; do
 	say "pgfleet, lease TTL ${ttl}s, $ITERS of each fault"
 	go run ./bench/failover -ttl "$ttl" -iters "$ITERS" -out "bench/tmp/pgfleet-ttl$ttl.json"
 done
-go run ./bench/failover -report bench/tmp/pgfleet-ttl3.json,bench/tmp/pgfleet-ttl2.json -peers bench/tmp/peers
+say "pgfleet, lease TTL 3s, sync on, $ITERS host losses"
+go run ./bench/failover -ttl 3 -sync on -iters "$ITERS" -out bench/tmp/pgfleet-sync.json
+go run ./bench/failover -report bench/tmp/pgfleet-ttl3.json,bench/tmp/pgfleet-ttl2.json,bench/tmp/pgfleet-sync.json -peers bench/tmp/peers
 cat bench/results/failover.md

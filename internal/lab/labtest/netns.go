@@ -65,7 +65,9 @@ func (n *Namespaces) ip(args ...string) {
 }
 
 // Wrap runs a host's agent in its namespace (for lab.Dev.Wrap).
-func (n *Namespaces) Wrap(h lab.HostPlan) []string { return []string{"ip", "netns", "exec", n.ns[h.Name]} }
+func (n *Namespaces) Wrap(h lab.HostPlan) []string {
+	return []string{"ip", "netns", "exec", n.ns[h.Name]}
+}
 
 // Cut takes host's link down: it reaches no other host, and none reaches it.
 func (n *Namespaces) Cut(host string) { n.ip("link", "set", n.link[host], "down") }
