@@ -213,11 +213,24 @@ func (s *Server) listClusters(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) getCluster(w http.ResponseWriter, r *http.Request) {
+	if name, ok := clusterName(w, r); ok {
+		s.writeCluster(w, r, name)
+	}
+}
+
+// clusterName returns the cluster named in the path, answering 400 when
+// it is not a valid name.
+func clusterName(w http.ResponseWriter, r *http.Request) (string, bool) {
 	name := r.PathValue("name")
 	if err := fleet.ValidateName("cluster", name, fleet.MaxClusterName); err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
-		return
+		return "", false
 	}
+	return name, true
+}
+
+// writeCluster answers with the cluster's current view.
+func (s *Server) writeCluster(w http.ResponseWriter, r *http.Request, name string) {
 	hm, _, err := s.hostMap(r.Context())
 	if err != nil {
 		s.storeError(w, err)
@@ -356,9 +369,8 @@ func describePlacement(ms []fleet.MemberSpec) string {
 }
 
 func (s *Server) deleteCluster(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
-	if err := fleet.ValidateName("cluster", name, fleet.MaxClusterName); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+	name, ok := clusterName(w, r)
+	if !ok {
 		return
 	}
 	if err := s.store.DeleteCluster(r.Context(), name); err != nil {
@@ -370,9 +382,8 @@ func (s *Server) deleteCluster(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) events(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
-	if err := fleet.ValidateName("cluster", name, fleet.MaxClusterName); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+	name, ok := clusterName(w, r)
+	if !ok {
 		return
 	}
 	limit := 100
@@ -397,9 +408,8 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) clusterURL(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
-	if err := fleet.ValidateName("cluster", name, fleet.MaxClusterName); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+	name, ok := clusterName(w, r)
+	if !ok {
 		return
 	}
 	hm, _, err := s.hostMap(r.Context())
@@ -453,9 +463,8 @@ func (s *Server) clusterURL(w http.ResponseWriter, r *http.Request) {
 // region: the primary stops cleanly, the target takes over once it has
 // every record. The answer comes at once; the CLI waits for the new primary.
 func (s *Server) switchover(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
-	if err := fleet.ValidateName("cluster", name, fleet.MaxClusterName); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+	name, ok := clusterName(w, r)
+	if !ok {
 		return
 	}
 	var req SwitchoverRequest
@@ -536,9 +545,8 @@ func stateOf(st fleet.MemberStatus, ok bool) fleet.State {
 // which starts an election. Unlike a switchover it does not wait for a
 // standby to catch up.
 func (s *Server) failover(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
-	if err := fleet.ValidateName("cluster", name, fleet.MaxClusterName); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+	name, ok := clusterName(w, r)
+	if !ok {
 		return
 	}
 	if _, err := s.store.Cluster(r.Context(), name); err != nil {
@@ -560,9 +568,8 @@ func (s *Server) failover(w http.ResponseWriter, r *http.Request) {
 // updateCluster changes what can change on a live cluster: its replication
 // mode. The primary applies it within a moment.
 func (s *Server) updateCluster(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
-	if err := fleet.ValidateName("cluster", name, fleet.MaxClusterName); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+	name, ok := clusterName(w, r)
+	if !ok {
 		return
 	}
 	var req UpdateRequest
@@ -583,15 +590,5 @@ func (s *Server) updateCluster(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.store.AppendEvent(r.Context(), fleet.Event{Cluster: name, Host: s.self.Name, Kind: "config", Message: "sync mode set to " + *req.Sync})
-	hm, _, err := s.hostMap(r.Context())
-	if err != nil {
-		s.storeError(w, err)
-		return
-	}
-	c, err := s.store.Cluster(r.Context(), name)
-	if err != nil {
-		s.storeError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, viewCluster(c, hm))
+	s.writeCluster(w, r, name)
 }
