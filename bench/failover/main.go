@@ -10,6 +10,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"math/rand/v2"
@@ -276,8 +277,18 @@ func run(exe, dir string, iters, ttl int, sync, out string) error {
 			case "crash":
 				syscall.Kill(pm, syscall.SIGKILL)
 			case "switchover":
-				if _, err := c.Switchover(ctx, "bench", ""); err != nil {
-					return err
+				// A member that rejoined after the previous fault may still be
+				// settling; the API refuses until a standby streams.
+				for try := 0; ; try++ {
+					_, err := c.Switchover(ctx, "bench", "")
+					var ae *api.APIError
+					if err == nil {
+						break
+					} else if !errors.As(err, &ae) || ae.Status != 422 || try == 100 {
+						return err
+					}
+					time.Sleep(100 * time.Millisecond)
+					t0 = time.Now()
 				}
 			}
 			first, err := cl.firstNew(old, t0, 60*time.Second)
@@ -322,11 +333,12 @@ func run(exe, dir string, iters, ttl int, sync, out string) error {
 	return os.WriteFile(out, b, 0o644)
 }
 
-// healthy waits until the cluster has a running primary and two streaming
-// standbys with no lag.
+// healthy waits until the cluster has had a running primary and two
+// streaming standbys with no lag for two seconds.
 func healthy(ctx context.Context, c *api.Client) error {
 	deadline := time.Now().Add(3 * time.Minute)
 	last := ""
+	var since time.Time
 	for time.Now().Before(deadline) {
 		v, err := c.Cluster(ctx, "bench")
 		if err == nil {
@@ -338,7 +350,12 @@ func healthy(ctx context.Context, c *api.Client) error {
 					ok = false
 				}
 			}
-			if ok {
+			switch {
+			case !ok:
+				since = time.Time{}
+			case since.IsZero():
+				since = time.Now()
+			case time.Since(since) >= 2*time.Second:
 				return nil
 			}
 			last = strings.Join(s, ", ")
