@@ -250,6 +250,19 @@ func pidFile(t *testing.T, path string) int {
 	return pid
 }
 
+// loseHost kills a dev-fleet host's agent and the postmaster of its member,
+// as if the machine had died.
+func loseHost(t *testing.T, dir, host, member string) {
+	t.Helper()
+	agentPid := pidFile(t, filepath.Join(dir, host+".pid"))
+	pm := pidFile(t, filepath.Join(dir, host, "members", member, "pgdata", "postmaster.pid"))
+	for _, pid := range []int{agentPid, pm} {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatalf("kill %d: %v", pid, err)
+		}
+	}
+}
+
 // TestFailover runs the faults of a primary's life on one cluster, each
 // under a writer that records every acknowledged commit: a switchover, a
 // crash of the primary's postmaster, its agent stopped (SIGSTOP) for longer
@@ -377,12 +390,9 @@ func TestFailover(t *testing.T) {
 			n := len(w.since(start))
 			return n >= 50, fmt.Sprintf("%d commits", n)
 		})
-		agentPid := pidFile(t, filepath.Join(dir, host+".pid"))
-		pm := pidFile(t, filepath.Join(dir, host, "members", old, "pgdata", "postmaster.pid"))
 		c := c.without(host)
 		kill := time.Now()
-		syscall.Kill(agentPid, syscall.SIGKILL)
-		syscall.Kill(pm, syscall.SIGKILL)
+		loseHost(t, dir, host, old)
 		newP, took := waitNewPrimary(t, c, "db", old, 30*time.Second)
 		t.Logf("sync mode, host %s lost: %s primary after %s", host, newP, took.Round(10*time.Millisecond))
 		w.waitWritesOn(newP, kill)
@@ -400,12 +410,9 @@ func TestFailover(t *testing.T) {
 	t.Run("host loss", func(t *testing.T) {
 		old := status(t, c, "db").Primary
 		host := hostOf(old)
-		agentPid := pidFile(t, filepath.Join(dir, host+".pid"))
-		pm := pidFile(t, filepath.Join(dir, host, "members", old, "pgdata", "postmaster.pid"))
 		c := c.without(host)
 		start := time.Now()
-		syscall.Kill(agentPid, syscall.SIGKILL)
-		syscall.Kill(pm, syscall.SIGKILL)
+		loseHost(t, dir, host, old)
 		newP, took := waitNewPrimary(t, c, "db", old, 30*time.Second)
 		t.Logf("host %s lost: %s primary after %s", host, newP, took.Round(10*time.Millisecond))
 		w.waitWritesOn(newP, start)
