@@ -67,7 +67,12 @@ func (h *leaderHold) loop(ctx context.Context) {
 			timer.Stop()
 		}
 		sent := time.Now()
-		rctx, cancel := context.WithTimeout(ctx, ha.RenewEvery(h.ttl))
+		// Never wait on the store past the deadline: the check above must
+		// run in time even while the store is slow.
+		h.mu.Lock()
+		limit := min(ha.RenewEvery(h.ttl), time.Until(h.deadline))
+		h.mu.Unlock()
+		rctx, cancel := context.WithTimeout(ctx, limit)
 		err := h.lease.Renew(rctx)
 		cancel()
 		switch {
