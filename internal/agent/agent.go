@@ -358,7 +358,7 @@ func (a *Agent) register(ctx context.Context) error {
 // loop keeps the host registered and its supervisors in line with the
 // store until ctx ends.
 func (a *Agent) loop(ctx context.Context) {
-	watch := a.store.Watch(ctx)
+	watch := a.store.WatchPlacement(ctx)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -380,7 +380,7 @@ func (a *Agent) loop(ctx context.Context) {
 			continue
 		case _, ok := <-watch:
 			if !ok {
-				watch = a.store.Watch(ctx) // the watch broke (store restarted); open it again
+				watch = a.store.WatchPlacement(ctx) // the watch broke (store restarted); open it again
 			}
 		case <-tick.C:
 			a.keepStoreLeaderAway(ctx)

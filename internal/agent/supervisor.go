@@ -70,7 +70,11 @@ type supervisor struct {
 	ctl, pub pgConn
 	stopping atomic.Bool // set once postgres is being stopped: no new queries
 	diverged atomic.Bool // streaming from the leader failed for long: rejoin
-	events   int         // events written, to trim the history now and then
+	// primaryLSN is the leader's last published write LSN, as the standby
+	// loop last read it; the status publisher measures lag against it
+	// rather than read the cluster again.
+	primaryLSN atomic.Uint64
+	events     int // events written, to trim the history now and then
 
 	hold    *leaderHold // while this member holds the leader key
 	leading atomic.Bool // hold != nil, readable by the agent
@@ -754,10 +758,10 @@ func (s *supervisor) runStandby(ctx context.Context) error {
 	}
 
 	var (
-		lastPrimaryLSN uint64    // the leader's last published write LSN
 		candidateSince time.Time // when this member entered the current election
 		since          = time.Now()
 	)
+	s.primaryLSN.Store(0)
 	tick := standbyTick
 	for {
 		select {
@@ -779,7 +783,7 @@ func (s *supervisor) runStandby(ctx context.Context) error {
 		}
 		s.cluster = c.Spec
 		if c.Leader == "" {
-			won, err := s.campaign(ctx, c, &candidateSince, lastPrimaryLSN)
+			won, err := s.campaign(ctx, c, &candidateSince)
 			if err != nil {
 				s.log.Warn("election", "err", err)
 			}
@@ -796,7 +800,7 @@ func (s *supervisor) runStandby(ctx context.Context) error {
 		}
 		if st, ok := c.Status[c.Leader]; ok && st.WriteLSN != "" {
 			if l, err := postgres.ParseLSN(st.WriteLSN); err == nil {
-				lastPrimaryLSN = uint64(l)
+				s.primaryLSN.Store(uint64(l))
 			}
 		}
 		if c.Leader != following {
@@ -842,7 +846,7 @@ func followNote(leader string) string {
 // campaign is one round of the election for an eligible standby: publish
 // its candidacy, wait the election window, and try to take the key if it is
 // the most advanced candidate. It reports whether this member won.
-func (s *supervisor) campaign(ctx context.Context, c store.ClusterState, since *time.Time, lastPrimaryLSN uint64) (bool, error) {
+func (s *supervisor) campaign(ctx context.Context, c store.ClusterState, since *time.Time) (bool, error) {
 	if !ha.Eligible(s.spec, c.Spec) || time.Now().Before(s.abstainUntil) {
 		return false, nil
 	}
@@ -856,8 +860,8 @@ func (s *supervisor) campaign(ctx context.Context, c store.ClusterState, since *
 	}
 	lsn := uint64(max(pst.ReceiveLSN, pst.ReplayLSN))
 	cd := fleet.Candidacy{Member: s.spec.ID, LSN: lsn, LagBytes: -1, Timeline: pst.Timeline, At: time.Now().UTC()}
-	if lastPrimaryLSN > 0 {
-		cd.LagBytes = fleet.LagBytes(lastPrimaryLSN, lsn)
+	if w := s.primaryLSN.Load(); w > 0 {
+		cd.LagBytes = fleet.LagBytes(w, lsn)
 	}
 	if err := s.store.PutCandidate(ctx, s.spec.Cluster, cd, s.lease()); err != nil {
 		return false, err
@@ -1058,7 +1062,7 @@ func (s *supervisor) publish(ctx context.Context) {
 				if pst.Streaming {
 					st.State = fleet.StateStreaming
 				}
-				st.LagBytes = s.lag(ctx, pst.ReplayLSN)
+				st.LagBytes = s.lag(pst.ReplayLSN)
 			} else {
 				st.WriteLSN, st.ReplayLSN = pst.WriteLSN.String(), pst.WriteLSN.String()
 			}
@@ -1075,19 +1079,12 @@ func (s *supervisor) publish(ctx context.Context) {
 	}
 }
 
-// lag measures replay distance to the primary's last published write LSN.
-func (s *supervisor) lag(ctx context.Context, replay postgres.LSN) int64 {
-	c, err := s.store.Cluster(ctx, s.spec.Cluster)
-	if err != nil {
+// lag measures replay distance to the primary's last published write LSN;
+// -1 while that is not known.
+func (s *supervisor) lag(replay postgres.LSN) int64 {
+	w := s.primaryLSN.Load()
+	if w == 0 {
 		return -1
 	}
-	st, ok := c.Status[c.Leader]
-	if !ok || st.WriteLSN == "" {
-		return -1
-	}
-	w, err := postgres.ParseLSN(st.WriteLSN)
-	if err != nil {
-		return -1
-	}
-	return fleet.LagBytes(uint64(w), uint64(replay))
+	return fleet.LagBytes(w, uint64(replay))
 }

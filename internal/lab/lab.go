@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pgfleet/pgfleet/internal/agent"
 	"github.com/pgfleet/pgfleet/internal/api"
 	"github.com/pgfleet/pgfleet/internal/fleet"
 )
@@ -102,7 +103,6 @@ func (d *Dev) planPath() string          { return filepath.Join(d.Dir, "fleet.js
 func (d *Dev) hostDir(h HostPlan) string { return filepath.Join(d.Dir, h.Name) }
 func (d *Dev) pidPath(h HostPlan) string { return filepath.Join(d.Dir, h.Name+".pid") }
 func (d *Dev) logPath(h HostPlan) string { return filepath.Join(d.Dir, h.Name+".log") }
-func (d *Dev) TokenPath(p Plan) string   { return filepath.Join(d.hostDir(p.Hosts[0]), "token") }
 func (d *Dev) printf(f string, a ...any) { fmt.Fprintf(d.Out, f, a...) }
 func (d *Dev) hostLog(h HostPlan) string { return Tail(d.logPath(h), 15) }
 
@@ -198,7 +198,7 @@ func (d *Dev) Up(ctx context.Context, want Plan, explicit bool) (Plan, string, e
 		}
 		d.printf("  %-8s %-4s %-12s started in %s (pid %d)\n", h.Name, h.Region, h.Addr, time.Since(start).Round(time.Millisecond), pid)
 	}
-	tok, err := os.ReadFile(d.TokenPath(p))
+	tok, err := os.ReadFile(agent.TokenPath(d.hostDir(p.Hosts[0])))
 	if err != nil {
 		return Plan{}, "", fmt.Errorf("read the fleet's API token: %w", err)
 	}

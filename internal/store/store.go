@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -765,15 +766,20 @@ func (s *Store) TokenHash(ctx context.Context) (string, error) {
 	return string(resp.Kvs[0].Value), nil
 }
 
-// Watch returns a channel that receives a value whenever anything under the
-// clusters prefix changes, so agents react at once instead of on their next
-// poll. It closes when ctx ends.
-func (s *Store) Watch(ctx context.Context) <-chan struct{} {
+// WatchPlacement returns a channel that receives a value whenever a
+// cluster's spec or a member's placement changes, so agents start and stop
+// supervisors at once instead of on their next poll. Status, candidacy and
+// leader writes, several a second, are not placement and do not wake it.
+// It closes when ctx ends.
+func (s *Store) WatchPlacement(ctx context.Context) <-chan struct{} {
 	out := make(chan struct{}, 1)
 	wch := s.cli.Watch(clientv3.WithRequireLeader(ctx), s.clustersPrefix(), clientv3.WithPrefix())
 	go func() {
 		defer close(out)
-		for range wch {
+		for resp := range wch {
+			if !slices.ContainsFunc(resp.Events, func(e *clientv3.Event) bool { return strings.HasSuffix(string(e.Kv.Key), "/spec") }) {
+				continue
+			}
 			select {
 			case out <- struct{}{}:
 			default:

@@ -106,7 +106,7 @@ func StartFleet(t testing.TB, regions string) *Fleet {
 		}
 		f.Start(h.Name, join)
 	}
-	tok, err := os.ReadFile(filepath.Join(f.Dir, plan.Hosts[0].Name, "token"))
+	tok, err := os.ReadFile(agent.TokenPath(f.DataDir(plan.Hosts[0].Name)))
 	if err != nil {
 		t.Fatalf("read token: %v", err)
 	}
