@@ -325,12 +325,7 @@ func (s *supervisor) rejoin(ctx context.Context, c store.ClusterState, why strin
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		s.event(ctx, "reclone", fmt.Sprintf("%s: pg_rewind from %s failed (%v); cloning afresh", s.spec.ID, leader.ID, err))
-		if err := os.RemoveAll(s.pgdata()); err != nil {
-			return fmt.Errorf("remove data to re-clone: %w", err)
-		}
-		s.diverged.Store(false)
-		return nil
+		return s.discardData(ctx, fmt.Sprintf("pg_rewind from %s failed (%v)", leader.ID, err))
 	}
 	// pg_rewind copied the leader's configuration; make the data a standby's.
 	if err := s.inst.Configure(s.settings(nil, true)); err != nil {
@@ -338,6 +333,18 @@ func (s *supervisor) rejoin(ctx context.Context, c store.ClusterState, why strin
 	}
 	s.diverged.Store(false)
 	s.event(ctx, "rewind", fmt.Sprintf("%s rewound to follow %s in %s (%s)", s.spec.ID, leader.ID, time.Since(start).Round(time.Millisecond), why))
+	return nil
+}
+
+// discardData removes the member's data, which cannot follow the leader,
+// so that the next round clones it afresh. Only called with a running leader
+// to clone from, which holds every acknowledged commit.
+func (s *supervisor) discardData(ctx context.Context, why string) error {
+	s.event(ctx, "reclone", fmt.Sprintf("%s: %s; cloning afresh", s.spec.ID, why))
+	if err := os.RemoveAll(s.pgdata()); err != nil {
+		return fmt.Errorf("remove data to re-clone: %w", err)
+	}
+	s.diverged.Store(false)
 	return nil
 }
 
@@ -750,6 +757,12 @@ func (s *supervisor) runStandby(ctx context.Context) error {
 	}
 	s.set(fleet.StateStarting, s.standbyRole(), "starting postgres")
 	if err := s.startStandby(ctx, following); err != nil {
+		if errors.Is(err, postgres.ErrWALGone) && following != "" {
+			if err := s.discardData(ctx, fmt.Sprintf("%s no longer has the WAL this standby needs to start", following)); err != nil {
+				return err
+			}
+			return errSteppedDown
+		}
 		return err
 	}
 	s.set(fleet.StateCatchingUp, s.standbyRole(), followNote(following))
@@ -826,8 +839,19 @@ func (s *supervisor) runStandby(ctx context.Context) error {
 		s.mu.Lock()
 		streaming := s.state == fleet.StateStreaming
 		s.mu.Unlock()
+		leaderRunning := false
+		if st, ok := c.Status[c.Leader]; ok && st.State == fleet.StateRunning {
+			leaderRunning = true
+		}
 		if streaming {
 			since = time.Now()
+		} else if leaderRunning && s.inst.WALGone(5*time.Second) {
+			// Rewinding cannot bring back WAL the leader recycled.
+			s.stopPostgres()
+			if err := s.discardData(ctx, fmt.Sprintf("%s no longer has the WAL this standby needs to catch up", c.Leader)); err != nil {
+				return err
+			}
+			return errSteppedDown
 		} else if st, ok := c.Status[c.Leader]; ok && st.State == fleet.StateRunning && time.Since(since) > divergedAfter {
 			s.diverged.Store(true)
 			s.event(ctx, "diverged", fmt.Sprintf("%s cannot stream from %s; rejoining", s.spec.ID, c.Leader))

@@ -272,8 +272,11 @@ func renderFleetConf(s Settings, passfile, cert, key string) ([]byte, error) {
 		if s.SlotName != "" {
 			set("primary_slot_name", s.SlotName)
 		}
-		set("recovery_target_timeline", "latest")
 	}
+	// Written for every role: it can only change with a restart, so a
+	// promoted standby that dropped it would log a configuration error on
+	// its next reload.
+	set("recovery_target_timeline", "latest")
 	return b.Bytes(), nil
 }
 

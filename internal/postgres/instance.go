@@ -25,6 +25,20 @@ import (
 // Instance.
 var ErrNotRunning = errors.New("postgres not running")
 
+// ErrWALGone is returned by Start when a standby that is not yet consistent
+// learns from its upstream that the WAL it needs has been removed there: it
+// can never become ready from that upstream, and has to be cloned afresh.
+var ErrWALGone = errors.New("the primary no longer has the WAL this standby needs")
+
+// A standby's walreceiver logs walReceiveFailed followed by its upstream's
+// answer; walGoneMessage ends the answer of a walsender asked for a segment it
+// has recycled (walsender.c: "requested WAL segment %s has already been
+// removed"). The upstream logs that answer too, without the first part.
+const (
+	walReceiveFailed = "could not receive data from WAL stream"
+	walGoneMessage   = "has already been removed"
+)
+
 // ErrAddrInUse is wrapped into Start's error when postgres could not bind its
 // address, so a caller can report the port conflict rather than a generic
 // start failure.
@@ -64,6 +78,7 @@ type process struct {
 	out      *output
 	done     chan struct{}
 	stopping atomic.Bool // Stop was called: exiting is expected
+	walGone  atomic.Int64 // when the upstream last said the WAL this standby needs is gone (unix ns)
 	err      error       // why it exited; set before done is closed
 }
 
@@ -149,6 +164,10 @@ func (i *Instance) Start(ctx context.Context) error {
 			return fmt.Errorf("start postgres in %s: %w", i.cfg.DataDir, ctx.Err())
 		case <-timer.C:
 		}
+		if p.walGone.Load() != 0 {
+			i.stop(p, 15*time.Second, syscall.SIGINT, syscall.SIGQUIT)
+			return fmt.Errorf("start postgres in %s: %w", i.cfg.DataDir, ErrWALGone)
+		}
 		ready, refused := i.ready(ctx, pid)
 		if ready {
 			i.log.Info("postgres ready", "pid", pid)
@@ -172,7 +191,13 @@ func (i *Instance) spawn() (*process, error) {
 		return nil, fmt.Errorf("no cluster in %s: run InitDB or BaseBackup first", i.cfg.DataDir)
 	}
 
-	out := newOutput(i.log, nil)
+	p := &process{done: make(chan struct{})}
+	out := newOutput(i.log, func(line string) bool {
+		if strings.Contains(line, walReceiveFailed) && strings.Contains(line, walGoneMessage) {
+			p.walGone.Store(time.Now().UnixNano())
+		}
+		return false
+	})
 	cmd := exec.Command(i.cfg.Bin.Path("postgres"), "-D", i.cfg.DataDir)
 	cmd.Dir = i.cfg.DataDir
 	cmd.Env = childEnv(i.cfg.User)
@@ -184,7 +209,7 @@ func (i *Instance) spawn() (*process, error) {
 		Pdeathsig:  syscall.SIGKILL,
 		Credential: credential(i.cfg.User),
 	}
-	p := &process{cmd: cmd, out: out, done: make(chan struct{})}
+	p.cmd, p.out = cmd, out
 
 	// Linux sends Pdeathsig when the thread that forked the child exits,
 	// not the process, and the Go runtime ends a thread when a goroutine
@@ -347,6 +372,22 @@ func probe(ctx context.Context, addr string) bool {
 		return true
 	}
 	return false
+}
+
+// WALGone reports whether, within the last window, the running
+// postmaster's walreceiver was told by its upstream that WAL it needs has
+// been removed there. Such a standby cannot catch up by streaming from that
+// upstream; the window keeps one old refusal from condemning a standby that
+// has streamed since.
+func (i *Instance) WALGone(window time.Duration) bool {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	p := i.running()
+	if p == nil {
+		return false
+	}
+	at := p.walGone.Load()
+	return at != 0 && time.Since(time.Unix(0, at)) < window
 }
 
 // Done returns a channel that is closed when the postmaster started by the

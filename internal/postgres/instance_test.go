@@ -505,3 +505,47 @@ func TestDeadMan(t *testing.T) {
 	case <-time.After(time.Second):
 	}
 }
+
+// TestStandbyWALGone: a standby whose upstream recycled the WAL it needs
+// (no slot held it) learns so from its walreceiver, which WALGone reports, so
+// that its supervisor can clone it afresh instead of waiting forever.
+func TestStandbyWALGone(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	primary := startPrimary(t, "gone-1")
+	pconn := connect(t, primary.superuser())
+	const replPassword = "repl-secret"
+	if err := EnsureRole(ctx, pconn, "replicator", replPassword, true); err != nil {
+		t.Fatalf("EnsureRole: %v", err)
+	}
+	repl := ConnInfo{Host: "127.0.0.1", Port: primary.port, User: "replicator", Password: replPassword}
+	standby := newTestInstance(t, "gone-2")
+	if err := standby.BaseBackup(ctx, repl, "", nil); err != nil {
+		t.Fatalf("BaseBackup: %v", err)
+	}
+	// The primary moves on by several segments and recycles the old ones
+	// while the standby is down.
+	for range 4 {
+		if _, err := pconn.Exec(ctx, "CREATE TABLE IF NOT EXISTS filler (i int); INSERT INTO filler SELECT 1; SELECT pg_switch_wal(); CHECKPOINT"); err != nil {
+			t.Fatalf("advance WAL: %v", err)
+		}
+	}
+	err := standby.Configure(Settings{Name: "gone-2", ListenAddr: "127.0.0.1", Port: standby.port, Follow: &repl})
+	if err != nil {
+		t.Fatalf("Configure(standby): %v", err)
+	}
+	if standby.WALGone(time.Minute) {
+		t.Fatalf("WALGone before start = true")
+	}
+	// The backup holds what the standby needs to be consistent, so it
+	// starts; streaming from the primary then fails.
+	if err := standby.Start(ctx); err != nil && !errors.Is(err, ErrWALGone) {
+		t.Fatalf("Start(standby) = %v, want nil or ErrWALGone", err)
+	}
+	if standby.Pid() == 0 {
+		return // Start saw it first and stopped the standby: also right
+	}
+	waitFor(t, 30*time.Second, "WALGone", func() (bool, string) {
+		return standby.WALGone(time.Minute), "walreceiver has not reported removed WAL"
+	})
+}
