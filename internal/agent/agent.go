@@ -21,6 +21,7 @@ import (
 	"github.com/pgfleet/pgfleet/internal/api"
 	"github.com/pgfleet/pgfleet/internal/fleet"
 	"github.com/pgfleet/pgfleet/internal/postgres"
+	"github.com/pgfleet/pgfleet/internal/proxy"
 	"github.com/pgfleet/pgfleet/internal/store"
 )
 
@@ -252,7 +253,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.store = st
 	defer st.Close()
 
-	srv := &http.Server{Handler: api.NewServer(st, a.host, a.log.With("component", "api")).Handler(), ReadHeaderTimeout: 10 * time.Second}
+	rt := &router{a: a, proxy: proxy.New(cfg.Advertise, a.log.With("component", "proxy"))}
+	defer rt.proxy.Close()
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /metrics", rt.metrics)
+	mux.Handle("/", api.NewServer(st, a.host, a.log.With("component", "api")).Handler())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	srvDone := make(chan struct{})
 	go func() {
 		defer close(srvDone)
@@ -293,7 +299,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.log.Info("agent ready", "region", cfg.Region, "addr", cfg.Advertise, "api", cfg.APIListen, "etcd", endpoints, "postgres", a.bin.Dir)
 	close(a.ready)
 
+	var bg sync.WaitGroup
+	bgCtx, stopBg := context.WithCancel(ctx)
+	bg.Go(func() { rt.run(bgCtx) })
+	bg.Go(func() { rt.measure(bgCtx) })
 	a.loop(ctx)
+	stopBg()
+	bg.Wait()
 
 	a.stopAll()
 	a.leaseMu.Lock()
@@ -534,7 +546,7 @@ func (a *Agent) startSupervisor(ctx context.Context, p placed) error {
 	log := a.log.With("cluster", m.Cluster, "member", m.ID)
 	s := &supervisor{
 		spec: m, host: a.host, store: a.store, lease: a.currentLease, dir: dir, log: log, secrets: sec,
-		cluster: p.cluster, role: m.Role, state: fleet.StatePending,
+		cluster: p.cluster, role: m.Role, state: fleet.StatePending, publishNow: make(chan struct{}, 1),
 	}
 	s.inst = postgres.New(postgres.Config{Bin: a.bin, DataDir: s.pgdata(), User: a.osUser, Logger: log})
 	sctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))

@@ -58,6 +58,8 @@ type supervisor struct {
 	log     *slog.Logger
 	secrets fleet.Secrets
 
+	publishNow chan struct{} // wakes the status publisher
+
 	mu       sync.Mutex
 	state    fleet.State
 	role     fleet.Role
@@ -93,10 +95,20 @@ type supervisor struct {
 
 func (s *supervisor) set(state fleet.State, role fleet.Role, msg string) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	changed := s.state != state || (role != "" && s.role != role)
 	s.state, s.message, s.progress = state, msg, ""
 	if role != "" {
 		s.role = role
+	}
+	s.mu.Unlock()
+	if changed {
+		// A new role or state is published at once: the routing proxies
+		// wait for a promoted member to say it runs before sending it
+		// writes.
+		select {
+		case s.publishNow <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -1051,6 +1063,8 @@ func (s *supervisor) publishLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			s.publish(ctx)
+		case <-s.publishNow:
 			s.publish(ctx)
 		}
 	}

@@ -68,6 +68,26 @@ type ClusterSpec struct {
 	// Sync is the replication mode: SyncOff (asynchronous, the default),
 	// SyncOn or SyncStrict.
 	Sync string `json:"sync,omitempty"`
+	// MaxReplicaLag is how far, in bytes of WAL replay, a member may be
+	// behind the primary and still receive reads from the replica port; 0
+	// means DefaultMaxReplicaLag.
+	MaxReplicaLag int64 `json:"max_replica_lag,omitempty"`
+}
+
+// PrimaryProxyPort is the port on every agent that routes to the cluster's
+// primary, wherever it runs.
+func (s ClusterSpec) PrimaryProxyPort() int { return s.Port + 1 }
+
+// ReplicaProxyPort is the port on every agent that routes to the nearest
+// member fit for reads.
+func (s ClusterSpec) ReplicaProxyPort() int { return s.Port + 2 }
+
+// ReplicaLagLimit is the cluster's read routing lag limit in bytes.
+func (s ClusterSpec) ReplicaLagLimit() int64 {
+	if s.MaxReplicaLag == 0 {
+		return DefaultMaxReplicaLag
+	}
+	return s.MaxReplicaLag
 }
 
 // Replication modes.
@@ -115,6 +135,9 @@ const (
 	MinLeaseTTL     = 1
 	MaxLeaseTTL     = 60
 	DefaultMaxLag   = 16 << 20
+	// DefaultMaxReplicaLag is the read routing lag limit when the spec
+	// sets none.
+	DefaultMaxReplicaLag = 16 << 20
 )
 
 // TTL is the cluster's leader lease.
@@ -141,6 +164,22 @@ type Switchover struct {
 	To        string    `json:"to"`
 	LSN       uint64    `json:"lsn,omitempty"` // set once From has stopped
 	Requested time.Time `json:"requested"`
+	// HoldMillis is how long the routing proxies hold new connections for
+	// the new primary; 0 means DefaultSwitchoverHold.
+	HoldMillis int64 `json:"hold_ms,omitempty"`
+}
+
+// DefaultSwitchoverHold is how long the proxies hold new connections while a
+// switchover runs, unless it says otherwise.
+const DefaultSwitchoverHold = 15 * time.Second
+
+// HoldDuration is how long the proxies hold new connections during the
+// switchover.
+func (s Switchover) HoldDuration() time.Duration {
+	if s.HoldMillis <= 0 {
+		return DefaultSwitchoverHold
+	}
+	return time.Duration(s.HoldMillis) * time.Millisecond
 }
 
 // Candidacy is what a standby publishes when it runs in an election.
@@ -265,6 +304,9 @@ func (s ClusterSpec) Validate() error {
 	}
 	if s.MaxLagOnFailover < 0 {
 		return fmt.Errorf("max lag on failover is %d bytes: it must not be negative", s.MaxLagOnFailover)
+	}
+	if s.MaxReplicaLag < 0 {
+		return fmt.Errorf("max replica lag is %d bytes: it must not be negative", s.MaxReplicaLag)
 	}
 	for k, v := range s.Params {
 		if !paramRE.MatchString(k) {

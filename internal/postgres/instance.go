@@ -77,9 +77,9 @@ type process struct {
 	cmd      *exec.Cmd
 	out      *output
 	done     chan struct{}
-	stopping atomic.Bool // Stop was called: exiting is expected
+	stopping atomic.Bool  // Stop was called: exiting is expected
 	walGone  atomic.Int64 // when the upstream last said the WAL this standby needs is gone (unix ns)
-	err      error       // why it exited; set before done is closed
+	err      error        // why it exited; set before done is closed
 }
 
 func (p *process) exited() bool {
