@@ -714,6 +714,7 @@ func sameSet(a, b []string) bool {
 // switchover, and the key is released for the target to take.
 func (s *supervisor) handOver(ctx context.Context, sw fleet.Switchover) error {
 	s.event(ctx, "switchover", fmt.Sprintf("%s stopping to hand over to %s", s.spec.ID, sw.To))
+	s.drain(ctx)
 	// A checkpoint while clients still write leaves the shutdown checkpoint
 	// little to flush, and the clients' pause is that much shorter.
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -734,6 +735,59 @@ func (s *supervisor) handOver(ctx context.Context, sw fleet.Switchover) error {
 	s.releaseLeader()
 	s.event(ctx, "switchover", fmt.Sprintf("%s stopped at %s and released the leader key for %s", s.spec.ID, lsn, sw.To))
 	return errSteppedDown
+}
+
+// Draining before a switchover's shutdown.
+const (
+	// drainSettle is how long the proxies get to see the switchover and
+	// start holding new connections: a watch event, milliseconds.
+	drainSettle = 100 * time.Millisecond
+	// drainMax bounds the wait for running transactions; those still busy
+	// then are aborted by the shutdown.
+	drainMax = 5 * time.Second
+)
+
+// drain waits, up to drainMax, until no client session is inside a
+// transaction. The routing proxies hold new connections from the moment the
+// switchover is written, so this lets work already under way finish instead
+// of being cut off by the shutdown: a client sees a pause, not an error.
+// Idle sessions are closed by the shutdown, between two transactions.
+func (s *supervisor) drain(ctx context.Context) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(drainSettle):
+	}
+	deadline := time.Now().Add(drainMax)
+	quiet := 0
+	for time.Now().Before(deadline) && quiet < 2 {
+		var busy int
+		qctx, cancel := context.WithTimeout(ctx, time.Second)
+		err := s.ctl.do(qctx, s.superuser(), func(conn *pgx.Conn) (err error) {
+			busy, err = postgres.BusySessions(qctx, conn)
+			return err
+		})
+		cancel()
+		if err != nil {
+			s.log.Warn("drain before switchover", "err", err)
+			return
+		}
+		// Twice in a row: a connection the proxy forwarded just before it
+		// began to hold may still be authenticating.
+		if busy == 0 {
+			quiet++
+		} else {
+			quiet = 0
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	if quiet < 2 {
+		s.log.Info("switchover: transactions still running after the drain; the shutdown aborts them", "waited", drainMax)
+	}
 }
 
 func (s *supervisor) otherSlots(c store.ClusterState) []string {

@@ -292,3 +292,17 @@ func isCode(err error, code string) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == code
 }
+
+// BusySessions counts the client sessions in a transaction or running a
+// statement, pgfleet's own connections aside. A switchover waits for it to
+// reach zero, so that shutting the old primary down aborts no one's work.
+func BusySessions(ctx context.Context, conn *pgx.Conn) (int, error) {
+	var n int
+	err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+		WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+		  AND application_name <> 'pgfleet' AND state IS DISTINCT FROM 'idle'`).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("count busy sessions: %w", err)
+	}
+	return n, nil
+}
