@@ -59,7 +59,7 @@ func newCreateCmd(cf *clientFlags) *cobra.Command {
 	var wait bool
 	var timeout, leaseTTL time.Duration
 	cmd := &cobra.Command{
-		Use:   "create NAME --primary-region REGION [--ha N] [--replicas R1,R2] [--lease-ttl 3s] [--wait]",
+		Use:   "create NAME --primary-region REGION [--ha N] [--replicas R1,R2] [--lease-ttl 3s] [--max-replica-lag BYTES] [--wait]",
 		Short: "Create a cluster: a primary and standbys in one region, read replicas in others",
 		Args:  exactArgs("a cluster NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -69,12 +69,15 @@ func newCreateCmd(cf *clientFlags) *cobra.Command {
 				return usageError{fmt.Errorf("--lease-ttl %s: give whole seconds from %ds to %ds", leaseTTL, fleet.MinLeaseTTL, fleet.MaxLeaseTTL)}
 			}
 			req.LeaseTTL = int(leaseTTL / time.Second)
+			if req.MaxReplicaLag < 0 {
+				return usageError{fmt.Errorf("--max-replica-lag %d: give how many bytes of replay lag a member may have and still get reads, 0 or more (0 means %d)", req.MaxReplicaLag, fleet.DefaultMaxReplicaLag)}
+			}
 			for _, r := range strings.Split(replicas, ",") {
 				if r = strings.TrimSpace(r); r != "" {
 					req.Replicas = append(req.Replicas, r)
 				}
 			}
-			spec := fleet.ClusterSpec{Name: req.Name, PrimaryRegion: req.PrimaryRegion, HA: ha, Replicas: req.Replicas, LeaseTTL: req.LeaseTTL, MaxLagOnFailover: req.MaxLagOnFailover, Sync: req.Sync}
+			spec := fleet.ClusterSpec{Name: req.Name, PrimaryRegion: req.PrimaryRegion, HA: ha, Replicas: req.Replicas, LeaseTTL: req.LeaseTTL, MaxLagOnFailover: req.MaxLagOnFailover, Sync: req.Sync, MaxReplicaLag: req.MaxReplicaLag}
 			if req.PrimaryRegion == "" {
 				return usageError{fmt.Errorf("--primary-region is required: the region where the primary and its standbys run")}
 			}
@@ -118,6 +121,7 @@ func newCreateCmd(cf *clientFlags) *cobra.Command {
 	f.StringVar(&replicas, "replicas", "", "comma-separated regions that get a read replica")
 	f.DurationVar(&leaseTTL, "lease-ttl", fleet.DefaultLeaseTTL*time.Second, "leader lease: a failed primary is replaced in about this long (1s to 60s)")
 	f.Int64Var(&req.MaxLagOnFailover, "max-lag-on-failover", fleet.DefaultMaxLag, "bytes of WAL a standby may miss and still be promoted")
+	f.Int64Var(&req.MaxReplicaLag, "max-replica-lag", fleet.DefaultMaxReplicaLag, "bytes of WAL replay a member may be behind the primary and still get reads from the proxies' replica port")
 	f.StringVar(&req.Sync, "sync", fleet.SyncOff, "replication mode: off (asynchronous), on (every commit on a standby too; alone, the primary goes on) or strict (commits wait while no standby can acknowledge)")
 	f.BoolVar(&wait, "wait", false, "wait until every member runs and streams, showing progress")
 	f.DurationVar(&timeout, "timeout", 10*time.Minute, "how long --wait waits")
@@ -201,7 +205,8 @@ func newStatusCmd(cf *clientFlags) *cobra.Command {
 			if primary == "" {
 				primary = "(none)"
 			}
-			fmt.Fprintf(out, "cluster %s  primary %s  region %s  port %d  sync %s\n\n", v.Name, primary, v.PrimaryRegion, v.Port, v.Sync)
+			fmt.Fprintf(out, "cluster %s  primary %s  region %s  port %d (proxy: primary %d, replicas %d within %s lag)  sync %s\n\n",
+				v.Name, primary, v.PrimaryRegion, v.Port, v.PrimaryProxyPort, v.ReplicaProxyPort, humanBytes(v.MaxReplicaLag), v.Sync)
 			t := table(out)
 			fmt.Fprintln(t, "MEMBER\tHOST\tREGION\tROLE\tSTATE\tADDRESS\tTL\tLAG\tNOTE")
 			for _, m := range v.Members {
@@ -268,18 +273,50 @@ func newListCmd(cf *clientFlags) *cobra.Command {
 	return cmd
 }
 
+// urlFlags are the flags that choose a cluster URL, shared by url and connect.
+type urlFlags struct{ api.URLOptions }
+
+func (uf *urlFlags) add(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&uf.Member, "member", "", "connect straight to this member's postgres (default: the primary, through the routing proxy)")
+	f.StringVar(&uf.Region, "region", "", "list the proxies of this region's hosts (default: the cluster's primary region)")
+	f.BoolVar(&uf.Replica, "replica", false, "route to the nearest member fit for reads instead of the primary")
+	f.BoolVar(&uf.Direct, "direct", false, "bypass the proxies: list every member's postgres, the primary first")
+}
+
+// options checks the flags before anything is sent, naming them as flags.
+func (uf *urlFlags) options() (api.URLOptions, error) {
+	if err := uf.Check(); err != nil {
+		return uf.URLOptions, usageError{err}
+	}
+	return uf.URLOptions, nil
+}
+
 func newURLCmd(cf *clientFlags) *cobra.Command {
-	var member string
+	var uf urlFlags
 	cmd := &cobra.Command{
-		Use:   "url NAME [--member ID]",
-		Short: "Print a libpq URL, with credentials, of the primary or of a member",
-		Args:  exactArgs("a cluster NAME"),
+		Use:   "url NAME [--replica] [--region R] [--direct] [--member ID]",
+		Short: "Print a libpq URL, with credentials: through the routing proxy to the primary, or to readers, or direct",
+		Long: `Print a libpq URL with credentials.
+
+By default the URL lists every host of the cluster's primary region at the
+proxy's primary port: each agent routes it to the current primary, wherever
+it runs, so the URL survives failovers. --replica uses the replica port,
+which routes to the nearest member whose lag is within the cluster's
+--max-replica-lag; --region lists another region's hosts, for apps there.
+--direct lists the members' own postgres (target_session_attrs picks the
+primary, or with --replica a standby); --member gives one member's.`,
+		Args: exactArgs("a cluster NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			o, err := uf.options()
+			if err != nil {
+				return err
+			}
 			c, err := cf.client()
 			if err != nil {
 				return err
 			}
-			u, err := c.URL(cmd.Context(), args[0], member)
+			u, err := c.ClusterURL(cmd.Context(), args[0], o)
 			if err != nil {
 				return err
 			}
@@ -290,23 +327,27 @@ func newURLCmd(cf *clientFlags) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&member, "member", "", "member id (default: the primary)")
+	uf.add(cmd)
 	cmd.Flags().BoolVar(&cf.json, "json", false, "print JSON")
 	return cmd
 }
 
 func newConnectCmd(cf *clientFlags) *cobra.Command {
-	var member string
+	var uf urlFlags
 	cmd := &cobra.Command{
-		Use:   "connect NAME [--member ID] [-- PSQL-ARGS...]",
-		Short: "Open psql on the primary or on a member",
+		Use:   "connect NAME [--replica] [--region R] [--direct] [--member ID] [-- PSQL-ARGS...]",
+		Short: "Open psql on the primary (through the routing proxy), on a reader, or on a member",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			o, err := uf.options()
+			if err != nil {
+				return err
+			}
 			c, err := cf.client()
 			if err != nil {
 				return err
 			}
-			u, err := c.URL(cmd.Context(), args[0], member)
+			u, err := c.ClusterURL(cmd.Context(), args[0], o)
 			if err != nil {
 				return err
 			}
@@ -318,7 +359,7 @@ func newConnectCmd(cf *clientFlags) *cobra.Command {
 			// read a process's arguments with ps.
 			parsed, err := url.Parse(u.URL)
 			if err != nil {
-				return fmt.Errorf("parse the member's URL: %w", err)
+				return fmt.Errorf("parse the cluster's URL: %w", err)
 			}
 			env := os.Environ()
 			if pw, ok := parsed.User.Password(); ok {
@@ -329,7 +370,7 @@ func newConnectCmd(cf *clientFlags) *cobra.Command {
 			return syscall.Exec(psql, argv, env)
 		},
 	}
-	cmd.Flags().StringVar(&member, "member", "", "member id (default: the primary)")
+	uf.add(cmd)
 	return cmd
 }
 

@@ -177,15 +177,38 @@ func (c *Client) Events(ctx context.Context, name string, limit int) ([]fleet.Ev
 	return v, err
 }
 
-// URL returns a libpq URL with credentials for a member (the primary if member is "").
-func (c *Client) URL(ctx context.Context, name, member string) (URLView, error) {
-	var v URLView
-	q := ""
-	if member != "" {
-		q = "?member=" + url.QueryEscape(member)
+// ClusterURL returns a libpq URL with credentials, chosen by o: by default
+// the primary through the routing proxies of the primary region's hosts.
+func (c *Client) ClusterURL(ctx context.Context, name string, o URLOptions) (URLView, error) {
+	if err := o.Check(); err != nil {
+		return URLView{}, err
 	}
-	err := c.do(ctx, http.MethodGet, "/v1/clusters/"+url.PathEscape(name)+"/url"+q, nil, &v)
+	var v URLView
+	path := "/v1/clusters/" + url.PathEscape(name) + "/url"
+	if q := o.query().Encode(); q != "" {
+		path += "?" + q
+	}
+	err := c.do(ctx, http.MethodGet, path, nil, &v)
 	return v, err
+}
+
+// URL returns a direct libpq URL with credentials of member, or of the
+// current primary when member is "". It is for tools that must reach one
+// particular postgres, such as tests and benchmarks; apps should use
+// ClusterURL, whose proxies follow the primary.
+func (c *Client) URL(ctx context.Context, name, member string) (URLView, error) {
+	if member == "" {
+		v, err := c.Cluster(ctx, name)
+		if err != nil {
+			return URLView{}, err
+		}
+		if v.Primary == "" {
+			return URLView{}, &APIError{Status: http.StatusServiceUnavailable,
+				Message: fmt.Sprintf("cluster %s has no primary yet: wait for `pgfleet status %s` to show one, or pass --member", name, name)}
+		}
+		member = v.Primary
+	}
+	return c.ClusterURL(ctx, name, URLOptions{Member: member})
 }
 
 // Switchover starts a planned leader change; to "" lets the fleet pick.

@@ -13,7 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -65,6 +65,9 @@ func randomString(n int) string {
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/health", s.health)
+	// No method in the pattern: load balancers check with GET, HEAD or
+	// OPTIONS, and the handler answers the others itself.
+	mux.HandleFunc("/health/{name}/{check}", s.memberHealth)
 	mux.Handle("GET /v1/hosts", s.auth(s.hosts))
 	mux.Handle("GET /v1/clusters", s.auth(s.listClusters))
 	mux.Handle("POST /v1/clusters", s.auth(s.createCluster))
@@ -284,6 +287,7 @@ func (s *Server) createCluster(w http.ResponseWriter, r *http.Request) {
 		Name: req.Name, PrimaryRegion: req.PrimaryRegion, HA: 1,
 		Replicas: req.Replicas, Params: req.Params, Created: time.Now().UTC(),
 		LeaseTTL: req.LeaseTTL, MaxLagOnFailover: req.MaxLagOnFailover, Sync: req.Sync,
+		MaxReplicaLag: req.MaxReplicaLag,
 	}
 	if req.HA != nil {
 		spec.HA = *req.HA
@@ -407,12 +411,20 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, evs)
 }
 
+// clusterURL answers a libpq URL with the superuser's credentials: by
+// default through the routing proxies of the primary region's hosts, so
+// that apps follow a failover without changing their URL.
 func (s *Server) clusterURL(w http.ResponseWriter, r *http.Request) {
 	name, ok := clusterName(w, r)
 	if !ok {
 		return
 	}
-	hm, _, err := s.hostMap(r.Context())
+	o, err := parseURLQuery(r.URL.RawQuery)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	_, hosts, err := s.hostMap(r.Context())
 	if err != nil {
 		s.storeError(w, err)
 		return
@@ -422,26 +434,9 @@ func (s *Server) clusterURL(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, err)
 		return
 	}
-	member := r.URL.Query().Get("member")
-	if member == "" {
-		member = c.Leader
-		if member == "" {
-			writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("cluster %s has no primary yet: wait for `pgfleet status %s` to show one, or pass --member", name, name))
-			return
-		}
-	}
-	m, ok := c.Member(member)
-	if !ok {
-		ids := make([]string, len(c.Members))
-		for i, m := range c.Members {
-			ids[i] = m.ID
-		}
-		writeError(w, http.StatusNotFound, fmt.Sprintf("cluster %s has no member %q: its members are %s", name, member, strings.Join(ids, ", ")))
-		return
-	}
-	h, ok := hm[m.Host]
-	if !ok {
-		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("member %s is on host %s, which is down", m.ID, m.Host))
+	t, code, msg := clusterURLTarget(c, hosts, o)
+	if code != 0 {
+		writeError(w, code, msg)
 		return
 	}
 	sec, err := s.store.Secrets(r.Context(), name)
@@ -449,14 +444,72 @@ func (s *Server) clusterURL(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, err)
 		return
 	}
-	u := url.URL{
-		Scheme:   "postgres",
-		User:     url.UserPassword(fleet.Superuser, sec.SuperuserPassword),
-		Host:     net.JoinHostPort(h.Addr, strconv.Itoa(m.Port)),
-		Path:     "/postgres",
-		RawQuery: "sslmode=require",
+	writeJSON(w, http.StatusOK, URLView{URL: t.format(sec), Via: t.Via, Member: t.Member, Region: t.Region, Port: t.Port, Hosts: t.Hosts})
+}
+
+// memberHealth answers a Patroni-compatible health check of the cluster's
+// member on this agent's host. It needs no token: load balancers send none,
+// and the answer reveals no more than `pgfleet status` would.
+func (s *Server) memberHealth(w http.ResponseWriter, r *http.Request) {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+	default:
+		w.Header().Set("Allow", "GET, HEAD, OPTIONS")
+		writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("%s is not allowed on a health check: use GET, HEAD or OPTIONS", r.Method))
+		return
 	}
-	writeJSON(w, http.StatusOK, URLView{URL: u.String(), Member: m.ID})
+	name := r.PathValue("name")
+	if err := fleet.ValidateName("cluster", name, fleet.MaxClusterName); err != nil {
+		writeError(w, http.StatusNotFound, err.Error())
+		return
+	}
+	hc, code, msg := parseHealthCheck(r.PathValue("check"), r.URL.RawQuery)
+	if code != 0 {
+		writeError(w, code, msg)
+		return
+	}
+	c, err := s.store.Cluster(r.Context(), name)
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	var mine fleet.MemberSpec
+	var where []string
+	for _, m := range c.Members {
+		if m.Host == s.self.Name {
+			mine = m
+		}
+		where = append(where, m.Host)
+	}
+	if mine.ID == "" {
+		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("cluster %s has no member on host %s: check the hosts that run one (%s)", name, s.self.Name, strings.Join(where, ", ")))
+		return
+	}
+	mh := memberHealth{ID: mine.ID, Leader: c.Leader}
+	mh.Status, mh.HasStatus = c.Status[mine.ID]
+	// A sync set belongs to the primary that published it; a stale one
+	// from an earlier primary, or one left in a mode turned off, names
+	// nobody.
+	if c.Sync != nil && c.Spec.SyncMode() != fleet.SyncOff && c.Sync.Primary == c.Leader {
+		mh.Sync = c.Sync.Members
+	}
+	code, reason := judgeHealth(hc, mh, time.Now())
+	v := MemberHealthView{
+		Cluster: name, Member: mine.ID, Check: hc.Check, Role: mine.Role, State: fleet.StateUnknown, LagBytes: -1,
+		Leader: c.Leader == mine.ID, SyncStandby: slices.Contains(mh.Sync, mine.ID), Reason: reason,
+	}
+	if mh.HasStatus {
+		v.Role, v.State, v.Timeline, v.LagBytes = mh.Status.Role, mh.Status.State, mh.Status.Timeline, mh.Status.LagBytes
+		if v.Role == fleet.RolePrimary {
+			v.LagBytes = 0
+		}
+	}
+	if r.Method == http.MethodOptions {
+		// As Patroni does: the status code is the answer.
+		w.WriteHeader(code)
+		return
+	}
+	writeJSON(w, code, v)
 }
 
 // switchover starts a planned leader change to a standby of the primary

@@ -25,6 +25,9 @@ type CreateRequest struct {
 	MaxLagOnFailover int64 `json:"max_lag_on_failover,omitempty"`
 	// Sync is the replication mode: off (default), on or strict.
 	Sync string `json:"sync,omitempty"`
+	// MaxReplicaLag is how many bytes of WAL replay a member may be behind
+	// and still get reads from the replica port (default 16 MiB).
+	MaxReplicaLag int64 `json:"max_replica_lag,omitempty"`
 }
 
 // UpdateRequest is the body of PATCH /v1/clusters/{name}: the settings that
@@ -46,17 +49,23 @@ type SwitchoverView struct {
 
 // ClusterView is a cluster as the API shows it.
 type ClusterView struct {
-	Name          string       `json:"name"`
-	PrimaryRegion string       `json:"primary_region"`
-	HA            int          `json:"ha"`
-	Replicas      []string     `json:"replicas"`
-	Port          int          `json:"port"`
-	LeaseTTL      int          `json:"lease_ttl"`
-	Sync          string       `json:"sync"`
-	SyncStandbys  []string     `json:"sync_standbys,omitempty"` // in sync mode: who holds every acknowledged commit
-	Primary       string       `json:"primary"`                 // member id holding the leader key, "" if none
-	Created       time.Time    `json:"created"`
-	Members       []MemberView `json:"members"`
+	Name          string   `json:"name"`
+	PrimaryRegion string   `json:"primary_region"`
+	HA            int      `json:"ha"`
+	Replicas      []string `json:"replicas"`
+	Port          int      `json:"port"`
+	// PrimaryProxyPort and ReplicaProxyPort are where every agent's routing
+	// proxy listens for this cluster: to the primary, and to the nearest
+	// member whose replay lag is within MaxReplicaLag bytes.
+	PrimaryProxyPort int          `json:"primary_proxy_port"`
+	ReplicaProxyPort int          `json:"replica_proxy_port"`
+	MaxReplicaLag    int64        `json:"max_replica_lag"`
+	LeaseTTL         int          `json:"lease_ttl"`
+	Sync             string       `json:"sync"`
+	SyncStandbys     []string     `json:"sync_standbys,omitempty"` // in sync mode: who holds every acknowledged commit
+	Primary          string       `json:"primary"`                 // member id holding the leader key, "" if none
+	Created          time.Time    `json:"created"`
+	Members          []MemberView `json:"members"`
 }
 
 // MemberView is one member as the API shows it: its placement merged with
@@ -87,11 +96,37 @@ type HostView struct {
 
 // URLView answers GET /v1/clusters/{name}/url.
 type URLView struct {
-	URL    string `json:"url"`
-	Member string `json:"member"`
+	URL string `json:"url"`
+	// Via is how the URL reaches postgres: "proxy" (the routing proxies of
+	// Region's hosts, on Port), "direct" (every member's postgres) or
+	// "member" (the one member Member).
+	Via    string   `json:"via"`
+	Member string   `json:"member,omitempty"`
+	Region string   `json:"region,omitempty"`
+	Port   int      `json:"port,omitempty"`
+	Hosts  []string `json:"hosts"` // host:port, in the order libpq tries them
 }
 
-// ErrorView is the body of every non-2xx answer.
+// MemberHealthView answers the Patroni-compatible health checks,
+// /health/{cluster}/{check}: the state of the cluster's member on the
+// answering agent's host, and why the check passed or failed.
+type MemberHealthView struct {
+	Cluster  string      `json:"cluster"`
+	Member   string      `json:"member"`
+	Check    string      `json:"check"`
+	Role     fleet.Role  `json:"role"`
+	State    fleet.State `json:"state"`
+	Timeline int64       `json:"timeline"`
+	LagBytes int64       `json:"lag_bytes"` // -1 when unknown
+	// Leader reports whether the member holds the cluster's leader key.
+	Leader bool `json:"leader"`
+	// SyncStandby reports whether the member is in the published sync set.
+	SyncStandby bool   `json:"sync_standby"`
+	Reason      string `json:"reason"`
+}
+
+// ErrorView is the body of every non-2xx answer, except a health check
+// that ran and failed, which answers MemberHealthView.
 type ErrorView struct {
 	Error string `json:"error"`
 }
@@ -108,6 +143,7 @@ func viewCluster(c store.ClusterState, hosts map[string]fleet.Host) ClusterView 
 	v := ClusterView{
 		Name: c.Spec.Name, PrimaryRegion: c.Spec.PrimaryRegion, HA: c.Spec.HA,
 		Replicas: c.Spec.Replicas, Port: c.Spec.Port, Primary: c.Leader, Created: c.Spec.Created,
+		PrimaryProxyPort: c.Spec.PrimaryProxyPort(), ReplicaProxyPort: c.Spec.ReplicaProxyPort(), MaxReplicaLag: c.Spec.ReplicaLagLimit(),
 		LeaseTTL: int(c.Spec.TTL() / time.Second), Sync: c.Spec.SyncMode(),
 	}
 	if c.Sync != nil && c.Spec.SyncMode() != fleet.SyncOff {

@@ -1,0 +1,139 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/pgfleet/pgfleet/internal/api"
+)
+
+// fakeAPI answers the few requests the commands under test send, and
+// records them. The API itself is tested against a real store in
+// internal/api; here only the CLI's flags and output are.
+type fakeAPI struct {
+	mu       sync.Mutex
+	requests []string // "METHOD path?query"
+	created  api.CreateRequest
+}
+
+func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	f.requests = append(f.requests, r.Method+" "+r.URL.RequestURI())
+	f.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	switch {
+	case r.Method == "GET" && r.URL.Path == "/v1/clusters/db/url":
+		json.NewEncoder(w).Encode(api.URLView{URL: "postgres://postgres:pw@127.0.1.1:6011/postgres?" + r.URL.RawQuery, Via: "proxy"})
+	case r.Method == "GET" && r.URL.Path == "/v1/clusters/db":
+		json.NewEncoder(w).Encode(api.ClusterView{Name: "db", PrimaryRegion: "iad", Port: 6010, PrimaryProxyPort: 6011, ReplicaProxyPort: 6012,
+			MaxReplicaLag: 16 << 20, Sync: "off", Primary: "db-1"})
+	case r.Method == "POST" && r.URL.Path == "/v1/clusters":
+		json.NewDecoder(r.Body).Decode(&f.created)
+		w.WriteHeader(http.StatusCreated)
+		json.NewEncoder(w).Encode(api.ClusterView{Name: f.created.Name, Port: 6010})
+	default:
+		w.WriteHeader(http.StatusNotFound)
+		json.NewEncoder(w).Encode(api.ErrorView{Error: "fake API: no " + r.Method + " " + r.URL.Path})
+	}
+}
+
+// runCLI runs pgfleet in-process against f and returns its output and error.
+func runCLI(t *testing.T, f *fakeAPI, args ...string) (string, error) {
+	t.Helper()
+	srv := httptest.NewServer(f)
+	t.Cleanup(srv.Close)
+	t.Setenv("PGFLEET_HOME", t.TempDir())
+	t.Setenv("PGFLEET_API", "")
+	t.Setenv("PGFLEET_TOKEN", "")
+	root := newRootCmd()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(append([]string{"--api", srv.URL, "--token", "t"}, args...))
+	err := root.Execute()
+	return out.String(), err
+}
+
+func TestURLFlags(t *testing.T) {
+	tests := []struct {
+		name  string
+		args  []string
+		query string // of the request sent; "-" when none must be sent
+		usage string // a part of the usage error; "" for none
+	}{
+		{name: "through the proxy", args: []string{"url", "db"}, query: ""},
+		{name: "replicas of a region", args: []string{"url", "db", "--replica", "--region", "ams"}, query: "region=ams&replica=true"},
+		{name: "direct", args: []string{"url", "db", "--direct"}, query: "direct=true"},
+		{name: "direct to readers", args: []string{"url", "db", "--direct", "--replica"}, query: "direct=true&replica=true"},
+		{name: "one member", args: []string{"url", "db", "--member", "db-2"}, query: "member=db-2"},
+		{name: "member with replica", args: []string{"url", "db", "--member", "db-2", "--replica"}, query: "-",
+			usage: "--member cannot be combined with --replica"},
+		{name: "member with region and direct", args: []string{"url", "db", "--member", "db-2", "--region", "ams", "--direct"}, query: "-",
+			usage: "--member cannot be combined with --region or --direct"},
+		{name: "direct with region", args: []string{"url", "db", "--direct", "--region", "ams"}, query: "-",
+			usage: "--direct cannot be combined with --region"},
+		{name: "connect checks the same", args: []string{"connect", "db", "--member", "db-2", "--direct"}, query: "-",
+			usage: "--member cannot be combined with --direct"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := &fakeAPI{}
+			out, err := runCLI(t, f, tt.args...)
+			var ue usageError
+			if tt.usage != "" {
+				if !errors.As(err, &ue) || !strings.Contains(err.Error(), tt.usage) {
+					t.Fatalf("pgfleet %s = %v; want a usage error with %q", strings.Join(tt.args, " "), err, tt.usage)
+				}
+			} else if err != nil {
+				t.Fatalf("pgfleet %s = %v\n%s", strings.Join(tt.args, " "), err, out)
+			}
+			want := []string{"GET /v1/clusters/db/url"}
+			if tt.query != "" {
+				want[0] += "?" + tt.query
+			}
+			if tt.query == "-" {
+				want = nil
+			}
+			if strings.Join(f.requests, "\n") != strings.Join(want, "\n") {
+				t.Errorf("pgfleet %s sent %q; want %q", strings.Join(tt.args, " "), f.requests, want)
+			}
+		})
+	}
+}
+
+func TestStatusHeaderShowsProxyPorts(t *testing.T) {
+	out, err := runCLI(t, &fakeAPI{}, "status", "db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "cluster db  primary db-1  region iad  port 6010 (proxy: primary 6011, replicas 6012 within 16.0 MB lag)  sync off\n"
+	if first := strings.SplitAfter(out, "\n")[0]; first != want {
+		t.Errorf("status db header = %q, want %q", first, want)
+	}
+}
+
+func TestCreateMaxReplicaLag(t *testing.T) {
+	f := &fakeAPI{}
+	if _, err := runCLI(t, f, "create", "db", "--primary-region", "iad", "--max-replica-lag", "1048576"); err != nil {
+		t.Fatal(err)
+	}
+	if f.created.MaxReplicaLag != 1<<20 {
+		t.Errorf("create --max-replica-lag 1048576 sent max_replica_lag %d", f.created.MaxReplicaLag)
+	}
+	f = &fakeAPI{}
+	if _, err := runCLI(t, f, "create", "db", "--primary-region", "iad"); err != nil || f.created.MaxReplicaLag != 16<<20 {
+		t.Errorf("create without --max-replica-lag sent max_replica_lag %d, %v; want the default 16 MiB", f.created.MaxReplicaLag, err)
+	}
+	f = &fakeAPI{}
+	_, err := runCLI(t, f, "create", "db", "--primary-region", "iad", "--max-replica-lag", "-1")
+	var ue usageError
+	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "--max-replica-lag -1") || len(f.requests) != 0 {
+		t.Errorf("create --max-replica-lag -1 = %v after %d requests; want a usage error before any request", err, len(f.requests))
+	}
+}
