@@ -223,10 +223,12 @@ func (l *link) close() {
 	}
 }
 
-// set takes a new route. Connections forwarded to a member the route no
-// longer names are closed when the port routes to the primary (that member
-// may have stopped being it) or refuses; read connections stay, since a
-// former choice still serves reads.
+// set takes a new route. On the primary port, connections forwarded to a
+// member are closed once the route forwards to another one (that member
+// stopped being the primary) or refuses; a hold leaves them be, so that a
+// switchover lets transactions under way finish before the old primary
+// shuts down. Read connections stay, since a former choice still serves
+// reads.
 func (pt *port) set(r Route) {
 	pt.mu.Lock()
 	defer pt.mu.Unlock()
@@ -243,7 +245,7 @@ func (pt *port) set(r Route) {
 	}
 	n := 0
 	for l := range pt.conns {
-		if l.member != "" && (r.Mode != Forward || l.member != r.Backend.Member) {
+		if l.member != "" && (r.Mode == Refuse || (r.Mode == Forward && l.member != r.Backend.Member)) {
 			l.close()
 			n++
 		}

@@ -293,3 +293,22 @@ func TestRemovedClusterClosesPorts(t *testing.T) {
 		t.Errorf("port of a removed cluster still accepts connections")
 	}
 }
+
+// TestHoldKeepsOpenConnections: a switchover holds new connections but lets
+// those already forwarded finish their work until the route moves on.
+func TestHoldKeepsOpenConnections(t *testing.T) {
+	f := newFixture(t)
+	f.route(forward("db-1", echoServer(t, "db-1")), Route{Mode: Hold})
+	open := dialPort(t, f.primary)
+	if got := ask(open, "a", 5*time.Second); got != "db-1:a" {
+		t.Fatalf("answer %q", got)
+	}
+	f.route(Route{Mode: Hold, Hold: 10 * time.Second}, Route{Mode: Hold})
+	if got := ask(open, "b", 5*time.Second); got != "db-1:b" {
+		t.Errorf("open connection during a hold answered %q, want db-1:b", got)
+	}
+	f.route(forward("db-2", echoServer(t, "db-2")), Route{Mode: Hold})
+	if !closedByProxy(open, 5*time.Second) {
+		t.Errorf("connection to db-1 stayed open after the route moved to db-2")
+	}
+}

@@ -1,0 +1,64 @@
+"""Writes bench/results/proxy.md from bench/proxy/run.sh's measurements."""
+import csv
+import statistics
+import sys
+import datetime
+
+runs, pause_file, rounds, t_select, t_connect = sys.argv[1:6]
+rows = list(csv.DictReader(open(runs)))
+pause = {}
+for line in open(pause_file):
+    k, _, v = line.strip().partition(" ")
+    pause[k] = v
+
+names = {
+    "direct": "direct to Postgres",
+    "pgfleet": "pgfleet proxy",
+    "haproxy": "HAProxy 2.6, tcp mode",
+    "pgbouncer": "PgBouncer 1.18, session pooling",
+}
+print("# Routing proxy overhead, beside HAProxy and PgBouncer")
+print()
+print(f"One run of `bench/proxy/run.sh` on {datetime.date.today()}, on this 2-core machine: client,")
+print("proxy and Postgres share the cores, so every proxy costs throughput; compare ratios")
+print(f"within the run. `pgbench -n -S -c 8 -j 2` on scale 10, {rounds} interleaved rounds")
+print(f"({t_select} s each for `-S`, {t_connect} s for `-S -C`, a new connection per transaction),")
+print("medians. TLS from the client on every path: pgfleet and HAProxy pass it through,")
+print("PgBouncer ends it and opens its own TLS connections to Postgres.")
+print()
+print("CPU per transaction is the proxy process's user+system time over the run divided by")
+print("the transactions; pgfleet's proxy runs inside the agent, so its figure also holds")
+print("the agent's background work (etcd, supervision) during the run.")
+print()
+for test, title in (("select", "`pgbench -S`"), ("connect", "`pgbench -S -C`")):
+    print(f"## {title}")
+    print()
+    print("| path | TPS (median) | ratio to direct | latency ms (median) | CPU µs per transaction | TPS, every round |")
+    print("|---|---|---|---|---|---|")
+    direct = None
+    for t in ("direct", "pgfleet", "haproxy", "pgbouncer"):
+        rs = [r for r in rows if r["test"] == test and r["target"] == t and r["tps"]]
+        if not rs:
+            continue
+        tps = statistics.median(float(r["tps"]) for r in rs)
+        lat = statistics.median(float(r["latency_ms"]) for r in rs)
+        if t == "direct":
+            direct = tps
+            cpu = "-"
+        else:
+            per = [float(r["proxy_cpu_s"]) / float(r["transactions"]) * 1e6 for r in rs if r["transactions"]]
+            cpu = f"{statistics.median(per):.1f}"
+        every = " ".join(f"{float(r['tps']):.0f}" for r in rs)
+        print(f"| {names[t]} | {tps:.0f} | {tps / direct:.2f} | {lat:.3f} | {cpu} | {every} |")
+    print()
+vals = [float(v) for v in pause.get("pause_ms", "").split()]
+if vals:
+    print("## Switchover seen through the proxy")
+    print()
+    print(f"A writer opens a new connection through the proxy for every INSERT, every 10 ms;")
+    print(f"{len(vals)} switchovers. The pause is the longest gap between two successful commits")
+    print("around each switchover.")
+    print()
+    print("| switchovers | pause median | min | max | failed transactions |")
+    print("|---|---|---|---|---|")
+    print(f"| {len(vals)} | {statistics.median(vals):.0f} ms | {min(vals):.0f} ms | {max(vals):.0f} ms | {pause.get('failed', '?')} |")
