@@ -24,8 +24,9 @@ cat <<MSG
 
 pgfleet is running. Try:
   export PATH=\$PWD/bin:\$PATH
-  pgfleet connect demo                       # psql on the primary
-  pgfleet connect demo --member demo-5       # psql on the read replica in syd
-  pgfleet url demo                           # a libpq URL for your app
+  pgfleet connect demo                       # psql on the primary, through iad's proxies
+  pgfleet connect demo --region syd --replica   # psql on the nearest replica from syd
+  pgfleet url demo                           # a libpq URL for your app (through the proxies)
+  pgfleet url demo --region ams              # the same from the ams region
   pgfleet dev down                           # stop it all (--purge deletes the data)
 MSG
