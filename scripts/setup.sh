@@ -34,3 +34,12 @@ if ! have_postgres || ! command -v psql >/dev/null 2>&1; then
 	as_root apt-get update -qq
 	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 postgresql-client-15 >/dev/null
 fi
+
+# The S3 tests of internal/backup run against VersityGW, a real S3 server
+# started on loopback. Built from the Go module proxy into $HOME/go/bin
+# (on PATH above) only when it is missing, and not for the demo, which does
+# not need it (the build takes a few minutes).
+if [ "$(basename "$0")" != demo.sh ] && ! command -v versitygw >/dev/null 2>&1; then
+	say "installing versitygw v1.8.0 (S3 test server) into \$HOME/go/bin"
+	GOFLAGS=-mod=mod GOBIN="$HOME/go/bin" go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
+fi

@@ -52,6 +52,7 @@ cluster instead.`,
 	f.IntVar(&cfg.EtcdClientPort, "etcd-client-port", agent.DefaultEtcdClientPort, "embedded etcd client port")
 	f.IntVar(&cfg.EtcdPeerPort, "etcd-peer-port", agent.DefaultEtcdPeerPort, "embedded etcd peer port")
 	f.StringVar(&cfg.PGBin, "pg-bin", "", "directory of the PostgreSQL 15+ server binaries (default: found automatically)")
+	f.StringVar(&cfg.BackupStore, "backup-store", "", "object store new clusters back up to: file:///PATH or s3://BUCKET/PREFIX?endpoint=HOST:PORT (credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }

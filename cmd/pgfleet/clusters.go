@@ -57,7 +57,7 @@ func newCreateCmd(cf *clientFlags) *cobra.Command {
 	var ha int
 	var replicas string
 	var wait bool
-	var timeout, leaseTTL time.Duration
+	var timeout, leaseTTL, backupEvery time.Duration
 	cmd := &cobra.Command{
 		Use:   "create NAME --primary-region REGION [--ha N] [--replicas R1,R2] [--lease-ttl 3s] [--max-replica-lag BYTES] [--wait]",
 		Short: "Create a cluster: a primary and standbys in one region, read replicas in others",
@@ -69,6 +69,10 @@ func newCreateCmd(cf *clientFlags) *cobra.Command {
 				return usageError{fmt.Errorf("--lease-ttl %s: give whole seconds from %ds to %ds", leaseTTL, fleet.MinLeaseTTL, fleet.MaxLeaseTTL)}
 			}
 			req.LeaseTTL = int(leaseTTL / time.Second)
+			if backupEvery != 0 && (backupEvery < time.Minute || backupEvery%time.Second != 0) {
+				return usageError{fmt.Errorf("--backup-every %s: give whole seconds, a minute or more (e.g. 6h)", backupEvery)}
+			}
+			req.BackupEvery = int64(backupEvery / time.Second)
 			if req.MaxReplicaLag < 0 {
 				return usageError{fmt.Errorf("--max-replica-lag %d: give how many bytes of replay lag a member may have and still get reads, 0 or more (0 means %d)", req.MaxReplicaLag, fleet.DefaultMaxReplicaLag)}
 			}
@@ -125,6 +129,9 @@ func newCreateCmd(cf *clientFlags) *cobra.Command {
 	f.StringVar(&req.Sync, "sync", fleet.SyncOff, "replication mode: off (asynchronous), on (every commit on a standby too; alone, the primary goes on) or strict (commits wait while no standby can acknowledge)")
 	f.BoolVar(&wait, "wait", false, "wait until every member runs and streams, showing progress")
 	f.DurationVar(&timeout, "timeout", 10*time.Minute, "how long --wait waits")
+	f.StringVar(&req.BackupStore, "backup-store", "", "object store for continuous backups: file:///PATH or s3://BUCKET/PREFIX?endpoint=HOST:PORT; none to turn backups off (default: the fleet's, set by the agents' --backup-store)")
+	f.BoolVar(&req.BackupEncrypt, "backup-encrypt", false, "encrypt every backup object (AES-256-GCM) with a key generated for the cluster")
+	f.DurationVar(&backupEvery, "backup-every", 0, "base backup interval (default 24h)")
 	return cmd
 }
 

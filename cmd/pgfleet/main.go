@@ -16,6 +16,11 @@ func main() {
 	err := newRootCmd().ExecuteContext(ctx)
 	stop()
 	if err != nil {
+		var q quietExit
+		if errors.As(err, &q) {
+			fmt.Fprintln(os.Stderr, q.msg)
+			os.Exit(q.code)
+		}
 		var ue usageError
 		if errors.As(err, &ue) {
 			fmt.Fprintln(os.Stderr, "error:", err)
@@ -28,3 +33,13 @@ func main() {
 
 // usageError marks an error in the command line itself.
 type usageError struct{ error }
+
+// quietExit ends the command with code after printing msg as it is: for
+// outcomes that are not failures to the program that runs pgfleet, such as
+// a WAL file postgres asked for and the archive does not have.
+type quietExit struct {
+	code int
+	msg  string
+}
+
+func (q quietExit) Error() string { return q.msg }

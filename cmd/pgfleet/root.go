@@ -46,7 +46,10 @@ func newRootCmd() *cobra.Command {
 		newSwitchoverCmd(cf),
 		newFailoverCmd(cf),
 		newSetCmd(cf),
+		newBackupCmd(cf),
+		newRestoreCmd(cf),
 		newVersionCmd(),
+		newWALPushCmd(), newWALFetchCmd(),
 	)
 	return root
 }

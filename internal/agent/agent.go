@@ -52,8 +52,12 @@ type Config struct {
 	EtcdClientPort int
 	EtcdPeerPort   int
 
-	PGBin  string // PostgreSQL server binaries; found automatically when empty
-	Logger *slog.Logger
+	PGBin string // PostgreSQL server binaries; found automatically when empty
+	// BackupStore is the object store URL new clusters back up to unless
+	// they name one; recorded in the store for the whole fleet by the first
+	// agent that has one.
+	BackupStore string
+	Logger      *slog.Logger
 }
 
 // Validate checks the configuration and fills in defaults. It touches
@@ -111,6 +115,7 @@ type Agent struct {
 	log    *slog.Logger
 	bin    postgres.Bin
 	osUser postgres.OSUser
+	exe    string // this binary: postgres runs it to archive and fetch WAL
 	host   fleet.Host
 
 	store *store.Store
@@ -149,8 +154,12 @@ func New(cfg Config) (*Agent, error) {
 	if err := checkDataDir(cfg.DataDir, osUser); err != nil {
 		return nil, err
 	}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("find the pgfleet binary for archive_command: %w", err)
+	}
 	return &Agent{
-		cfg: cfg, bin: bin, osUser: osUser, log: cfg.Logger.With("host", cfg.Name),
+		cfg: cfg, bin: bin, osUser: osUser, log: cfg.Logger.With("host", cfg.Name), exe: exe,
 		ready: make(chan struct{}), sups: map[string]*running{},
 		host: fleet.Host{Name: cfg.Name, Region: cfg.Region, Addr: cfg.Advertise, APIAddr: cfg.APIListen, Version: Version},
 	}, nil
@@ -294,6 +303,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(time.Second):
+		}
+	}
+	if cfg.BackupStore != "" {
+		if err := a.prepareBackupStore(ctx); err != nil {
+			return err
 		}
 	}
 	a.log.Info("agent ready", "region", cfg.Region, "addr", cfg.Advertise, "api", cfg.APIListen, "etcd", endpoints, "postgres", a.bin.Dir)
@@ -547,6 +561,7 @@ func (a *Agent) startSupervisor(ctx context.Context, p placed) error {
 	s := &supervisor{
 		spec: m, host: a.host, store: a.store, lease: a.currentLease, dir: dir, log: log, secrets: sec,
 		cluster: p.cluster, role: m.Role, state: fleet.StatePending, publishNow: make(chan struct{}, 1),
+		exe: a.exe, osUser: a.osUser,
 	}
 	s.inst = postgres.New(postgres.Config{Bin: a.bin, DataDir: s.pgdata(), User: a.osUser, Logger: log})
 	sctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))

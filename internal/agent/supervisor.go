@@ -58,7 +58,14 @@ type supervisor struct {
 	log     *slog.Logger
 	secrets fleet.Secrets
 
-	publishNow chan struct{} // wakes the status publisher
+	publishNow chan struct{}   // wakes the status publisher
+	exe        string          // this pgfleet binary, for archive_command and restore_command
+	osUser     postgres.OSUser // runs postgres, wal-push and wal-fetch
+
+	backingUp      atomic.Bool  // a base backup of this member runs
+	checkingBackup atomic.Bool  // the primary's backup schedule check runs
+	archiveFailing bool         // the last check found archiving failing
+	pendingWAL     atomic.Int64 // bytes of WAL waiting to be archived, as last seen
 
 	mu       sync.Mutex
 	state    fleet.State
@@ -257,10 +264,22 @@ func (s *supervisor) observe(ctx context.Context) (ha.Observation, store.Cluster
 // converge brings the member up and returns only when its postgres has
 // exited, its term as primary ended, or a step failed; run retries it.
 func (s *supervisor) converge(ctx context.Context) error {
+	if err := s.writeKey(); err != nil {
+		return err
+	}
 	for {
 		o, c, err := s.observe(ctx)
 		if err != nil {
 			return err
+		}
+		if s.cluster.Restore != nil && !c.Initialized && o.Initialized && c.Leader == "" {
+			// A restore that was cut off (the agent died): its data is
+			// half-recovered, so the restore starts over.
+			s.event(ctx, "restore", s.spec.ID+": discarding an interrupted restore; starting it over")
+			if err := os.RemoveAll(s.pgdata()); err != nil {
+				return fmt.Errorf("remove an interrupted restore: %w", err)
+			}
+			continue
 		}
 		act, why := ha.Next(o)
 		switch act {
@@ -278,6 +297,9 @@ func (s *supervisor) converge(ctx context.Context) error {
 			}
 			continue
 		case ha.Bootstrap:
+			if s.cluster.Restore != nil {
+				return s.restore(ctx)
+			}
 			s.event(ctx, "initdb", why)
 			s.set(fleet.StateInitializing, fleet.RolePrimary, why)
 			if err := s.inst.InitDB(ctx, s.secrets.SuperuserPassword); err != nil {
@@ -383,7 +405,7 @@ func (s *supervisor) settings(follow *postgres.ConnInfo, standby bool) postgres.
 	return postgres.Settings{
 		Name: s.spec.ID, ListenAddr: s.host.Addr, Port: s.spec.Port,
 		Follow: follow, Standby: standby, SlotName: postgres.SlotName(s.spec.ID), Params: s.cluster.Params,
-		SyncStandbys: s.syncApplied,
+		SyncStandbys: s.syncApplied, Archive: s.archiveSettings(),
 	}
 }
 
@@ -475,6 +497,9 @@ func (s *supervisor) servePrimary(ctx context.Context, kind, msg string) error {
 	tick := time.NewTicker(primaryTick)
 	defer tick.Stop()
 	lastTrim := time.Time{}
+	// The first check soon after the term starts: a new cluster gets its
+	// first backup at once.
+	lastBackupCheck := time.Now().Add(-backupCheckEvery + 3*time.Second)
 	for {
 		select {
 		case <-ctx.Done():
@@ -509,6 +534,17 @@ func (s *supervisor) servePrimary(ctx context.Context, kind, msg string) error {
 			return errSteppedDown
 		case c.Switchover != nil && c.Switchover.From == s.spec.ID && c.Switchover.LSN == 0:
 			return s.handOver(ctx, *c.Switchover)
+		}
+		s.serveBackupRequest(ctx, c)
+		if time.Since(lastBackupCheck) > backupCheckEvery && s.checkingBackup.CompareAndSwap(false, true) {
+			lastBackupCheck = time.Now()
+			go func() {
+				defer s.checkingBackup.Store(false)
+				bctx, cancel := context.WithTimeout(ctx, backupCheckEvery)
+				defer cancel()
+				s.watchArchiving(bctx)
+				s.scheduleBackups(bctx, c)
+			}()
 		}
 		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		err = s.ctl.do(qctx, s.superuser(), func(conn *pgx.Conn) error { return postgres.EnsureSlots(qctx, conn, s.otherSlots(c)) })
@@ -872,6 +908,7 @@ func (s *supervisor) runStandby(ctx context.Context) error {
 			continue
 		}
 		candidateSince = time.Time{}
+		s.serveBackupRequest(ctx, c)
 		if c.Leader == s.spec.ID {
 			// The key is ours but this member runs read-only (an election won
 			// by a previous run): finish the promotion.

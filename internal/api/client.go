@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pgfleet/pgfleet/internal/backup"
 	"github.com/pgfleet/pgfleet/internal/fleet"
 )
 
@@ -227,5 +228,34 @@ func (c *Client) Failover(ctx context.Context, name string) error {
 func (c *Client) Update(ctx context.Context, name string, req UpdateRequest) (ClusterView, error) {
 	var v ClusterView
 	err := c.do(ctx, http.MethodPatch, "/v1/clusters/"+url.PathEscape(name), req, &v)
+	return v, err
+}
+
+// CreateBackup asks for a base backup of cluster name now.
+func (c *Client) CreateBackup(ctx context.Context, name string) (BackupRequestView, error) {
+	var v BackupRequestView
+	err := c.do(ctx, http.MethodPost, "/v1/clusters/"+url.PathEscape(name)+"/backups", struct{}{}, &v)
+	return v, err
+}
+
+// Backups lists the complete backups of cluster name, live or destroyed.
+func (c *Client) Backups(ctx context.Context, name string) (BackupsView, error) {
+	var v BackupsView
+	err := c.do(ctx, http.MethodGet, "/v1/clusters/"+url.PathEscape(name)+"/backups", nil, &v)
+	return v, err
+}
+
+// VerifyBackups checks backup id of cluster name (every backup when id is
+// empty) and the WAL they need. It reads every object, so it gets as long
+// as it takes rather than the usual request timeout.
+func (c *Client) VerifyBackups(ctx context.Context, name, id string) (backup.VerifyReport, error) {
+	var v backup.VerifyReport
+	slow := *c
+	slow.HTTP = &http.Client{}
+	q := ""
+	if id != "" {
+		q = "?id=" + url.QueryEscape(id)
+	}
+	err := slow.do(ctx, http.MethodGet, "/v1/clusters/"+url.PathEscape(name)+"/backups/verify"+q, nil, &v)
 	return v, err
 }

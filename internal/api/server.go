@@ -78,6 +78,9 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET /v1/clusters/{name}/url", s.auth(s.clusterURL))
 	mux.Handle("POST /v1/clusters/{name}/switchover", s.auth(s.switchover))
 	mux.Handle("POST /v1/clusters/{name}/failover", s.auth(s.failover))
+	mux.Handle("POST /v1/clusters/{name}/backups", s.auth(s.createBackup))
+	mux.Handle("GET /v1/clusters/{name}/backups", s.auth(s.listBackups))
+	mux.Handle("GET /v1/clusters/{name}/backups/verify", s.auth(s.verifyBackups))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -296,6 +299,18 @@ func (s *Server) createCluster(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
+	if _, err := s.store.Cluster(r.Context(), spec.Name); err == nil {
+		writeError(w, http.StatusConflict, fmt.Sprintf("cluster %q already exists: pick another name, or destroy it first", spec.Name))
+		return
+	} else if !errors.Is(err, store.ErrNotFound) {
+		s.storeError(w, err)
+		return
+	}
+	secrets := fleet.Secrets{SuperuserPassword: randomString(16), ReplicationPassword: randomString(16)}
+	if code, msg := s.planBackups(r.Context(), &spec, &secrets, req); code != 0 {
+		writeError(w, code, msg)
+		return
+	}
 	// Two tries: a concurrent create may take the same port block between
 	// reading the used ports and the transaction.
 	for try := 0; ; try++ {
@@ -333,7 +348,6 @@ func (s *Server) createCluster(w http.ResponseWriter, r *http.Request) {
 		for i := range members {
 			members[i].Port = spec.Port
 		}
-		secrets := fleet.Secrets{SuperuserPassword: randomString(16), ReplicationPassword: randomString(16)}
 		ev := fleet.Event{Time: time.Now().UTC(), Cluster: spec.Name, Host: s.self.Name, Kind: "created",
 			Message: fmt.Sprintf("cluster %s created: %s", spec.Name, describePlacement(members))}
 		err = s.store.CreateCluster(r.Context(), spec, secrets, members, ev)

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/pgfleet/pgfleet/internal/backup"
 	"github.com/pgfleet/pgfleet/internal/fleet"
 	"github.com/pgfleet/pgfleet/internal/store"
 )
@@ -28,6 +29,43 @@ type CreateRequest struct {
 	// MaxReplicaLag is how many bytes of WAL replay a member may be behind
 	// and still get reads from the replica port (default 16 MiB).
 	MaxReplicaLag int64 `json:"max_replica_lag,omitempty"`
+	// BackupStore is the object store for continuous backups: empty uses
+	// the fleet's default store (if it has one), "none" turns backups off.
+	BackupStore string `json:"backup_store,omitempty"`
+	// BackupEncrypt encrypts every backup object with a key generated for
+	// the cluster.
+	BackupEncrypt bool `json:"backup_encrypt,omitempty"`
+	// BackupEvery is the base backup interval in seconds (default a day).
+	BackupEvery int64 `json:"backup_every_s,omitempty"`
+	// Restore makes the cluster from another cluster's backups.
+	Restore *RestoreRequest `json:"restore,omitempty"`
+}
+
+// RestoreRequest says which backups a new cluster is made from: those of
+// cluster From (live or destroyed), replayed to Time, LSN, or the latest
+// archived state. Exactly one target.
+type RestoreRequest struct {
+	From   string     `json:"from"`
+	Time   *time.Time `json:"time,omitempty"`
+	LSN    string     `json:"lsn,omitempty"`
+	Latest bool       `json:"latest,omitempty"`
+}
+
+// BackupRequestView answers POST /v1/clusters/{name}/backups.
+type BackupRequestView struct {
+	ID     string `json:"id"`
+	Member string `json:"member"`
+	// Running reports that this backup was already under way (scheduled, or
+	// asked for by someone else): one runs at a time.
+	Running bool `json:"running,omitempty"`
+}
+
+// BackupsView answers GET /v1/clusters/{name}/backups.
+type BackupsView struct {
+	Store   string            `json:"store"`
+	Backups []backup.Manifest `json:"backups"`
+	// Running is the backup requested or under way, if any.
+	Running *fleet.BackupRequest `json:"running,omitempty"`
 }
 
 // UpdateRequest is the body of PATCH /v1/clusters/{name}: the settings that

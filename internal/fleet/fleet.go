@@ -72,6 +72,102 @@ type ClusterSpec struct {
 	// behind the primary and still receive reads from the replica port; 0
 	// means DefaultMaxReplicaLag.
 	MaxReplicaLag int64 `json:"max_replica_lag,omitempty"`
+	// Backup configures continuous backups; nil means none.
+	Backup *BackupSpec `json:"backup,omitempty"`
+	// Restore, on a cluster made by `pgfleet restore`, says where its data
+	// comes from; its first primary restores instead of running initdb.
+	Restore *RestoreSpec `json:"restore,omitempty"`
+}
+
+// BackupSpec is a cluster's backup policy.
+type BackupSpec struct {
+	// Store is the object store URL: file:///path or
+	// s3://bucket/prefix?endpoint=host:port.
+	Store string `json:"store"`
+	// Encrypted reports whether objects are encrypted with the cluster's
+	// backup key (in its secrets).
+	Encrypted bool `json:"encrypted,omitempty"`
+	// EverySeconds is the base backup interval; 0 means DefaultBackupEvery.
+	EverySeconds int64 `json:"every_s,omitempty"`
+	// KeepDays is the recovery window; 0 means DefaultKeepDays.
+	KeepDays int `json:"keep_days,omitempty"`
+	// KeepBackups is how many full backups are kept at least; 0 means
+	// DefaultKeepBackups.
+	KeepBackups int `json:"keep_backups,omitempty"`
+	// ArchiveTimeoutSeconds bounds how long a commit waits to be archived
+	// when little WAL is written; 0 means DefaultArchiveTimeout.
+	ArchiveTimeoutSeconds int `json:"archive_timeout_s,omitempty"`
+}
+
+// Backup defaults.
+const (
+	DefaultBackupEvery    = 24 * time.Hour
+	DefaultKeepDays       = 7
+	DefaultKeepBackups    = 2
+	DefaultArchiveTimeout = 5 * time.Second
+)
+
+// Every is the base backup interval.
+func (b BackupSpec) Every() time.Duration {
+	if b.EverySeconds <= 0 {
+		return DefaultBackupEvery
+	}
+	return time.Duration(b.EverySeconds) * time.Second
+}
+
+// ArchiveTimeout is how often a partly filled WAL segment is archived.
+func (b BackupSpec) ArchiveTimeout() time.Duration {
+	if b.ArchiveTimeoutSeconds <= 0 {
+		return DefaultArchiveTimeout
+	}
+	return time.Duration(b.ArchiveTimeoutSeconds) * time.Second
+}
+
+// Window is the recovery window: restores can reach any moment this far back.
+func (b BackupSpec) Window() time.Duration {
+	if b.KeepDays <= 0 {
+		return DefaultKeepDays * 24 * time.Hour
+	}
+	return time.Duration(b.KeepDays) * 24 * time.Hour
+}
+
+// MinBackups is how many full backups retention keeps at least.
+func (b BackupSpec) MinBackups() int {
+	if b.KeepBackups <= 0 {
+		return DefaultKeepBackups
+	}
+	return b.KeepBackups
+}
+
+// BackupRequest asks Member to take a base backup named ID.
+type BackupRequest struct {
+	ID        string    `json:"id"`
+	Member    string    `json:"member"`
+	Requested time.Time `json:"requested"`
+	// Scheduled reports whether the schedule asked, not a person.
+	Scheduled bool `json:"scheduled,omitempty"`
+}
+
+// Retired is what the store keeps of a destroyed cluster that had backups,
+// so that they can still be restored: where they are, and the credentials
+// and key their data holds.
+type Retired struct {
+	Spec    ClusterSpec `json:"spec"`
+	Secrets Secrets     `json:"secrets"`
+	Deleted time.Time   `json:"deleted"`
+}
+
+// RestoreSpec is where a restored cluster's data comes from: the archive
+// of cluster From in Store, replayed up to a target.
+type RestoreSpec struct {
+	From      string     `json:"from"`
+	Store     string     `json:"store"`
+	Encrypted bool       `json:"encrypted,omitempty"`
+	BackupID  string     `json:"backup_id"`
+	Time      *time.Time `json:"time,omitempty"`
+	LSN       string     `json:"lsn,omitempty"`
+	// Latest replays every archived WAL record.
+	Latest bool `json:"latest,omitempty"`
 }
 
 // PrimaryProxyPort is the port on every agent that routes to the cluster's
@@ -196,6 +292,9 @@ type Candidacy struct {
 type Secrets struct {
 	SuperuserPassword   string `json:"superuser_password"`
 	ReplicationPassword string `json:"replication_password"`
+	// BackupKey encrypts the cluster's backups (hex, 32 bytes), when they
+	// are encrypted.
+	BackupKey string `json:"backup_key,omitempty"`
 }
 
 // Superuser and ReplicationUser are the roles pgfleet creates in every cluster.
@@ -332,6 +431,9 @@ var reservedParams = map[string]bool{
 	"password_encryption": true, "logging_collector": true, "ssl": true, "ssl_cert_file": true, "ssl_key_file": true,
 	"include": true, "include_dir": true, "include_if_exists": true, "recovery_target_timeline": true,
 	"synchronous_standby_names": true,
+	"archive_mode":              true, "archive_command": true, "archive_library": true, "archive_timeout": true,
+	"restore_command": true, "recovery_target": true, "recovery_target_time": true, "recovery_target_lsn": true,
+	"recovery_target_xid": true, "recovery_target_name": true, "recovery_target_action": true, "recovery_target_inclusive": true,
 }
 
 // MemberID names the n-th member (1-based) of a cluster.

@@ -239,6 +239,9 @@ func (d *Dev) start(h HostPlan, join string) (int, error) {
 	if join != "" {
 		args = append(args, "--join", join)
 	}
+	// One store for the whole dev fleet, so that any host can restore what
+	// another backed up.
+	args = append(args, "--backup-store", "file://"+filepath.Join(d.Dir, "backups"))
 	if d.PGBin != "" {
 		args = append(args, "--pg-bin", d.PGBin)
 	}

@@ -26,6 +26,14 @@ type Settings struct {
 	SyncStandbys []string
 	SlotName     string            // primary_slot_name when Follow != nil
 	Params       map[string]string // extra postgresql.conf parameters, override defaults
+	// Archive holds continuous archiving's settings (archive_mode,
+	// archive_command, archive_timeout, restore_command). They are written
+	// after Params, which cannot override them.
+	Archive map[string]string
+	// Recovery, when set, makes the data directory recover from the archive
+	// up to a target (restore_command, recovery_target_*): recovery.signal
+	// is created and these settings written last.
+	Recovery map[string]string
 }
 
 // Names of the files Configure manages inside DataDir.
@@ -34,6 +42,7 @@ const (
 	fleetConfFile  = "pgfleet.conf"
 	hbaFile        = "pg_hba.conf"
 	standbySignal  = "standby.signal"
+	recoverySignal = "recovery.signal"
 	includeLine    = "include 'pgfleet.conf'"
 	passfileSuffix = ".pgpass"
 )
@@ -77,6 +86,17 @@ var reservedParams = map[string]bool{
 	"include_if_exists":         true,
 	"ssl":                       true,
 	"synchronous_standby_names": true,
+	"archive_mode":              true,
+	"archive_command":           true,
+	"archive_library":           true,
+	"restore_command":           true,
+	"recovery_target":           true,
+	"recovery_target_time":      true,
+	"recovery_target_lsn":       true,
+	"recovery_target_xid":       true,
+	"recovery_target_name":      true,
+	"recovery_target_action":    true,
+	"recovery_target_inclusive": true,
 	"ssl_cert_file":             true,
 	"ssl_key_file":              true,
 }
@@ -129,6 +149,14 @@ func (i *Instance) configure(s Settings) error {
 		return err
 	}
 
+	recovery := filepath.Join(i.cfg.DataDir, recoverySignal)
+	if s.Recovery != nil {
+		if err := i.writeFile(recovery, nil); err != nil {
+			return err
+		}
+	} else if err := os.Remove(recovery); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", recovery, err)
+	}
 	signal := filepath.Join(i.cfg.DataDir, standbySignal)
 	passfile := i.passfilePath(s.Name)
 	if s.Follow != nil || s.Standby {
@@ -277,6 +305,22 @@ func renderFleetConf(s Settings, passfile, cert, key string) ([]byte, error) {
 	// promoted standby that dropped it would log a configuration error on
 	// its next reload.
 	set("recovery_target_timeline", "latest")
+	for _, m := range []map[string]string{s.Archive, s.Recovery} {
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			if k == "recovery_target_timeline" {
+				continue // always latest, written above
+			}
+			if !paramNameRE.MatchString(k) || strings.ContainsAny(m[k], "\x00\r\n") {
+				return nil, fmt.Errorf("setting %s: name or value not valid", k)
+			}
+			set(k, m[k])
+		}
+	}
 	return b.Bytes(), nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -165,18 +166,48 @@ func (i *Instance) baseBackup(ctx context.Context, src ConnInfo, slot string, pr
 	return i.moveIntoPlace(tmp)
 }
 
+// StreamBackup writes a base backup of src, a running member (a standby's
+// spares the primary), to w as one tar, for the backup store. It includes
+// no WAL: the archive holds what a restore replays, and the tar's
+// backup_label and backup_manifest say from where to where.
+func (i *Instance) StreamBackup(ctx context.Context, src ConnInfo, w io.Writer) error {
+	passfile, cleanup, err := i.secretFile(pgpassLine(src))
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	args := []string{
+		"-h", src.Host, "-p", strconv.Itoa(src.Port), "-U", src.User, "--no-password",
+		"-D", "-", "-Ft", "-X", "none", "--checkpoint=fast", "--label=pgfleet-backup",
+	}
+	env := []string{"PGPASSFILE=" + passfile, "PGAPPNAME=pgfleet_backup", "PGCONNECT_TIMEOUT=10", "PGSSLMODE=require"}
+	if err := i.runToolTo(ctx, "pg_basebackup", args, env, nil, w); err != nil {
+		return fmt.Errorf("base backup of %s: %w", src, err)
+	}
+	return nil
+}
+
 // runTool runs one of the installation's programs as cfg.User and logs its
 // output. The error carries the program's last output lines, which is where
 // initdb and pg_basebackup say what went wrong. Cancelling ctx kills the
 // program's whole process group: pg_basebackup streams WAL from a forked
 // child that would otherwise outlive it.
 func (i *Instance) runTool(ctx context.Context, program string, args, env []string, onLine func(string) bool) error {
+	return i.runToolTo(ctx, program, args, env, onLine, nil)
+}
+
+// runToolTo is runTool with the program's standard output going to stdout
+// (its log lines still come from standard error) when stdout is not nil.
+func (i *Instance) runToolTo(ctx context.Context, program string, args, env []string, onLine func(string) bool, stdout io.Writer) error {
 	out := newOutput(i.log.With("cmd", program), onLine)
 	cmd := exec.CommandContext(ctx, i.cfg.Bin.Path(program), args...)
 	cmd.Dir = filepath.Dir(i.cfg.DataDir)
 	// LC_ALL=C keeps messages (and the progress line we parse) in English.
 	cmd.Env = childEnv(i.cfg.User, append([]string{"LC_ALL=C"}, env...)...)
 	cmd.Stdout = out
+	if stdout != nil {
+		cmd.Stdout = stdout
+	}
 	cmd.Stderr = out
 	cmd.WaitDelay = outputGrace
 	cmd.SysProcAttr = &syscall.SysProcAttr{

@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
 // LSN is a WAL position (pg_lsn), comparable with < to tell which server is
@@ -305,4 +306,37 @@ func BusySessions(ctx context.Context, conn *pgx.Conn) (int, error) {
 		return 0, fmt.Errorf("count busy sessions: %w", err)
 	}
 	return n, nil
+}
+
+// ArchiverStatus is what pg_stat_archiver and pg_wal say about archiving.
+type ArchiverStatus struct {
+	LastArchivedWAL string
+	LastArchivedAt  time.Time
+	LastFailedWAL   string
+	LastFailedAt    time.Time
+	FailedCount     int64
+	// PendingBytes is the size of the segments waiting to be archived.
+	PendingBytes int64
+}
+
+// Failing reports whether the last attempt to archive failed.
+func (a ArchiverStatus) Failing() bool {
+	return !a.LastFailedAt.IsZero() && a.LastFailedAt.After(a.LastArchivedAt)
+}
+
+// QueryArchiver reads the archiver's state.
+func QueryArchiver(ctx context.Context, conn *pgx.Conn) (ArchiverStatus, error) {
+	var st ArchiverStatus
+	var archived, failed pgtype.Text
+	var archivedAt, failedAt pgtype.Timestamptz
+	err := conn.QueryRow(ctx, `SELECT last_archived_wal, last_archived_time, last_failed_wal, last_failed_time, failed_count,
+		(SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready')
+		  * (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')
+		FROM pg_stat_archiver`).Scan(&archived, &archivedAt, &failed, &failedAt, &st.FailedCount, &st.PendingBytes)
+	if err != nil {
+		return st, fmt.Errorf("query archiver: %w", err)
+	}
+	st.LastArchivedWAL, st.LastFailedWAL = archived.String, failed.String
+	st.LastArchivedAt, st.LastFailedAt = archivedAt.Time, failedAt.Time
+	return st, nil
 }

@@ -238,6 +238,8 @@ type ClusterState struct {
 	Candidates []fleet.Candidacy
 	// Sync is the sync-mode state the primary published, if any.
 	Sync *fleet.SyncState
+	// Backup is the base backup requested or running, if any.
+	Backup *fleet.BackupRequest
 
 	specRev int64 // mod revision of the spec, for transactions on this view
 }
@@ -262,6 +264,9 @@ func (c *ClusterState) decode(rest string, v []byte, rev int64) error {
 	case rest == "sync":
 		c.Sync = &fleet.SyncState{}
 		return json.Unmarshal(v, c.Sync)
+	case rest == "backup":
+		c.Backup = &fleet.BackupRequest{}
+		return json.Unmarshal(v, c.Backup)
 	case len(parts) == 2 && parts[0] == "candidates":
 		var cd fleet.Candidacy
 		if err := json.Unmarshal(v, &cd); err != nil {
@@ -427,14 +432,25 @@ func (s *Store) DeleteCluster(ctx context.Context, name string) error {
 	defer cancel()
 	// The spec must be the one read above: a cluster deleted and created
 	// again meanwhile holds another port block.
+	ops := []clientv3.Op{
+		clientv3.OpDelete(s.clusterPrefix(name), clientv3.WithPrefix()),
+		clientv3.OpDelete(s.secretsKey(name)),
+		clientv3.OpDelete(s.eventsPrefix(name), clientv3.WithPrefix()),
+		clientv3.OpDelete(s.portKey(c.Spec.Port)),
+	}
+	if c.Spec.Backup != nil {
+		// Its backups outlive it: keep what restoring them needs (the
+		// store, and the credentials and key the backed-up data holds).
+		sec, err := s.Secrets(ctx, name)
+		if err != nil {
+			return fmt.Errorf("delete cluster %s: %w", name, err)
+		}
+		b, _ := json.Marshal(fleet.Retired{Spec: c.Spec, Secrets: sec, Deleted: time.Now().UTC()})
+		ops = append(ops, clientv3.OpPut(s.retiredKey(name), string(b)))
+	}
 	resp, err := s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.ModRevision(s.specKey(name)), "=", c.specRev)).
-		Then(
-			clientv3.OpDelete(s.clusterPrefix(name), clientv3.WithPrefix()),
-			clientv3.OpDelete(s.secretsKey(name)),
-			clientv3.OpDelete(s.eventsPrefix(name), clientv3.WithPrefix()),
-			clientv3.OpDelete(s.portKey(c.Spec.Port)),
-		).Commit()
+		Then(ops...).Commit()
 	if err != nil {
 		return fmt.Errorf("delete cluster %s: %w", name, Translate(err))
 	}

@@ -1,0 +1,368 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgfleet/pgfleet/internal/backup"
+	"github.com/pgfleet/pgfleet/internal/fleet"
+	"github.com/pgfleet/pgfleet/internal/postgres"
+	"github.com/pgfleet/pgfleet/internal/store"
+)
+
+// backupCheckEvery is how often a primary looks at its backups: whether the
+// schedule wants a new one, and whether archiving fails.
+const backupCheckEvery = 30 * time.Second
+
+// keyFile is where a member keeps its cluster's backup key: beside its data
+// directory, mode 0600, owned by the postgres OS user that runs wal-push.
+func (s *supervisor) keyFile() string { return filepath.Join(s.dir, "backup.key") }
+
+// writeKey saves the cluster's backup key for wal-push and wal-fetch, which
+// postgres runs as its own OS user.
+func (s *supervisor) writeKey() error {
+	if s.secrets.BackupKey == "" {
+		return nil
+	}
+	tmp := s.keyFile() + ".tmp"
+	if err := os.WriteFile(tmp, []byte(s.secrets.BackupKey+"\n"), 0o600); err != nil {
+		return fmt.Errorf("write backup key: %w", err)
+	}
+	if err := os.Chown(tmp, s.osUser.UID, s.osUser.GID); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("hand backup key to %s: %w", s.osUser.Name, err)
+	}
+	return os.Rename(tmp, s.keyFile())
+}
+
+// archiveSettings are the archiving settings of a cluster with backups:
+// every member archives when it is primary (archive_mode = on) and can
+// fetch WAL it missed from the archive (restore_command), so a standby that
+// fell too far behind catches up from the store rather than be re-cloned.
+// archive_timeout bounds how long a commit may wait to be archived, which
+// bounds what a lost region takes with it.
+func (s *supervisor) archiveSettings() map[string]string {
+	b := s.cluster.Backup
+	if b == nil {
+		return nil
+	}
+	key := ""
+	if b.Encrypted {
+		key = s.keyFile()
+	}
+	return map[string]string{
+		"archive_mode":    "on",
+		"archive_command": backup.ArchiveCommand(s.exe, b.Store, s.spec.Cluster, key),
+		"archive_timeout": fmt.Sprintf("%ds", int(b.ArchiveTimeout().Seconds())),
+		"restore_command": backup.RestoreCommand(s.exe, b.Store, s.spec.Cluster, key),
+	}
+}
+
+func (s *supervisor) archive(ctx context.Context) (*backup.Archive, error) {
+	b := s.cluster.Backup
+	if b == nil {
+		return nil, errors.New("the cluster has no backups configured")
+	}
+	key := ""
+	if b.Encrypted {
+		key = s.secrets.BackupKey
+	}
+	return backup.OpenArchiveKey(ctx, b.Store, s.spec.Cluster, key)
+}
+
+// serveBackupRequest starts the base backup the store asks this member for,
+// unless one runs already.
+func (s *supervisor) serveBackupRequest(ctx context.Context, c store.ClusterState) {
+	req := c.Backup
+	if req == nil || req.Member != s.spec.ID || c.Spec.Backup == nil || !s.backingUp.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer s.backingUp.Store(false)
+		s.runBackup(context.WithoutCancel(ctx), *req)
+	}()
+}
+
+// runBackup streams a base backup of this member's postgres into the store:
+// pg_basebackup's tar goes through zstd (and encryption) to the store
+// without touching the local disk, and the manifest is written last. Then
+// the retention policy drops what the window no longer needs.
+func (s *supervisor) runBackup(ctx context.Context, req fleet.BackupRequest) {
+	defer func() {
+		if err := s.store.FinishBackup(ctx, s.spec.Cluster, req.ID); err != nil {
+			s.log.Warn("clear backup request", "err", err)
+		}
+	}()
+	start := time.Now()
+	m, err := s.takeBackup(ctx, req)
+	if err != nil {
+		s.event(ctx, "backup-failed", fmt.Sprintf("backup %s of %s on %s failed: %v", req.ID, s.spec.Cluster, s.spec.ID, err))
+		return
+	}
+	s.event(ctx, "backup", fmt.Sprintf("backup %s taken on %s in %s: %s, %s stored (%s to %s, timeline %d)",
+		m.ID, s.spec.ID, time.Since(start).Round(time.Millisecond), humanBytes(m.RawBytes), humanBytes(m.StoredBytes), m.StartLSN, m.StopLSN, m.Timeline))
+	a, err := s.archive(ctx)
+	if err != nil {
+		return
+	}
+	b := s.cluster.Backup
+	plan, err := a.ApplyRetention(ctx, backup.Policy{Window: b.Window(), MinBackups: b.MinBackups()}, time.Now())
+	if err != nil {
+		s.log.Warn("apply backup retention", "err", err)
+		return
+	}
+	if n := len(plan.DeleteBackups); n > 0 || len(plan.DeleteWAL) > 0 {
+		s.event(ctx, "retention", fmt.Sprintf("retention dropped %d backups (%s) and %d WAL files no longer needed for the %s window",
+			n, strings.Join(plan.DeleteBackups, ", "), len(plan.DeleteWAL), b.Window()))
+	}
+}
+
+func (s *supervisor) takeBackup(ctx context.Context, req fleet.BackupRequest) (backup.Manifest, error) {
+	a, err := s.archive(ctx)
+	if err != nil {
+		return backup.Manifest{}, err
+	}
+	var segSize uint64
+	err = s.ctl.do(ctx, s.superuser(), func(conn *pgx.Conn) error {
+		var v string
+		if err := conn.QueryRow(ctx, "SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'").Scan(&v); err != nil {
+			return err
+		}
+		_, err := fmt.Sscan(v, &segSize)
+		return err
+	})
+	if err != nil {
+		return backup.Manifest{}, fmt.Errorf("read wal_segment_size: %w", err)
+	}
+	src := postgres.ConnInfo{Host: s.host.Addr, Port: s.spec.Port, User: fleet.ReplicationUser, Password: s.secrets.ReplicationPassword, Database: "postgres"}
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		err := s.inst.StreamBackup(ctx, src, pw)
+		pw.CloseWithError(err)
+		done <- err
+	}()
+	m, err := a.PutBackup(ctx, req.ID, pr, backup.BackupInfo{
+		Member: s.spec.ID, StartTime: time.Now(), WALSegmentSize: segSize,
+		Wait: func() error { return <-done },
+	})
+	pr.CloseWithError(err)
+	return m, err
+}
+
+// scheduleBackups is the primary's part of the backup schedule: when the
+// newest complete backup is older than the cluster's interval (or there is
+// none), it asks a member for one, a streaming standby if there is one so
+// the primary is not loaded. It also clears a request whose member is gone.
+func (s *supervisor) scheduleBackups(ctx context.Context, c store.ClusterState) {
+	b := c.Spec.Backup
+	if b == nil {
+		return
+	}
+	if req := c.Backup; req != nil {
+		if _, ok := c.Status[req.Member]; !ok && time.Since(req.Requested) > time.Minute {
+			s.event(ctx, "backup-failed", fmt.Sprintf("backup %s: %s is gone; request dropped", req.ID, req.Member))
+			s.store.FinishBackup(ctx, s.spec.Cluster, req.ID)
+		}
+		return
+	}
+	a, err := s.archive(ctx)
+	if err != nil {
+		s.log.Warn("backup schedule", "err", err)
+		return
+	}
+	list, err := a.ListBackups(ctx)
+	if err != nil {
+		s.log.Warn("backup schedule: list backups", "err", err)
+		return
+	}
+	if n := len(list); n > 0 && time.Since(list[n-1].StopTime) < b.Every() {
+		return
+	}
+	req := fleet.BackupRequest{ID: backup.NewBackupID(time.Now()), Member: c.BackupMember(), Requested: time.Now().UTC(), Scheduled: true}
+	if err := s.store.RequestBackup(ctx, s.spec.Cluster, req); err != nil {
+		s.log.Warn("backup schedule: request", "err", err)
+	}
+}
+
+// watchArchiving reports, as an event, when archiving starts failing and
+// when it recovers: WAL then piles up in pg_wal instead of reaching the
+// store, and no point-in-time restore can reach past the last archived
+// segment.
+func (s *supervisor) watchArchiving(ctx context.Context) {
+	if s.cluster.Backup == nil {
+		return
+	}
+	var st postgres.ArchiverStatus
+	err := s.ctl.do(ctx, s.superuser(), func(conn *pgx.Conn) (err error) {
+		st, err = postgres.QueryArchiver(ctx, conn)
+		return err
+	})
+	if err != nil {
+		return
+	}
+	failing := st.Failing()
+	if failing && !s.archiveFailing {
+		s.event(ctx, "archive-failing", fmt.Sprintf("%s cannot archive WAL to %s: %s failed (%d failures); WAL is kept in pg_wal (%s) until the store takes it",
+			s.spec.ID, s.cluster.Backup.Store, st.LastFailedWAL, st.FailedCount, humanBytes(st.PendingBytes)))
+	} else if !failing && s.archiveFailing {
+		s.event(ctx, "archive-ok", fmt.Sprintf("%s archives WAL again (last %s)", s.spec.ID, st.LastArchivedWAL))
+	}
+	s.archiveFailing = failing
+	s.pendingWAL.Store(st.PendingBytes)
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f kB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+// restore builds the first primary of a cluster made by `pgfleet restore`:
+// the chosen base backup of the source cluster is fetched into the data
+// directory, postgres replays the source's archived WAL up to the target
+// and pauses there (or, for the latest state, runs out of WAL), and only
+// then does the member take the leader key and promote. A restore that fails
+// leaves no data behind, so the next round starts it over; the cluster is
+// marked initialized only once its first primary runs.
+func (s *supervisor) restore(ctx context.Context) error {
+	r := s.cluster.Restore
+	key, keyFile := "", ""
+	if r.Encrypted {
+		key, keyFile = s.secrets.BackupKey, s.keyFile()
+	}
+	a, err := backup.OpenArchiveKey(ctx, r.Store, r.From, key)
+	if err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	target := backup.Target{Latest: r.Latest}
+	if r.Time != nil {
+		target.Time = *r.Time
+	}
+	if r.LSN != "" {
+		l, err := postgres.ParseLSN(r.LSN)
+		if err != nil {
+			return fmt.Errorf("restore target: %w", err)
+		}
+		target.LSN = backup.LSN(l)
+	}
+	rec, err := backup.RecoverySettings(target, backup.RestoreCommand(s.exe, r.Store, r.From, keyFile))
+	if err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	if !r.Latest {
+		// Stop at the target without promoting: the member promotes itself
+		// once it holds the leader key.
+		rec["recovery_target_action"] = "pause"
+	}
+	why := fmt.Sprintf("restoring backup %s of %s to %s", r.BackupID, r.From, target)
+	s.event(ctx, "restore", fmt.Sprintf("%s: %s", s.spec.ID, why))
+	s.set(fleet.StateInitializing, fleet.RolePrimary, why)
+	start := time.Now()
+	err = s.restoreData(ctx, a, rec)
+	if err != nil && r.Time != nil && strings.Contains(err.Error(), recoveryTargetMissed) {
+		// Nothing in the archive was committed at or after the target: every
+		// archived commit is before it, so the target is the archive's end.
+		s.stopPostgres()
+		os.RemoveAll(s.pgdata())
+		s.event(ctx, "restore", fmt.Sprintf("%s: the archive of %s ends before %s; restoring everything archived", s.spec.ID, r.From, target))
+		delete(rec, "recovery_target_time")
+		delete(rec, "recovery_target_inclusive")
+		delete(rec, "recovery_target_action")
+		err = s.restoreData(ctx, a, rec)
+	}
+	if err != nil {
+		s.stopPostgres()
+		if rerr := os.RemoveAll(s.pgdata()); rerr != nil {
+			s.log.Error("remove a failed restore", "err", rerr)
+		}
+		return fmt.Errorf("restore %s of %s: %w", r.BackupID, r.From, err)
+	}
+	ok, err := s.takeLeader(ctx)
+	if err != nil || !ok {
+		return fmt.Errorf("take leader key after restore: %v", err)
+	}
+	if err := s.inst.Promote(ctx, s.superuser()); err != nil {
+		return err
+	}
+	if err := s.inst.Configure(s.settings(nil, false)); err != nil {
+		return fmt.Errorf("configure: %w", err)
+	}
+	return s.servePrimary(ctx, "restored", fmt.Sprintf("%s restored from backup %s of %s to %s in %s; primary on %s (%s)",
+		s.spec.ID, r.BackupID, r.From, target, time.Since(start).Round(time.Millisecond), s.host.Name, s.addr()))
+}
+
+// recoveryTargetMissed is what postgres says when the WAL ends before a
+// record reaches the recovery target (xlogrecovery.c).
+const recoveryTargetMissed = "recovery ended before configured recovery target was reached"
+
+// restoreData fetches the backup and replays WAL until postgres reaches the
+// target (paused) or the end of the archive (promoted).
+func (s *supervisor) restoreData(ctx context.Context, a *backup.Archive, rec map[string]string) error {
+	r := s.cluster.Restore
+	os.RemoveAll(s.pgdata() + ".restoring") // what an interrupted attempt left
+	if _, err := a.GetBackup(ctx, r.BackupID, s.pgdata(), &backup.Owner{UID: s.osUser.UID, GID: s.osUser.GID}); err != nil {
+		return err
+	}
+	set := s.settings(nil, false)
+	set.Recovery = rec
+	set.Archive = nil // the source's WAL is not this cluster's to archive
+	if err := s.inst.Configure(set); err != nil {
+		return fmt.Errorf("configure recovery: %w", err)
+	}
+	if err := s.start(ctx); err != nil {
+		return err
+	}
+	for {
+		var inRecovery, paused bool
+		err := s.ctl.do(ctx, s.superuser(), func(conn *pgx.Conn) error {
+			return conn.QueryRow(ctx, "SELECT pg_is_in_recovery(), pg_is_in_recovery() AND pg_get_wal_replay_pause_state() = 'paused'").Scan(&inRecovery, &paused)
+		})
+		switch {
+		case err == nil && (!inRecovery || paused):
+			return nil
+		case err != nil:
+			s.log.Debug("restore progress", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.inst.Done():
+			return fmt.Errorf("postgres exited during recovery: %v", s.inst.ExitErr())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// prepareBackupStore checks the fleet's default backup store, makes a
+// local directory store usable by the postgres OS user that archives into
+// it, and records it for the fleet.
+func (a *Agent) prepareBackupStore(ctx context.Context) error {
+	u := a.cfg.BackupStore
+	if dir, ok := strings.CutPrefix(u, "file://"); ok && filepath.IsAbs(dir) {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("--backup-store %s: %w", u, err)
+		}
+		if err := os.Chown(dir, a.osUser.UID, a.osUser.GID); err != nil {
+			return fmt.Errorf("--backup-store %s: hand it to %s: %w", u, a.osUser.Name, err)
+		}
+	}
+	if _, err := backup.OpenStore(ctx, u); err != nil {
+		return fmt.Errorf("--backup-store: %w", err)
+	}
+	return a.store.SetDefaultBackupStore(ctx, u)
+}

@@ -1,0 +1,293 @@
+package backup
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Archive is one cluster's backups in a store: its archived WAL and its base
+// backups, under keys that start with the cluster's name:
+//
+//	<cluster>/wal/<timeline>/<WAL file name>.zst     e.g. demo/wal/00000001/000000010000000000000003.zst
+//	<cluster>/backups/<id>/base.tar.zst              the base backup's tar
+//	<cluster>/backups/<id>/manifest.json             written last: a backup without one is incomplete
+//
+// Every .zst object is in the object format (see object.go): zstd, a SHA-256
+// trailer, and AES-256-GCM when the Archive has a key. Manifests are plain
+// JSON so that backups can be listed without the key; they hold no data.
+type Archive struct {
+	store   Store
+	cluster string
+	key     *Key
+
+	// Now is the clock; tests replace it.
+	Now func() time.Time
+}
+
+var clusterNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+
+// NewArchive returns the archive of cluster in store, encrypting what it
+// writes with key unless key is nil. It does no I/O.
+func NewArchive(store Store, cluster string, key *Key) (*Archive, error) {
+	if !clusterNameRE.MatchString(cluster) || len(cluster) > 128 {
+		return nil, fmt.Errorf("cluster name %q cannot name an archive: use letters, digits, '.', '_' and '-'", cluster)
+	}
+	return &Archive{store: store, cluster: cluster, key: key, Now: time.Now}, nil
+}
+
+// OpenArchive opens the store at storeURL (OpenStore) and returns cluster's
+// archive in it, with the key in keyFile (LoadKey), or unencrypted when
+// keyFile is "". It is what `pgfleet wal-push` and `wal-fetch` do first.
+func OpenArchive(ctx context.Context, storeURL, cluster, keyFile string) (*Archive, error) {
+	var key *Key
+	if keyFile != "" {
+		var err error
+		if key, err = LoadKey(keyFile); err != nil {
+			return nil, err
+		}
+	}
+	store, err := OpenStore(ctx, storeURL)
+	if err != nil {
+		return nil, err
+	}
+	return NewArchive(store, cluster, key)
+}
+
+// OpenArchiveKey is OpenArchive with the key given as text (hex or
+// base64, as a key file holds it) rather than a file; "" means none. The
+// agent and the API keep a cluster's key in the state store, not on disk.
+func OpenArchiveKey(ctx context.Context, storeURL, cluster, keyText string) (*Archive, error) {
+	var key *Key
+	if keyText != "" {
+		var err error
+		if key, err = ParseKey(keyText); err != nil {
+			return nil, err
+		}
+	}
+	store, err := OpenStore(ctx, storeURL)
+	if err != nil {
+		return nil, err
+	}
+	return NewArchive(store, cluster, key)
+}
+
+// Store returns the store the archive is in.
+func (a *Archive) Store() Store { return a.store }
+
+// Cluster returns the name of the cluster the archive belongs to.
+func (a *Archive) Cluster() string { return a.cluster }
+
+func (a *Archive) walPrefix() string { return a.cluster + "/wal/" }
+
+func (a *Archive) walKey(f walFile) string {
+	return a.walPrefix() + f.name[:8] + "/" + f.name + ".zst"
+}
+
+// ErrConflict is wrapped into PushWAL's error when the store holds a
+// different file under the same name.
+var ErrConflict = errors.New("archived with different content")
+
+// PushWAL archives the WAL file at path (a segment, a partial segment, a
+// timeline history file or a backup history file: what archive_command's %p
+// names). It returns nil only once the object is durable in the store.
+//
+// Archiving a file that is already archived with the same content succeeds,
+// which is what postgres needs when it retries after a crash between the
+// upload and recording its success. A different file under the same name is
+// never overwritten: that is an error wrapping ErrConflict, and it usually
+// means two clusters archive into one place.
+func (a *Archive) PushWAL(ctx context.Context, path string) error {
+	name := filepath.Base(path)
+	if err := a.pushWAL(ctx, path, name); err != nil {
+		return fmt.Errorf("archive %s: %w", name, err)
+	}
+	return nil
+}
+
+func (a *Archive) pushWAL(ctx context.Context, path, name string) error {
+	f, err := parseWALName(name)
+	if err != nil {
+		return err
+	}
+	src, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	// A segment is 16 MiB by default and compresses well, so the object is
+	// built in memory: its size is then known, and the store can create it
+	// with one conditional request.
+	var buf bytes.Buffer
+	w, err := newObjectWriter(&buf, a.key, 1)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(w, src); err != nil {
+		return fmt.Errorf("read %s: %w", path, err)
+	}
+	if err := w.Close(); err != nil {
+		return err
+	}
+	key := a.walKey(f)
+	err = a.store.Put(ctx, key, bytes.NewReader(buf.Bytes()), int64(buf.Len()), PutOptions{CreateOnly: true})
+	if !errors.Is(err, ErrExists) {
+		return err
+	}
+	have, _, err := a.objectSum(ctx, key)
+	if err != nil {
+		return fmt.Errorf("already archived, and reading the archived copy back to compare failed: %w", err)
+	}
+	if have != w.Sum() {
+		return fmt.Errorf("%w: %s holds a different %s (sha256 %.12s…, this one %.12s…) and it is never overwritten; is another cluster archiving under the name %q?",
+			ErrConflict, a.store, name, have, w.Sum(), a.cluster)
+	}
+	return nil
+}
+
+// objectSum reads an object to its end and returns its plaintext's SHA-256
+// (checked against its trailer) and size.
+func (a *Archive) objectSum(ctx context.Context, key string) (string, int64, error) {
+	rc, err := a.store.Get(ctx, key)
+	if err != nil {
+		return "", 0, err
+	}
+	defer rc.Close()
+	or, err := openObject(rc, a.key, 0)
+	if err != nil {
+		return "", 0, fmt.Errorf("%s: %w", key, err)
+	}
+	defer or.Close()
+	if _, err := io.Copy(io.Discard, or); err != nil {
+		return "", 0, fmt.Errorf("%s: %w", key, err)
+	}
+	return or.Sum(), or.Size(), nil
+}
+
+// FetchWAL restores the archived WAL file name (restore_command's %f) to
+// dest (%p). It writes a temporary file beside dest and renames it into
+// place once the content is complete and its checksum verified, so dest
+// never holds a partial or corrupt file. A file that is not archived is an
+// error wrapping ErrNotFound; postgres asks for such files as a matter of
+// course (the next timeline's history file, the segment after the last one),
+// and restore_command must then fail quietly.
+func (a *Archive) FetchWAL(ctx context.Context, name, dest string) error {
+	if err := a.fetchWAL(ctx, name, dest); err != nil {
+		return fmt.Errorf("fetch %s: %w", name, err)
+	}
+	return nil
+}
+
+func (a *Archive) fetchWAL(ctx context.Context, name, dest string) error {
+	f, err := parseWALName(name)
+	if err != nil {
+		return err
+	}
+	key := a.walKey(f)
+	rc, err := a.store.Get(ctx, key)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	or, err := openObject(rc, a.key, 1)
+	if err == nil {
+		defer or.Close()
+		err = writeFileAtomic(dest, or)
+	}
+	if errors.Is(err, ErrCorrupt) || errors.Is(err, ErrWrongKey) {
+		return fmt.Errorf("store %s: %s: %w", a.store, key, err)
+	}
+	return err
+}
+
+// writeFileAtomic writes r to a temporary file beside path, fsyncs it and
+// renames it to path.
+func writeFileAtomic(path string, r io.Reader) error {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, ".pgfleet-"+filepath.Base(path)+"-*")
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(tmp, r)
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	return syncDir(dir)
+}
+
+// ListWAL returns the names of the archived WAL files, by timeline, then
+// by name.
+func (a *Archive) ListWAL(ctx context.Context) ([]string, error) {
+	objs, err := a.store.List(ctx, a.walPrefix())
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, o := range objs {
+		name, ok := a.walName(o.Key)
+		if ok {
+			names = append(names, name)
+		}
+	}
+	return names, nil
+}
+
+// walName returns the WAL file name an object key holds, or false for a
+// key that is not an archived WAL file.
+func (a *Archive) walName(key string) (string, bool) {
+	rest, ok := strings.CutPrefix(key, a.walPrefix())
+	if !ok {
+		return "", false
+	}
+	dir, file, ok := strings.Cut(rest, "/")
+	name, zst := strings.CutSuffix(file, ".zst")
+	if !ok || !zst {
+		return "", false
+	}
+	f, err := parseWALName(name)
+	if err != nil || dir != f.name[:8] {
+		return "", false
+	}
+	return name, true
+}
+
+// readWALFile returns the content of a small archived WAL file (a history
+// file).
+func (a *Archive) readWALFile(ctx context.Context, name string) ([]byte, error) {
+	f, err := parseWALName(name)
+	if err != nil {
+		return nil, err
+	}
+	rc, err := a.store.Get(ctx, a.walKey(f))
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	or, err := openObject(rc, a.key, 1)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	defer or.Close()
+	b, err := io.ReadAll(or)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return b, nil
+}
