@@ -119,6 +119,9 @@ func (s *supervisor) set(state fleet.State, role fleet.Role, msg string) {
 	}
 }
 
+// eventRetry is how long an event that could not be recorded is retried.
+const eventRetry = 30 * time.Second
+
 // event logs what happened and records it in the store in the
 // background: recording must not slow a failover down, and the event's key
 // carries its time, so the history stays in order.
@@ -131,8 +134,20 @@ func (s *supervisor) event(ctx context.Context, kind, msg string) {
 	trim := s.events%50 == 0
 	ctx = context.WithoutCancel(ctx)
 	go func() {
-		if err := s.store.AppendEvent(ctx, ev); err != nil {
-			s.log.Warn("record event", "err", err)
+		// The store may be briefly out of reach (this host's etcd member
+		// catching up after the agent was stopped, an election): the event
+		// is retried for a while rather than lost; its key keeps its time.
+		deadline := time.Now().Add(eventRetry)
+		for {
+			err := s.store.AppendEvent(ctx, ev)
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				s.log.Warn("record event", "err", err)
+				break
+			}
+			time.Sleep(500 * time.Millisecond)
 		}
 		if trim {
 			if err := s.store.TrimEvents(ctx, s.spec.Cluster); err != nil {
