@@ -176,6 +176,16 @@ func TestBackupRestore(t *testing.T) {
 		}
 	})
 
+	t.Run("schedule", func(t *testing.T) {
+		c := c
+		c.t = t
+		c.fails(2, "a minute or more", "backup", "schedule", "db", "--every", "30s")
+		c.ok("backup", "schedule", "db", "--every", "6h")
+		if out := c.ok("events", "db"); !strings.Contains(out, "base backups every 6h0m0s") {
+			t.Errorf("events lack the schedule change:\n%s", out)
+		}
+	})
+
 	t.Run("verify", func(t *testing.T) {
 		c := c
 		c.t = t

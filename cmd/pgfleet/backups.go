@@ -18,7 +18,7 @@ func newBackupCmd(cf *clientFlags) *cobra.Command {
 		Use:   "backup",
 		Short: "Base backups of a cluster: take one now, list them, verify them",
 	}
-	cmd.AddCommand(newBackupCreateCmd(cf), newBackupListCmd(cf), newBackupVerifyCmd(cf))
+	cmd.AddCommand(newBackupCreateCmd(cf), newBackupListCmd(cf), newBackupVerifyCmd(cf), newBackupScheduleCmd(cf))
 	return cmd
 }
 
@@ -273,5 +273,31 @@ func newRestoreCmd(cf *clientFlags) *cobra.Command {
 	f.StringVar(&replicas, "replicas", "", "regions that get a read replica (default: the source's)")
 	f.BoolVar(&wait, "wait", false, "wait until the restored cluster runs, showing progress")
 	f.DurationVar(&timeout, "timeout", time.Hour, "how long --wait waits")
+	return cmd
+}
+
+func newBackupScheduleCmd(cf *clientFlags) *cobra.Command {
+	var every time.Duration
+	cmd := &cobra.Command{
+		Use:   "schedule NAME --every DURATION",
+		Short: "Change how often a base backup is taken (WAL is archived continuously either way)",
+		Args:  exactArgs("a cluster NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if every < time.Minute || every%time.Second != 0 {
+				return usageError{fmt.Errorf("--every %s: give whole seconds, a minute or more (e.g. 6h)", every)}
+			}
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			secs := int64(every / time.Second)
+			if _, err := c.Update(cmd.Context(), args[0], api.UpdateRequest{BackupEvery: &secs}); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "cluster %s: a base backup every %s\n", args[0], every)
+			return nil
+		},
+	}
+	cmd.Flags().DurationVar(&every, "every", 0, "base backup interval, e.g. 6h (required)")
 	return cmd
 }

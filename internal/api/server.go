@@ -364,6 +364,9 @@ func (s *Server) createCluster(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// errNoBackups is a change that needs backups asked of a cluster without.
+var errNoBackups = errors.New("no backups")
+
 // reservedPorts are ports a cluster's block must not cover: the agents' API
 // ports and embedded etcd's.
 func reservedPorts(hosts []fleet.Host) []int {
@@ -644,18 +647,48 @@ func (s *Server) updateCluster(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	if req.Sync == nil {
-		writeError(w, http.StatusBadRequest, "nothing to change: give sync (off, on or strict)")
+	if req.Sync == nil && req.BackupEvery == nil {
+		writeError(w, http.StatusBadRequest, "nothing to change: give sync (off, on or strict) or backup_every_s")
 		return
 	}
-	if err := fleet.ValidateSync(*req.Sync); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+	if req.Sync != nil {
+		if err := fleet.ValidateSync(*req.Sync); err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+	}
+	if e := req.BackupEvery; e != nil && *e < 60 {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("backup interval %ds: it must be at least a minute", *e))
 		return
 	}
-	if err := s.store.SetSyncMode(r.Context(), name, *req.Sync); err != nil {
+	var msgs []string
+	err := s.store.UpdateSpec(r.Context(), name, "update", func(spec *fleet.ClusterSpec) error {
+		msgs = nil
+		if req.Sync != nil {
+			spec.Sync = *req.Sync
+			msgs = append(msgs, "sync mode set to "+*req.Sync)
+		}
+		if req.BackupEvery != nil {
+			if spec.Backup == nil {
+				return fmt.Errorf("cluster %s has no backups: it was created without a backup store: %w", name, errNoBackups)
+			}
+			b := *spec.Backup
+			b.EverySeconds = *req.BackupEvery
+			spec.Backup = &b
+			msgs = append(msgs, "base backups every "+b.Every().String())
+		}
+		return nil
+	})
+	if errors.Is(err, errNoBackups) {
+		writeError(w, http.StatusUnprocessableEntity, err.Error())
+		return
+	}
+	if err != nil {
 		s.storeError(w, err)
 		return
 	}
-	s.store.AppendEvent(r.Context(), fleet.Event{Cluster: name, Host: s.self.Name, Kind: "config", Message: "sync mode set to " + *req.Sync})
+	for _, m := range msgs {
+		s.store.AppendEvent(r.Context(), fleet.Event{Cluster: name, Host: s.self.Name, Kind: "config", Message: m})
+	}
 	s.writeCluster(w, r, name)
 }

@@ -72,6 +72,8 @@ type BackupsView struct {
 // can change on a live cluster.
 type UpdateRequest struct {
 	Sync *string `json:"sync,omitempty"`
+	// BackupEvery is the base backup interval in seconds, at least 60.
+	BackupEvery *int64 `json:"backup_every_s,omitempty"`
 }
 
 // SwitchoverRequest is the body of POST /v1/clusters/{name}/switchover.

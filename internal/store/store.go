@@ -615,11 +615,23 @@ func (s *Store) PutSync(ctx context.Context, cluster string, st fleet.SyncState)
 
 // SetSyncMode changes a live cluster's replication mode.
 func (s *Store) SetSyncMode(ctx context.Context, cluster, mode string) error {
+	return s.UpdateSpec(ctx, cluster, "set sync mode", func(spec *fleet.ClusterSpec) error {
+		spec.Sync = mode
+		return nil
+	})
+}
+
+// UpdateSpec changes a live cluster's spec with change, in a transaction
+// that fails with ErrConflict if the spec changed meanwhile. what names the
+// change in errors.
+func (s *Store) UpdateSpec(ctx context.Context, cluster, what string, change func(*fleet.ClusterSpec) error) error {
 	c, err := s.Cluster(ctx, cluster)
 	if err != nil {
 		return err
 	}
-	c.Spec.Sync = mode
+	if err := change(&c.Spec); err != nil {
+		return err
+	}
 	b, _ := json.Marshal(c.Spec)
 	ctx, cancel := timeout(ctx)
 	defer cancel()
@@ -628,10 +640,10 @@ func (s *Store) SetSyncMode(ctx context.Context, cluster, mode string) error {
 		Then(clientv3.OpPut(s.specKey(cluster), string(b))).
 		Commit()
 	if err != nil {
-		return fmt.Errorf("set sync mode of %s: %w", cluster, Translate(err))
+		return fmt.Errorf("%s of %s: %w", what, cluster, Translate(err))
 	}
 	if !resp.Succeeded {
-		return fmt.Errorf("set sync mode of %s: %w", cluster, ErrConflict)
+		return fmt.Errorf("%s of %s: %w", what, cluster, ErrConflict)
 	}
 	return nil
 }
