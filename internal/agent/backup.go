@@ -293,8 +293,11 @@ func (s *supervisor) restore(ctx context.Context) error {
 		return fmt.Errorf("restore %s of %s: %w", r.BackupID, r.From, err)
 	}
 	ok, err := s.takeLeader(ctx)
-	if err != nil || !ok {
-		return fmt.Errorf("take leader key after restore: %v", err)
+	if err != nil {
+		return fmt.Errorf("take leader key after restore: %w", err)
+	}
+	if !ok {
+		return errors.New("take leader key after restore: another member holds it")
 	}
 	if err := s.inst.Promote(ctx, s.superuser()); err != nil {
 		return err
@@ -318,9 +321,13 @@ func (s *supervisor) restoreData(ctx context.Context, a *backup.Archive, rec map
 	if _, err := a.GetBackup(ctx, r.BackupID, s.pgdata(), &backup.Owner{UID: s.osUser.UID, GID: s.osUser.GID}); err != nil {
 		return err
 	}
+	// The new cluster's own archiving is on from the start (archive_mode
+	// needs a restart to change): WAL replayed from the source's archive is
+	// not archived again, and from the promotion on the new timeline goes to
+	// this cluster's archive. Recovery's restore_command, written after,
+	// reads the source's.
 	set := s.settings(nil, false)
 	set.Recovery = rec
-	set.Archive = nil // the source's WAL is not this cluster's to archive
 	if err := s.inst.Configure(set); err != nil {
 		return fmt.Errorf("configure recovery: %w", err)
 	}
