@@ -162,7 +162,11 @@ func TestBackupRestore(t *testing.T) {
 				c.ok("backup", "create", r.name, "--wait")
 				c.ok("backup", "verify", r.name)
 			}
-			c.ok("destroy", r.name, "--yes")
+			// A store slowed down by the suite's load may ask to retry.
+			labtest.WaitFor(t, 30*time.Second, "destroy "+r.name, func() (bool, string) {
+				_, errs, code := c.run("destroy", r.name, "--yes")
+				return code == 0, errs
+			})
 		})
 	}
 

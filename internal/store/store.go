@@ -428,6 +428,16 @@ func (s *Store) DeleteCluster(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
+	var retired []byte
+	if c.Spec.Backup != nil {
+		// Its backups outlive it: keep what restoring them needs (the
+		// store, and the credentials and key the backed-up data holds).
+		sec, err := s.Secrets(ctx, name)
+		if err != nil {
+			return fmt.Errorf("delete cluster %s: %w", name, err)
+		}
+		retired, _ = json.Marshal(fleet.Retired{Spec: c.Spec, Secrets: sec, Deleted: time.Now().UTC()})
+	}
 	ctx, cancel := timeout(ctx)
 	defer cancel()
 	// The spec must be the one read above: a cluster deleted and created
@@ -438,15 +448,8 @@ func (s *Store) DeleteCluster(ctx context.Context, name string) error {
 		clientv3.OpDelete(s.eventsPrefix(name), clientv3.WithPrefix()),
 		clientv3.OpDelete(s.portKey(c.Spec.Port)),
 	}
-	if c.Spec.Backup != nil {
-		// Its backups outlive it: keep what restoring them needs (the
-		// store, and the credentials and key the backed-up data holds).
-		sec, err := s.Secrets(ctx, name)
-		if err != nil {
-			return fmt.Errorf("delete cluster %s: %w", name, err)
-		}
-		b, _ := json.Marshal(fleet.Retired{Spec: c.Spec, Secrets: sec, Deleted: time.Now().UTC()})
-		ops = append(ops, clientv3.OpPut(s.retiredKey(name), string(b)))
+	if retired != nil {
+		ops = append(ops, clientv3.OpPut(s.retiredKey(name), string(retired)))
 	}
 	resp, err := s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.ModRevision(s.specKey(name)), "=", c.specRev)).
