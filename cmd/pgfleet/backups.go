@@ -11,6 +11,7 @@ import (
 
 	"github.com/pgfleet/pgfleet/internal/api"
 	"github.com/pgfleet/pgfleet/internal/backup"
+	"github.com/pgfleet/pgfleet/internal/fleet"
 )
 
 func newBackupCmd(cf *clientFlags) *cobra.Command {
@@ -55,7 +56,7 @@ func newBackupCreateCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(out, "backup %s done in %s: %s, %s stored\n", m.ID, time.Since(start).Round(100*time.Millisecond), humanBytes(m.RawBytes), humanBytes(m.StoredBytes))
+			fmt.Fprintf(out, "backup %s done in %s: %s, %s stored\n", m.ID, time.Since(start).Round(100*time.Millisecond), fleet.FormatBytes(m.RawBytes), fleet.FormatBytes(m.StoredBytes))
 			return nil
 		},
 	}
@@ -112,7 +113,7 @@ func newBackupListCmd(cf *clientFlags) *cobra.Command {
 			for _, m := range v.Backups {
 				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, m.Member, m.Timeline, m.StartLSN, m.StopLSN,
 					m.StopTime.Local().Format("2006-01-02 15:04:05"), m.StopTime.Sub(m.StartTime).Round(100*time.Millisecond),
-					humanBytes(m.RawBytes), humanBytes(m.StoredBytes))
+					fleet.FormatBytes(m.RawBytes), fleet.FormatBytes(m.StoredBytes))
 			}
 			tw.Flush()
 			if len(v.Backups) == 0 {
@@ -163,7 +164,7 @@ func newBackupVerifyCmd(cf *clientFlags) *cobra.Command {
 					if !b.OK() {
 						state = "PROBLEM"
 					}
-					fmt.Fprintf(out, "backup %s: %s (data %s, WAL from %s)\n", b.Manifest.ID, state, humanBytes(b.Manifest.RawBytes), b.Manifest.StartWAL)
+					fmt.Fprintf(out, "backup %s: %s (data %s, WAL from %s)\n", b.Manifest.ID, state, fleet.FormatBytes(b.Manifest.RawBytes), b.Manifest.StartWAL)
 				}
 			}
 			if !rep.OK() {
@@ -240,27 +241,13 @@ func newRestoreCmd(cf *clientFlags) *cobra.Command {
 					req.Replicas = append(req.Replicas, r)
 				}
 			}
-			out := cmd.OutOrStdout()
 			start := time.Now()
 			v, err := c.Create(cmd.Context(), req)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(out, "restoring %s into %s on port %d:\n", args[0], v.Name, v.Port)
-			for _, m := range v.Members {
-				fmt.Fprintf(out, "  %-12s %-8s on %s (%s)\n", m.ID, m.Role, m.Host, m.Region)
-			}
-			if !wait {
-				fmt.Fprintf(out, "watch it with `pgfleet status %s` and `pgfleet events %s`\n", v.Name, v.Name)
-				return nil
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
-			defer cancel()
-			if _, err := waitReady(ctx, c, v.Name, out); err != nil {
-				return err
-			}
-			fmt.Fprintf(out, "cluster %s is restored and ready in %s\n", v.Name, time.Since(start).Round(100*time.Millisecond))
-			return nil
+			headline := fmt.Sprintf("restoring %s into %s on port %d", args[0], v.Name, v.Port)
+			return followNewCluster(cmd, c, v, headline, "restored and ready", wait, timeout, start)
 		},
 	}
 	f := cmd.Flags()

@@ -95,28 +95,13 @@ func newCreateCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			out := cmd.OutOrStdout()
 			start := time.Now()
 			v, err := c.Create(cmd.Context(), req)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(out, "cluster %s created on port %d:\n", v.Name, v.Port)
-			for _, m := range v.Members {
-				fmt.Fprintf(out, "  %-12s %-8s on %s (%s)\n", m.ID, m.Role, m.Host, m.Region)
-			}
-			if !wait {
-				fmt.Fprintf(out, "members are starting; watch them with `pgfleet status %s`\n", v.Name)
-				return nil
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
-			defer cancel()
-			if _, err := waitReady(ctx, c, v.Name, out); err != nil {
-				return err
-			}
-			fmt.Fprintf(out, "cluster %s is ready in %s\n", v.Name, time.Since(start).Round(100*time.Millisecond))
-			fmt.Fprintf(out, "connect: pgfleet connect %s    url: pgfleet url %s\n", v.Name, v.Name)
-			return nil
+			headline := fmt.Sprintf("cluster %s created on port %d", v.Name, v.Port)
+			return followNewCluster(cmd, c, v, headline, "ready", wait, timeout, start)
 		},
 	}
 	f := cmd.Flags()
@@ -133,6 +118,28 @@ func newCreateCmd(cf *clientFlags) *cobra.Command {
 	f.BoolVar(&req.BackupEncrypt, "backup-encrypt", false, "encrypt every backup object (AES-256-GCM) with a key generated for the cluster")
 	f.DurationVar(&backupEvery, "backup-every", 0, "base backup interval (default 24h)")
 	return cmd
+}
+
+// followNewCluster shows where a new cluster's members were placed and,
+// with wait, its members' progress until every one runs.
+func followNewCluster(cmd *cobra.Command, c *api.Client, v api.ClusterView, headline, readyWord string, wait bool, timeout time.Duration, start time.Time) error {
+	out := cmd.OutOrStdout()
+	fmt.Fprintf(out, "%s:\n", headline)
+	for _, m := range v.Members {
+		fmt.Fprintf(out, "  %-12s %-8s on %s (%s)\n", m.ID, m.Role, m.Host, m.Region)
+	}
+	if !wait {
+		fmt.Fprintf(out, "members are starting; watch them with `pgfleet status %s` and `pgfleet events %s`\n", v.Name, v.Name)
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+	defer cancel()
+	if _, err := waitReady(ctx, c, v.Name, out); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "cluster %s is %s in %s\n", v.Name, readyWord, time.Since(start).Round(100*time.Millisecond))
+	fmt.Fprintf(out, "connect: pgfleet connect %s    url: pgfleet url %s\n", v.Name, v.Name)
+	return nil
 }
 
 // ready reports whether every member runs (the primary) or streams with no lag.
@@ -213,13 +220,13 @@ func newStatusCmd(cf *clientFlags) *cobra.Command {
 				primary = "(none)"
 			}
 			fmt.Fprintf(out, "cluster %s  primary %s  region %s  port %d (proxy: primary %d, replicas %d within %s lag)  sync %s\n\n",
-				v.Name, primary, v.PrimaryRegion, v.Port, v.PrimaryProxyPort, v.ReplicaProxyPort, humanBytes(v.MaxReplicaLag), v.Sync)
+				v.Name, primary, v.PrimaryRegion, v.Port, v.PrimaryProxyPort, v.ReplicaProxyPort, fleet.FormatBytes(v.MaxReplicaLag), v.Sync)
 			t := table(out)
 			fmt.Fprintln(t, "MEMBER\tHOST\tREGION\tROLE\tSTATE\tADDRESS\tTL\tLAG\tNOTE")
 			for _, m := range v.Members {
 				lag := "-"
 				if m.LagBytes >= 0 && m.Role != fleet.RolePrimary {
-					lag = humanBytes(m.LagBytes)
+					lag = fleet.FormatBytes(m.LagBytes)
 				}
 				tl := "-"
 				if m.Timeline > 0 {
@@ -232,17 +239,6 @@ func newStatusCmd(cf *clientFlags) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&cf.json, "json", false, "print JSON")
 	return cmd
-}
-
-func humanBytes(n int64) string {
-	switch {
-	case n < 1<<10:
-		return fmt.Sprintf("%d B", n)
-	case n < 1<<20:
-		return fmt.Sprintf("%.1f kB", float64(n)/(1<<10))
-	default:
-		return fmt.Sprintf("%.1f MB", float64(n)/(1<<20))
-	}
 }
 
 func newListCmd(cf *clientFlags) *cobra.Command {

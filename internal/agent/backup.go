@@ -108,7 +108,7 @@ func (s *supervisor) runBackup(ctx context.Context, req fleet.BackupRequest) {
 		return
 	}
 	s.event(ctx, "backup", fmt.Sprintf("backup %s taken on %s in %s: %s, %s stored (%s to %s, timeline %d)",
-		m.ID, s.spec.ID, time.Since(start).Round(time.Millisecond), humanBytes(m.RawBytes), humanBytes(m.StoredBytes), m.StartLSN, m.StopLSN, m.Timeline))
+		m.ID, s.spec.ID, time.Since(start).Round(time.Millisecond), fleet.FormatBytes(m.RawBytes), fleet.FormatBytes(m.StoredBytes), m.StartLSN, m.StopLSN, m.Timeline))
 	a, err := s.archive(ctx)
 	if err != nil {
 		return
@@ -212,24 +212,11 @@ func (s *supervisor) watchArchiving(ctx context.Context) {
 	failing := st.Failing()
 	if failing && !s.archiveFailing {
 		s.event(ctx, "archive-failing", fmt.Sprintf("%s cannot archive WAL to %s: %s failed (%d failures); WAL is kept in pg_wal (%s) until the store takes it",
-			s.spec.ID, s.cluster.Backup.Store, st.LastFailedWAL, st.FailedCount, humanBytes(st.PendingBytes)))
+			s.spec.ID, s.cluster.Backup.Store, st.LastFailedWAL, st.FailedCount, fleet.FormatBytes(st.PendingBytes)))
 	} else if !failing && s.archiveFailing {
 		s.event(ctx, "archive-ok", fmt.Sprintf("%s archives WAL again (last %s)", s.spec.ID, st.LastArchivedWAL))
 	}
 	s.archiveFailing = failing
-	s.pendingWAL.Store(st.PendingBytes)
-}
-
-func humanBytes(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f kB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
 }
 
 // restore builds the first primary of a cluster made by `pgfleet restore`:
@@ -249,16 +236,9 @@ func (s *supervisor) restore(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
-	target := backup.Target{Latest: r.Latest}
-	if r.Time != nil {
-		target.Time = *r.Time
-	}
-	if r.LSN != "" {
-		l, err := postgres.ParseLSN(r.LSN)
-		if err != nil {
-			return fmt.Errorf("restore target: %w", err)
-		}
-		target.LSN = backup.LSN(l)
+	target, err := backup.NewTarget(r.Time, r.LSN, r.Latest)
+	if err != nil {
+		return fmt.Errorf("restore target: %w", err)
 	}
 	rec, err := backup.RecoverySettings(target, backup.RestoreCommand(s.exe, r.Store, r.From, keyFile))
 	if err != nil {

@@ -62,10 +62,9 @@ type supervisor struct {
 	exe        string          // this pgfleet binary, for archive_command and restore_command
 	osUser     postgres.OSUser // runs postgres, wal-push and wal-fetch
 
-	backingUp      atomic.Bool  // a base backup of this member runs
-	checkingBackup atomic.Bool  // the primary's backup schedule check runs
-	archiveFailing bool         // the last check found archiving failing
-	pendingWAL     atomic.Int64 // bytes of WAL waiting to be archived, as last seen
+	backingUp      atomic.Bool // a base backup of this member runs
+	checkingBackup atomic.Bool // the primary's backup schedule check runs
+	archiveFailing bool        // the last check found archiving failing
 
 	mu       sync.Mutex
 	state    fleet.State

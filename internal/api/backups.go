@@ -74,18 +74,9 @@ func (s *Server) planRestore(ctx context.Context, spec *fleet.ClusterSpec, secre
 	if err := fleet.ValidateName("cluster", rr.From, fleet.MaxClusterName); err != nil {
 		return http.StatusBadRequest, "restore: " + err.Error()
 	}
-	n := 0
-	if rr.Time != nil {
-		n++
-	}
-	if rr.LSN != "" {
-		n++
-	}
-	if rr.Latest {
-		n++
-	}
-	if n != 1 {
-		return http.StatusBadRequest, "restore needs exactly one target: --time RFC3339, --lsn X/Y or --latest"
+	target, err := backup.NewTarget(rr.Time, rr.LSN, rr.Latest)
+	if err != nil {
+		return http.StatusBadRequest, "restore: " + err.Error()
 	}
 	src, sec, err := s.sourceOf(ctx, rr.From)
 	if err != nil {
@@ -96,17 +87,6 @@ func (s *Server) planRestore(ctx context.Context, spec *fleet.ClusterSpec, secre
 	}
 	if src.Backup == nil {
 		return http.StatusUnprocessableEntity, fmt.Sprintf("cluster %s has no backups: it was created without a backup store", rr.From)
-	}
-	target := backup.Target{Latest: rr.Latest}
-	if rr.Time != nil {
-		target.Time = *rr.Time
-	}
-	if rr.LSN != "" {
-		l, err := backup.ParseLSN(rr.LSN)
-		if err != nil {
-			return http.StatusBadRequest, "restore: " + err.Error()
-		}
-		target.LSN = l
 	}
 	key := ""
 	if src.Backup.Encrypted {

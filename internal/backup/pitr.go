@@ -18,6 +18,26 @@ type Target struct {
 	Inclusive bool
 }
 
+// NewTarget builds a restore target from what a user gives: a time, an
+// LSN in PostgreSQL's form, or latest; exactly one of them.
+func NewTarget(at *time.Time, lsn string, latest bool) (Target, error) {
+	t := Target{Latest: latest}
+	if at != nil {
+		t.Time = *at
+	}
+	if lsn != "" {
+		l, err := ParseLSN(lsn)
+		if err != nil {
+			return Target{}, err
+		}
+		if l == 0 {
+			return Target{}, fmt.Errorf("LSN %q: a restore target must be past 0/0", lsn)
+		}
+		t.LSN = l
+	}
+	return t, t.validate()
+}
+
 func (t Target) validate() error {
 	n := 0
 	if !t.Time.IsZero() {

@@ -559,3 +559,17 @@ func LagBytes(write, replay uint64) int64 {
 	}
 	return int64(write - replay)
 }
+
+// FormatBytes writes a size for people: "512 B", "12.3 kB", "22.6 MB",
+// "1.5 GB" (powers of 1024).
+func FormatBytes(n int64) string {
+	switch {
+	case n < 1<<10:
+		return fmt.Sprintf("%d B", n)
+	case n < 1<<20:
+		return fmt.Sprintf("%.1f kB", float64(n)/(1<<10))
+	case n < 1<<30:
+		return fmt.Sprintf("%.1f MB", float64(n)/(1<<20))
+	}
+	return fmt.Sprintf("%.1f GB", float64(n)/(1<<30))
+}

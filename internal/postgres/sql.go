@@ -20,17 +20,18 @@ type LSN uint64
 // ParseLSN parses PostgreSQL's text form of an LSN, "16/B374D848": the high
 // and low 32 bits in hexadecimal.
 func ParseLSN(s string) (LSN, error) {
+	bad := fmt.Errorf("LSN %q: want the form X/Y, e.g. 0/3000060", s)
 	hi, lo, ok := strings.Cut(s, "/")
-	if !ok {
-		return 0, fmt.Errorf("parse lsn %q: missing '/'", s)
+	if !ok || hi == "" || lo == "" || len(hi) > 8 || len(lo) > 8 {
+		return 0, bad
 	}
 	h, err := strconv.ParseUint(hi, 16, 32)
 	if err != nil {
-		return 0, fmt.Errorf("parse lsn %q: %w", s, err)
+		return 0, bad
 	}
 	l, err := strconv.ParseUint(lo, 16, 32)
 	if err != nil {
-		return 0, fmt.Errorf("parse lsn %q: %w", s, err)
+		return 0, bad
 	}
 	return LSN(h<<32 | l), nil
 }
@@ -38,6 +39,20 @@ func ParseLSN(s string) (LSN, error) {
 // String formats l as PostgreSQL does, "16/B374D848".
 func (l LSN) String() string {
 	return fmt.Sprintf("%X/%X", uint64(l)>>32, uint32(l))
+}
+
+// MarshalText writes l as PostgreSQL does, so backup manifests read like
+// psql output.
+func (l LSN) MarshalText() ([]byte, error) { return []byte(l.String()), nil }
+
+// UnmarshalText parses PostgreSQL's form.
+func (l *LSN) UnmarshalText(b []byte) error {
+	v, err := ParseLSN(string(b))
+	if err != nil {
+		return err
+	}
+	*l = v
+	return nil
 }
 
 // Status is what a supervisor publishes each second.
