@@ -9,9 +9,17 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/pgfleet/pgfleet/internal/postgres"
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == postgres.DeadManCommand {
+		// A primary's dead man's switch (postgres.DeadMan), started by the
+		// agent: it handles its own signals and must not wait on anything
+		// the agent does.
+		os.Exit(postgres.RunDeadMan(os.Args[2:], os.Stdin, os.Stderr))
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRootCmd().ExecuteContext(ctx)
 	stop()

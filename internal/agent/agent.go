@@ -563,7 +563,7 @@ func (a *Agent) startSupervisor(ctx context.Context, p placed) error {
 		cluster: p.cluster, role: m.Role, state: fleet.StatePending, publishNow: make(chan struct{}, 1),
 		exe: a.exe, osUser: a.osUser,
 	}
-	s.inst = postgres.New(postgres.Config{Bin: a.bin, DataDir: s.pgdata(), User: a.osUser, Logger: log})
+	s.inst = postgres.New(postgres.Config{Bin: a.bin, DataDir: s.pgdata(), User: a.osUser, Logger: log, Exe: a.exe})
 	sctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
 	r := &running{sup: s, cancel: cancel, done: make(chan struct{}), created: p.cluster.Created}
 	a.sups[m.ID] = r

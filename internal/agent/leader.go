@@ -15,13 +15,20 @@ import (
 // leaderHold keeps a member's leader lease and knows, from its own clock
 // alone, until when the store has surely not expired it: the fence deadline.
 // It renews the lease every TTL/4; each confirmed renewal moves the deadline
-// to ha.FenceDeadline(time the renewal was sent). lost closes when the
-// deadline passes or the store says the lease is gone. The check never needs
-// the store, so a primary cut off from it still fences in time.
+// to ha.FenceDeadline(time the renewal was sent).
+//
+// The hold enforces the fence itself, whatever the supervisor is busy with
+// (a start, a slow store call, a switchover): when the deadline passes, the
+// store says the lease is gone, or the dead man's switch exits, it kills
+// every process of the instance first and only then closes lost. The check
+// never needs the store, so a primary cut off from it still fences in time;
+// and the dead man's switch, armed before postgres starts, fences at the same
+// deadline when this process cannot (stopped, hung, dead).
 type leaderHold struct {
 	lease *store.Lease
 	ttl   time.Duration
 	log   *slog.Logger
+	inst  *postgres.Instance
 
 	mu       sync.Mutex
 	deadline time.Time
@@ -34,14 +41,24 @@ type leaderHold struct {
 	done     chan struct{}
 }
 
-func holdLeader(lease *store.Lease, ttl time.Duration, sent time.Time, log *slog.Logger) *leaderHold {
-	ctx, stop := context.WithCancel(context.Background())
+// holdLeader starts holding a lease whose last confirmed request was sent
+// at sent, for inst. It arms the dead man's switch before it returns, so
+// postgres may be started or promoted right after; it opens inst to writes.
+func holdLeader(lease *store.Lease, ttl time.Duration, sent time.Time, inst *postgres.Instance, log *slog.Logger) (*leaderHold, error) {
 	h := &leaderHold{
-		lease: lease, ttl: ttl, log: log, deadline: ha.FenceDeadline(sent, ttl),
-		lost: make(chan struct{}), stop: stop, done: make(chan struct{}),
+		lease: lease, ttl: ttl, log: log, inst: inst, deadline: ha.FenceDeadline(sent, ttl),
+		lost: make(chan struct{}), done: make(chan struct{}),
 	}
+	d, err := inst.ArmDeadMan(h.deadline)
+	if err != nil {
+		return nil, err
+	}
+	h.deadMan = d
+	inst.AllowWrites()
+	ctx, stop := context.WithCancel(context.Background())
+	h.stop = stop
 	go h.loop(ctx)
-	return h
+	return h, nil
 }
 
 func (h *leaderHold) loop(ctx context.Context) {
@@ -53,13 +70,17 @@ func (h *leaderHold) loop(ctx context.Context) {
 		wait := time.Until(h.deadline)
 		h.mu.Unlock()
 		if wait <= 0 {
-			h.setLost("leader lease not confirmed before the fence deadline")
+			h.fence("leader lease not confirmed before the fence deadline")
 			return
 		}
 		timer := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			timer.Stop()
+			return
+		case <-h.deadMan.Fired():
+			timer.Stop()
+			h.fence("the dead man's switch exited")
 			return
 		case <-timer.C:
 			continue // re-check: a renewal may have moved the deadline
@@ -76,8 +97,10 @@ func (h *leaderHold) loop(ctx context.Context) {
 		err := h.lease.Renew(rctx)
 		cancel()
 		switch {
+		case ctx.Err() != nil:
+			return
 		case errors.Is(err, store.ErrLeaseLost):
-			h.setLost("the store says the leader lease is gone")
+			h.fence("the store says the leader lease is gone")
 			return
 		case err != nil:
 			h.log.Warn("renew leader lease", "err", err)
@@ -87,20 +110,14 @@ func (h *leaderHold) loop(ctx context.Context) {
 	}
 }
 
-func (h *leaderHold) extend(deadline time.Time) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if deadline.After(h.deadline) {
-		h.deadline = deadline
+// fence kills the instance, then reports the hold lost. A fence that could
+// not kill everything is logged and the hold still reports lost: the lease
+// is not released (forget, not release), so the key expires at the store
+// no earlier than the deadline the fence tried to keep.
+func (h *leaderHold) fence(why string) {
+	if err := h.inst.Fence(); err != nil {
+		h.log.Error("fence", "why", why, "err", err)
 	}
-	if h.deadMan != nil {
-		if err := h.deadMan.Extend(time.Until(h.deadline)); err != nil {
-			h.log.Warn("extend fence", "err", err)
-		}
-	}
-}
-
-func (h *leaderHold) setLost(why string) {
 	h.lostOnce.Do(func() {
 		h.mu.Lock()
 		h.reason = why
@@ -109,45 +126,45 @@ func (h *leaderHold) setLost(why string) {
 	})
 }
 
+func (h *leaderHold) extend(deadline time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if deadline.After(h.deadline) {
+		h.deadline = deadline
+	}
+	if err := h.deadMan.Extend(h.deadline); err != nil {
+		h.log.Warn("extend fence", "err", err)
+	}
+}
+
 func (h *leaderHold) why() string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.reason
 }
 
-// arm starts the dead man's switch for the running postgres: from now on,
-// even an agent that is stopped cannot keep it writable past the deadline.
-func (h *leaderHold) arm(inst *postgres.Instance) error {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.deadMan != nil {
-		h.deadMan.Disarm()
-	}
-	d, err := inst.ArmDeadMan(time.Until(h.deadline))
-	if err != nil {
-		return err
-	}
-	h.deadMan = d
-	return nil
-}
-
-// forget stops holding without revoking: the lease is gone or another
-// member leads.
+// forget stops holding without revoking: the lease is gone, or another
+// member leads. It disarms the dead man's switch, so call it only once the
+// instance is fenced or stopped.
 func (h *leaderHold) forget() {
 	h.stop()
 	<-h.done
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.deadMan != nil {
-		h.deadMan.Disarm()
-		h.deadMan = nil
-	}
+	h.deadMan.Disarm()
 }
 
 // release gives the key up at once (revoking the lease deletes it), so a
-// standby need not wait for the lease to expire. Call it only once postgres
-// no longer accepts writes.
+// standby need not wait for the lease to expire. It first makes sure that no
+// process of the instance is left (a postmaster that crashed leaves its
+// backends running); if that fails, it keeps the lease, which then expires
+// at the store no earlier than the fence deadline.
 func (h *leaderHold) release() {
+	if err := h.inst.Fence(); err != nil {
+		h.log.Error("release leader key: processes of postgres are still running; letting the lease expire", "err", err)
+		h.forget()
+		return
+	}
 	h.forget()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()

@@ -230,17 +230,19 @@ func (s *supervisor) stopPostgres() {
 	}
 }
 
-// fence stops postgres at once, so that no transaction commits after it
-// returns. Used when the leader lease can no longer be confirmed.
+// fence kills every process of postgres at once, so that no transaction
+// commits after it returns, and records why. The leader hold has usually
+// done the killing already (it does not wait for this loop); fencing twice
+// is harmless.
 func (s *supervisor) fence(ctx context.Context, why string) {
 	s.stopping.Store(true)
 	defer s.stopping.Store(false)
-	if err := s.inst.StopImmediate(2 * time.Second); err != nil {
-		s.log.Error("fence: stop postgres", "err", err)
+	if err := s.inst.Fence(); err != nil {
+		s.log.Error("fence", "err", err)
 	}
 	s.ctl.close()
 	s.pub.close()
-	s.event(ctx, "fenced", fmt.Sprintf("%s fenced: %s; postgres stopped", s.spec.ID, why))
+	s.event(ctx, "fenced", fmt.Sprintf("%s fenced: %s; every process of postgres killed", s.spec.ID, why))
 }
 
 func (s *supervisor) setHold(h *leaderHold) {
@@ -440,7 +442,14 @@ func (s *supervisor) takeLeader(ctx context.Context) (bool, error) {
 	}
 	// The grant was sent before the acquiring transaction, so the key
 	// cannot expire before sent+TTL.
-	s.setHold(holdLeader(lease, s.cluster.TTL(), sent, s.log))
+	h, err := holdLeader(lease, s.cluster.TTL(), sent, s.inst, s.log)
+	if err != nil {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
+		lease.Revoke(rctx)
+		cancel()
+		return false, err
+	}
+	s.setHold(h)
 	return true, nil
 }
 
@@ -477,9 +486,6 @@ func (s *supervisor) runPrimary(ctx context.Context, fresh bool) error {
 // slot, and then watches: postgres exiting, the lease no longer confirmed,
 // a step-down or switchover request.
 func (s *supervisor) servePrimary(ctx context.Context, kind, msg string) error {
-	if err := s.hold.arm(s.inst); err != nil {
-		return err
-	}
 	// Every standby the term started with gets the grace period to connect.
 	s.lastStreamed = map[string]time.Time{}
 	for _, m := range s.syncApplied {
@@ -520,9 +526,10 @@ func (s *supervisor) servePrimary(ctx context.Context, kind, msg string) error {
 			return ctx.Err()
 		case <-s.inst.Done():
 			// Promoting an up-to-date standby is quicker than crash
-			// recovery here, so the key goes at once.
+			// recovery here, so the key goes at once, but only once the
+			// backends the postmaster left are gone too.
 			s.releaseLeader()
-			s.event(ctx, "crashed", fmt.Sprintf("%s: postgres exited (%v); leader key released", s.spec.ID, s.inst.ExitErr()))
+			s.event(ctx, "crashed", fmt.Sprintf("%s: postgres exited (%v); its processes killed and the leader key released", s.spec.ID, s.inst.ExitErr()))
 			return fmt.Errorf("postgres exited: %v", s.inst.ExitErr())
 		case <-s.hold.lost:
 			s.fence(ctx, s.hold.why())

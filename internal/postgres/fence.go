@@ -1,102 +1,172 @@
 package postgres
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
+	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
-// StopImmediate stops postgres at once: SIGQUIT makes the postmaster and
-// every backend exit without a checkpoint (crash recovery on the next
-// start), SIGKILL follows after timeout. It is how a primary fences itself:
-// no transaction commits after it returns.
-func (i *Instance) StopImmediate(timeout time.Duration) error {
+// fenceTimeout bounds how long Fence waits for the instance's processes to
+// be gone. SIGKILL ends a process at once unless it is stuck in the kernel.
+const fenceTimeout = 5 * time.Second
+
+// ErrFenced is returned by Start for data that would run as a primary, and
+// by Promote, while the instance is fenced: a primary whose lease ran out
+// must not come back writable until it holds a lease again.
+var ErrFenced = errors.New("fenced: this member may not accept writes until it holds the leader key again")
+
+// Fence stops every process of the instance at once: the postmaster and
+// every backend, auxiliary process and archiver shell, found by their working
+// directory (the data directory) whoever their parent is by now, even when
+// they are stopped (SIGSTOP). It returns once none of them is left, so no
+// transaction of the instance commits after Fence returns nil; the next start
+// runs crash recovery. From then on the instance refuses to start writable or
+// to promote until AllowWrites.
+//
+// Killing the postmaster alone is not a fence: each backend runs in a
+// session of its own and finishes the statement it is in, a COMMIT included,
+// before it notices that the postmaster is gone.
+func (i *Instance) Fence() error {
 	i.mu.Lock()
+	i.fenced = true
 	p := i.running()
 	i.mu.Unlock()
-	if p == nil {
-		return nil
+	if p != nil {
+		p.stopping.Store(true)
 	}
-	return i.stop(p, timeout, syscall.SIGQUIT)
+	n, err := killAll(instanceDirs(i.cfg.DataDir), fenceTimeout)
+	if p != nil {
+		// The reaper sees our child's SIGKILL at once; waiting for it keeps
+		// Pid and Done true to what runs.
+		select {
+		case <-p.done:
+		case <-time.After(fenceTimeout):
+			err = errors.Join(err, fmt.Errorf("fence %s: postmaster pid %d not reaped", i.cfg.DataDir, p.cmd.Process.Pid))
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("fence %s: %w", i.cfg.DataDir, err)
+	}
+	if n > 0 {
+		i.log.Info("fenced: killed every process of the instance", "processes", n)
+	}
+	return nil
 }
 
-// deadManScript waits for lines on stdin, each the number of seconds left
-// until the fence deadline. When a wait times out, it kills the postmaster's
-// whole process group; when stdin closes (the agent disarmed it, or died and
-// took postgres with it), it exits quietly.
-const deadManScript = `t=$1; pgid=$2
-while :; do
-	read -r -t "$t" next; rc=$?
-	if [ "$rc" -gt 128 ]; then kill -KILL -- "-$pgid"; echo "fence: deadline passed, killed postgres process group $pgid"; exit 0; fi
-	[ "$rc" -ne 0 ] && exit 0
-	t=$next
-done`
+// AllowWrites lifts Fence's ban on starting writable and promoting. The
+// caller holds the leader key under a fresh lease.
+func (i *Instance) AllowWrites() {
+	i.mu.Lock()
+	i.fenced = false
+	i.mu.Unlock()
+}
+
+// Fenced reports whether the instance is fenced.
+func (i *Instance) Fenced() bool {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.fenced
+}
+
+// DeadManCommand is the first argument that makes the pgfleet binary (or a
+// test binary whose TestMain calls RunDeadMan) run as a dead man's switch.
+const DeadManCommand = "fence-watch"
 
 // DeadMan is a fence that runs outside the agent: a separate process that
-// kills postgres unless the agent keeps telling it the leader lease is
-// still safely held. A primary's agent that is stopped (SIGSTOP), starved or
-// hung cannot keep its own timers; the dead man's switch still fires, so an
-// old primary never accepts writes after its lease has expired.
+// kills every process of the instance unless the agent keeps moving its
+// deadline. A primary's agent that is stopped (SIGSTOP), starved or hung
+// cannot keep its own timers, and one that dies cannot take its postgres'
+// backends with it; the switch still fires, at the deadline or as soon as
+// the agent's end of its pipe closes without a disarm.
+//
+// Deadlines cross the pipe as absolute readings of CLOCK_MONOTONIC, which
+// every process of the host shares, so a line read late (the switch was
+// descheduled, or lines queued up) never moves the deadline past what the
+// agent meant.
 type DeadMan struct {
-	mu    sync.Mutex
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	done  chan struct{}
+	mu       sync.Mutex
+	cmd      *exec.Cmd
+	stdin    io.WriteCloser
+	done     chan struct{}
+	disarmed bool
 }
 
-// ArmDeadMan starts the switch for the running postmaster with left until
-// the deadline. It fails when postgres is not running.
-func (i *Instance) ArmDeadMan(left time.Duration) (*DeadMan, error) {
-	pid := i.Pid()
-	if pid == 0 {
-		return nil, fmt.Errorf("arm fence: %w", ErrNotRunning)
-	}
+// ArmDeadMan starts the switch for the instance with the given deadline. It
+// needs no running postgres: a primary arms it before starting, so that no
+// moment of its term is unguarded.
+func (i *Instance) ArmDeadMan(deadline time.Time) (*DeadMan, error) {
+	left := time.Until(deadline)
 	if left <= 0 {
 		return nil, errors.New("arm fence: the deadline has passed")
 	}
-	cmd := exec.Command("bash", "-c", deadManScript, "pgfleet-fence", seconds(left), strconv.Itoa(pid))
+	exe := i.cfg.Exe
+	if exe == "" {
+		var err error
+		if exe, err = os.Executable(); err != nil {
+			return nil, fmt.Errorf("arm fence: find the pgfleet binary: %w", err)
+		}
+	}
+	cmd := exec.Command(exe, DeadManCommand, "--data-dir", i.cfg.DataDir, "--deadline", strconv.FormatInt(monoAfter(left), 10))
+	// Nothing of the agent's environment (credentials) goes to the switch.
+	cmd.Env = []string{}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, fmt.Errorf("arm fence: %w", err)
 	}
 	out := newOutput(i.log.With("cmd", "fence"), nil)
 	cmd.Stdout, cmd.Stderr = out, out
-	// Its own process group: a signal meant for the agent's group (a
-	// terminal's Ctrl-Z) must not stop the fence too.
+	// Its own process group, and no Pdeathsig: a signal meant for the
+	// agent's group (a terminal's Ctrl-Z) must not stop the fence, and the
+	// fence must outlive an agent that dies.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("arm fence: start bash: %w", err)
+		return nil, fmt.Errorf("arm fence: start %s: %w", exe, err)
 	}
 	d := &DeadMan{cmd: cmd, stdin: stdin, done: make(chan struct{})}
-	go func() { cmd.Wait(); close(d.done) }()
+	go func() { cmd.Wait(); out.Flush(); close(d.done) }()
 	return d, nil
 }
 
-func seconds(d time.Duration) string { return strconv.FormatFloat(d.Seconds(), 'f', 3, 64) }
-
-// Extend moves the deadline to left from now. An error means the switch is
-// gone (it fired, or was disarmed).
-func (d *DeadMan) Extend(left time.Duration) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+// Extend moves the deadline. An error means the switch is gone (it fired,
+// or was disarmed) or the deadline has passed.
+func (d *DeadMan) Extend(deadline time.Time) error {
+	left := time.Until(deadline)
 	if left <= 0 {
 		return errors.New("extend fence: the deadline has passed")
 	}
-	_, err := io.WriteString(d.stdin, seconds(left)+"\n")
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.disarmed {
+		return errors.New("extend fence: disarmed")
+	}
+	_, err := io.WriteString(d.stdin, strconv.FormatInt(monoAfter(left), 10)+"\n")
 	return err
 }
 
-// Disarm stops the switch without firing it and waits for it to exit.
+// Disarm stops the switch without firing it and waits for it to exit. Call
+// it only once postgres may run on without a lease: it was stopped, or
+// another lease guards it.
 func (d *DeadMan) Disarm() {
 	d.mu.Lock()
-	d.stdin.Close()
+	if !d.disarmed {
+		d.disarmed = true
+		io.WriteString(d.stdin, "disarm\n")
+		d.stdin.Close()
+	}
 	d.mu.Unlock()
 	select {
 	case <-d.done:
@@ -106,8 +176,98 @@ func (d *DeadMan) Disarm() {
 	}
 }
 
-// Fired returns a channel that closes when the switch has exited.
+// Fired returns a channel that closes when the switch has exited. Unless
+// Disarm was called, that means it fired or was killed: either way the
+// instance is no longer guarded and must be fenced.
 func (d *DeadMan) Fired() <-chan struct{} { return d.done }
+
+// monoNow reads CLOCK_MONOTONIC, the clock Go's timers use, in nanoseconds.
+func monoNow() int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		panic("clock_gettime(CLOCK_MONOTONIC): " + err.Error())
+	}
+	return ts.Nano()
+}
+
+func monoAfter(d time.Duration) int64 { return monoNow() + int64(d) }
+
+// deadManLinger is how long a fired switch keeps killing what starts in the
+// data directory: a postmaster forked by an agent in the instant before the
+// deadline is caught long before it could accept a connection.
+const deadManLinger = time.Second
+
+// RunDeadMan is the dead man's switch process (see DeadMan): it reads
+// deadlines from stdin, one CLOCK_MONOTONIC reading in nanoseconds a line,
+// and exits 0 on the line "disarm". It fires when the deadline passes, when
+// stdin ends without a disarm (the agent died), on a line it cannot read, and
+// on SIGTERM, SIGINT or SIGHUP; firing kills every process of the instance.
+// It returns the process' exit code: 0 disarmed, 1 fired, 2 bad arguments.
+func RunDeadMan(args []string, stdin io.Reader, stderr io.Writer) int {
+	fs := flag.NewFlagSet(DeadManCommand, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dataDir := fs.String("data-dir", "", "the instance's data directory")
+	deadline := fs.Int64("deadline", 0, "CLOCK_MONOTONIC nanoseconds")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if !filepath.IsAbs(*dataDir) || *deadline <= 0 || fs.NArg() != 0 {
+		fmt.Fprintln(stderr, "usage: pgfleet fence-watch --data-dir ABS-PATH --deadline MONO-NS")
+		return 2
+	}
+	// A write to the agent's closed pipe must not end the switch.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	signal.Ignore(syscall.SIGPIPE)
+
+	lines := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(stdin)
+		for sc.Scan() {
+			lines <- strings.TrimSpace(sc.Text())
+		}
+		close(lines)
+	}()
+	fire := func(why string) int {
+		dirs := instanceDirs(*dataDir)
+		n, err := killAll(dirs, fenceTimeout)
+		for end := time.Now().Add(deadManLinger); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+			k, kerr := killAll(dirs, fenceTimeout)
+			n, err = n+k, errors.Join(err, kerr)
+		}
+		fmt.Fprintf(stderr, "fence: %s; killed %d processes of %s\n", why, n, *dataDir)
+		if err != nil {
+			fmt.Fprintf(stderr, "fence: %v\n", err)
+		}
+		return 1
+	}
+	for {
+		left := time.Duration(*deadline - monoNow())
+		if left <= 0 {
+			return fire("the deadline passed")
+		}
+		timer := time.NewTimer(left)
+		select {
+		case line, ok := <-lines:
+			timer.Stop()
+			switch {
+			case !ok:
+				return fire("the agent is gone")
+			case line == "disarm":
+				return 0
+			}
+			n, err := strconv.ParseInt(line, 10, 64)
+			if err != nil || n <= 0 {
+				return fire(fmt.Sprintf("unreadable deadline %q", line))
+			}
+			*deadline = n
+		case <-timer.C:
+		case sig := <-sigs:
+			timer.Stop()
+			return fire("got " + sig.String())
+		}
+	}
+}
 
 // Rewind makes a former primary's data follow src again with pg_rewind, so
 // it can rejoin as a standby without a full copy. Postgres must not run. The

@@ -56,6 +56,9 @@ type Config struct {
 	DataDir string // PGDATA; its parent exists, is managed by the caller and must be traversable by User
 	User    OSUser
 	Logger  *slog.Logger // postgres' output lines are logged here, one record per line, attr "pg" = the line
+	// Exe is the binary that runs the dead man's switch (DeadManCommand);
+	// empty means this process' own executable.
+	Exe string
 }
 
 // Instance is one local PostgreSQL data directory and, while running, its
@@ -70,6 +73,7 @@ type Instance struct {
 	mu       sync.Mutex
 	proc     *process // current or last postmaster; nil before the first Start
 	settings *Settings
+	fenced   bool // Fence ran and AllowWrites has not: no writable start, no promotion
 }
 
 // process is one run of the postmaster.
@@ -138,6 +142,15 @@ func (i *Instance) running() *process {
 // child is stopped and ctx's error returned. A standby that never reaches a
 // consistent state is never ready, so ctx should carry a deadline.
 func (i *Instance) Start(ctx context.Context) error {
+	if i.Pid() == 0 {
+		// Backends of an earlier postmaster (one killed with the agent
+		// before it) would keep its shared memory and refuse the start.
+		if n, err := killAll(instanceDirs(i.cfg.DataDir), fenceTimeout); err != nil {
+			return fmt.Errorf("start postgres in %s: %w", i.cfg.DataDir, err)
+		} else if n > 0 {
+			i.log.Warn("killed processes left by an earlier postmaster", "processes", n)
+		}
+	}
 	p, err := i.spawn()
 	if err != nil {
 		return fmt.Errorf("start postgres in %s: %w", i.cfg.DataDir, err)
@@ -189,6 +202,9 @@ func (i *Instance) spawn() (*process, error) {
 	}
 	if !i.Initialized() {
 		return nil, fmt.Errorf("no cluster in %s: run InitDB or BaseBackup first", i.cfg.DataDir)
+	}
+	if _, err := os.Stat(filepath.Join(i.cfg.DataDir, "standby.signal")); i.fenced && err != nil {
+		return nil, ErrFenced
 	}
 
 	p := &process{done: make(chan struct{})}
@@ -472,7 +488,9 @@ func (i *Instance) StopFast(timeout time.Duration) error {
 }
 
 // stop sends each signal in turn, giving each an equal share of timeout,
-// then SIGKILL, and waits for the reaper.
+// then SIGKILL, and waits for the reaper. It returns once no process of the
+// instance is left: a postmaster that was killed leaves its backends
+// running, and they must not outlive the stop.
 func (i *Instance) stop(p *process, timeout time.Duration, sigs ...syscall.Signal) error {
 	p.stopping.Store(true)
 	step := timeout / time.Duration(len(sigs))
@@ -485,7 +503,7 @@ func (i *Instance) stop(p *process, timeout time.Duration, sigs ...syscall.Signa
 		select {
 		case <-p.done:
 			t.Stop()
-			return nil
+			return i.killStragglers(pid)
 		case <-t.C:
 		}
 		i.log.Warn("postgres did not stop in time, escalating", "pid", pid, "signal", sig.String(), "waited", step)
@@ -494,6 +512,19 @@ func (i *Instance) stop(p *process, timeout time.Duration, sigs ...syscall.Signa
 		return fmt.Errorf("stop postgres (pid %d): kill: %w", pid, err)
 	}
 	<-p.done
+	return i.killStragglers(pid)
+}
+
+// killStragglers kills what is left of the instance after its postmaster
+// (pid) exited.
+func (i *Instance) killStragglers(pid int) error {
+	n, err := killAll(instanceDirs(i.cfg.DataDir), fenceTimeout)
+	if err != nil {
+		return fmt.Errorf("stop postgres (pid %d): %w", pid, err)
+	}
+	if n > 0 {
+		i.log.Warn("killed processes the postmaster left behind", "pid", pid, "processes", n)
+	}
 	return nil
 }
 

@@ -456,56 +456,6 @@ func runPdeathsigHelper(t *testing.T, dir string) {
 	t.Fatalf("helper: postgres exited: %v", inst.ExitErr())
 }
 
-// TestDeadMan checks the fence that runs outside the agent: fed, it keeps
-// postgres alive; left alone past its deadline, it kills the postmaster and
-// its backends; disarmed, it exits without killing.
-func TestDeadMan(t *testing.T) {
-	inst := startPrimary(t, "fenced")
-	d, err := inst.ArmDeadMan(time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for range 6 { // 1.5 s of feeding, longer than the first deadline
-		time.Sleep(250 * time.Millisecond)
-		if err := d.Extend(time.Second); err != nil {
-			t.Fatalf("Extend: %v", err)
-		}
-	}
-	if inst.Pid() == 0 {
-		t.Fatal("postgres died although the fence was fed")
-	}
-	select {
-	case <-inst.Done():
-		t.Fatal("postgres exited although the fence was fed")
-	case <-time.After(10 * time.Millisecond):
-	}
-	start := time.Now()
-	select {
-	case <-inst.Done():
-	case <-time.After(10 * time.Second):
-		t.Fatal("postgres still runs 10 s after the fence deadline")
-	}
-	if took := time.Since(start); took > 3*time.Second {
-		t.Errorf("fence fired %s after the last feed, want about 1 s", took)
-	}
-	<-d.Fired()
-
-	// Disarmed, it leaves a running postgres alone.
-	if err := inst.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	d, err = inst.ArmDeadMan(300 * time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.Disarm()
-	select {
-	case <-inst.Done():
-		t.Fatal("a disarmed fence killed postgres")
-	case <-time.After(time.Second):
-	}
-}
-
 // TestStandbyWALGone: a standby whose upstream recycled the WAL it needs
 // (no slot held it) learns so from its walreceiver, which WALGone reports, so
 // that its supervisor can clone it afresh instead of waiting forever.

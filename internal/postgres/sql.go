@@ -255,6 +255,9 @@ const promoteWait = 60
 // pg_promote(true, 60) and returns once it is out of recovery. Promoting a
 // server that is already a primary succeeds, so a supervisor may retry it.
 func (i *Instance) Promote(ctx context.Context, superuser ConnInfo) error {
+	if i.Fenced() {
+		return fmt.Errorf("promote %s: %w", i.cfg.DataDir, ErrFenced)
+	}
 	if err := promote(ctx, superuser); err != nil {
 		return fmt.Errorf("promote %s: %w", i.cfg.DataDir, err)
 	}
