@@ -496,7 +496,7 @@ func newSwitchoverCmd(cf *clientFlags) *cobra.Command {
 			fmt.Fprintf(out, "switching over %s from %s to %s\n", args[0], v.From, v.To)
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
-			if err := waitPrimary(ctx, c, args[0], func(p string) bool { return p == v.To }); err != nil {
+			if err := waitPrimary(ctx, c, args[0], func(cv api.ClusterView) bool { return cv.Primary == v.To }); err != nil {
 				return err
 			}
 			fmt.Fprintf(out, "%s is the primary of %s (%s)\n", v.To, args[0], time.Since(start).Round(10*time.Millisecond))
@@ -530,10 +530,20 @@ func newFailoverCmd(cf *clientFlags) *cobra.Command {
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
 			var now string
-			if err := waitPrimary(ctx, c, args[0], func(p string) bool { now = p; return p != "" && p != before.Primary }); err != nil {
+			// A new term, not a new member: the election may keep the
+			// primary where it was, and the CLI must see that too.
+			if err := waitPrimary(ctx, c, args[0], func(cv api.ClusterView) bool {
+				now = cv.Primary
+				return cv.Primary != "" && cv.PrimaryTerm != before.PrimaryTerm
+			}); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s is the primary of %s (was %s; %s)\n", now, args[0], before.Primary, time.Since(start).Round(10*time.Millisecond))
+			took := time.Since(start).Round(10 * time.Millisecond)
+			if now == before.Primary {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s is the primary of %s again: no other member won the election (%s); see `pgfleet events %s`\n", now, args[0], took, args[0])
+				return nil
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s is the primary of %s (was %s; %s)\n", now, args[0], before.Primary, took)
 			return nil
 		},
 	}
@@ -541,15 +551,15 @@ func newFailoverCmd(cf *clientFlags) *cobra.Command {
 	return cmd
 }
 
-// waitPrimary waits until the cluster's primary satisfies ok and runs.
-func waitPrimary(ctx context.Context, c *api.Client, name string, ok func(string) bool) error {
+// waitPrimary waits until the cluster satisfies ok and its primary runs.
+func waitPrimary(ctx context.Context, c *api.Client, name string, ok func(api.ClusterView) bool) error {
 	last := "no answer"
 	for {
 		v, err := c.Cluster(ctx, name)
 		if err == nil {
 			last = "primary " + v.Primary
 			for _, m := range v.Members {
-				if m.ID == v.Primary && ok(v.Primary) && m.State == fleet.StateRunning {
+				if m.ID == v.Primary && ok(v) && m.State == fleet.StateRunning {
 					return nil
 				}
 			}

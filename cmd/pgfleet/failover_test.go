@@ -265,6 +265,34 @@ func loseHost(t *testing.T, dir, host, member string) {
 	}
 }
 
+// staleTransaction opens a session on member, inserts a row in a
+// transaction it leaves open, and stops (SIGSTOP) the session's backend.
+func staleTransaction(t *testing.T, c cli, member string) (*pgx.Conn, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, strings.TrimSpace(c.ok("url", "db", "--member", member)))
+	if err != nil {
+		t.Fatalf("connect to %s: %v", member, err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	var pid int
+	if err := conn.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "INSERT INTO acks (id) VALUES (-1)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGCONT) })
+	return conn, pid
+}
+
 // TestFailover runs the faults of a primary's life on one cluster, each
 // under a writer that records every acknowledged commit: a switchover, a
 // crash of the primary's postmaster, its agent stopped (SIGSTOP) for longer
@@ -361,6 +389,11 @@ func TestFailover(t *testing.T) {
 	t.Run("stopped agent is fenced", func(t *testing.T) {
 		old := status(t, c, "db").Primary
 		agentPid := pidFile(t, filepath.Join(dir, hostOf(old)+".pid"))
+		// A session on the old primary in the middle of a transaction,
+		// whose backend is stopped too: it must never commit once another
+		// member may have taken writes. A backend is in a session of its
+		// own; only a fence that kills every process of postgres ends it.
+		stale, backend := staleTransaction(t, c, old)
 		c := c.without(hostOf(old)) // its API does not answer while stopped
 		start := time.Now()
 		if err := syscall.Kill(agentPid, syscall.SIGSTOP); err != nil {
@@ -370,6 +403,13 @@ func TestFailover(t *testing.T) {
 		t.Logf("agent of %s stopped: %s primary after %s", old, newP, took.Round(10*time.Millisecond))
 		// Keep it stopped well past the new primary's start, then let it go.
 		w.waitWritesOn(newP, start)
+		syscall.Kill(backend, syscall.SIGCONT)
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := stale.Exec(cctx, "COMMIT")
+		cancel()
+		if err == nil {
+			t.Fatalf("a transaction on %s's stopped backend committed after %s took writes", old, newP)
+		}
 		time.Sleep(2 * time.Second) // the fault: the agent stays stopped a while longer
 		if err := syscall.Kill(agentPid, syscall.SIGCONT); err != nil {
 			t.Fatal(err)
@@ -430,6 +470,12 @@ func TestFailover(t *testing.T) {
 				t.Errorf("old primary %s came back as %s, want standby", old, m.Role)
 			}
 		}
+	})
+
+	t.Run("failover without a standby is refused", func(t *testing.T) {
+		c.ok("create", "solo", "--primary-region", "iad", "--ha", "1", "--wait")
+		c.fails(1, "no streaming standby", "failover", "solo")
+		c.ok("destroy", "solo", "--yes")
 	})
 
 	out := c.ok("events", "db")

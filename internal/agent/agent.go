@@ -128,6 +128,10 @@ type Agent struct {
 	ready   chan struct{}
 	sups    map[string]*running // by member id
 	fleetID string              // the store's fleet id, once known
+	// orphansChecked is when removeOrphans last looked; keptOrphans are the
+	// directories it kept and reported.
+	orphansChecked time.Time
+	keptOrphans    map[string]bool
 }
 
 type running struct {
@@ -160,7 +164,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	return &Agent{
 		cfg: cfg, bin: bin, osUser: osUser, log: cfg.Logger.With("host", cfg.Name), exe: exe,
-		ready: make(chan struct{}), sups: map[string]*running{},
+		ready: make(chan struct{}), sups: map[string]*running{}, keptOrphans: map[string]bool{},
 		host: fleet.Host{Name: cfg.Name, Region: cfg.Region, Addr: cfg.Advertise, APIAddr: cfg.APIListen, Version: Version},
 	}, nil
 }
@@ -460,12 +464,24 @@ func (a *Agent) reconcile(ctx context.Context) {
 		}
 	}
 	for id, r := range a.sups {
-		if p, ok := want[id]; !ok || !p.cluster.Created.Equal(r.created) {
-			a.log.Info("member removed", "member", id)
-			r.cancel(errRemoved)
-			<-r.done
-			delete(a.sups, id)
+		if p, ok := want[id]; ok && p.cluster.Created.Equal(r.created) {
+			continue
 		}
+		// Only a destroy, recorded as a tombstone, deletes data; a member
+		// that is merely missing stops and keeps it.
+		gone, err := a.store.Tombstoned(ctx, r.sup.spec.Cluster, r.created)
+		if err != nil {
+			a.log.Warn("member missing from the store; deciding once the store answers", "member", id, "err", err)
+			continue
+		}
+		cause := errVanished
+		if gone {
+			cause = errRemoved
+		}
+		a.log.Info("member no longer placed here", "member", id, "destroyed", gone)
+		r.cancel(cause)
+		<-r.done
+		delete(a.sups, id)
 	}
 	for id, p := range want {
 		if _, ok := a.sups[id]; ok {
@@ -488,13 +504,21 @@ type memberMark struct {
 
 const markFile = "member.json"
 
-// removeOrphans deletes member directories whose member no longer exists,
-// e.g. because the cluster was destroyed while this agent was down. It only
-// deletes what the store positively says is gone: data marked with this
-// fleet's id whose cluster is absent or was created anew. A store that is
-// not this fleet's (a wrong --etcd-prefix or --etcd-endpoints) has another
-// fleet id, or none, and deletes nothing.
+// orphanCheckEvery spaces the checks of member directories that no
+// supervisor runs: each costs a store read per directory.
+const orphanCheckEvery = 30 * time.Second
+
+// removeOrphans deletes member directories whose cluster was destroyed,
+// e.g. while this agent was down. It only deletes what the store positively
+// says is gone: data marked with this fleet's id whose cluster incarnation
+// has a tombstone. Data whose member is merely missing (a restored store
+// snapshot, a stray delete, a wrong --etcd-prefix or --etcd-endpoints, which
+// also has another fleet id or none) is kept and reported once.
 func (a *Agent) removeOrphans(ctx context.Context, want map[string]placed) {
+	if time.Since(a.orphansChecked) < orphanCheckEvery {
+		return
+	}
+	a.orphansChecked = time.Now()
 	if a.fleetID == "" {
 		id, err := a.store.FleetID(ctx, false)
 		if err != nil {
@@ -519,7 +543,18 @@ func (a *Agent) removeOrphans(ctx context.Context, want map[string]placed) {
 		if p, ok := want[e.Name()]; ok && p.cluster.Created.Equal(mark.Created) {
 			continue
 		}
-		a.log.Info("removing data of a deleted member", "dir", dir, "cluster", mark.Cluster)
+		gone, err := a.store.Tombstoned(ctx, mark.Cluster, mark.Created)
+		if err != nil {
+			return
+		}
+		if !gone {
+			if !a.keptOrphans[dir] {
+				a.keptOrphans[dir] = true
+				a.log.Warn("member data with no member in the store and no record of its cluster's destroy: kept", "dir", dir, "cluster", mark.Cluster)
+			}
+			continue
+		}
+		a.log.Info("removing data of a destroyed cluster's member", "dir", dir, "cluster", mark.Cluster)
 		if err := os.RemoveAll(dir); err != nil {
 			a.log.Error("remove member data", "dir", dir, "err", err)
 		}
@@ -540,11 +575,24 @@ func (a *Agent) startSupervisor(ctx context.Context, p placed) error {
 	var mark memberMark
 	if b, err := os.ReadFile(filepath.Join(dir, markFile)); err == nil && json.Unmarshal(b, &mark) == nil &&
 		(mark.FleetID != fleetID || !mark.Created.Equal(p.cluster.Created)) {
-		// Data of an older cluster of the same name (destroyed while this
-		// agent was down, then created again): never serve it as the new one.
-		a.log.Info("removing data of an earlier cluster of the same name", "dir", dir)
-		if err := os.RemoveAll(dir); err != nil {
-			return fmt.Errorf("remove stale member data: %w", err)
+		// Data of another cluster of the same name (destroyed while this
+		// agent was down, then created again), or of another fleet: never
+		// serve it as this one. Deleted only on a tombstone's word.
+		gone, err := a.store.Tombstoned(ctx, mark.Cluster, mark.Created)
+		if err != nil {
+			return err
+		}
+		if gone && mark.FleetID == fleetID {
+			a.log.Info("removing data of an earlier cluster of the same name", "dir", dir)
+			if err := os.RemoveAll(dir); err != nil {
+				return fmt.Errorf("remove stale member data: %w", err)
+			}
+		} else {
+			aside := fmt.Sprintf("%s.set-aside-%s", dir, time.Now().UTC().Format("20060102T150405Z"))
+			a.log.Warn("member data of another cluster or fleet under this member's name: set aside, not deleted", "dir", dir, "moved_to", aside)
+			if err := os.Rename(dir, aside); err != nil {
+				return fmt.Errorf("set aside foreign member data: %w", err)
+			}
 		}
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {

@@ -24,9 +24,13 @@ import (
 	"github.com/pgfleet/pgfleet/internal/store"
 )
 
-// errRemoved is the cancel cause that tells a supervisor its member was
-// deleted from the store, so its data goes too.
-var errRemoved = errors.New("member removed from the cluster spec")
+// errRemoved is the cancel cause that tells a supervisor its cluster was
+// destroyed (a tombstone says so), so its data goes too.
+var errRemoved = errors.New("cluster destroyed")
+
+// errVanished is the cancel cause for a member missing from the store with
+// no record of a destroy: the supervisor stops and keeps the data.
+var errVanished = errors.New("member missing from the store, with no record of its cluster's destroy")
 
 // errSteppedDown ends a primary's term without a failure: a switchover or
 // `pgfleet failover` asked it to hand over.
@@ -93,6 +97,11 @@ type supervisor struct {
 	syncFrom    postgres.LSN
 	// lastStreamed is when each standby was last seen streaming, this term.
 	lastStreamed map[string]time.Time
+	// rewindFailures and startFailures count consecutive failures of
+	// pg_rewind and of starts as a standby (see rewindTries, startTries).
+	rewindFailures, startFailures int
+	// candidacies dates the election's candidacies by this host's clock.
+	candidacies ha.CandidacyClock
 	// abstainUntil keeps a primary that was told to step down out of the
 	// election its step-down starts; otherwise, holding the most WAL, it
 	// would win it again.
@@ -204,13 +213,18 @@ func (s *supervisor) run(ctx context.Context) {
 	s.releaseLeader()
 	stopPub()
 	<-pubDone
-	if errors.Is(context.Cause(ctx), errRemoved) {
+	switch cause := context.Cause(ctx); {
+	case errors.Is(cause, errRemoved):
 		if err := os.RemoveAll(s.dir); err != nil {
 			s.log.Error("remove member data", "dir", s.dir, "err", err)
 		} else {
-			s.log.Info("member removed; data deleted", "dir", s.dir)
+			s.log.Info("cluster destroyed; member data deleted", "dir", s.dir)
 		}
-	} else {
+	case errors.Is(cause, errVanished):
+		// The event is recorded only if the cluster itself still exists.
+		s.log.Error("member missing from the store: postgres stopped, data kept", "dir", s.dir)
+		s.event(context.Background(), "vanished", fmt.Sprintf("%s: its placement is missing from the store but its cluster was not destroyed; postgres stopped on %s, data kept in %s", s.spec.ID, s.host.Name, s.dir))
+	default:
 		s.set(fleet.StateStopped, "", "agent stopped")
 		s.publish(context.Background())
 	}
@@ -375,8 +389,18 @@ func (s *supervisor) rejoin(ctx context.Context, c store.ClusterState, why strin
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return s.discardData(ctx, fmt.Sprintf("pg_rewind from %s failed (%v)", leader.ID, err))
+		// A rewind can fail for a moment (the source restarted, the
+		// network dropped): the run loop retries it, from whoever leads by
+		// then; only a failure that repeats costs the data a re-clone.
+		s.rewindFailures++
+		if s.rewindFailures < rewindTries {
+			return fmt.Errorf("pg_rewind from %s failed (try %d of %d): %w", leader.ID, s.rewindFailures, rewindTries, err)
+		}
+		s.rewindFailures = 0
+		return s.discardData(ctx, fmt.Sprintf("pg_rewind from %s failed %d times (%v)", leader.ID, rewindTries, err))
 	}
+	s.rewindFailures = 0
+	s.forgetTimeline()
 	// pg_rewind copied the leader's configuration; make the data a standby's.
 	if err := s.inst.Configure(s.settings(nil, true)); err != nil {
 		return fmt.Errorf("configure after rewind: %w", err)
@@ -386,16 +410,47 @@ func (s *supervisor) rejoin(ctx context.Context, c store.ClusterState, why strin
 	return nil
 }
 
-// discardData removes the member's data, which cannot follow the leader,
-// so that the next round clones it afresh. Only called with a running leader
-// to clone from, which holds every acknowledged commit.
+// rewindTries is how many consecutive pg_rewind failures a member takes
+// before it gives its data up for a re-clone.
+const rewindTries = 3
+
+// startTries is how many consecutive failed starts as a standby of a
+// running primary a member takes before it treats its data as diverged and
+// rejoins.
+const startTries = 3
+
+// discardData sets the member's data aside, since it cannot follow the
+// leader, so that the next round clones it afresh. Only called with a
+// running leader to clone from, which holds every acknowledged commit; even
+// so the data is not deleted but kept as pgdata.discarded (one generation)
+// until the member streams again.
 func (s *supervisor) discardData(ctx context.Context, why string) error {
-	s.event(ctx, "reclone", fmt.Sprintf("%s: %s; cloning afresh", s.spec.ID, why))
-	if err := os.RemoveAll(s.pgdata()); err != nil {
-		return fmt.Errorf("remove data to re-clone: %w", err)
+	s.event(ctx, "reclone", fmt.Sprintf("%s: %s; cloning afresh (the old data is kept in %s until it streams)", s.spec.ID, why, s.discarded()))
+	if err := os.RemoveAll(s.discarded()); err != nil {
+		return fmt.Errorf("remove the data set aside before: %w", err)
 	}
+	if err := os.Rename(s.pgdata(), s.discarded()); err != nil {
+		return fmt.Errorf("set data aside to re-clone: %w", err)
+	}
+	s.forgetTimeline()
 	s.diverged.Store(false)
 	return nil
+}
+
+// discarded is where discardData keeps the data it set aside.
+func (s *supervisor) discarded() string { return s.pgdata() + ".discarded" }
+
+// dropDiscarded deletes the data set aside for a re-clone, once the member
+// streams again and so holds what the primary has.
+func (s *supervisor) dropDiscarded() {
+	if _, err := os.Stat(s.discarded()); err != nil {
+		return
+	}
+	if err := os.RemoveAll(s.discarded()); err != nil {
+		s.log.Warn("remove data set aside for a re-clone", "dir", s.discarded(), "err", err)
+		return
+	}
+	s.log.Info("member streams again: removed the data set aside for its re-clone", "dir", s.discarded())
 }
 
 func (s *supervisor) standbyRole() fleet.Role {
@@ -495,7 +550,13 @@ func (s *supervisor) servePrimary(ctx context.Context, kind, msg string) error {
 	if err != nil {
 		return err
 	}
+	var timeline int64
 	err = s.ctl.do(ctx, s.superuser(), func(conn *pgx.Conn) error {
+		st, err := postgres.QueryStatus(ctx, conn)
+		if err != nil {
+			return fmt.Errorf("read timeline: %w", err)
+		}
+		timeline = st.Timeline
 		// Every start, not only after initdb: a first start that failed
 		// half-way must not leave the cluster without its replication role.
 		if err := postgres.EnsureRole(ctx, conn, fleet.ReplicationUser, s.secrets.ReplicationPassword, true); err != nil {
@@ -509,6 +570,10 @@ func (s *supervisor) servePrimary(ctx context.Context, kind, msg string) error {
 		return nil
 	})
 	if err != nil {
+		return err
+	}
+	// Elections keep members whose WAL stops on an older timeline out.
+	if err := s.store.RaiseTimeline(ctx, s.spec.Cluster, s.spec.ID, timeline); err != nil {
 		return err
 	}
 	s.set(fleet.StateRunning, fleet.RolePrimary, "")
@@ -781,9 +846,22 @@ func (s *supervisor) handOver(ctx context.Context, sw fleet.Switchover) error {
 	cancel()
 	s.set(fleet.StateStopped, fleet.RolePrimary, "switchover to "+sw.To)
 	s.stopPostgres()
-	lsn, err := s.inst.CheckpointLSN(ctx)
+	lsn, clean, err := s.inst.ShutdownCheckpoint(ctx)
 	if err != nil {
 		return err
+	}
+	if !clean {
+		// The fast shutdown had to be escalated: WAL may go on past the
+		// last checkpoint, so no position proves that the target has
+		// everything. An ordinary election, which compares what every
+		// member received, decides instead; the switchover record goes
+		// first, or the election would wait for its position.
+		if err := s.store.ClearSwitchover(ctx, s.spec.Cluster); err != nil {
+			return fmt.Errorf("give the switchover up: %w", err)
+		}
+		s.releaseLeader()
+		s.event(ctx, "switchover", fmt.Sprintf("%s did not shut down cleanly; the switchover to %s gives way to an ordinary election", s.spec.ID, sw.To))
+		return errSteppedDown
 	}
 	sw.LSN = uint64(lsn)
 	if err := s.store.UpdateSwitchover(ctx, s.spec.Cluster, sw); err != nil {
@@ -886,8 +964,22 @@ func (s *supervisor) runStandby(ctx context.Context) error {
 			}
 			return errSteppedDown
 		}
+		if following != "" && !errors.Is(err, errSteppedDown) && ctx.Err() == nil {
+			// Data that cannot start as a standby of a running primary,
+			// because its history left the primary's or for a reason that
+			// repeats, is rewound (and re-cloned if that fails); retrying
+			// it as it is never helps.
+			s.startFailures++
+			if errors.Is(err, postgres.ErrDiverged) || s.startFailures >= startTries {
+				s.startFailures = 0
+				s.diverged.Store(true)
+				s.event(ctx, "diverged", fmt.Sprintf("%s cannot start as a standby of %s (%v); rejoining", s.spec.ID, following, err))
+				return errSteppedDown
+			}
+		}
 		return err
 	}
+	s.startFailures = 0
 	s.set(fleet.StateCatchingUp, s.standbyRole(), followNote(following))
 	if following != "" {
 		s.event(ctx, "standby", fmt.Sprintf("%s runs as %s of %s on %s (%s)", s.spec.ID, s.standbyRole(), following, s.host.Name, s.addr()))
@@ -969,6 +1061,7 @@ func (s *supervisor) runStandby(ctx context.Context) error {
 		}
 		if streaming {
 			since = time.Now()
+			s.dropDiscarded()
 		} else if leaderRunning && s.inst.WALGone(5*time.Second) {
 			// Rewinding cannot bring back WAL the leader recycled.
 			s.stopPostgres()
@@ -1007,7 +1100,7 @@ func (s *supervisor) campaign(ctx context.Context, c store.ClusterState, since *
 		return false, err
 	}
 	lsn := uint64(max(pst.ReceiveLSN, pst.ReplayLSN))
-	cd := fleet.Candidacy{Member: s.spec.ID, LSN: lsn, LagBytes: -1, Timeline: pst.Timeline, At: time.Now().UTC()}
+	cd := fleet.Candidacy{Member: s.spec.ID, LSN: lsn, LagBytes: -1, Timeline: s.timeline(pst), At: time.Now().UTC()}
 	if w := s.primaryLSN.Load(); w > 0 {
 		cd.LagBytes = fleet.LagBytes(w, lsn)
 	}
@@ -1031,7 +1124,11 @@ func (s *supervisor) campaign(ctx context.Context, c store.ClusterState, since *
 	if err != nil || c.Leader != "" {
 		return false, err
 	}
-	winner, why := ha.Elect(ha.ElectionInput{Now: time.Now(), Spec: c.Spec, Members: c.Members, Candidates: c.Candidates, Switchover: c.Switchover, Sync: c.Sync})
+	now := time.Now()
+	winner, why := ha.Elect(ha.ElectionInput{
+		Now: now, Spec: c.Spec, Members: c.Members, Candidates: s.candidacies.Date(now, c.Candidates),
+		Switchover: c.Switchover, Sync: c.Sync, Timeline: c.Timeline,
+	})
 	if winner != s.spec.ID {
 		s.set(fleet.StateCatchingUp, s.standbyRole(), "election: "+why)
 		return false, nil
@@ -1205,7 +1302,7 @@ func (s *supervisor) publish(ctx context.Context) {
 			st.Healthy = false
 			st.Message = "status query failed: " + err.Error()
 		} else {
-			st.Timeline = pst.Timeline
+			st.Timeline = s.timeline(pst)
 			if pst.InRecovery {
 				st.ReceiveLSN, st.ReplayLSN = pst.ReceiveLSN.String(), pst.ReplayLSN.String()
 				st.State = fleet.StateCatchingUp
@@ -1226,6 +1323,43 @@ func (s *supervisor) publish(ctx context.Context) {
 	}
 	if err := s.store.PutStatus(ctx, s.spec.Cluster, st, s.lease()); err != nil && ctx.Err() == nil {
 		s.log.Debug("publish status", "err", err)
+	}
+}
+
+// receivedTimelineFile keeps, in the member's directory, the newest
+// timeline this member's WAL receiver streamed on.
+const receivedTimelineFile = "received-timeline"
+
+// timeline is the timeline of the WAL the member holds. A primary and a
+// streaming standby say it themselves; a standby whose upstream is gone
+// (the election case) has no WAL receiver to ask, and pg_control still names
+// the timeline of its last restartpoint, which may be several switches old.
+// So the newest timeline it streamed on is remembered on disk, and the
+// newer of the two counts: WAL received on a timeline stays on it.
+func (s *supervisor) timeline(pst postgres.Status) int64 {
+	if !pst.InRecovery {
+		return pst.Timeline
+	}
+	path := filepath.Join(s.dir, receivedTimelineFile)
+	known, _ := os.ReadFile(path)
+	tl, _ := strconv.ParseInt(strings.TrimSpace(string(known)), 10, 64)
+	if pst.Streaming && pst.Timeline > tl {
+		tmp := path + ".tmp"
+		if err := os.WriteFile(tmp, []byte(strconv.FormatInt(pst.Timeline, 10)+"\n"), 0o600); err == nil {
+			if err := os.Rename(tmp, path); err != nil {
+				s.log.Warn("remember received timeline", "err", err)
+			}
+		}
+		tl = pst.Timeline
+	}
+	return max(tl, pst.Timeline)
+}
+
+// forgetTimeline drops the remembered timeline when the data is replaced
+// or rewound: what it held is gone.
+func (s *supervisor) forgetTimeline() {
+	if err := os.Remove(filepath.Join(s.dir, receivedTimelineFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		s.log.Warn("forget received timeline", "err", err)
 	}
 }
 

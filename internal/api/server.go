@@ -619,8 +619,19 @@ func (s *Server) failover(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if _, err := s.store.Cluster(r.Context(), name); err != nil {
+	c, err := s.store.Cluster(r.Context(), name)
+	if err != nil {
 		s.storeError(w, err)
+		return
+	}
+	if c.Leader == "" {
+		writeError(w, http.StatusConflict, fmt.Sprintf("cluster %s has no primary to step down: an election is already under way", name))
+		return
+	}
+	// With no standby that could take over, stepping down only stops the
+	// writes until the same primary is elected again.
+	if _, why := switchoverTarget(c, ""); why != "" {
+		writeError(w, http.StatusConflict, why+": a failover would only stop writes until "+c.Leader+" is elected again")
 		return
 	}
 	if err := s.store.RequestStepdown(r.Context(), name); err != nil {

@@ -104,6 +104,9 @@ type ClusterView struct {
 	Sync             string       `json:"sync"`
 	SyncStandbys     []string     `json:"sync_standbys,omitempty"` // in sync mode: who holds every acknowledged commit
 	Primary          string       `json:"primary"`                 // member id holding the leader key, "" if none
+	// PrimaryTerm changes with every new hold of the leader key, also when
+	// the same member takes it again.
+	PrimaryTerm int64 `json:"primary_term,omitempty"`
 	Created          time.Time    `json:"created"`
 	Members          []MemberView `json:"members"`
 }
@@ -182,7 +185,7 @@ type HealthView struct {
 func viewCluster(c store.ClusterState, hosts map[string]fleet.Host) ClusterView {
 	v := ClusterView{
 		Name: c.Spec.Name, PrimaryRegion: c.Spec.PrimaryRegion, HA: c.Spec.HA,
-		Replicas: c.Spec.Replicas, Port: c.Spec.Port, Primary: c.Leader, Created: c.Spec.Created,
+		Replicas: c.Spec.Replicas, Port: c.Spec.Port, Primary: c.Leader, PrimaryTerm: c.LeaderTerm, Created: c.Spec.Created,
 		PrimaryProxyPort: c.Spec.PrimaryProxyPort(), ReplicaProxyPort: c.Spec.ReplicaProxyPort(), MaxReplicaLag: c.Spec.ReplicaLagLimit(),
 		LeaseTTL: int(c.Spec.TTL() / time.Second), Sync: c.Spec.SyncMode(),
 	}

@@ -285,6 +285,19 @@ type Candidacy struct {
 	LagBytes int64     `json:"lag_bytes"` // behind the last primary write it saw; -1 unknown
 	Timeline int64     `json:"timeline"`
 	At       time.Time `json:"at"`
+	// Rev is the store revision of the candidacy as read; it changes with
+	// every publication, so an observer can judge freshness by its own
+	// clock instead of comparing At, another host's clock, with its own.
+	Rev int64 `json:"-"`
+}
+
+// Tombstone records that one incarnation of a cluster (its name and
+// creation time) was destroyed on purpose. An agent deletes a member's data
+// only on a tombstone's word, never because a key is missing.
+type Tombstone struct {
+	Cluster string    `json:"cluster"`
+	Created time.Time `json:"created"`
+	Deleted time.Time `json:"deleted"`
 }
 
 // Secrets are a cluster's generated credentials. They are stored apart from

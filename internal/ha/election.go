@@ -35,13 +35,24 @@ type ElectionInput struct {
 	Candidates []fleet.Candidacy
 	Switchover *fleet.Switchover
 	Sync       *fleet.SyncState
+	// Timeline is the newest timeline a primary of the cluster announced.
+	Timeline int64
 }
 
 // Elect returns the member that should take the leader key, or "" when no
-// one should yet, and why. The winner is the eligible candidate that has
-// received the most WAL, so no acknowledged commit that any reachable
+// one should yet, and why. The winner is the eligible candidate that is
+// furthest along the cluster's history: on the newest timeline, and on it
+// has received the most WAL, so no acknowledged commit that any reachable
 // eligible member holds is lost; ties go to the lower member id, so every
-// member computes the same winner.
+// member computes the same winner. WAL positions on different timelines do
+// not compare: a member still on an older timeline may have received more
+// bytes, but past the fork they are WAL the cluster discarded, and promoting
+// it would discard the newer timeline's commits instead.
+//
+// In asynchronous mode a candidate on a timeline older than the newest one a
+// primary announced is kept out altogether: its history left the cluster's.
+// In sync mode every member of the published sync set takes part whatever
+// its timeline, since together they hold every acknowledged commit.
 //
 // During a switchover only its target may win, and only once it has
 // received the stopped primary's last record.
@@ -87,11 +98,19 @@ func Elect(in ElectionInput) (string, string) {
 			cands = append(cands, c)
 		}
 	} else {
+		behind := 0
 		for _, c := range fresh {
 			if c.LagBytes > in.Spec.MaxLag() {
 				continue
 			}
+			if c.Timeline < in.Timeline {
+				behind++
+				continue
+			}
 			cands = append(cands, c)
+		}
+		if len(cands) == 0 && behind > 0 {
+			return "", fmt.Sprintf("%d candidates are on a timeline older than the cluster's (%d); waiting for a member on it", behind, in.Timeline)
 		}
 	}
 	if len(cands) == 0 {
@@ -99,13 +118,52 @@ func Elect(in ElectionInput) (string, string) {
 	}
 	sort.Slice(cands, func(i, j int) bool {
 		a, b := cands[i], cands[j]
+		if a.Timeline != b.Timeline {
+			return a.Timeline > b.Timeline
+		}
 		if a.LSN != b.LSN {
 			return a.LSN > b.LSN
 		}
 		return a.Member < b.Member
 	})
 	w := cands[0]
-	return w.Member, fmt.Sprintf("%s has received the most WAL (%s) of %d candidates", w.Member, fmtLSN(w.LSN), len(cands))
+	return w.Member, fmt.Sprintf("%s has received the most WAL (%s on timeline %d) of %d candidates", w.Member, fmtLSN(w.LSN), w.Timeline, len(cands))
+}
+
+// CandidacyClock dates candidacies by this observer's own clock: a
+// candidacy is as old as the time since its store revision last changed
+// here. Candidates republish every round, so a live one keeps changing; a
+// dead one stops. Comparing the candidate's own timestamp with the local
+// clock would make any clock skew between hosts beyond CandidacyFresh block
+// every election.
+type CandidacyClock struct {
+	seen map[string]seenRev
+}
+
+type seenRev struct {
+	rev int64
+	at  time.Time
+}
+
+// Date returns cands with At set to when this clock first saw each one's
+// current revision, now for one not seen before.
+func (k *CandidacyClock) Date(now time.Time, cands []fleet.Candidacy) []fleet.Candidacy {
+	if k.seen == nil {
+		k.seen = map[string]seenRev{}
+	}
+	out := make([]fleet.Candidacy, 0, len(cands))
+	next := make(map[string]seenRev, len(cands))
+	for _, c := range cands {
+		s, ok := k.seen[c.Member]
+		if !ok || s.rev != c.Rev {
+			s = seenRev{rev: c.Rev, at: now}
+		}
+		next[c.Member] = s
+		c.At = s.at
+		out = append(out, c)
+	}
+	k.seen = next
+	return out
 }
 
 func fmtLSN(l uint64) string { return fmt.Sprintf("%X/%X", l>>32, uint32(l)) }

@@ -281,6 +281,13 @@ func (i *Instance) Rewind(ctx context.Context, src ConnInfo) error {
 		return fmt.Errorf("rewind %s: %w", i.cfg.DataDir, err)
 	}
 	defer cleanup()
+	// A server promoted moments ago still names its old timeline in
+	// pg_control until its first checkpoint; pg_rewind reads the timeline
+	// from there and would find "no rewind required" for data that
+	// diverged. A checkpoint first makes the source tell the truth.
+	if err := checkpoint(ctx, src); err != nil {
+		return fmt.Errorf("rewind %s: checkpoint the source %s first: %w", i.cfg.DataDir, src, err)
+	}
 	conninfo := fmt.Sprintf("host=%s port=%d user=%s dbname=postgres sslmode=require connect_timeout=10",
 		conninfoValue(src.Host), src.Port, conninfoValue(src.User))
 	args := []string{"--target-pgdata=" + i.cfg.DataDir, "--source-server=" + conninfo, "--progress"}
@@ -291,18 +298,49 @@ func (i *Instance) Rewind(ctx context.Context, src ConnInfo) error {
 	return nil
 }
 
-// CheckpointLSN reads the latest checkpoint's location from pg_control. After
-// a clean shutdown it is the shutdown checkpoint, the last record the server
-// wrote: a standby that has received past it has everything.
-func (i *Instance) CheckpointLSN(ctx context.Context) (LSN, error) {
-	out, err := exec.CommandContext(ctx, i.cfg.Bin.Path("pg_controldata"), "-D", i.cfg.DataDir).Output()
+// ShutdownCheckpoint reads from pg_control whether the server was shut
+// down cleanly and the latest checkpoint's location. After a clean shutdown
+// that checkpoint is the shutdown checkpoint, the last record the server
+// wrote, and a standby that has received past it has everything. After an
+// unclean one (a fast shutdown that had to be escalated, a crash) WAL may go
+// on past the latest checkpoint, and the location proves nothing: clean is
+// false.
+func (i *Instance) ShutdownCheckpoint(ctx context.Context) (lsn LSN, clean bool, err error) {
+	cmd := exec.CommandContext(ctx, i.cfg.Bin.Path("pg_controldata"), "-D", i.cfg.DataDir)
+	cmd.Env = append(childEnv(i.cfg.User), "LC_ALL=C")
+	out, err := cmd.Output()
 	if err != nil {
-		return 0, fmt.Errorf("pg_controldata %s: %w", i.cfg.DataDir, err)
+		return 0, false, fmt.Errorf("pg_controldata %s: %w", i.cfg.DataDir, err)
 	}
+	var state string
+	found := false
 	for _, line := range strings.Split(string(out), "\n") {
 		if v, ok := strings.CutPrefix(line, "Latest checkpoint location:"); ok {
-			return ParseLSN(strings.TrimSpace(v))
+			if lsn, err = ParseLSN(strings.TrimSpace(v)); err != nil {
+				return 0, false, fmt.Errorf("pg_controldata %s: %w", i.cfg.DataDir, err)
+			}
+			found = true
+		}
+		if v, ok := strings.CutPrefix(line, "Database cluster state:"); ok {
+			state = strings.TrimSpace(v)
 		}
 	}
-	return 0, fmt.Errorf("pg_controldata %s: no checkpoint location in its output", i.cfg.DataDir)
+	if !found {
+		return 0, false, fmt.Errorf("pg_controldata %s: no checkpoint location in its output", i.cfg.DataDir)
+	}
+	// "shut down in recovery" is a standby's clean stop; a primary's is
+	// "shut down".
+	return lsn, state == "shut down", nil
+}
+
+func checkpoint(ctx context.Context, ci ConnInfo) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	conn, err := Connect(ctx, ci)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	_, err = conn.Exec(ctx, "CHECKPOINT")
+	return err
 }

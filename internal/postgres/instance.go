@@ -39,6 +39,21 @@ const (
 	walGoneMessage   = "has already been removed"
 )
 
+// ErrDiverged is wrapped into Start's error when postgres refused to start
+// because its data's history does not continue the timeline it was asked
+// to follow, or it could not find the checkpoint its WAL should start from:
+// data that only a rewind or a fresh copy can bring back.
+var ErrDiverged = errors.New("the data's history left the primary's")
+
+// divergedMessages are postgres' words for ErrDiverged (xlogrecovery.c,
+// xlog.c).
+var divergedMessages = []string{
+	"is not a child of this server's history",
+	"is not in this server's history",
+	"could not locate a valid checkpoint record",
+	"could not locate required checkpoint record",
+}
+
 // ErrAddrInUse is wrapped into Start's error when postgres could not bind its
 // address, so a caller can report the port conflict rather than a generic
 // start failure.
@@ -170,6 +185,12 @@ func (i *Instance) Start(ctx context.Context) error {
 				i.cfg.DataDir, p.cmd.ProcessState, p.out.tailText())
 			if tailContains(p.out, "Address already in use") {
 				err = fmt.Errorf("%w: %w", ErrAddrInUse, err)
+			}
+			for _, m := range divergedMessages {
+				if tailContains(p.out, m) {
+					err = fmt.Errorf("%w: %w", ErrDiverged, err)
+					break
+				}
 			}
 			return err
 		case <-ctx.Done():

@@ -226,6 +226,12 @@ type ClusterState struct {
 	Members []fleet.MemberSpec            // in id order
 	Status  map[string]fleet.MemberStatus // by member id; missing when the host is gone
 	Leader  string                        // member id holding the leader key, "" if none
+	// LeaderTerm identifies the leader key's current term: the store
+	// revision that created it. A new term of the same member has a new one.
+	LeaderTerm int64
+	// Timeline is the newest timeline a primary of the cluster announced
+	// (RaiseTimeline); 0 before the first.
+	Timeline int64
 	// Initialized reports whether the cluster ever had a leader, i.e. its
 	// data exists on some member.
 	Initialized bool
@@ -253,7 +259,15 @@ func (c *ClusterState) decode(rest string, v []byte, rev int64) error {
 		c.specRev = rev
 		return json.Unmarshal(v, &c.Spec)
 	case rest == "leader":
-		c.Leader = string(v)
+		// The key is only ever created, never updated, so its mod revision
+		// is its create revision.
+		c.Leader, c.LeaderTerm = string(v), rev
+	case rest == "timeline":
+		tl, err := strconv.ParseInt(string(v), 10, 64)
+		if err != nil || tl < 1 {
+			return fmt.Errorf("timeline %q: not a timeline number", v)
+		}
+		c.Timeline = tl
 	case rest == "initialized":
 		c.Initialized = true
 	case rest == "switchover":
@@ -272,6 +286,7 @@ func (c *ClusterState) decode(rest string, v []byte, rev int64) error {
 		if err := json.Unmarshal(v, &cd); err != nil {
 			return err
 		}
+		cd.Rev = rev
 		c.Candidates = append(c.Candidates, cd)
 	case len(parts) == 3 && parts[0] == "members" && parts[2] == "spec":
 		var m fleet.MemberSpec
@@ -451,6 +466,11 @@ func (s *Store) DeleteCluster(ctx context.Context, name string) error {
 	if retired != nil {
 		ops = append(ops, clientv3.OpPut(s.retiredKey(name), string(retired)))
 	}
+	// The tombstone is the agents' only order to delete a member's data: a
+	// member missing from the store for any other reason (a restored
+	// snapshot, a stray delete) keeps its data.
+	tomb, _ := json.Marshal(fleet.Tombstone{Cluster: name, Created: c.Spec.Created, Deleted: time.Now().UTC()})
+	ops = append(ops, clientv3.OpPut(s.tombstoneKey(name, c.Spec.Created), string(tomb)))
 	resp, err := s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.ModRevision(s.specKey(name)), "=", c.specRev)).
 		Then(ops...).Commit()
@@ -461,6 +481,22 @@ func (s *Store) DeleteCluster(ctx context.Context, name string) error {
 		return fmt.Errorf("delete cluster %s: %w", name, ErrConflict)
 	}
 	return nil
+}
+
+func (s *Store) tombstoneKey(cluster string, created time.Time) string {
+	return s.prefix + "tombstones/" + cluster + "/" + strconv.FormatInt(created.UnixNano(), 10)
+}
+
+// Tombstoned reports whether the cluster named cluster that was created at
+// created has been destroyed: only then may its members' data be deleted.
+func (s *Store) Tombstoned(ctx context.Context, cluster string, created time.Time) (bool, error) {
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, s.tombstoneKey(cluster, created), clientv3.WithCountOnly())
+	if err != nil {
+		return false, fmt.Errorf("read tombstone of %s: %w", cluster, Translate(err))
+	}
+	return resp.Count > 0, nil
 }
 
 // Secrets reads a cluster's credentials.
@@ -614,6 +650,44 @@ func (s *Store) PutSync(ctx context.Context, cluster string, st fleet.SyncState)
 		return fmt.Errorf("publish sync state of %s: %s does not hold the leader key", cluster, st.Primary)
 	}
 	return nil
+}
+
+// RaiseTimeline records that member, which must hold the leader key, runs
+// the cluster's primary on timeline tl. The record only grows: a member
+// whose WAL stops on an older timeline has a history the cluster left, and
+// elections keep it out.
+func (s *Store) RaiseTimeline(ctx context.Context, cluster, member string, tl int64) error {
+	key := s.clusterPrefix(cluster) + "timeline"
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	for {
+		resp, err := s.cli.Get(ctx, key)
+		if err != nil {
+			return fmt.Errorf("read timeline of %s: %w", cluster, Translate(err))
+		}
+		rev := int64(0)
+		if len(resp.Kvs) > 0 {
+			cur, _ := strconv.ParseInt(string(resp.Kvs[0].Value), 10, 64)
+			if cur >= tl {
+				return nil
+			}
+			rev = resp.Kvs[0].ModRevision
+		}
+		t, err := s.cli.Txn(ctx).If(
+			clientv3.Compare(clientv3.ModRevision(key), "=", rev),
+			clientv3.Compare(clientv3.Value(s.leaderKey(cluster)), "=", member),
+		).Then(clientv3.OpPut(key, strconv.FormatInt(tl, 10))).Else(clientv3.OpGet(s.leaderKey(cluster))).Commit()
+		if err != nil {
+			return fmt.Errorf("record timeline of %s: %w", cluster, Translate(err))
+		}
+		if t.Succeeded {
+			return nil
+		}
+		if kvs := t.Responses[0].GetResponseRange().Kvs; len(kvs) == 0 || string(kvs[0].Value) != member {
+			return fmt.Errorf("record timeline of %s: %s does not hold the leader key", cluster, member)
+		}
+		// The timeline changed under us; read it again.
+	}
 }
 
 // SetSyncMode changes a live cluster's replication mode.
