@@ -265,6 +265,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.store = st
 	defer st.Close()
+	if a.etcd != nil {
+		// A voter's endpoints start as its own member only.
+		syncCtx, stopSync := context.WithCancel(ctx)
+		defer stopSync()
+		go st.FollowMembers(syncCtx, 30*time.Second, a.log)
+	}
 
 	rt := &router{a: a, proxy: proxy.New(cfg.Advertise, a.log.With("component", "proxy"))}
 	defer rt.proxy.Close()

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -125,7 +126,67 @@ func (s *supervisor) runBackup(ctx context.Context, req fleet.BackupRequest) {
 	}
 }
 
+// A base backup may take hours, but never forever: backupMax bounds it, and
+// one that moves no byte for backupStall (a hung upload, a stuck
+// pg_basebackup) is cancelled, so the next scheduled backup can run.
+const (
+	backupMax   = 24 * time.Hour
+	backupStall = 5 * time.Minute
+)
+
+var (
+	errBackupTooLong = fmt.Errorf("the backup took longer than %s", backupMax)
+	errBackupStalled = fmt.Errorf("the backup moved no data for %s", backupStall)
+)
+
+// stallGuard cancels ctx with errBackupStalled when moved has not grown for
+// stall.
+func stallGuard(ctx context.Context, cancel context.CancelCauseFunc, moved *atomic.Int64, stall time.Duration) {
+	check := time.NewTicker(min(stall/10, 10*time.Second))
+	defer check.Stop()
+	last, since := moved.Load(), time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-check.C:
+		}
+		if n := moved.Load(); n != last {
+			last, since = n, time.Now()
+		} else if time.Since(since) > stall {
+			cancel(errBackupStalled)
+			return
+		}
+	}
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (c countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
 func (s *supervisor) takeBackup(ctx context.Context, req fleet.BackupRequest) (backup.Manifest, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	ctx, cancelMax := context.WithTimeoutCause(ctx, backupMax, errBackupTooLong)
+	defer cancelMax()
+	var moved atomic.Int64
+	go stallGuard(ctx, cancel, &moved, backupStall)
+	m, err := s.streamBackup(ctx, req, &moved)
+	if cause := context.Cause(ctx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {
+		err = fmt.Errorf("%w: %w", cause, err)
+	}
+	return m, err
+}
+
+func (s *supervisor) streamBackup(ctx context.Context, req fleet.BackupRequest, moved *atomic.Int64) (backup.Manifest, error) {
 	a, err := s.archive(ctx)
 	if err != nil {
 		return backup.Manifest{}, err
@@ -150,7 +211,7 @@ func (s *supervisor) takeBackup(ctx context.Context, req fleet.BackupRequest) (b
 		pw.CloseWithError(err)
 		done <- err
 	}()
-	m, err := a.PutBackup(ctx, req.ID, pr, backup.BackupInfo{
+	m, err := a.PutBackup(ctx, req.ID, countingReader{r: pr, n: moved}, backup.BackupInfo{
 		Member: s.spec.ID, StartTime: time.Now(), WALSegmentSize: segSize,
 		Wait: func() error { return <-done },
 	})

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"strconv"
@@ -117,6 +118,46 @@ type router struct {
 	mu      sync.Mutex
 	rtt     map[string]time.Duration
 	storeOK bool
+	// lastOK is when the last read that the store answered was sent; last
+	// and ttls are the routes and lease TTLs it gave. The watchdog fails
+	// closed from them without waiting for a store call to time out.
+	lastOK time.Time
+	last   []proxy.ClusterRoutes
+	ttls   map[string]time.Duration
+}
+
+// watchdogEvery is how often the router checks, apart from its store
+// calls, whether the store has been silent for longer than a lease.
+const watchdogEvery = 100 * time.Millisecond
+
+// watchdog fails the primary ports closed as soon as the time since the
+// store last answered passes a cluster's lease TTL. The store calls of run
+// take up to their 4 s deadline to fail, longer than a short lease: by then
+// another member may have been promoted while this proxy still sent writes
+// to the old one.
+func (rt *router) watchdog(ctx context.Context) {
+	t := time.NewTicker(watchdogEvery)
+	defer t.Stop()
+	closed := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rt.mu.Lock()
+		since := time.Since(rt.lastOK)
+		routes := failClosed(rt.last, rt.ttls, since)
+		rt.mu.Unlock()
+		refuse := refusing(routes)
+		if refuse && !closed {
+			if err := rt.proxy.Update(routes); err != nil {
+				rt.a.log.Warn("proxy", "err", err)
+			}
+			rt.a.log.Warn("proxy fails closed: the state store has not answered for longer than the leader lease, so the primary ports refuse connections", "since", since.Round(time.Millisecond))
+		}
+		closed = refuse
+	}
 }
 
 func (rt *router) rtts() map[string]time.Duration {
@@ -133,12 +174,15 @@ func (rt *router) run(ctx context.Context) {
 	tick := time.NewTicker(routePoll)
 	defer tick.Stop()
 	var (
-		lastOK   = time.Now()
 		last     []proxy.ClusterRoutes
 		ttls     = map[string]time.Duration{}
 		failed   bool
 		lastWarn error
 	)
+	rt.mu.Lock()
+	rt.lastOK = time.Now()
+	rt.mu.Unlock()
+	go rt.watchdog(ctx)
 	for {
 		select {
 		case <-ctx.Done():
@@ -154,6 +198,7 @@ func (rt *router) run(ctx context.Context) {
 				watch = a.store.WatchRouting(ctx)
 			}
 		}
+		sent := time.Now()
 		cs, err := a.store.Clusters(ctx)
 		var hosts []fleet.Host
 		if err == nil {
@@ -163,7 +208,9 @@ func (rt *router) run(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			since := time.Since(lastOK)
+			rt.mu.Lock()
+			since := time.Since(rt.lastOK)
+			rt.mu.Unlock()
 			routes := failClosed(last, ttls, since)
 			if uerr := rt.proxy.Update(routes); uerr != nil && uerr.Error() != fmt.Sprint(lastWarn) {
 				a.log.Warn("proxy", "err", uerr)
@@ -178,7 +225,6 @@ func (rt *router) run(ctx context.Context) {
 			rt.mu.Unlock()
 			continue
 		}
-		lastOK = time.Now()
 		if failed {
 			a.log.Info("proxy routes again: the state store answers")
 			failed = false
@@ -191,7 +237,8 @@ func (rt *router) run(ctx context.Context) {
 			ttls[c.Spec.Name] = c.Spec.TTL()
 		}
 		last = routesFor(cs, hm, a.host, rt.rtts())
-		if err := rt.proxy.Update(last); err != nil && err.Error() != fmt.Sprint(lastWarn) {
+		// An answer that took longer than a lease to come is stale already.
+		if err := rt.proxy.Update(failClosed(last, ttls, time.Since(sent))); err != nil && err.Error() != fmt.Sprint(lastWarn) {
 			a.log.Warn("proxy", "err", err)
 			lastWarn = err
 		} else if err == nil {
@@ -199,6 +246,8 @@ func (rt *router) run(ctx context.Context) {
 		}
 		rt.mu.Lock()
 		rt.storeOK = true
+		// What the store answered was current when the read was sent.
+		rt.lastOK, rt.last, rt.ttls = sent, last, maps.Clone(ttls)
 		rt.mu.Unlock()
 	}
 }

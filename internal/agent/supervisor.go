@@ -739,8 +739,12 @@ func (s *supervisor) reconcileSync(ctx context.Context, c store.ClusterState) er
 		published = nil
 	}
 	if !sameSet(want, s.syncApplied) {
-		s.syncApplied = want
-		if err := s.inst.Configure(s.settings(nil, false)); err != nil {
+		// The bookkeeping (syncApplied, syncFrom) changes only once the new
+		// list is in effect: until then the published set keeps covering
+		// both the old list and the new one.
+		next := s.settings(nil, false)
+		next.SyncStandbys = want
+		if err := s.inst.Configure(next); err != nil {
 			return err
 		}
 		if err := s.inst.Reload(); err != nil {
@@ -765,7 +769,9 @@ func (s *supervisor) reconcileSync(ctx context.Context, c store.ClusterState) er
 				}
 			}
 			lsn, err := postgres.CurrentLSN(ctx, conn)
-			s.syncFrom = lsn
+			if err == nil {
+				s.syncApplied, s.syncFrom = want, lsn
+			}
 			return err
 		})
 		if err != nil {
@@ -777,18 +783,27 @@ func (s *supervisor) reconcileSync(ctx context.Context, c store.ClusterState) er
 	// has flushed past the change; with none left (mode on, no standby),
 	// replication is asynchronous and the set goes.
 	if len(published) > 0 && !sameSet(published, s.syncApplied) {
-		ready := len(s.syncApplied) == 0
-		if !ready {
-			err := s.ctl.do(ctx, s.superuser(), func(conn *pgx.Conn) error {
-				flushed, err := postgres.FlushedBy(ctx, conn)
-				for _, m := range s.syncApplied {
-					ready = ready || flushed[m] >= s.syncFrom
-				}
-				return err
-			})
-			if err != nil {
+		ready := false
+		err := s.ctl.do(ctx, s.superuser(), func(conn *pgx.Conn) error {
+			// Only while the server runs with the list the bookkeeping
+			// names: a change that took effect after its confirmation timed
+			// out makes commits wait for members the set would drop.
+			inEffect, err := postgres.SyncStandbysInEffect(ctx, conn)
+			if err != nil || inEffect != postgres.SyncStandbyNames(s.syncApplied) {
 				return err
 			}
+			if len(s.syncApplied) == 0 {
+				ready = true
+				return nil
+			}
+			flushed, err := postgres.FlushedBy(ctx, conn)
+			for _, m := range s.syncApplied {
+				ready = ready || flushed[m] >= s.syncFrom
+			}
+			return err
+		})
+		if err != nil {
+			return err
 		}
 		if ready {
 			return s.store.PutSync(ctx, s.spec.Cluster, fleet.SyncState{Primary: s.spec.ID, Members: s.syncApplied})
@@ -1156,6 +1171,20 @@ func (s *supervisor) promote(ctx context.Context) error {
 	start := time.Now()
 	if err := s.initialSync(ctx); err != nil {
 		return err
+	}
+	// The other members' slots are made here, still in recovery, so that
+	// they exist the moment the standbys re-point to this member: a
+	// standby asking for a missing slot waits out postgres' 5 s retry, and
+	// in sync mode commits would wait (or, after the grace period, stop
+	// waiting) for it meanwhile. Slots created on a standby survive its
+	// promotion.
+	if c, err := s.store.Cluster(ctx, s.spec.Cluster); err == nil {
+		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := s.ctl.do(qctx, s.superuser(), func(conn *pgx.Conn) error { return postgres.EnsureSlots(qctx, conn, s.otherSlots(c)) })
+		cancel()
+		if err != nil {
+			s.log.Warn("create replication slots before promotion; the primary creates them after", "err", err)
+		}
 	}
 	if err := s.inst.Configure(s.settings(nil, true)); err != nil {
 		return fmt.Errorf("configure: %w", err)

@@ -97,18 +97,18 @@ type ClusterView struct {
 	// PrimaryProxyPort and ReplicaProxyPort are where every agent's routing
 	// proxy listens for this cluster: to the primary, and to the nearest
 	// member whose replay lag is within MaxReplicaLag bytes.
-	PrimaryProxyPort int          `json:"primary_proxy_port"`
-	ReplicaProxyPort int          `json:"replica_proxy_port"`
-	MaxReplicaLag    int64        `json:"max_replica_lag"`
-	LeaseTTL         int          `json:"lease_ttl"`
-	Sync             string       `json:"sync"`
-	SyncStandbys     []string     `json:"sync_standbys,omitempty"` // in sync mode: who holds every acknowledged commit
-	Primary          string       `json:"primary"`                 // member id holding the leader key, "" if none
+	PrimaryProxyPort int      `json:"primary_proxy_port"`
+	ReplicaProxyPort int      `json:"replica_proxy_port"`
+	MaxReplicaLag    int64    `json:"max_replica_lag"`
+	LeaseTTL         int      `json:"lease_ttl"`
+	Sync             string   `json:"sync"`
+	SyncStandbys     []string `json:"sync_standbys,omitempty"` // in sync mode: who holds every acknowledged commit
+	Primary          string   `json:"primary"`                 // member id holding the leader key, "" if none
 	// PrimaryTerm changes with every new hold of the leader key, also when
 	// the same member takes it again.
-	PrimaryTerm int64 `json:"primary_term,omitempty"`
-	Created          time.Time    `json:"created"`
-	Members          []MemberView `json:"members"`
+	PrimaryTerm int64        `json:"primary_term,omitempty"`
+	Created     time.Time    `json:"created"`
+	Members     []MemberView `json:"members"`
 }
 
 // MemberView is one member as the API shows it: its placement merged with

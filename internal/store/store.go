@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"path"
 	"slices"
 	"sort"
@@ -85,6 +86,28 @@ func Open(endpoints []string, prefix string) (*Store, error) {
 		return nil, fmt.Errorf("connect to etcd %v: %w", endpoints, err)
 	}
 	return &Store{cli: cli, prefix: prefix}, nil
+}
+
+// FollowMembers keeps the client's endpoints equal to the client URLs of
+// every voting member, now and every interval until ctx ends, so that a
+// hung or cut-off member (this host's own, for a voter) costs only the
+// requests that were on their way to it rather than every store call,
+// leader lease renewals included. Only for the embedded store, whose
+// members advertise URLs the fleet's hosts reach.
+func (s *Store) FollowMembers(ctx context.Context, interval time.Duration, log *slog.Logger) {
+	for {
+		sctx, cancel := context.WithTimeout(ctx, RequestTimeout)
+		err := s.cli.Sync(sctx)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			log.Debug("sync etcd endpoints", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(interval):
+		}
+	}
 }
 
 // Close closes the client.
@@ -227,7 +250,8 @@ type ClusterState struct {
 	Status  map[string]fleet.MemberStatus // by member id; missing when the host is gone
 	Leader  string                        // member id holding the leader key, "" if none
 	// LeaderTerm identifies the leader key's current term: the store
-	// revision that created it. A new term of the same member has a new one.
+	// revision that last wrote it. A new term of the same member has a new
+	// one.
 	LeaderTerm int64
 	// Timeline is the newest timeline a primary of the cluster announced
 	// (RaiseTimeline); 0 before the first.
@@ -259,8 +283,8 @@ func (c *ClusterState) decode(rest string, v []byte, rev int64) error {
 		c.specRev = rev
 		return json.Unmarshal(v, &c.Spec)
 	case rest == "leader":
-		// The key is only ever created, never updated, so its mod revision
-		// is its create revision.
+		// The key is written only to take it (created, or re-bound to a
+		// new lease by its holder), so each write is a new term.
 		c.Leader, c.LeaderTerm = string(v), rev
 	case rest == "timeline":
 		tl, err := strconv.ParseInt(string(v), 10, 64)

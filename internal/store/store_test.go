@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"strings"
 	"testing"
 	"time"
 
@@ -138,11 +139,17 @@ func TestStatusVanishesWithHostLease(t *testing.T) {
 	})
 }
 
+// TestNothingOutlivesADeletedCluster: a destroy leaves nothing of the
+// cluster but its tombstone, the agents' order to delete its data.
 func TestNothingOutlivesADeletedCluster(t *testing.T) {
 	s := openStore(t)
 	ctx := context.Background()
-	if err := s.CreateCluster(ctx, spec("gone", 6000), fleet.Secrets{SuperuserPassword: "x"}, members("gone", 6000), ev("gone", "x")); err != nil {
+	sp := spec("gone", 6000)
+	if err := s.CreateCluster(ctx, sp, fleet.Secrets{SuperuserPassword: "x"}, members("gone", 6000), ev("gone", "x")); err != nil {
 		t.Fatal(err)
+	}
+	if gone, err := s.Tombstoned(ctx, "gone", sp.Created); gone || err != nil {
+		t.Fatalf("Tombstoned(live cluster) = %v, %v; want false", gone, err)
 	}
 	lease, err := s.Grant(ctx, 5*time.Second)
 	if err != nil {
@@ -170,7 +177,16 @@ func TestNothingOutlivesADeletedCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, kv := range resp.Kvs {
-		t.Errorf("left behind: %s", kv.Key)
+		if !strings.Contains(string(kv.Key), "/tombstones/gone/") {
+			t.Errorf("left behind: %s", kv.Key)
+		}
+	}
+	if gone, err := s.Tombstoned(ctx, "gone", sp.Created); !gone || err != nil {
+		t.Fatalf("Tombstoned(destroyed cluster) = %v, %v; want true", gone, err)
+	}
+	// Another incarnation of the name is not covered by this tombstone.
+	if gone, err := s.Tombstoned(ctx, "gone", sp.Created.Add(time.Second)); gone || err != nil {
+		t.Fatalf("Tombstoned(other incarnation) = %v, %v; want false", gone, err)
 	}
 	if err := s.DeleteCluster(ctx, "gone"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("second DeleteCluster = %v, want ErrNotFound", err)
@@ -235,5 +251,34 @@ func TestEventsKeepTheNewest(t *testing.T) {
 	last, _ := s.Events(ctx, "c", 2)
 	if len(last) != 2 || last[1].Message != fmt.Sprint(store.MaxEvents+19) {
 		t.Fatalf("Events(limit 2) = %+v; want the two newest", last)
+	}
+}
+
+// TestTimelineRecord: only the leader records the cluster's timeline, and
+// the record only grows.
+func TestTimelineRecord(t *testing.T) {
+	s := openStore(t)
+	ctx := context.Background()
+	if err := s.CreateCluster(ctx, spec("c", 6000), fleet.Secrets{}, members("c", 6000), ev("c", "x")); err != nil {
+		t.Fatal(err)
+	}
+	l, _ := s.Grant(ctx, 5*time.Second)
+	if ok, err := s.AcquireLeader(ctx, "c", "c-1", l); !ok || err != nil {
+		t.Fatalf("AcquireLeader = %v, %v", ok, err)
+	}
+	if err := s.RaiseTimeline(ctx, "c", "c-2", 2); err == nil || !strings.Contains(err.Error(), "does not hold the leader key") {
+		t.Fatalf("RaiseTimeline(not the leader) = %v, want a refusal", err)
+	}
+	for _, tl := range []int64{3, 2, 5, 4} {
+		if err := s.RaiseTimeline(ctx, "c", "c-1", tl); err != nil {
+			t.Fatalf("RaiseTimeline(%d) = %v", tl, err)
+		}
+	}
+	c, err := s.Cluster(ctx, "c")
+	if err != nil || c.Timeline != 5 {
+		t.Fatalf("Cluster().Timeline = %d, %v; want 5", c.Timeline, err)
+	}
+	if c.LeaderTerm == 0 {
+		t.Fatal("Cluster().LeaderTerm = 0 while c-1 leads")
 	}
 }
