@@ -1,0 +1,210 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgfleet/pgfleet/internal/fleet"
+	"github.com/pgfleet/pgfleet/internal/postgres"
+	"github.com/pgfleet/pgfleet/internal/store"
+)
+
+// fence kills every process of postgres at once, so that no transaction
+// commits after it returns, and records why. The leader hold has usually
+// done the killing already (it does not wait for this loop); fencing twice
+// is harmless.
+func (s *supervisor) fence(ctx context.Context, why string) {
+	s.stopping.Store(true)
+	defer s.stopping.Store(false)
+	if err := s.inst.Fence(); err != nil {
+		s.log.Error("fence", "err", err)
+	}
+	s.ctl.close()
+	s.pub.close()
+	s.event(ctx, "fenced", fmt.Sprintf("%s fenced: %s; every process of postgres killed", s.spec.ID, why))
+}
+
+// takeLeader acquires the leader key under a fresh lease and starts holding
+// it; false when another member has it.
+func (s *supervisor) takeLeader(ctx context.Context) (bool, error) {
+	lease, err := s.store.GrantManual(ctx, s.cluster.TTL())
+	if err != nil {
+		return false, err
+	}
+	sent := time.Now()
+	ok, err := s.store.AcquireLeader(ctx, s.spec.Cluster, s.spec.ID, lease)
+	if err != nil || !ok {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
+		lease.Revoke(rctx)
+		cancel()
+		return false, err
+	}
+	// The grant was sent before the acquiring transaction, so the key
+	// cannot expire before sent+TTL.
+	h, err := holdLeader(lease, s.cluster.TTL(), sent, s.inst, s.log)
+	if err != nil {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
+		lease.Revoke(rctx)
+		cancel()
+		return false, err
+	}
+	s.setHold(h)
+	return true, nil
+}
+
+// runPrimary starts the member as the primary: the leader key first, then
+// postgres, so that it never accepts a write without the key. A fresh
+// cluster starts asynchronous whatever its mode: it has nothing to lose yet,
+// and its standbys can only clone once its first commits went through.
+func (s *supervisor) runPrimary(ctx context.Context, fresh bool) error {
+	ok, err := s.takeLeader(ctx)
+	if err != nil {
+		return fmt.Errorf("take leader key: %w", err)
+	}
+	if !ok {
+		return errors.New("another member holds the leader key")
+	}
+	s.syncApplied, s.syncFrom = nil, 0
+	if !fresh {
+		if err := s.initialSync(ctx); err != nil {
+			return err
+		}
+	}
+	if err := s.inst.Configure(s.settings(nil, false)); err != nil {
+		return fmt.Errorf("configure: %w", err)
+	}
+	s.set(fleet.StateStarting, fleet.RolePrimary, "starting postgres")
+	if err := s.start(ctx); err != nil {
+		return err
+	}
+	return s.servePrimary(ctx, "primary", fmt.Sprintf("%s is primary on %s (%s)", s.spec.ID, s.host.Name, s.addr()))
+}
+
+// servePrimary runs the member as the primary until its term ends. It arms
+// the fence, makes sure of the replication role and every other member's
+// slot, and then watches: postgres exiting, the lease no longer confirmed,
+// a step-down or switchover request.
+func (s *supervisor) servePrimary(ctx context.Context, kind, msg string) error {
+	// Every standby the term started with gets the grace period to connect.
+	s.lastStreamed = map[string]time.Time{}
+	for _, m := range s.syncApplied {
+		s.lastStreamed[m] = time.Now()
+	}
+	c, err := s.store.Cluster(ctx, s.spec.Cluster)
+	if err != nil {
+		return err
+	}
+	var timeline int64
+	err = s.ctl.do(ctx, s.superuser(), func(conn *pgx.Conn) error {
+		st, err := postgres.QueryStatus(ctx, conn)
+		if err != nil {
+			return fmt.Errorf("read timeline: %w", err)
+		}
+		timeline = st.Timeline
+		// Every start, not only after initdb: a first start that failed
+		// half-way must not leave the cluster without its replication role.
+		if err := postgres.EnsureRole(ctx, conn, fleet.ReplicationUser, s.secrets.ReplicationPassword, true); err != nil {
+			return fmt.Errorf("create replication role: %w", err)
+		}
+		// Slots exist before the member reports itself running, which is
+		// what standbys wait for before they clone.
+		if err := postgres.EnsureSlots(ctx, conn, s.otherSlots(c)); err != nil {
+			return fmt.Errorf("create replication slots: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	// Elections keep members whose WAL stops on an older timeline out.
+	if err := s.store.RaiseTimeline(ctx, s.spec.Cluster, s.spec.ID, timeline); err != nil {
+		return err
+	}
+	s.set(fleet.StateRunning, fleet.RolePrimary, "")
+	s.event(ctx, kind, msg)
+
+	tick := time.NewTicker(primaryTick)
+	defer tick.Stop()
+	lastTrim := time.Time{}
+	// The first check soon after the term starts: a new cluster gets its
+	// first backup at once.
+	lastBackupCheck := time.Now().Add(-backupCheckEvery + 3*time.Second)
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.inst.Done():
+			// Promoting an up-to-date standby is quicker than crash
+			// recovery here, so the key goes at once, but only once the
+			// backends the postmaster left are gone too.
+			s.releaseLeader()
+			s.event(ctx, "crashed", fmt.Sprintf("%s: postgres exited (%v); its processes killed and the leader key released", s.spec.ID, s.inst.ExitErr()))
+			return fmt.Errorf("postgres exited: %v", s.inst.ExitErr())
+		case <-s.hold.lost:
+			s.fence(ctx, s.hold.why())
+			s.hold.forget()
+			s.setHold(nil)
+			return errors.New("leader lease not confirmed in time")
+		case <-tick.C:
+		}
+		c, err := s.store.Cluster(ctx, s.spec.Cluster)
+		if err != nil {
+			continue // the lease decides; the fence fires if the store stays away
+		}
+		switch {
+		case c.Leader != s.spec.ID:
+			s.fence(ctx, "the leader key names "+c.Leader)
+			s.hold.forget()
+			s.setHold(nil)
+			return errors.New("lost the leader key")
+		case c.Stepdown:
+			s.fence(ctx, "asked to step down")
+			s.abstainUntil = time.Now().Add(2 * s.cluster.TTL())
+			s.releaseLeader()
+			return errSteppedDown
+		case c.Switchover != nil && c.Switchover.From == s.spec.ID && c.Switchover.LSN == 0:
+			return s.handOver(ctx, *c.Switchover)
+		}
+		s.serveBackupRequest(ctx, c)
+		if time.Since(lastBackupCheck) > backupCheckEvery && s.checkingBackup.CompareAndSwap(false, true) {
+			lastBackupCheck = time.Now()
+			go func() {
+				defer s.checkingBackup.Store(false)
+				bctx, cancel := context.WithTimeout(ctx, backupCheckEvery)
+				defer cancel()
+				s.watchArchiving(bctx)
+				s.scheduleBackups(bctx, c)
+			}()
+		}
+		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err = s.ctl.do(qctx, s.superuser(), func(conn *pgx.Conn) error { return postgres.EnsureSlots(qctx, conn, s.otherSlots(c)) })
+		if err == nil {
+			err = s.reconcileSync(qctx, c)
+		}
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			s.log.Warn("primary upkeep", "err", err)
+		}
+		if time.Since(lastTrim) > time.Minute {
+			// The primary keeps its cluster's event history bounded.
+			lastTrim = time.Now()
+			if err := s.store.TrimEvents(ctx, s.spec.Cluster); err != nil && ctx.Err() == nil {
+				s.log.Warn("trim events", "err", err)
+			}
+		}
+	}
+}
+
+func (s *supervisor) otherSlots(c store.ClusterState) []string {
+	var slots []string
+	for _, m := range c.Members {
+		if m.ID != s.spec.ID {
+			slots = append(slots, postgres.SlotName(m.ID))
+		}
+	}
+	return slots
+}

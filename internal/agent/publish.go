@@ -1,0 +1,85 @@
+package agent
+
+import (
+	"context"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgfleet/pgfleet/internal/fleet"
+	"github.com/pgfleet/pgfleet/internal/postgres"
+)
+
+// publishLoop writes the member's status every second.
+func (s *supervisor) publishLoop(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	s.publish(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.publish(ctx)
+		case <-s.publishNow:
+			s.publish(ctx)
+		}
+	}
+}
+
+func (s *supervisor) publish(ctx context.Context) {
+	s.mu.Lock()
+	st := fleet.MemberStatus{
+		ID: s.spec.ID, Host: s.host.Name, Region: s.spec.Region, Role: s.role, State: s.state,
+		Addr: s.addr(), Message: s.message, Progress: s.progress, Updated: time.Now().UTC(),
+	}
+	s.mu.Unlock()
+	if st.Role == "" {
+		st.Role = s.spec.Role
+	}
+
+	if s.inst.Pid() != 0 && !s.stopping.Load() && (st.State == fleet.StateRunning || st.State == fleet.StateStreaming || st.State == fleet.StateCatchingUp) {
+		qctx, cancel := context.WithTimeout(ctx, 800*time.Millisecond)
+		var pst postgres.Status
+		err := s.pub.do(qctx, s.superuser(), func(conn *pgx.Conn) (err error) {
+			pst, err = postgres.QueryStatus(qctx, conn)
+			return err
+		})
+		cancel()
+		if err != nil {
+			st.Healthy = false
+			st.Message = "status query failed: " + err.Error()
+		} else {
+			st.Timeline = s.timeline(pst)
+			if pst.InRecovery {
+				st.ReceiveLSN, st.ReplayLSN = pst.ReceiveLSN.String(), pst.ReplayLSN.String()
+				st.State = fleet.StateCatchingUp
+				if pst.Streaming {
+					st.State = fleet.StateStreaming
+				}
+				st.LagBytes = s.lag(pst.ReplayLSN)
+			} else {
+				st.WriteLSN, st.ReplayLSN = pst.WriteLSN.String(), pst.WriteLSN.String()
+			}
+			st.Healthy = st.State == fleet.StateRunning || st.State == fleet.StateStreaming
+			s.mu.Lock()
+			if s.state == fleet.StateCatchingUp || s.state == fleet.StateStreaming {
+				s.state = st.State
+			}
+			s.mu.Unlock()
+		}
+	}
+	if err := s.store.PutStatus(ctx, s.spec.Cluster, st, s.lease()); err != nil && ctx.Err() == nil {
+		s.log.Debug("publish status", "err", err)
+	}
+}
+
+// lag measures replay distance to the primary's last published write LSN;
+// -1 while that is not known.
+func (s *supervisor) lag(replay postgres.LSN) int64 {
+	w := s.primaryLSN.Load()
+	if w == 0 {
+		return -1
+	}
+	return fleet.LagBytes(w, uint64(replay))
+}

@@ -1,0 +1,157 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pgfleet/pgfleet/internal/fleet"
+	"github.com/pgfleet/pgfleet/internal/postgres"
+	"github.com/pgfleet/pgfleet/internal/store"
+)
+
+func (s *supervisor) clone(ctx context.Context, c store.ClusterState, why string) error {
+	leader, _ := c.Member(c.Leader)
+	src, err := s.replicationSource(ctx, leader)
+	if err != nil {
+		return err
+	}
+	s.event(ctx, "clone", fmt.Sprintf("cloning %s from %s (%s)", s.spec.ID, leader.ID, net.JoinHostPort(src.Host, strconv.Itoa(src.Port))))
+	s.set(fleet.StateCloning, s.standbyRole(), why)
+	start := time.Now()
+	err = s.inst.BaseBackup(ctx, src, postgres.SlotName(s.spec.ID), func(done, total int64) {
+		s.mu.Lock()
+		if total > 0 {
+			s.progress = fmt.Sprintf("%d%% of %d MB", done*100/total, total>>20)
+		}
+		s.mu.Unlock()
+	})
+	if err != nil {
+		return fmt.Errorf("clone from %s: %w", leader.ID, err)
+	}
+	s.event(ctx, "cloned", fmt.Sprintf("cloned %s from %s in %s", s.spec.ID, leader.ID, time.Since(start).Round(time.Millisecond)))
+	return nil
+}
+
+// rejoin makes data whose history left the leader's follow it again: with
+// pg_rewind when it can, else by removing it so that the member is cloned
+// afresh.
+func (s *supervisor) rejoin(ctx context.Context, c store.ClusterState, why string) error {
+	leader, _ := c.Member(c.Leader)
+	h, err := s.store.Host(ctx, leader.Host)
+	if err != nil {
+		return fmt.Errorf("find primary %s's host: %w", leader.ID, err)
+	}
+	src := postgres.ConnInfo{Host: h.Addr, Port: leader.Port, User: fleet.Superuser, Password: s.secrets.SuperuserPassword, Database: "postgres"}
+	s.set(fleet.StateRejoining, s.standbyRole(), why)
+	start := time.Now()
+	if err := s.inst.Rewind(ctx, src); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		// A rewind can fail for a moment (the source restarted, the
+		// network dropped): the run loop retries it, from whoever leads by
+		// then; only a failure that repeats costs the data a re-clone.
+		s.rewindFailures++
+		if s.rewindFailures < rewindTries {
+			return fmt.Errorf("pg_rewind from %s failed (try %d of %d): %w", leader.ID, s.rewindFailures, rewindTries, err)
+		}
+		s.rewindFailures = 0
+		return s.discardData(ctx, fmt.Sprintf("pg_rewind from %s failed %d times (%v)", leader.ID, rewindTries, err))
+	}
+	s.rewindFailures = 0
+	s.forgetTimeline()
+	// pg_rewind copied the leader's configuration; make the data a standby's.
+	if err := s.inst.Configure(s.settings(nil, true)); err != nil {
+		return fmt.Errorf("configure after rewind: %w", err)
+	}
+	s.diverged.Store(false)
+	s.event(ctx, "rewind", fmt.Sprintf("%s rewound to follow %s in %s (%s)", s.spec.ID, leader.ID, time.Since(start).Round(time.Millisecond), why))
+	return nil
+}
+
+// rewindTries is how many consecutive pg_rewind failures a member takes
+// before it gives its data up for a re-clone.
+const rewindTries = 3
+
+// startTries is how many consecutive failed starts as a standby of a
+// running primary a member takes before it treats its data as diverged and
+// rejoins.
+const startTries = 3
+
+// discardData sets the member's data aside, since it cannot follow the
+// leader, so that the next round clones it afresh. Only called with a
+// running leader to clone from, which holds every acknowledged commit; even
+// so the data is not deleted but kept as pgdata.discarded (one generation)
+// until the member streams again.
+func (s *supervisor) discardData(ctx context.Context, why string) error {
+	s.event(ctx, "reclone", fmt.Sprintf("%s: %s; cloning afresh (the old data is kept in %s until it streams)", s.spec.ID, why, s.discarded()))
+	if err := os.RemoveAll(s.discarded()); err != nil {
+		return fmt.Errorf("remove the data set aside before: %w", err)
+	}
+	if err := os.Rename(s.pgdata(), s.discarded()); err != nil {
+		return fmt.Errorf("set data aside to re-clone: %w", err)
+	}
+	s.forgetTimeline()
+	s.diverged.Store(false)
+	return nil
+}
+
+// discarded is where discardData keeps the data it set aside.
+func (s *supervisor) discarded() string { return s.pgdata() + ".discarded" }
+
+// dropDiscarded deletes the data set aside for a re-clone, once the member
+// streams again and so holds what the primary has.
+func (s *supervisor) dropDiscarded() {
+	if _, err := os.Stat(s.discarded()); err != nil {
+		return
+	}
+	if err := os.RemoveAll(s.discarded()); err != nil {
+		s.log.Warn("remove data set aside for a re-clone", "dir", s.discarded(), "err", err)
+		return
+	}
+	s.log.Info("member streams again: removed the data set aside for its re-clone", "dir", s.discarded())
+}
+
+// receivedTimelineFile keeps, in the member's directory, the newest
+// timeline this member's WAL receiver streamed on.
+const receivedTimelineFile = "received-timeline"
+
+// timeline is the timeline of the WAL the member holds. A primary and a
+// streaming standby say it themselves; a standby whose upstream is gone
+// (the election case) has no WAL receiver to ask, and pg_control still names
+// the timeline of its last restartpoint, which may be several switches old.
+// So the newest timeline it streamed on is remembered on disk, and the
+// newer of the two counts: WAL received on a timeline stays on it.
+func (s *supervisor) timeline(pst postgres.Status) int64 {
+	if !pst.InRecovery {
+		return pst.Timeline
+	}
+	path := filepath.Join(s.dir, receivedTimelineFile)
+	known, _ := os.ReadFile(path)
+	tl, _ := strconv.ParseInt(strings.TrimSpace(string(known)), 10, 64)
+	if pst.Streaming && pst.Timeline > tl {
+		tmp := path + ".tmp"
+		if err := os.WriteFile(tmp, []byte(strconv.FormatInt(pst.Timeline, 10)+"\n"), 0o600); err == nil {
+			if err := os.Rename(tmp, path); err != nil {
+				s.log.Warn("remember received timeline", "err", err)
+			}
+		}
+		tl = pst.Timeline
+	}
+	return max(tl, pst.Timeline)
+}
+
+// forgetTimeline drops the remembered timeline when the data is replaced
+// or rewound: what it held is gone.
+func (s *supervisor) forgetTimeline() {
+	if err := os.Remove(filepath.Join(s.dir, receivedTimelineFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		s.log.Warn("forget received timeline", "err", err)
+	}
+}
