@@ -106,6 +106,23 @@ func (d *Dev) logPath(h HostPlan) string { return filepath.Join(d.Dir, h.Name+".
 func (d *Dev) printf(f string, a ...any) { fmt.Fprintf(d.Out, f, a...) }
 func (d *Dev) hostLog(h HostPlan) string { return Tail(d.logPath(h), 15) }
 
+// AgentPid is the pid of host's running agent, 0 if none runs.
+func (d *Dev) AgentPid(h HostPlan) int { return d.runningPid(h) }
+
+// PostmasterPid is the pid that member's postmaster.pid on host names, 0
+// if there is none.
+func (d *Dev) PostmasterPid(h HostPlan, member string) int {
+	b, err := os.ReadFile(filepath.Join(d.hostDir(h), "members", member, "pgdata", "postmaster.pid"))
+	if err != nil {
+		return 0
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
+	if err != nil || pid <= 0 {
+		return 0
+	}
+	return pid
+}
+
 // Endpoints lists the API addresses of the fleet's hosts.
 func Endpoints(p Plan) (eps []string) {
 	for _, h := range p.Hosts {
