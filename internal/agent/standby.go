@@ -39,7 +39,7 @@ func (s *supervisor) runStandby(ctx context.Context) error {
 			}
 			return errSteppedDown
 		}
-		if following != "" && !errors.Is(err, errSteppedDown) && ctx.Err() == nil {
+		if following != "" && !errors.Is(err, errSteppedDown) && !errors.Is(err, postgres.ErrAddrInUse) && ctx.Err() == nil {
 			// Data that cannot start as a standby of a running primary,
 			// because its history left the primary's or for a reason that
 			// repeats, is rewound (and re-cloned if that fails); retrying
