@@ -73,7 +73,7 @@ func (s *supervisor) campaign(ctx context.Context, c store.ClusterState, since *
 
 // promote turns the running standby, which holds the leader key, into the
 // primary.
-func (s *supervisor) promote(ctx context.Context) error {
+func (s *supervisor) promote(ctx context.Context, c store.ClusterState) error {
 	if s.hold == nil {
 		ok, err := s.takeLeader(ctx)
 		if err != nil {
@@ -87,19 +87,17 @@ func (s *supervisor) promote(ctx context.Context) error {
 	if err := s.initialSync(ctx); err != nil {
 		return err
 	}
-	// The other members' slots are made here, still in recovery, so that
-	// they exist the moment the standbys re-point to this member: a
-	// standby asking for a missing slot waits out postgres' 5 s retry, and
-	// in sync mode commits would wait (or, after the grace period, stop
-	// waiting) for it meanwhile. Slots created on a standby survive its
-	// promotion.
-	if c, err := s.store.Cluster(ctx, s.spec.Cluster); err == nil {
-		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		err := s.ctl.do(qctx, s.superuser(), func(conn *pgx.Conn) error { return postgres.EnsureSlots(qctx, conn, s.otherSlots(c)) })
-		cancel()
-		if err != nil {
-			s.log.Warn("create replication slots before promotion; the primary creates them after", "err", err)
-		}
+	// The other members' slots exist before the standbys re-point to this
+	// member: a standby asking for a missing slot waits out postgres' 5 s
+	// retry, and in sync mode commits would wait (or, after the grace
+	// period, stop waiting) for it meanwhile. A standby makes them when it
+	// starts (prepareSlots); this only fills in what is missing, which
+	// costs a disk sync per slot.
+	qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	err := s.ctl.do(qctx, s.superuser(), func(conn *pgx.Conn) error { return postgres.PrepareSlots(qctx, conn, s.otherSlots(c)) })
+	cancel()
+	if err != nil {
+		s.log.Warn("create replication slots before promotion; the primary creates them after", "err", err)
 	}
 	if err := s.inst.Configure(s.settings(nil, true)); err != nil {
 		return fmt.Errorf("configure: %w", err)

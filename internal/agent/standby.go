@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/pgfleet/pgfleet/internal/fleet"
+	"github.com/pgfleet/pgfleet/internal/ha"
 	"github.com/pgfleet/pgfleet/internal/postgres"
+	"github.com/pgfleet/pgfleet/internal/store"
 )
 
 // runStandby starts the member read-only, following the leader when there
@@ -55,6 +58,9 @@ func (s *supervisor) runStandby(ctx context.Context) error {
 		return err
 	}
 	s.startFailures = 0
+	if ha.Eligible(s.spec, c.Spec) {
+		s.prepareSlots(ctx, c)
+	}
 	s.set(fleet.StateCatchingUp, s.standbyRole(), followNote(following))
 	if following != "" {
 		s.event(ctx, "standby", fmt.Sprintf("%s runs as %s of %s on %s (%s)", s.spec.ID, s.standbyRole(), following, s.host.Name, s.addr()))
@@ -91,7 +97,7 @@ func (s *supervisor) runStandby(ctx context.Context) error {
 				s.log.Warn("election", "err", err)
 			}
 			if won {
-				return s.promote(ctx)
+				return s.promote(ctx, c)
 			}
 			continue
 		}
@@ -100,7 +106,7 @@ func (s *supervisor) runStandby(ctx context.Context) error {
 		if c.Leader == s.spec.ID {
 			// The key is ours but this member runs read-only (an election won
 			// by a previous run): finish the promotion.
-			return s.promote(ctx)
+			return s.promote(ctx, c)
 		}
 		if st, ok := c.Status[c.Leader]; ok && st.WriteLSN != "" {
 			if l, err := postgres.ParseLSN(st.WriteLSN); err == nil {
@@ -189,3 +195,17 @@ func (s *supervisor) startStandby(ctx context.Context, following string) error {
 }
 
 var errLeaderChanged = errors.New("the leader changed")
+
+// prepareSlots makes, on this standby, the replication slots its members
+// would need if it were promoted, without reserving WAL: slots survive a
+// promotion, so the standbys that re-point to it find theirs at once, and
+// an unreserved slot holds back no WAL here. The primary reserves them
+// (postgres.EnsureSlots) once it serves.
+func (s *supervisor) prepareSlots(ctx context.Context, c store.ClusterState) {
+	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	err := s.ctl.do(qctx, s.superuser(), func(conn *pgx.Conn) error { return postgres.PrepareSlots(qctx, conn, s.otherSlots(c)) })
+	if err != nil && ctx.Err() == nil {
+		s.log.Warn("prepare replication slots for a promotion", "err", err)
+	}
+}

@@ -204,29 +204,68 @@ func ensureRole(ctx context.Context, conn *pgx.Conn, name, password string, repl
 // finds every segment it needs. Slots not in want are left alone: dropping
 // one is a decision about a member, not about a list.
 func EnsureSlots(ctx context.Context, conn *pgx.Conn, want []string) error {
-	rows, err := conn.Query(ctx, "SELECT slot_name FROM pg_replication_slots")
+	have, err := slots(ctx, conn)
 	if err != nil {
 		return fmt.Errorf("ensure slots: %w", err)
 	}
-	have, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return fmt.Errorf("ensure slots: %w", err)
-	}
-	exists := make(map[string]bool, len(have))
-	for _, s := range have {
-		exists[s] = true
-	}
-	for _, s := range want {
-		if exists[s] {
+	for _, name := range want {
+		st, ok := have[name]
+		if ok && (st.reserved || st.active) {
 			continue
 		}
-		_, err := conn.Exec(ctx, "SELECT pg_create_physical_replication_slot($1, true)", s)
-		if err != nil && !isCode(err, "42710") { // duplicate_object: created concurrently
-			return fmt.Errorf("ensure slots: create %s: %w", s, err)
+		if ok {
+			// Made unreserved while this member was a standby
+			// (PrepareSlots), and its standby has not connected yet: a
+			// reserved one keeps the WAL it will need.
+			if _, err := conn.Exec(ctx, "SELECT pg_drop_replication_slot($1)", name); err != nil {
+				if isCode(err, "55006") { // object_in_use: its standby just connected
+					continue
+				}
+				return fmt.Errorf("ensure slots: replace unreserved %s: %w", name, err)
+			}
 		}
-		exists[s] = true
+		_, err := conn.Exec(ctx, "SELECT pg_create_physical_replication_slot($1, true)", name)
+		if err != nil && !isCode(err, "42710") { // duplicate_object: created concurrently
+			return fmt.Errorf("ensure slots: create %s: %w", name, err)
+		}
 	}
 	return nil
+}
+
+// PrepareSlots creates the slots in want that do not exist, without
+// reserving WAL. It works on a standby, and the slots survive a promotion.
+func PrepareSlots(ctx context.Context, conn *pgx.Conn, want []string) error {
+	have, err := slots(ctx, conn)
+	if err != nil {
+		return fmt.Errorf("prepare slots: %w", err)
+	}
+	for _, name := range want {
+		if _, ok := have[name]; ok {
+			continue
+		}
+		_, err := conn.Exec(ctx, "SELECT pg_create_physical_replication_slot($1, false)", name)
+		if err != nil && !isCode(err, "42710") {
+			return fmt.Errorf("prepare slots: create %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+type slotState struct{ reserved, active bool }
+
+func slots(ctx context.Context, conn *pgx.Conn) (map[string]slotState, error) {
+	rows, err := conn.Query(ctx, "SELECT slot_name, restart_lsn IS NOT NULL, active FROM pg_replication_slots WHERE slot_type = 'physical'")
+	if err != nil {
+		return nil, err
+	}
+	have := map[string]slotState{}
+	var name string
+	var st slotState
+	_, err = pgx.ForEachRow(rows, []any{&name, &st.reserved, &st.active}, func() error {
+		have[name] = st
+		return nil
+	})
+	return have, err
 }
 
 // maxSlotName is NAMEDATALEN-1, the longest replication slot name.
