@@ -76,6 +76,13 @@ func TestChaos(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := chaos.Check(h)
+	for i, f := range h.Faults {
+		settled := "never settled"
+		if !f.Settled.IsZero() {
+			settled = "settled " + f.Settled.Sub(f.Healed).Round(10*time.Millisecond).String() + " after its heal"
+		}
+		t.Logf("fault %2d at %s: %s on %s, healed after %s, %s", i+1, f.Start.Format("15:04:05.000"), f.Kind, f.Target, f.Healed.Sub(f.Start).Round(10*time.Millisecond), settled)
+	}
 	t.Logf("%d faults in %s:\n%s", len(h.Faults), time.Since(start).Round(time.Second), r.Table())
 	if !r.OK() {
 		t.Fatalf("the fault suite found broken promises (seed %d):\n%s", seed, r.Table())
