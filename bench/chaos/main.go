@@ -43,6 +43,10 @@ func run(ctx context.Context, exe, dir string, faults int, modes []string, seed 
 	if err != nil {
 		return err
 	}
+	// The agents take file:// URLs under it, which must be absolute.
+	if dir, err = filepath.Abs(dir); err != nil {
+		return err
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Fault suite: %d faults per mode\n\n", faults)
 	fmt.Fprintf(&b, "Measured %s on one 2-core machine by `bash bench/chaos/run.sh` (seed %d).\n", time.Now().UTC().Format("2006-01-02"), seed)
@@ -85,7 +89,7 @@ func runMode(ctx context.Context, exe, dir string, faults int, sync bool, seed u
 	}
 	defer ns.Remove()
 	d := &lab.Dev{Exe: exe, Dir: filepath.Join(dir, "fleet"), Out: io.Discard, Wrap: ns.Wrap}
-	defer d.Down(true)
+	defer d.Down(false) // keeps the logs; the next run empties the directory
 	plan, token, err := d.Up(ctx, plan, true)
 	if err != nil {
 		return chaos.Report{}, 0, err
