@@ -44,7 +44,7 @@ type Config struct {
 // Kinds are the faults the nemesis injects. Partitions need Config.Net.
 var Kinds = []string{
 	"kill-postmaster", "kill-agent", "host-loss", "stop-agent", "stop-postmaster",
-	"stop-both", "partition", "switchover", "failover",
+	"stop-both", "partition", "switchover", "failover", "switchover-then-loss",
 }
 
 // insertSQL inserts one id and says who took it on which timeline: the WAL
@@ -363,6 +363,30 @@ func (r *runner) inject(ctx context.Context, v api.ClusterView, kind, avoid stri
 		f.Target = v.Primary
 		if _, err := r.cfg.Client.Switchover(ctx, r.cfg.Cluster, ""); err != nil {
 			r.cfg.Log.Info("switchover refused", "err", err)
+		}
+	case "switchover-then-loss":
+		// The new primary's host is lost the moment it takes over, before
+		// the old primary has streamed anything of the new timeline.
+		sw, err := r.cfg.Client.Switchover(ctx, r.cfg.Cluster, "")
+		if err != nil {
+			r.cfg.Log.Info("switchover refused", "err", err)
+			break
+		}
+		deadline := time.Now().Add(15 * time.Second)
+		for time.Now().Before(deadline) {
+			if nv, err := r.cfg.Client.Cluster(ctx, r.cfg.Cluster); err == nil && nv.Primary == sw.To {
+				break
+			}
+			sleep(ctx, 20*time.Millisecond)
+		}
+		for _, m := range v.Members {
+			if m.ID == sw.To {
+				nh := r.host(m.Host)
+				f.Target, f.hostOf = m.ID+"@"+m.Host, m.Host
+				signal(d.AgentPid(nh), syscall.SIGKILL)
+				signal(d.PostmasterPid(nh, m.ID), syscall.SIGKILL)
+				f.heal = restart
+			}
 		}
 	case "failover":
 		f.Target = v.Primary

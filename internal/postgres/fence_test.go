@@ -275,3 +275,35 @@ func TestDeadManBadInput(t *testing.T) {
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// TestShutdownCheckpoint: after a fast shutdown pg_control says the server
+// shut down cleanly, and the checkpoint it names is the last record; after
+// an immediate one (what a fast shutdown escalates to) it does not, so a
+// switchover must not trust the position.
+func TestShutdownCheckpoint(t *testing.T) {
+	ti := startPrimary(t, "handover")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := ti.StopFast(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	lsn, clean, err := ti.ShutdownCheckpoint(ctx)
+	if err != nil || !clean || lsn == 0 {
+		t.Fatalf("ShutdownCheckpoint after a fast shutdown = %s, %v, %v; want a position, clean", lsn, clean, err)
+	}
+	if err := ti.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	conn := connect(t, ti.superuser())
+	if _, err := conn.Exec(ctx, "CREATE TABLE after_checkpoint (i int); INSERT INTO after_checkpoint VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	// What StopFast escalates to when the fast shutdown hangs.
+	if err := ti.Stop(0); err != nil {
+		t.Fatal(err)
+	}
+	_, clean, err = ti.ShutdownCheckpoint(ctx)
+	if err != nil || clean {
+		t.Fatalf("ShutdownCheckpoint after an immediate stop = clean %v, %v; want not clean", clean, err)
+	}
+}
