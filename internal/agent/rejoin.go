@@ -49,9 +49,19 @@ func (s *supervisor) rejoin(ctx context.Context, c store.ClusterState, why strin
 		return fmt.Errorf("find primary %s's host: %w", leader.ID, err)
 	}
 	src := postgres.ConnInfo{Host: h.Addr, Port: leader.Port, User: fleet.Superuser, Password: s.secrets.SuperuserPassword, Database: "postgres"}
+	if s.noopRewind {
+		// The last rewind found nothing to do, yet the data still cannot
+		// follow: pg_rewind takes one timeline number for one history, and
+		// this one was also used by another (a member promoted and fenced
+		// before its history file reached the archive, then another
+		// promoted onto the same number). Only a fresh copy helps.
+		s.noopRewind = false
+		return s.discardData(ctx, fmt.Sprintf("pg_rewind from %s found nothing to do, yet the data cannot follow it (%s)", leader.ID, why))
+	}
 	s.set(fleet.StateRejoining, s.standbyRole(), why)
 	start := time.Now()
-	if err := s.inst.Rewind(ctx, src); err != nil {
+	changed, err := s.inst.Rewind(ctx, src)
+	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -66,6 +76,7 @@ func (s *supervisor) rejoin(ctx context.Context, c store.ClusterState, why strin
 		return s.discardData(ctx, fmt.Sprintf("pg_rewind from %s failed %d times (%v)", leader.ID, rewindTries, err))
 	}
 	s.rewindFailures = 0
+	s.noopRewind = !changed
 	s.forgetTimeline()
 	// pg_rewind copied the leader's configuration; make the data a standby's.
 	if err := s.inst.Configure(s.settings(nil, true)); err != nil {

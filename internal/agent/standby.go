@@ -142,6 +142,7 @@ func (s *supervisor) runStandby(ctx context.Context) error {
 		}
 		if streaming {
 			since = time.Now()
+			s.noopRewind = false
 			s.dropDiscarded()
 		} else if leaderRunning && s.inst.WALGone(5*time.Second) {
 			// Rewinding cannot bring back WAL the leader recycled.

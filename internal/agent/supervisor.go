@@ -104,6 +104,10 @@ type supervisor struct {
 	// rewindFailures and startFailures count consecutive failures of
 	// pg_rewind and of starts as a standby (see rewindTries, startTries).
 	rewindFailures, startFailures int
+	// noopRewind is set when the last rewind changed nothing, until the
+	// member streams: if it cannot follow after all, rewinding again would
+	// change nothing again.
+	noopRewind bool
 	// candidacies dates the election's candidacies by this host's clock.
 	candidacies ha.CandidacyClock
 	// abstainUntil keeps a primary that was told to step down out of the

@@ -271,14 +271,17 @@ func RunDeadMan(args []string, stdin io.Reader, stderr io.Writer) int {
 
 // Rewind makes a former primary's data follow src again with pg_rewind, so
 // it can rejoin as a standby without a full copy. Postgres must not run. The
-// source's superuser password goes through a temporary passfile.
-func (i *Instance) Rewind(ctx context.Context, src ConnInfo) error {
+// source's superuser password goes through a temporary passfile. It reports
+// whether pg_rewind changed anything: "no rewind required" is the answer
+// for data whose history is a prefix of the source's, and also, wrongly,
+// for data on a timeline whose number another history used too.
+func (i *Instance) Rewind(ctx context.Context, src ConnInfo) (changed bool, err error) {
 	if i.Pid() != 0 {
-		return fmt.Errorf("rewind %s: postgres is running", i.cfg.DataDir)
+		return false, fmt.Errorf("rewind %s: postgres is running", i.cfg.DataDir)
 	}
 	passfile, cleanup, err := i.secretFile(pgpassLine(src))
 	if err != nil {
-		return fmt.Errorf("rewind %s: %w", i.cfg.DataDir, err)
+		return false, fmt.Errorf("rewind %s: %w", i.cfg.DataDir, err)
 	}
 	defer cleanup()
 	// A server promoted moments ago still names its old timeline in
@@ -286,16 +289,21 @@ func (i *Instance) Rewind(ctx context.Context, src ConnInfo) error {
 	// from there and would find "no rewind required" for data that
 	// diverged. A checkpoint first makes the source tell the truth.
 	if err := checkpoint(ctx, src); err != nil {
-		return fmt.Errorf("rewind %s: checkpoint the source %s first: %w", i.cfg.DataDir, src, err)
+		return false, fmt.Errorf("rewind %s: checkpoint the source %s first: %w", i.cfg.DataDir, src, err)
 	}
 	conninfo := fmt.Sprintf("host=%s port=%d user=%s dbname=postgres sslmode=require connect_timeout=10",
 		conninfoValue(src.Host), src.Port, conninfoValue(src.User))
 	args := []string{"--target-pgdata=" + i.cfg.DataDir, "--source-server=" + conninfo, "--progress"}
 	env := []string{"PGPASSFILE=" + passfile, "PGAPPNAME=pgfleet_rewind"}
-	if err := i.runTool(ctx, "pg_rewind", args, env, nil); err != nil {
-		return fmt.Errorf("rewind %s from %s: %w", i.cfg.DataDir, src, err)
+	noop := false
+	onLine := func(line string) bool {
+		noop = noop || strings.Contains(line, "no rewind required")
+		return false
 	}
-	return nil
+	if err := i.runTool(ctx, "pg_rewind", args, env, onLine); err != nil {
+		return false, fmt.Errorf("rewind %s from %s: %w", i.cfg.DataDir, src, err)
+	}
+	return !noop, nil
 }
 
 // ShutdownCheckpoint reads from pg_control whether the server was shut
