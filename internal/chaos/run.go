@@ -294,7 +294,11 @@ func (r *runner) round(ctx context.Context, i int) {
 		if ok {
 			f.Settled = settled
 		}
-		r.cfg.Log.Info("fault", "n", i+1, "kind", f.Kind, "target", f.Target, "settled", ok, "after_heal", settled.Sub(healed).Round(10*time.Millisecond))
+		if ok {
+			r.cfg.Log.Info("fault", "n", i+1, "kind", f.Kind, "target", f.Target, "settled_after_heal", settled.Sub(healed).Round(10*time.Millisecond))
+		} else {
+			r.cfg.Log.Warn("fault did not settle", "n", i+1, "kind", f.Kind, "target", f.Target, "bound", r.cfg.Settle)
+		}
 		r.mu.Lock()
 		r.faults = append(r.faults, f.Fault)
 		r.mu.Unlock()
