@@ -108,6 +108,7 @@ func (s *supervisor) promote(ctx context.Context, c store.ClusterState) error {
 	if err := s.inst.Promote(ctx, s.superuser()); err != nil {
 		return err
 	}
+	s.stayOnTimeline = false
 	// Promotion removed standby.signal itself; drop the upstream settings
 	// and the replication passfile a primary does not need.
 	if err := s.inst.Configure(s.settings(nil, false)); err != nil {

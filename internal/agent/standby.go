@@ -25,6 +25,7 @@ func (s *supervisor) runStandby(ctx context.Context) error {
 	following := ""
 	var follow *postgres.ConnInfo
 	if l, ok := c.Member(c.Leader); ok && c.Leader != s.spec.ID {
+		s.stayOnTimeline = false
 		src, err := s.replicationSource(ctx, l)
 		if err != nil {
 			return err
@@ -40,6 +41,15 @@ func (s *supervisor) runStandby(ctx context.Context) error {
 			if err := s.discardData(ctx, fmt.Sprintf("%s no longer has the WAL this standby needs to start", following)); err != nil {
 				return err
 			}
+			return errSteppedDown
+		}
+		if following == "" && errors.Is(err, postgres.ErrDiverged) && !s.stayOnTimeline {
+			// No primary to rewind from, and a newer timeline (in the
+			// archive) forked away from this data: it starts on its own
+			// timeline instead, so that it runs in the election with the
+			// WAL it holds, which may include the last acknowledged commits.
+			s.stayOnTimeline = true
+			s.event(ctx, "diverged", fmt.Sprintf("%s cannot start on the newest timeline (%v); starting on its own to run in the election", s.spec.ID, err))
 			return errSteppedDown
 		}
 		if following != "" && !errors.Is(err, errSteppedDown) && !errors.Is(err, postgres.ErrAddrInUse) && ctx.Err() == nil {

@@ -108,6 +108,11 @@ type supervisor struct {
 	// member streams: if it cannot follow after all, rewinding again would
 	// change nothing again.
 	noopRewind bool
+	// stayOnTimeline is set when this member could not start without a
+	// primary because a newer timeline forked away from its data: it then
+	// starts on its own timeline to run in the election (see
+	// postgres.Settings.StayOnTimeline).
+	stayOnTimeline bool
 	// candidacies dates the election's candidacies by this host's clock.
 	candidacies ha.CandidacyClock
 	// abstainUntil keeps a primary that was told to step down out of the
@@ -365,7 +370,8 @@ func (s *supervisor) settings(follow *postgres.ConnInfo, standby bool) postgres.
 	// promoted already has the list its first commits wait for.
 	return postgres.Settings{
 		Name: s.spec.ID, ListenAddr: s.host.Addr, Port: s.spec.Port,
-		Follow: follow, Standby: standby, SlotName: postgres.SlotName(s.spec.ID), Params: s.cluster.Params,
+		Follow: follow, Standby: standby, StayOnTimeline: standby && follow == nil && s.stayOnTimeline,
+		SlotName: postgres.SlotName(s.spec.ID), Params: s.cluster.Params,
 		SyncStandbys: s.syncApplied, Archive: s.archiveSettings(),
 	}
 }

@@ -21,6 +21,11 @@ type Settings struct {
 	Port       int       // port
 	Follow     *ConnInfo // standby of that server (replication user creds); nil: no upstream
 	Standby    bool      // run in recovery even without Follow (a member waiting for an election)
+	// StayOnTimeline recovers along the data's own timeline only
+	// (recovery_target_timeline = 'current') instead of the newest one the
+	// archive knows: for data that a newer timeline forked away from, so
+	// that it can still start, read-only, and say what it holds.
+	StayOnTimeline bool
 	// SyncStandbys are the standbys a commit waits for (any one of them);
 	// none means asynchronous replication. Only a primary uses it.
 	SyncStandbys []string
@@ -304,7 +309,11 @@ func renderFleetConf(s Settings, passfile, cert, key string) ([]byte, error) {
 	// Written for every role: it can only change with a restart, so a
 	// promoted standby that dropped it would log a configuration error on
 	// its next reload.
-	set("recovery_target_timeline", "latest")
+	if s.StayOnTimeline {
+		set("recovery_target_timeline", "current")
+	} else {
+		set("recovery_target_timeline", "latest")
+	}
 	for _, m := range []map[string]string{s.Archive, s.Recovery} {
 		keys := make([]string, 0, len(m))
 		for k := range m {
@@ -313,7 +322,7 @@ func renderFleetConf(s Settings, passfile, cert, key string) ([]byte, error) {
 		sort.Strings(keys)
 		for _, k := range keys {
 			if k == "recovery_target_timeline" {
-				continue // always latest, written above
+				continue // written above
 			}
 			if !paramNameRE.MatchString(k) || strings.ContainsAny(m[k], "\x00\r\n") {
 				return nil, fmt.Errorf("setting %s: name or value not valid", k)

@@ -327,6 +327,15 @@ func TestConfigure(t *testing.T) {
 	if n := strings.Count(readFile(t, filepath.Join(data, "postgresql.conf")), includeLine); n != 1 {
 		t.Errorf("postgresql.conf has %d include lines, want 1", n)
 	}
+
+	// A member waiting for an election whose data a newer timeline forked
+	// away from recovers along its own timeline.
+	if err := inst.Configure(Settings{Name: "demo-2", ListenAddr: "127.0.0.1", Port: 6002, Standby: true, StayOnTimeline: true}); err != nil {
+		t.Fatalf("Configure(stay on timeline): %v", err)
+	}
+	if fleet := readFile(t, filepath.Join(data, "pgfleet.conf")); !strings.Contains(fleet, "recovery_target_timeline = 'current'\n") {
+		t.Errorf("pgfleet.conf does not stay on the data's timeline:\n%s", fleet)
+	}
 }
 
 func TestConfigureRejects(t *testing.T) {
