@@ -57,8 +57,14 @@ func Next(o Observation) (Action, string) {
 		return Wait, "waiting for primary " + o.Leader + " to accept connections"
 	case !o.Initialized:
 		return Clone, "cloning from primary " + o.Leader
-	case o.Leader == self:
+	case o.Leader == self && o.WasPrimary:
 		return StartPrimary, "holds the leader key"
+	case o.Leader == self:
+		// A standby's data is promoted, never started as a primary: a
+		// start without recovery replays only the timeline of its last
+		// restartpoint, which may be older than the WAL it received, and
+		// would write on an abandoned timeline. Promotion opens a new one.
+		return StartStandby, "holds the leader key with a standby's data: recovering read-only to promote"
 	case o.Leader == "":
 		return StartStandby, "no leader: starting read-only to run in the election"
 	case o.WasPrimary || o.Diverged:

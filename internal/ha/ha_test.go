@@ -27,7 +27,12 @@ func TestNext(t *testing.T) {
 		{"restart holding key", Observation{Self: prim, Initialized: true, WasPrimary: true, Leader: "db-1"}, StartPrimary},
 		{"old primary after key expired runs in the election", Observation{Self: prim, Initialized: true, WasPrimary: true}, StartStandby},
 		{"standby without leader runs in the election", Observation{Self: stby, Initialized: true}, StartStandby},
-		{"standby holding the key starts as primary", Observation{Self: stby, Initialized: true, Leader: "db-2"}, StartPrimary},
+		// Elected, then restarted before it promoted: started as a primary
+		// right away it would run crash recovery on the timeline of its
+		// last restartpoint, which may be older than the WAL it received,
+		// and write on an abandoned timeline. It recovers as a standby
+		// and is promoted, which opens a new timeline.
+		{"standby's data holding the key starts read-only to promote", Observation{Self: stby, Initialized: true, Leader: "db-2"}, StartStandby},
 		{"old primary must rejoin", Observation{Self: prim, Initialized: true, WasPrimary: true, Leader: "db-2", LeaderReady: true}, Rejoin},
 		{"old primary waits for the new one to be ready", Observation{Self: prim, Initialized: true, WasPrimary: true, Leader: "db-2"}, Wait},
 		{"diverged standby rejoins", Observation{Self: repl, Initialized: true, Diverged: true, Leader: "db-2", LeaderReady: true}, Rejoin},
