@@ -138,6 +138,12 @@ func (s *supervisor) servePrimary(ctx context.Context, kind, msg string) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-s.inst.Done():
+			if s.inst.ExitErr() == nil {
+				// Asked to exit: while serving, only the hold's fence
+				// does that, and the hold reports itself lost right after.
+				<-s.hold.lost
+				return s.lostHold(ctx)
+			}
 			// Promoting an up-to-date standby is quicker than crash
 			// recovery here, so the key goes at once, but only once the
 			// backends the postmaster left are gone too.
@@ -145,10 +151,7 @@ func (s *supervisor) servePrimary(ctx context.Context, kind, msg string) error {
 			s.event(ctx, "crashed", fmt.Sprintf("%s: postgres exited (%v); its processes killed and the leader key released", s.spec.ID, s.inst.ExitErr()))
 			return fmt.Errorf("postgres exited: %v", s.inst.ExitErr())
 		case <-s.hold.lost:
-			s.fence(ctx, s.hold.why())
-			s.hold.forget()
-			s.setHold(nil)
-			return errors.New("leader lease not confirmed in time")
+			return s.lostHold(ctx)
 		case <-tick.C:
 		}
 		c, err := s.store.Cluster(ctx, s.spec.Cluster)
@@ -207,4 +210,13 @@ func (s *supervisor) otherSlots(c store.ClusterState) []string {
 		}
 	}
 	return slots
+}
+
+// lostHold ends a term whose leader hold was lost: the hold fenced postgres
+// already; this records why and lets the key go without revoking it.
+func (s *supervisor) lostHold(ctx context.Context) error {
+	s.fence(ctx, s.hold.why())
+	s.hold.forget()
+	s.setHold(nil)
+	return errors.New("leader lease not confirmed in time")
 }
