@@ -141,8 +141,11 @@ func (s *supervisor) servePrimary(ctx context.Context, kind, msg string) error {
 			if s.inst.ExitErr() == nil {
 				// Asked to exit: while serving, only the hold's fence
 				// does that, and the hold reports itself lost right after.
-				<-s.hold.lost
-				return s.lostHold(ctx)
+				select {
+				case <-s.hold.lost:
+					return s.lostHold(ctx)
+				case <-time.After(time.Second):
+				}
 			}
 			// Promoting an up-to-date standby is quicker than crash
 			// recovery here, so the key goes at once, but only once the
