@@ -16,10 +16,10 @@ import (
 	"github.com/pgfleet/pgfleet/internal/store"
 )
 
-// initialSync is the sync set a new primary starts with, before its first
-// write: in sync mode every other eligible member, published first, so that
-// not even the first commits of a term go unprotected; reconcileSync then
-// narrows it to the standbys that stream.
+// initialSync sets up the sync state a new primary starts with
+// (ha.InitialSync), published before its first write, so that not even the
+// first commits of a term go unprotected; reconcileSync then follows the
+// standbys that stream.
 func (s *supervisor) initialSync(ctx context.Context) error {
 	s.syncApplied, s.syncFrom = nil, 0
 	c, err := s.store.Cluster(ctx, s.spec.Cluster)
@@ -27,22 +27,13 @@ func (s *supervisor) initialSync(ctx context.Context) error {
 		return err
 	}
 	s.cluster = c.Spec
-	if c.Spec.SyncMode() == fleet.SyncOff {
-		return nil
-	}
-	var all []string
-	for _, m := range c.Members {
-		if m.ID != s.spec.ID && ha.Eligible(m, c.Spec) {
-			all = append(all, m.ID)
+	want, set := ha.InitialSync(c.Spec, c.Members, c.Status, c.Sync, s.spec.ID)
+	if len(set) > 0 || (c.Sync != nil && len(c.Sync.Members) > 0) {
+		if err := s.store.PutSync(ctx, s.spec.Cluster, fleet.SyncState{Primary: s.spec.ID, Members: set}); err != nil {
+			return err
 		}
 	}
-	if len(all) == 0 {
-		return nil
-	}
-	if err := s.store.PutSync(ctx, s.spec.Cluster, fleet.SyncState{Primary: s.spec.ID, Members: all}); err != nil {
-		return err
-	}
-	s.syncApplied = all
+	s.syncApplied = want
 	return nil
 }
 
