@@ -192,7 +192,9 @@ func (s *supervisor) startStandby(ctx context.Context, following string) error {
 				return
 			case <-time.After(500 * time.Millisecond):
 			}
-			if c, err := s.store.Cluster(sctx, s.spec.Cluster); err == nil && c.Leader != following {
+			// Holding the key itself is no change: a member elected before
+			// a restart recovers read-only first, then promotes.
+			if c, err := s.store.Cluster(sctx, s.spec.Cluster); err == nil && c.Leader != following && c.Leader != s.spec.ID {
 				cancel(errLeaderChanged)
 				return
 			}
