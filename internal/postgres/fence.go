@@ -294,6 +294,14 @@ func (i *Instance) Rewind(ctx context.Context, src ConnInfo) (changed bool, err 
 	conninfo := fmt.Sprintf("host=%s port=%d user=%s dbname=postgres sslmode=require connect_timeout=10",
 		conninfoValue(src.Host), src.Port, conninfoValue(src.User))
 	args := []string{"--target-pgdata=" + i.cfg.DataDir, "--source-server=" + conninfo, "--progress"}
+	i.mu.Lock()
+	archived := i.settings != nil && i.settings.Archive["restore_command"] != ""
+	i.mu.Unlock()
+	if archived {
+		// The WAL back to the last common checkpoint may have been
+		// recycled here; the archive still has it.
+		args = append(args, "--restore-target-wal")
+	}
 	env := []string{"PGPASSFILE=" + passfile, "PGAPPNAME=pgfleet_rewind"}
 	noop := false
 	onLine := func(line string) bool {
