@@ -274,8 +274,10 @@ func RunDeadMan(args []string, stdin io.Reader, stderr io.Writer) int {
 // source's superuser password goes through a temporary passfile. It reports
 // whether pg_rewind changed anything: "no rewind required" is the answer
 // for data whose history is a prefix of the source's, and also, wrongly,
-// for data on a timeline whose number another history used too.
-func (i *Instance) Rewind(ctx context.Context, src ConnInfo) (changed bool, err error) {
+// for data on a timeline whose number another history used too. With
+// fromArchive, WAL the target no longer has is fetched with the
+// restore_command of its configuration.
+func (i *Instance) Rewind(ctx context.Context, src ConnInfo, fromArchive bool) (changed bool, err error) {
 	if i.Pid() != 0 {
 		return false, fmt.Errorf("rewind %s: postgres is running", i.cfg.DataDir)
 	}
@@ -294,10 +296,7 @@ func (i *Instance) Rewind(ctx context.Context, src ConnInfo) (changed bool, err 
 	conninfo := fmt.Sprintf("host=%s port=%d user=%s dbname=postgres sslmode=require connect_timeout=10",
 		conninfoValue(src.Host), src.Port, conninfoValue(src.User))
 	args := []string{"--target-pgdata=" + i.cfg.DataDir, "--source-server=" + conninfo, "--progress"}
-	i.mu.Lock()
-	archived := i.settings != nil && i.settings.Archive["restore_command"] != ""
-	i.mu.Unlock()
-	if archived {
+	if fromArchive {
 		// The WAL back to the last common checkpoint may have been
 		// recycled here; the archive still has it.
 		args = append(args, "--restore-target-wal")
