@@ -60,17 +60,14 @@ func (s *supervisor) rejoin(ctx context.Context, c store.ClusterState, why strin
 	}
 	s.set(fleet.StateRejoining, s.standbyRole(), why)
 	start := time.Now()
-	fromArchive := len(s.archiveSettings()) > 0
-	if fromArchive {
-		// pg_rewind takes restore_command from the data's own
-		// configuration, which must have it; and it runs single-user crash
-		// recovery first, which refuses standby.signal, so the data is
-		// configured as a primary's until the rewind is done.
-		if err := s.inst.Configure(s.settings(nil, false)); err != nil {
-			return fmt.Errorf("configure before rewind: %w", err)
-		}
+	// pg_rewind runs single-user crash recovery on data that was not shut
+	// down cleanly, which refuses standby.signal, and takes restore_command
+	// from the data's own configuration: the data is configured as a
+	// primary's (with the archive's settings) until the rewind is done.
+	if err := s.inst.Configure(s.settings(nil, false)); err != nil {
+		return fmt.Errorf("configure before rewind: %w", err)
 	}
-	changed, err := s.inst.Rewind(ctx, src, fromArchive)
+	changed, err := s.inst.Rewind(ctx, src, len(s.archiveSettings()) > 0)
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
