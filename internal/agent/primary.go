@@ -174,6 +174,14 @@ func (s *supervisor) servePrimary(ctx context.Context, kind, msg string) error {
 			return errSteppedDown
 		case c.Switchover != nil && c.Switchover.From == s.spec.ID && c.Switchover.LSN == 0:
 			return s.handOver(ctx, *c.Switchover)
+		case c.Switchover != nil:
+			// A switchover that is over (this member is its target, or it
+			// gave way to an election) but still recorded, because the
+			// promotion could not clear it: the proxies hold new
+			// connections while it exists.
+			if err := s.store.ClearFinishedSwitchover(ctx, c); err != nil && ctx.Err() == nil {
+				s.log.Warn("clear a finished switchover", "err", err)
+			}
 		}
 		s.serveBackupRequest(ctx, c)
 		if time.Since(lastBackupCheck) > backupCheckEvery && s.checkingBackup.CompareAndSwap(false, true) {

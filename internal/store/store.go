@@ -271,7 +271,8 @@ type ClusterState struct {
 	// Backup is the base backup requested or running, if any.
 	Backup *fleet.BackupRequest
 
-	specRev int64 // mod revision of the spec, for transactions on this view
+	specRev       int64 // mod revision of the spec, for transactions on this view
+	switchoverRev int64 // mod revision of the switchover, if any
 }
 
 // decode adds one key of the cluster (its path below the cluster's prefix)
@@ -295,6 +296,7 @@ func (c *ClusterState) decode(rest string, v []byte, rev int64) error {
 	case rest == "initialized":
 		c.Initialized = true
 	case rest == "switchover":
+		c.switchoverRev = rev
 		c.Switchover = &fleet.Switchover{}
 		return json.Unmarshal(v, c.Switchover)
 	case rest == "stepdown":
@@ -653,6 +655,24 @@ func (s *Store) ClearSwitchover(ctx context.Context, cluster string) error {
 	defer cancel()
 	_, err := s.cli.Delete(ctx, s.clusterPrefix(cluster)+"switchover")
 	return Translate(err)
+}
+
+// ClearFinishedSwitchover deletes the switchover c shows, if it is still
+// the same record: the primary clears one that is over (its target leads,
+// or it gave way to an election), while the proxies hold new connections
+// for as long as it exists; a newer request is left alone.
+func (s *Store) ClearFinishedSwitchover(ctx context.Context, c ClusterState) error {
+	if c.switchoverRev == 0 {
+		return nil
+	}
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	key := s.clusterPrefix(c.Spec.Name) + "switchover"
+	_, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", c.switchoverRev)).Then(clientv3.OpDelete(key)).Commit()
+	if err != nil {
+		return fmt.Errorf("clear switchover of %s: %w", c.Spec.Name, Translate(err))
+	}
+	return nil
 }
 
 // PutSync publishes the sync-mode state; only the member holding the leader
