@@ -186,7 +186,7 @@ func (c *client) lost(ctx context.Context, primaryURL string, from, to time.Time
 	return n, rows.Err()
 }
 
-func run(exe, dir string, iters, ttl int, sync, out string) error {
+func run(exe, dir string, iters, ttl int, sync, out string) (err error) {
 	ctx := context.Background()
 	abs, err := filepath.Abs(dir)
 	if err != nil {
@@ -202,7 +202,8 @@ func run(exe, dir string, iters, ttl int, sync, out string) error {
 		return err
 	}
 	d := &lab.Dev{Exe: exeAbs, Dir: abs, Out: os.Stderr}
-	defer d.Down(true)
+	// The fleet's logs stay when the run fails.
+	defer func() { d.Down(err == nil) }()
 	plan, token, err := d.Up(ctx, plan, true)
 	if err != nil {
 		return err
