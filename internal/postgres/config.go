@@ -138,6 +138,9 @@ func (i *Instance) configure(s Settings) error {
 	if err != nil {
 		return err
 	}
+	if err := i.removeTempFiles(); err != nil {
+		return err
+	}
 	if !i.Initialized() {
 		return errors.New("no cluster: run InitDB or BaseBackup first")
 	}
@@ -392,8 +395,26 @@ func normalizeInclude(line string) string {
 	return strings.Join(f, " ")
 }
 
+// removeTempFiles deletes what writeFile left in the data directory when
+// the agent died between creating a file and renaming it into place: owned
+// by the agent, unreadable by postgres, such a file fails every
+// pg_basebackup taken from this member.
+func (i *Instance) removeTempFiles() error {
+	leftovers, err := filepath.Glob(filepath.Join(i.cfg.DataDir, ".*.tmp-*"))
+	if err != nil {
+		return err
+	}
+	for _, f := range leftovers {
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove leftover %s: %w", f, err)
+		}
+	}
+	return nil
+}
+
 // writeFile atomically replaces path with data, 0600 and owned by the OS
-// user: a crash leaves the old file or the new one, never half of one.
+// user: a crash leaves the old file or the new one, never half of one (and
+// perhaps a temporary file, which the next Configure removes).
 func (i *Instance) writeFile(path string, data []byte) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {

@@ -251,6 +251,11 @@ func TestConfigure(t *testing.T) {
 		SlotName: "demo_2",
 		Params:   map[string]string{"shared_buffers": "64MB", "work_mem": "8MB", "search_path": `it's "x"`},
 	}
+	// What an agent killed in the middle of a write left behind.
+	leftover := filepath.Join(data, ".pgfleet.conf.tmp-123")
+	if err := os.WriteFile(leftover, []byte("half"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	// Configure twice to check the include line is added only once.
 	for range 2 {
 		if err := inst.Configure(standby); err != nil {
@@ -258,6 +263,9 @@ func TestConfigure(t *testing.T) {
 		}
 	}
 
+	if _, err := os.Stat(leftover); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Configure left %s (stat: %v); pg_basebackup from this member would fail on it", leftover, err)
+	}
 	conf := readFile(t, filepath.Join(data, "postgresql.conf"))
 	if n := strings.Count(conf, includeLine); n != 1 {
 		t.Errorf("postgresql.conf has %d include lines, want 1:\n%s", n, conf)
