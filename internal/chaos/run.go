@@ -102,6 +102,11 @@ func Run(ctx context.Context, cfg Config) (History, error) {
 	h := History{Sync: cfg.Sync, Faults: r.faults}
 	h.Ops = r.ops
 	h.Final, h.Divergent = r.finish(ctx)
+	if err := ctx.Err(); err != nil {
+		// Cut short: the final reads did not happen, and a report would
+		// count every acknowledged id as lost.
+		return h, fmt.Errorf("fault suite interrupted: %w", err)
+	}
 	return h, nil
 }
 
