@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -30,7 +29,6 @@ func TestChaos(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a three-host fleet through twenty faults")
 	}
-	labtest.RequirePostgres(t)
 	seed, faults := uint64(20261127), 20
 	if v, err := strconv.ParseUint(os.Getenv("PGFLEET_CHAOS_SEED"), 10, 64); err == nil {
 		seed = v
@@ -38,19 +36,9 @@ func TestChaos(t *testing.T) {
 	if v, err := strconv.Atoi(os.Getenv("PGFLEET_CHAOS_FAULTS")); err == nil && v > 0 {
 		faults = v
 	}
-	plan, err := lab.ParsePlan("iad:3", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns := labtest.NewNamespaces(t, &plan)
-	dir := filepath.Join(labtest.TestDir(t), "fleet")
-	d := &lab.Dev{Exe: buildBinary(t), Dir: dir, Out: io.Discard, Wrap: ns.Wrap}
-	t.Cleanup(func() { d.Down(true) })
+	f := startNamespacedFleet(t, "iad:3")
+	plan, dir := f.plan, f.dir
 	ctx := context.Background()
-	plan, token, err := d.Up(ctx, plan, true)
-	if err != nil {
-		t.Fatal(err)
-	}
 	logPath := filepath.Join(labtest.TestDir(t), "chaos.log")
 	logf, err := os.Create(logPath)
 	if err != nil {
@@ -68,7 +56,7 @@ func TestChaos(t *testing.T) {
 	t.Logf("seed %d, %d faults (PGFLEET_CHAOS_SEED=%d reruns this sequence)", seed, faults, seed)
 	start := time.Now()
 	h, err := chaos.Run(ctx, chaos.Config{
-		Dev: d, Plan: plan, Net: ns.Namespaces, Client: api.NewClient(lab.Endpoints(plan), token),
+		Dev: f.dev, Plan: plan, Net: f.ns.Namespaces, Client: api.NewClient(lab.Endpoints(plan), f.token),
 		Cluster: "chaos", Sync: true, Seed: seed, Faults: faults,
 		Log: slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})

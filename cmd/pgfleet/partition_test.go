@@ -16,6 +16,37 @@ import (
 	"github.com/pgfleet/pgfleet/internal/lab/labtest"
 )
 
+// namespacedFleet is a dev fleet whose hosts run in network namespaces of
+// their own, so that a test can cut one off.
+type namespacedFleet struct {
+	plan  lab.Plan
+	token string
+	dir   string
+	dev   *lab.Dev
+	ns    *labtest.Namespaces
+}
+
+// startNamespacedFleet starts the hosts of regions ("iad:3") each in its
+// own namespace, with the pgfleet binary of this checkout; the fleet is
+// stopped and purged when the test ends.
+func startNamespacedFleet(t *testing.T, regions string) namespacedFleet {
+	t.Helper()
+	labtest.RequirePostgres(t)
+	plan, err := lab.ParsePlan(regions, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := labtest.NewNamespaces(t, &plan)
+	dir := filepath.Join(labtest.TestDir(t), "fleet")
+	d := &lab.Dev{Exe: buildBinary(t), Dir: dir, Out: io.Discard, Wrap: ns.Wrap}
+	t.Cleanup(func() { d.Down(true) })
+	plan, token, err := d.Up(context.Background(), plan, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return namespacedFleet{plan: plan, token: token, dir: dir, dev: d, ns: ns}
+}
+
 // TestPartitionedPrimaryFences cuts the primary's host off from etcd and
 // from every peer (its network namespace's link goes down). The primary
 // cannot renew its lease and must stop taking writes before any other
@@ -25,22 +56,9 @@ func TestPartitionedPrimaryFences(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a three-host fleet in network namespaces")
 	}
-	labtest.RequirePostgres(t)
-	plan, err := lab.ParsePlan("iad:3", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns := labtest.NewNamespaces(t, &plan)
-	dir := filepath.Join(labtest.TestDir(t), "fleet")
-	d := &lab.Dev{Exe: buildBinary(t), Dir: dir, Out: io.Discard, Wrap: ns.Wrap}
-	t.Cleanup(func() {
-		d.Down(true)
-	})
+	f := startNamespacedFleet(t, "iad:3")
+	plan, token, dir, ns := f.plan, f.token, f.dir, f.ns
 	ctx := context.Background()
-	plan, token, err := d.Up(ctx, plan, true)
-	if err != nil {
-		t.Fatal(err)
-	}
 	apiOf := map[string]string{}
 	for _, h := range plan.Hosts {
 		apiOf[h.Name] = h.API()
@@ -52,6 +70,7 @@ func TestPartitionedPrimaryFences(t *testing.T) {
 	}
 	var v api.ClusterView
 	labtest.WaitFor(t, 3*time.Minute, "cluster ready", func() (bool, string) {
+		var err error
 		v, err = c.Cluster(ctx, "part")
 		if err != nil {
 			return false, err.Error()

@@ -21,6 +21,10 @@ func (s *supervisor) campaign(ctx context.Context, c store.ClusterState, since *
 	if !ha.Eligible(s.spec, c.Spec) || time.Now().Before(s.abstainUntil) {
 		return false, nil
 	}
+	// The clock watches the candidacies every round, not only at the
+	// count, so that one that stopped changing during the window is aged
+	// from when this member first saw it.
+	s.candidacies.Date(time.Now(), c.Candidates)
 	var pst postgres.Status
 	err := s.ctl.do(ctx, s.superuser(), func(conn *pgx.Conn) (err error) {
 		pst, err = postgres.QueryStatus(ctx, conn)

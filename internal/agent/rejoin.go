@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/pgfleet/pgfleet/internal/fleet"
@@ -141,6 +142,14 @@ func (s *supervisor) dropDiscarded() {
 // timeline this member's WAL receiver streamed on.
 const receivedTimelineFile = "received-timeline"
 
+// receivedTimeline is that timeline in memory: the file is read once and
+// written only when the value grows, not on every status publication.
+type receivedTimeline struct {
+	mu     sync.Mutex
+	loaded bool
+	tl     int64
+}
+
 // timeline is the timeline of the WAL the member holds. A primary and a
 // streaming standby say it themselves; a standby whose upstream is gone
 // (the election case) has no WAL receiver to ask, and pg_control still names
@@ -151,24 +160,36 @@ func (s *supervisor) timeline(pst postgres.Status) int64 {
 	if !pst.InRecovery {
 		return pst.Timeline
 	}
+	r := &s.recvTL
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	path := filepath.Join(s.dir, receivedTimelineFile)
-	known, _ := os.ReadFile(path)
-	tl, _ := strconv.ParseInt(strings.TrimSpace(string(known)), 10, 64)
-	if pst.Streaming && pst.Timeline > tl {
-		tmp := path + ".tmp"
-		if err := os.WriteFile(tmp, []byte(strconv.FormatInt(pst.Timeline, 10)+"\n"), 0o600); err == nil {
-			if err := os.Rename(tmp, path); err != nil {
-				s.log.Warn("remember received timeline", "err", err)
-			}
-		}
-		tl = pst.Timeline
+	if !r.loaded {
+		known, _ := os.ReadFile(path)
+		r.tl, _ = strconv.ParseInt(strings.TrimSpace(string(known)), 10, 64)
+		r.loaded = true
 	}
-	return max(tl, pst.Timeline)
+	if pst.Streaming && pst.Timeline > r.tl {
+		r.tl = pst.Timeline
+		tmp := path + ".tmp"
+		err := os.WriteFile(tmp, []byte(strconv.FormatInt(r.tl, 10)+"\n"), 0o600)
+		if err == nil {
+			err = os.Rename(tmp, path)
+		}
+		if err != nil {
+			s.log.Warn("remember received timeline", "err", err)
+		}
+	}
+	return max(r.tl, pst.Timeline)
 }
 
 // forgetTimeline drops the remembered timeline when the data is replaced
 // or rewound: what it held is gone.
 func (s *supervisor) forgetTimeline() {
+	r := &s.recvTL
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.loaded, r.tl = true, 0
 	if err := os.Remove(filepath.Join(s.dir, receivedTimelineFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		s.log.Warn("forget received timeline", "err", err)
 	}

@@ -124,6 +124,7 @@ type router struct {
 	lastOK time.Time
 	last   []proxy.ClusterRoutes
 	ttls   map[string]time.Duration
+	minTTL time.Duration // the shortest of ttls: below it nothing fails closed
 }
 
 // watchdogEvery is how often the router checks, apart from its store
@@ -147,7 +148,10 @@ func (rt *router) watchdog(ctx context.Context) {
 		}
 		rt.mu.Lock()
 		since := time.Since(rt.lastOK)
-		routes := failClosed(rt.last, rt.ttls, since)
+		var routes []proxy.ClusterRoutes
+		if since > rt.minTTL {
+			routes = failClosed(rt.last, rt.ttls, since)
+		}
 		rt.mu.Unlock()
 		refuse := refusing(routes)
 		if refuse && !closed {
@@ -248,6 +252,12 @@ func (rt *router) run(ctx context.Context) {
 		rt.storeOK = true
 		// What the store answered was current when the read was sent.
 		rt.lastOK, rt.last, rt.ttls = sent, last, maps.Clone(ttls)
+		rt.minTTL = 0
+		for _, ttl := range ttls {
+			if rt.minTTL == 0 || ttl < rt.minTTL {
+				rt.minTTL = ttl
+			}
+		}
 		rt.mu.Unlock()
 	}
 }

@@ -113,6 +113,8 @@ type supervisor struct {
 	// starts on its own timeline to run in the election (see
 	// postgres.Settings.StayOnTimeline).
 	stayOnTimeline bool
+	// recvTL is the newest timeline this member streamed on (timeline).
+	recvTL receivedTimeline
 	// candidacies dates the election's candidacies by this host's clock.
 	candidacies ha.CandidacyClock
 	// abstainUntil keeps a primary that was told to step down out of the
