@@ -88,7 +88,7 @@ func (s *supervisor) promote(ctx context.Context, c store.ClusterState) error {
 		}
 	}
 	start := time.Now()
-	if err := s.initialSync(ctx); err != nil {
+	if err := s.whileHeld(ctx, func() error { return s.initialSync(ctx) }); err != nil {
 		return err
 	}
 	// The other members' slots exist before the standbys re-point to this

@@ -70,7 +70,7 @@ func (s *supervisor) runPrimary(ctx context.Context, fresh bool) error {
 	}
 	s.syncApplied, s.syncFrom = nil, 0
 	if !fresh {
-		if err := s.initialSync(ctx); err != nil {
+		if err := s.whileHeld(ctx, func() error { return s.initialSync(ctx) }); err != nil {
 			return err
 		}
 	}
@@ -94,7 +94,11 @@ func (s *supervisor) servePrimary(ctx context.Context, kind, msg string) error {
 	for _, m := range s.syncApplied {
 		s.lastStreamed[m] = time.Now()
 	}
-	c, err := s.store.Cluster(ctx, s.spec.Cluster)
+	var c store.ClusterState
+	err := s.whileHeld(ctx, func() (err error) {
+		c, err = s.store.Cluster(ctx, s.spec.Cluster)
+		return err
+	})
 	if err != nil {
 		return err
 	}
@@ -121,7 +125,10 @@ func (s *supervisor) servePrimary(ctx context.Context, kind, msg string) error {
 		return err
 	}
 	// Elections keep members whose WAL stops on an older timeline out.
-	if err := s.store.RaiseTimeline(ctx, s.spec.Cluster, s.spec.ID, timeline); err != nil {
+	err = s.whileHeld(ctx, func() error {
+		return s.store.RaiseTimeline(ctx, s.spec.Cluster, s.spec.ID, timeline)
+	})
+	if err != nil {
 		return err
 	}
 	s.set(fleet.StateRunning, fleet.RolePrimary, "")
@@ -225,6 +232,27 @@ func (s *supervisor) otherSlots(c store.ClusterState) []string {
 
 // lostHold ends a term whose leader hold was lost: the hold fenced postgres
 // already; this records why and lets the key go without revoking it.
+// whileHeld runs a store step of the term's start again while the store
+// is briefly away (a voter lost, raft changing leaders), for as long as the
+// lease holds. The lease, not one failed call, decides whether the term goes
+// on: giving up here would cost the cluster a second election.
+func (s *supervisor) whileHeld(ctx context.Context, step func() error) error {
+	for {
+		err := step()
+		if err == nil || !errors.Is(err, store.ErrNoQuorum) {
+			return err
+		}
+		s.log.Warn("store unavailable at the start of a primary term; retrying while the lease holds", "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.hold.lost:
+			return s.lostHold(ctx)
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
 func (s *supervisor) lostHold(ctx context.Context) error {
 	s.fence(ctx, s.hold.why())
 	s.hold.forget()

@@ -44,6 +44,10 @@ var (
 // error instead of a hang.
 const RequestTimeout = 4 * time.Second
 
+// raftProposalDropped is the text of raft's ErrProposalDropped as it reaches
+// a client.
+const raftProposalDropped = "raft proposal dropped"
+
 // Translate turns etcd's and gRPC's errors into the store's.
 func Translate(err error) error {
 	if err == nil {
@@ -54,7 +58,10 @@ func Translate(err error) error {
 		errors.Is(err, rpctypes.ErrTimeoutDueToConnectionLost) {
 		return fmt.Errorf("%w (%v)", ErrNoQuorum, err)
 	}
-	if s, ok := status.FromError(err); ok && (s.Code() == codes.DeadlineExceeded || s.Code() == codes.Unavailable) {
+	if s, ok := status.FromError(err); ok && (s.Code() == codes.DeadlineExceeded || s.Code() == codes.Unavailable ||
+		// Raft drops proposals while its leader changes, and the server
+		// passes the error on without a code of its own.
+		s.Message() == raftProposalDropped) {
 		return fmt.Errorf("%w (%v)", ErrNoQuorum, err)
 	}
 	return err
