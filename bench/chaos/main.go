@@ -17,7 +17,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/pgfleet/pgfleet/internal/api"
 	"github.com/pgfleet/pgfleet/internal/chaos"
 	"github.com/pgfleet/pgfleet/internal/lab"
 )
@@ -99,9 +98,13 @@ func runMode(ctx context.Context, exe, dir string, faults int, sync bool, seed u
 		return chaos.Report{}, 0, err
 	}
 	defer logf.Close()
+	client, err := d.Client(plan, token)
+	if err != nil {
+		return chaos.Report{}, 0, err
+	}
 	start := time.Now()
 	h, err := chaos.Run(ctx, chaos.Config{
-		Dev: d, Plan: plan, Net: ns, Client: api.NewClient(lab.Endpoints(plan), token),
+		Dev: d, Plan: plan, Net: ns, Client: client,
 		Cluster: "chaos", Sync: sync, Seed: seed, Faults: faults,
 		Log: slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})

@@ -208,7 +208,10 @@ func run(exe, dir string, iters, ttl int, sync, out string) (err error) {
 	if err != nil {
 		return err
 	}
-	c := api.NewClient(lab.Endpoints(plan), token)
+	c, err := d.Client(plan, token)
+	if err != nil {
+		return err
+	}
 	ha := 3
 	if _, err := c.Create(ctx, api.CreateRequest{Name: "bench", PrimaryRegion: "iad", HA: &ha, LeaseTTL: ttl, Sync: sync}); err != nil {
 		return err

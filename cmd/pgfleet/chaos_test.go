@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgfleet/pgfleet/internal/api"
 	"github.com/pgfleet/pgfleet/internal/chaos"
 	"github.com/pgfleet/pgfleet/internal/lab"
 	"github.com/pgfleet/pgfleet/internal/lab/labtest"
@@ -56,7 +55,7 @@ func TestChaos(t *testing.T) {
 	t.Logf("seed %d, %d faults (PGFLEET_CHAOS_SEED=%d reruns this sequence)", seed, faults, seed)
 	start := time.Now()
 	h, err := chaos.Run(ctx, chaos.Config{
-		Dev: f.dev, Plan: plan, Net: f.ns.Namespaces, Client: api.NewClient(lab.Endpoints(plan), f.token),
+		Dev: f.dev, Plan: plan, Net: f.ns.Namespaces, Client: f.client,
 		Cluster: "chaos", Sync: true, Seed: seed, Faults: faults,
 		Log: slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})

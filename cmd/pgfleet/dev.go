@@ -55,10 +55,14 @@ func newDevCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := saveConfig(cliConfig{Endpoints: lab.Endpoints(plan), Token: token, DevDir: abs}); err != nil {
+			ca, err := os.ReadFile(d.CAPath(plan))
+			if err != nil {
+				return fmt.Errorf("read the fleet's CA: %w", err)
+			}
+			if err := saveConfig(cliConfig{Endpoints: lab.Endpoints(plan), Token: token, CA: string(ca), DevDir: abs}); err != nil {
 				return fmt.Errorf("save CLI config: %w", err)
 			}
-			fmt.Fprintf(out, "fleet ready: %d hosts (%s); API %s; token saved in %s\n", len(plan.Hosts), plan.Regions, plan.Hosts[0].API(), configPath())
+			fmt.Fprintf(out, "fleet ready: %d hosts (%s); API https://%s; token and CA saved in %s\n", len(plan.Hosts), plan.Regions, plan.Hosts[0].API(), configPath())
 			fmt.Fprintf(out, "next: pgfleet create demo --primary-region %s --ha 3 --replicas ams,syd --wait\n", plan.Hosts[0].Region)
 			return nil
 		},

@@ -19,11 +19,12 @@ import (
 // namespacedFleet is a dev fleet whose hosts run in network namespaces of
 // their own, so that a test can cut one off.
 type namespacedFleet struct {
-	plan  lab.Plan
-	token string
-	dir   string
-	dev   *lab.Dev
-	ns    *labtest.Namespaces
+	plan   lab.Plan
+	token  string
+	dir    string
+	dev    *lab.Dev
+	ns     *labtest.Namespaces
+	client *api.Client
 }
 
 // startNamespacedFleet starts the hosts of regions ("iad:3") each in its
@@ -44,7 +45,11 @@ func startNamespacedFleet(t *testing.T, regions string) namespacedFleet {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return namespacedFleet{plan: plan, token: token, dir: dir, dev: d, ns: ns}
+	c, err := d.Client(plan, token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return namespacedFleet{plan: plan, token: token, dir: dir, dev: d, ns: ns, client: c}
 }
 
 // TestPartitionedPrimaryFences cuts the primary's host off from etcd and
@@ -63,7 +68,7 @@ func TestPartitionedPrimaryFences(t *testing.T) {
 	for _, h := range plan.Hosts {
 		apiOf[h.Name] = h.API()
 	}
-	c := api.NewClient(lab.Endpoints(plan), token)
+	c := f.client
 	ha := 3
 	if _, err := c.Create(ctx, api.CreateRequest{Name: "part", PrimaryRegion: "iad", HA: &ha, LeaseTTL: 3}); err != nil {
 		t.Fatal(err)
@@ -97,7 +102,7 @@ func TestPartitionedPrimaryFences(t *testing.T) {
 			others = append(others, a)
 		}
 	}
-	rest := api.NewClient(others, token)
+	rest := api.NewClient(others, token, c.CA())
 
 	fenced := make(chan time.Time, 1)
 	go func() {

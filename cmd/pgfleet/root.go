@@ -12,12 +12,14 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgfleet/pgfleet/internal/api"
+	"github.com/pgfleet/pgfleet/internal/pki"
 )
 
 // clientFlags are the flags every command that talks to the fleet shares.
 type clientFlags struct {
 	api   string
 	token string
+	ca    string
 	json  bool
 }
 
@@ -32,6 +34,7 @@ func newRootCmd() *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.PersistentFlags().StringVar(&cf.api, "api", "", "agent API address(es), comma-separated (default: recorded by `pgfleet dev up`; env PGFLEET_API)")
 	root.PersistentFlags().StringVar(&cf.token, "token", "", "API token (default: recorded by `pgfleet dev up`; env PGFLEET_TOKEN)")
+	root.PersistentFlags().StringVar(&cf.ca, "ca", "", "file with the fleet's CA certificate, which agents' certificates must come from (default: recorded by `pgfleet dev up`; env PGFLEET_CA)")
 	root.AddCommand(
 		newAgentCmd(),
 		newDevCmd(),
@@ -48,6 +51,8 @@ func newRootCmd() *cobra.Command {
 		newSetCmd(cf),
 		newBackupCmd(cf),
 		newRestoreCmd(cf),
+		newTokenCmd(cf),
+		newCACmd(cf),
 		newVersionCmd(),
 		newWALPushCmd(), newWALFetchCmd(),
 	)
@@ -69,6 +74,7 @@ func home() string {
 type cliConfig struct {
 	Endpoints []string `json:"endpoints"`
 	Token     string   `json:"token"`
+	CA        string   `json:"ca"` // the fleet's CA certificate, PEM
 	DevDir    string   `json:"dev_dir,omitempty"`
 }
 
@@ -125,7 +131,31 @@ func (cf *clientFlags) client() (*api.Client, error) {
 	if token == "" {
 		return nil, errors.New("no API token: pass --token or set PGFLEET_TOKEN (the first agent of a fleet saves it in <data-dir>/token)")
 	}
-	return api.NewClient(eps, token), nil
+	caPEM, err := cf.caPEM(cfg)
+	if err != nil {
+		return nil, err
+	}
+	ca, err := pki.Pool(caPEM)
+	if err != nil {
+		return nil, fmt.Errorf("the fleet's CA: %w", err)
+	}
+	return api.NewClient(eps, token, ca), nil
+}
+
+// caPEM is the fleet's CA certificate the CLI trusts: --ca, PGFLEET_CA or
+// what `pgfleet dev up` recorded.
+func (cf *clientFlags) caPEM(cfg cliConfig) ([]byte, error) {
+	if path := firstNonEmpty(cf.ca, os.Getenv("PGFLEET_CA")); path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("--ca: %w", err)
+		}
+		return b, nil
+	}
+	if cfg.CA == "" {
+		return nil, errors.New("no CA known for the fleet: pass --ca FILE (on a host of the fleet, <data-dir>/tls/ca.crt), or run `pgfleet dev up` for a local fleet")
+	}
+	return []byte(cfg.CA), nil
 }
 
 func firstNonEmpty(vs ...string) string {

@@ -4,6 +4,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,12 +15,16 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"golang.org/x/net/netutil"
+
 	"github.com/pgfleet/pgfleet/internal/api"
 	"github.com/pgfleet/pgfleet/internal/fleet"
+	"github.com/pgfleet/pgfleet/internal/pki"
 	"github.com/pgfleet/pgfleet/internal/postgres"
 	"github.com/pgfleet/pgfleet/internal/proxy"
 	"github.com/pgfleet/pgfleet/internal/store"
@@ -36,6 +41,9 @@ const (
 	// HostTTL is the host lease: a host's record and its members' status
 	// vanish this long after its agent stops answering.
 	HostTTL = 5 * time.Second
+	// MaxAPIConns caps the API's connections, so that clients that open
+	// many cannot take the agent's file descriptors.
+	MaxAPIConns = 256
 )
 
 // Config is one agent's configuration.
@@ -48,7 +56,10 @@ type Config struct {
 
 	EtcdEndpoints  []string // an existing etcd cluster; empty runs embedded etcd
 	EtcdPrefix     string   // key prefix, default /pgfleet/
-	Join           string   // an embedded etcd member's client address, to join its fleet
+	Join           string   // API address (HOST:PORT) of an agent of the fleet to join
+	JoinToken      string   // admits this host; from `pgfleet token create`
+	// External etcd's TLS: its CA, and this agent's client certificate.
+	EtcdCACert, EtcdCert, EtcdKey string
 	EtcdClientPort int
 	EtcdPeerPort   int
 
@@ -100,6 +111,22 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("etcd port %d: must be 1-65535", p)
 		}
 	}
+	if c.Join != "" {
+		if !strings.Contains(c.Join, ":") {
+			c.Join = net.JoinHostPort(c.Join, strconv.Itoa(DefaultAPIPort))
+		}
+		if _, _, err := net.SplitHostPort(c.Join); err != nil {
+			return fmt.Errorf("--join %q: want HOST:PORT of an agent's API (%v)", c.Join, err)
+		}
+		if c.JoinToken != "" {
+			if _, err := pki.ParseJoinToken(c.JoinToken); err != nil {
+				return fmt.Errorf("--join-token: %w", err)
+			}
+		}
+	}
+	if (c.EtcdCert == "") != (c.EtcdKey == "") {
+		return errors.New("--etcd-cert and --etcd-key go together: give both, or neither")
+	}
 	if len(c.EtcdEndpoints) > 0 && c.Join != "" {
 		return errors.New("--join and --etcd-endpoints exclude each other: --join joins the embedded etcd of another agent, --etcd-endpoints uses an existing etcd cluster")
 	}
@@ -121,6 +148,9 @@ type Agent struct {
 	store *store.Store
 	etcd  *store.Embedded
 	apiLn net.Listener
+	// identity is this host's certificate, shared by etcd, the API and
+	// postgres.
+	identity *pki.Identity
 
 	leaseMu sync.Mutex
 	lease   *store.Lease
@@ -246,11 +276,19 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("data dir: %w", err)
 	}
 
+	var id *pki.Identity
+	var ca *pki.Authority
+	var etcdTLS *tls.Config
 	endpoints := cfg.EtcdEndpoints
 	if len(endpoints) == 0 {
+		var join string
+		if id, ca, join, err = a.embeddedIdentity(ctx); err != nil {
+			return err
+		}
+		files := a.tlsFiles()
 		e, err := store.StartEmbedded(ctx, store.EmbedConfig{
 			Name: cfg.Name, Dir: filepath.Join(cfg.DataDir, "etcd"), Addr: cfg.Advertise,
-			ClientPort: cfg.EtcdClientPort, PeerPort: cfg.EtcdPeerPort, Join: cfg.Join, Logger: a.log,
+			ClientPort: cfg.EtcdClientPort, PeerPort: cfg.EtcdPeerPort, Join: join, TLS: &files, Logger: a.log,
 		})
 		if err != nil {
 			return err
@@ -258,8 +296,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.etcd = e
 		defer e.Close()
 		endpoints = e.Endpoints
+		etcdTLS = id.ClientTLS()
+	} else if etcdTLS, err = a.externalTLS(); err != nil {
+		return err
 	}
-	st, err := store.Open(endpoints, cfg.EtcdPrefix)
+	st, err := store.Open(endpoints, cfg.EtcdPrefix, etcdTLS)
 	if err != nil {
 		return err
 	}
@@ -270,18 +311,49 @@ func (a *Agent) Run(ctx context.Context) error {
 		syncCtx, stopSync := context.WithCancel(ctx)
 		defer stopSync()
 		go st.FollowMembers(syncCtx, 30*time.Second, a.log)
+	} else {
+		// The fleet's CA lives in the existing etcd; without quorum the
+		// agent waits for it, as it does below for its registration.
+		for id == nil {
+			if id, ca, err = a.externalIdentity(ctx, st); err != nil {
+				if !errors.Is(err, store.ErrNoQuorum) {
+					return err
+				}
+				a.log.Warn("waiting for the state store", "err", err)
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(time.Second):
+				}
+			}
+		}
 	}
+	a.identity = id
 
 	rt := &router{a: a, proxy: proxy.New(cfg.Advertise, a.log.With("component", "proxy"))}
 	defer rt.proxy.Close()
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /metrics", rt.metrics)
-	mux.Handle("/", api.NewServer(st, a.host, a.log.With("component", "api")).Handler())
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	apiSrv := api.NewServer(st, a.host, a.log.With("component", "api"))
+	apiSrv.SetCA(ca)
+	mux.Handle("/", apiSrv.Handler())
+	srv := &http.Server{
+		Handler: mux,
+		// Every bound, so that a slow or idle client holds a connection
+		// only so long: the header (and TLS handshake), the body, the
+		// answer, and the wait between requests.
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      2 * time.Minute,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		TLSConfig:         id.ServerTLS(tls.VerifyClientCertIfGiven),
+		ErrorLog:          slog.NewLogLogger(a.log.With("component", "api").Handler(), slog.LevelDebug),
+	}
 	srvDone := make(chan struct{})
 	go func() {
 		defer close(srvDone)
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := srv.ServeTLS(netutil.LimitListener(ln, MaxAPIConns), "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			a.log.Error("api server", "err", err)
 		}
 	}()

@@ -11,7 +11,6 @@ import (
 
 	"github.com/pgfleet/pgfleet/internal/api"
 	"github.com/pgfleet/pgfleet/internal/lab/labtest"
-	"github.com/pgfleet/pgfleet/internal/store"
 )
 
 // TestMissingKeyKeepsData: a member whose key vanishes from the store
@@ -49,12 +48,7 @@ func TestMissingKeyKeepsData(t *testing.T) {
 	pgVersion := filepath.Join(dataOf(standby), "pgdata", "PG_VERSION")
 
 	// A stray delete of the standby's placement.
-	h := f.Host(f.Plan.Hosts[0].Name)
-	st, err := store.Open([]string{"http://" + h.Addr + ":2379"}, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := f.Store(f.Plan.Hosts[0].Name)
 	if _, err := st.Client().Delete(ctx, "/pgfleet/clusters/db/members/"+standby.ID+"/spec"); err != nil {
 		t.Fatal(err)
 	}

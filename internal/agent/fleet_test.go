@@ -225,11 +225,11 @@ func badInput(t *testing.T, f *labtest.Fleet) {
 		{"unknown endpoint", "GET", "/v1/nope", ``, f.Token, 404, "no such endpoint"},
 	}
 	for _, tt := range raw {
-		req, _ := http.NewRequest(tt.method, "http://"+f.Plan.Hosts[1].API()+tt.path, strings.NewReader(tt.body))
+		req, _ := http.NewRequest(tt.method, "https://"+f.Plan.Hosts[1].API()+tt.path, strings.NewReader(tt.body))
 		if tt.token != "" {
 			req.Header.Set("Authorization", "Bearer "+tt.token)
 		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := f.Client.HTTP.Do(req)
 		if err != nil {
 			t.Fatalf("%s: %v", tt.name, err)
 		}
@@ -301,9 +301,13 @@ func destroy(t *testing.T, f *labtest.Fleet) {
 func duplicateHost(t *testing.T, f *labtest.Fleet) {
 	// A fourth client host that calls itself ams-1 from another address.
 	addr := strings.Replace(f.Host("ams-1").Addr, ".2.1", ".9.9", 1)
+	jt, err := f.Client.CreateJoinToken(context.Background(), time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
 	a, err := agent.New(agent.Config{
 		Name: "ams-1", Region: "ams", Advertise: addr, DataDir: filepath.Join(labtest.TestDir(t), "dup"),
-		Join: f.Host("iad-1").Addr + ":2379", Logger: slog.New(slog.DiscardHandler),
+		Join: f.Host("iad-1").API(), JoinToken: jt.Token, Logger: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -326,7 +330,7 @@ func noQuorum(t *testing.T, f *labtest.Fleet) {
 	// Two of the three etcd voters go away: the fleet loses quorum.
 	f.Stop("iad-2")
 	f.Stop("iad-3")
-	c := api.NewClient([]string{f.Plan.Hosts[0].API()}, f.Token)
+	c := api.NewClient([]string{f.Plan.Hosts[0].API()}, f.Token, f.CA)
 	start := time.Now()
 	_, err := c.Create(ctx, api.CreateRequest{Name: "later", PrimaryRegion: "iad"})
 	var ae *api.APIError

@@ -3,6 +3,8 @@ package api
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,19 +21,36 @@ import (
 
 // Client talks to the fleet through any of its agents. It tries each
 // endpoint in turn, so the CLI keeps working when the host it usually
-// talks to is down.
+// talks to is down. Every agent serves HTTPS with a certificate from the
+// fleet's CA, and the client accepts no other.
 type Client struct {
-	Endpoints []string // host:port or http://host:port of agents' APIs
+	Endpoints []string // host:port or https://host:port of agents' APIs
 	Token     string
 	HTTP      *http.Client
 }
 
-// NewClient returns a client with sane timeouts. Every request the API
-// serves takes at most a few store calls, each bounded by
+// NewClient returns a client that trusts only ca, with sane timeouts. Every
+// request the API serves takes at most a few store calls, each bounded by
 // store.RequestTimeout, so an agent that does not answer within 8 s is
 // stopped or hung, and the next one is tried.
-func NewClient(endpoints []string, token string) *Client {
-	return &Client{Endpoints: endpoints, Token: token, HTTP: &http.Client{Timeout: 8 * time.Second}}
+func NewClient(endpoints []string, token string, ca *x509.CertPool) *Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: ca}
+	if ca == nil {
+		// No CA known: refuse every server rather than fall back to the
+		// system's roots, which never sign a fleet's certificates.
+		tr.TLSClientConfig.RootCAs = x509.NewCertPool()
+	}
+	return &Client{Endpoints: endpoints, Token: token, HTTP: &http.Client{Timeout: 8 * time.Second, Transport: tr}}
+}
+
+// CA returns the CAs the client trusts, for a client of other agents of
+// the same fleet.
+func (c *Client) CA() *x509.CertPool {
+	if tr, ok := c.HTTP.Transport.(*http.Transport); ok && tr.TLSClientConfig != nil {
+		return tr.TLSClientConfig.RootCAs
+	}
+	return nil
 }
 
 // APIError is a non-2xx answer of an agent.
@@ -64,7 +83,10 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	for _, ep := range c.Endpoints {
 		base := ep
 		if !strings.Contains(base, "://") {
-			base = "http://" + base
+			base = "https://" + base
+		}
+		if !strings.HasPrefix(base, "https://") {
+			return fmt.Errorf("API address %s: agents serve the API over HTTPS only; give HOST:PORT or https://HOST:PORT", ep)
 		}
 		req, err := http.NewRequestWithContext(ctx, method, base+path, bytes.NewReader(payload))
 		if err != nil {
@@ -124,6 +146,10 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 }
 
 func unwrapURLError(err error) error {
+	var cv *tls.CertificateVerificationError
+	if errors.As(err, &cv) {
+		return fmt.Errorf("%v: its certificate is not from the fleet's CA; pass --ca FILE with the CA that `pgfleet ca` prints on a host of the fleet", cv.Err)
+	}
 	var ue *url.Error
 	if errors.As(err, &ue) {
 		return ue.Err

@@ -21,6 +21,7 @@ import (
 
 	"github.com/pgfleet/pgfleet/internal/fleet"
 	"github.com/pgfleet/pgfleet/internal/ha"
+	"github.com/pgfleet/pgfleet/internal/pki"
 	"github.com/pgfleet/pgfleet/internal/store"
 )
 
@@ -37,7 +38,13 @@ type Server struct {
 
 	mu        sync.Mutex
 	tokenHash string // cached: the fleet's token never changes
+
+	ca *pki.Authority // the fleet's CA; its key only on hosts that hold it
 }
+
+// SetCA gives the server the fleet's CA, which join tokens pin and, where
+// this host holds its key, admits hosts.
+func (s *Server) SetCA(ca *pki.Authority) { s.ca = ca }
 
 // NewServer returns a server for the agent on self.
 func NewServer(st *store.Store, self fleet.Host, log *slog.Logger) *Server {
@@ -68,6 +75,8 @@ func (s *Server) Handler() http.Handler {
 	// No method in the pattern: load balancers check with GET, HEAD or
 	// OPTIONS, and the handler answers the others itself.
 	mux.HandleFunc("/health/{name}/{check}", s.memberHealth)
+	mux.HandleFunc("POST /v1/join", s.join)
+	mux.Handle("POST /v1/tokens", s.auth(s.createJoinToken))
 	mux.Handle("GET /v1/hosts", s.auth(s.hosts))
 	mux.Handle("GET /v1/clusters", s.auth(s.listClusters))
 	mux.Handle("POST /v1/clusters", s.auth(s.createCluster))
@@ -128,6 +137,7 @@ func (s *Server) auth(h http.HandlerFunc) http.Handler {
 			return
 		}
 		if subtle.ConstantTimeCompare([]byte(HashToken(tok)), []byte(want)) != 1 {
+			time.Sleep(authFailureDelay)
 			writeError(w, http.StatusUnauthorized, "invalid API token")
 			return
 		}

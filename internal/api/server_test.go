@@ -4,6 +4,7 @@ package api_test
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -33,7 +34,7 @@ func openStore(t *testing.T) *store.Store {
 		t.Fatalf("start embedded etcd: %v", err)
 	}
 	t.Cleanup(e.Close)
-	s, err := store.Open(e.Endpoints, "/test/"+t.Name()+"/")
+	s, err := store.Open(e.Endpoints, "/test/"+t.Name()+"/", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +76,7 @@ func newTestFleet(t *testing.T) *testFleet {
 		if err := st.RegisterHost(ctx, h, hostLease); err != nil {
 			t.Fatal(err)
 		}
-		srv := httptest.NewServer(api.NewServer(st, h, log).Handler())
+		srv := httptest.NewTLSServer(api.NewServer(st, h, log).Handler())
 		t.Cleanup(srv.Close)
 		f.servers[h.Name] = srv
 	}
@@ -114,6 +115,11 @@ func newTestFleet(t *testing.T) *testFleet {
 	return f
 }
 
+// ca is what a client of host's API trusts.
+func (f *testFleet) ca(host string) *x509.CertPool {
+	return f.servers[host].Client().Transport.(*http.Transport).TLSClientConfig.RootCAs
+}
+
 // get sends an untokened request to host's API and returns the code and body.
 func (f *testFleet) get(t *testing.T, host, method, path string) (int, string) {
 	t.Helper()
@@ -121,7 +127,7 @@ func (f *testFleet) get(t *testing.T, host, method, path string) (int, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := f.servers[host].Client().Do(req)
 	if err != nil {
 		t.Fatalf("%s %s on %s: %v", method, path, host, err)
 	}
@@ -186,7 +192,7 @@ func TestHealthURLs(t *testing.T) {
 func TestClusterURLs(t *testing.T) {
 	f := newTestFleet(t)
 	ctx := context.Background()
-	c := api.NewClient([]string{f.servers["iad-3"].URL}, testToken)
+	c := api.NewClient([]string{f.servers["iad-3"].URL}, testToken, f.ca("iad-3"))
 	tests := []struct {
 		name string
 		o    api.URLOptions
@@ -231,7 +237,7 @@ func TestClusterURLs(t *testing.T) {
 	} {
 		req, _ := http.NewRequest("GET", f.servers["iad-1"].URL+"/v1/clusters/db/url?"+query, nil)
 		req.Header.Set("Authorization", "Bearer "+testToken)
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := f.servers["iad-1"].Client().Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -250,7 +256,7 @@ func TestClusterURLs(t *testing.T) {
 func TestCreateMaxReplicaLag(t *testing.T) {
 	f := newTestFleet(t)
 	ctx := context.Background()
-	c := api.NewClient([]string{f.servers["iad-1"].URL}, testToken)
+	c := api.NewClient([]string{f.servers["iad-1"].URL}, testToken, f.ca("iad-1"))
 	one := 1
 	_, err := c.Create(ctx, api.CreateRequest{Name: "neg", PrimaryRegion: "iad", HA: &one, MaxReplicaLag: -1})
 	if ae, ok := err.(*api.APIError); !ok || ae.Status != 400 || !strings.Contains(ae.Message, "max replica lag is -1 bytes") {

@@ -5,6 +5,7 @@ package lab
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	"github.com/pgfleet/pgfleet/internal/agent"
 	"github.com/pgfleet/pgfleet/internal/api"
 	"github.com/pgfleet/pgfleet/internal/fleet"
+	"github.com/pgfleet/pgfleet/internal/pki"
 )
 
 // DefaultRegions is the fleet `pgfleet dev up` starts: three hosts in the
@@ -184,11 +186,10 @@ func (d *Dev) Up(ctx context.Context, want Plan, explicit bool) (Plan, string, e
 			fresh = append(fresh, h)
 		}
 	}
-	join := net.JoinHostPort(p.Hosts[0].Addr, "2379")
 	pids := map[string]int{}
 	start := time.Now()
 	for _, h := range restart {
-		pid, err := d.start(h, "")
+		pid, err := d.start(h, "", "")
 		if err != nil {
 			return Plan{}, "", err
 		}
@@ -200,13 +201,19 @@ func (d *Dev) Up(ctx context.Context, want Plan, explicit bool) (Plan, string, e
 		}
 		d.printf("  %-8s %-4s %-12s restarted in %s (pid %d)\n", h.Name, h.Region, h.Addr, time.Since(start).Round(time.Millisecond), pids[h.Name])
 	}
+	var join string // a join token, once the first host runs
 	for _, h := range fresh {
 		start := time.Now()
+		if h != p.Hosts[0] && join == "" {
+			if join, err = d.joinToken(ctx, p); err != nil {
+				return Plan{}, "", err
+			}
+		}
 		j := join
 		if h == p.Hosts[0] {
 			j = "" // the first host bootstraps the fleet
 		}
-		pid, err := d.start(h, j)
+		pid, err := d.start(h, p.Hosts[0].API(), j)
 		if err != nil {
 			return Plan{}, "", err
 		}
@@ -215,15 +222,79 @@ func (d *Dev) Up(ctx context.Context, want Plan, explicit bool) (Plan, string, e
 		}
 		d.printf("  %-8s %-4s %-12s started in %s (pid %d)\n", h.Name, h.Region, h.Addr, time.Since(start).Round(time.Millisecond), pid)
 	}
-	tok, err := os.ReadFile(agent.TokenPath(d.hostDir(p.Hosts[0])))
+	token, err := d.token(p)
 	if err != nil {
-		return Plan{}, "", fmt.Errorf("read the fleet's API token: %w", err)
+		return Plan{}, "", err
 	}
-	token := strings.TrimSpace(string(tok))
-	if err := WaitHosts(ctx, api.NewClient(Endpoints(p), token), len(p.Hosts)); err != nil {
+	c, err := d.Client(p, token)
+	if err != nil {
+		return Plan{}, "", err
+	}
+	if err := WaitHosts(ctx, c, len(p.Hosts)); err != nil {
 		return Plan{}, "", err
 	}
 	return p, token, nil
+}
+
+// token reads the fleet's API token from the first host, which made it.
+func (d *Dev) token(p Plan) (string, error) {
+	tok, err := os.ReadFile(agent.TokenPath(d.hostDir(p.Hosts[0])))
+	if err != nil {
+		return "", fmt.Errorf("read the fleet's API token: %w", err)
+	}
+	return strings.TrimSpace(string(tok)), nil
+}
+
+// CAPath is where the fleet's CA certificate is: on the first host, which
+// made it.
+func (d *Dev) CAPath(p Plan) string { return agent.CAPath(d.hostDir(p.Hosts[0])) }
+
+// CA returns the fleet's CA, which the API's clients verify agents with.
+func (d *Dev) CA(p Plan) (*x509.CertPool, error) {
+	b, err := os.ReadFile(d.CAPath(p))
+	if err != nil {
+		return nil, fmt.Errorf("read the fleet's CA: %w", err)
+	}
+	return pki.Pool(b)
+}
+
+// Client returns an API client of the fleet that verifies its agents.
+func (d *Dev) Client(p Plan, token string) (*api.Client, error) {
+	ca, err := d.CA(p)
+	if err != nil {
+		return nil, err
+	}
+	return api.NewClient(Endpoints(p), token, ca), nil
+}
+
+// joinToken makes a join token for the hosts that join the first one.
+func (d *Dev) joinToken(ctx context.Context, p Plan) (string, error) {
+	// The first agent serves its API a moment before it has made the
+	// fleet's API token.
+	var token string
+	var err error
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if token, err = d.token(p); err == nil || time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if err != nil {
+		return "", err
+	}
+	c, err := d.Client(p, token)
+	if err != nil {
+		return "", err
+	}
+	t, err := c.CreateJoinToken(ctx, 10*time.Minute)
+	if err != nil {
+		return "", fmt.Errorf("make a join token: %w", err)
+	}
+	return t.Token, nil
 }
 
 // runningPid returns the pid of h's agent if it is running, else 0. The pid
@@ -250,11 +321,14 @@ func (d *Dev) runningPid(h HostPlan) int {
 	return 0
 }
 
-func (d *Dev) start(h HostPlan, join string) (int, error) {
+// start starts h's agent; with a join token it joins the fleet through the
+// agent at joinAPI. The token goes in the environment, not on the command
+// line, which every user of the machine can read.
+func (d *Dev) start(h HostPlan, joinAPI, joinToken string) (int, error) {
 	args := []string{"agent", "--name", h.Name, "--region", h.Region, "--advertise", h.Addr,
 		"--data-dir", d.hostDir(h), "--api-listen", h.API()}
-	if join != "" {
-		args = append(args, "--join", join)
+	if joinToken != "" {
+		args = append(args, "--join", joinAPI)
 	}
 	// One store for the whole dev fleet, so that any host can restore what
 	// another backed up.
@@ -273,6 +347,9 @@ func (d *Dev) start(h HostPlan, join string) (int, error) {
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	if joinToken != "" {
+		cmd.Env = append(os.Environ(), "PGFLEET_JOIN_TOKEN="+joinToken)
+	}
 	// A session of its own: the agent outlives this command and a Ctrl-C in
 	// the terminal that ran it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -290,18 +367,25 @@ func (d *Dev) start(h HostPlan, join string) (int, error) {
 
 // waitHealthy waits until h's API answers and its store has quorum.
 func (d *Dev) waitHealthy(ctx context.Context, h HostPlan, pid int) error {
-	c := api.NewClient([]string{h.API()}, "")
-	c.HTTP.Timeout = 2 * time.Second
 	deadline := time.Now().Add(90 * time.Second)
 	last := "no answer yet"
 	for time.Now().Before(deadline) {
 		if !alive(pid) {
 			return fmt.Errorf("agent %s exited; the end of its log (%s):\n%s", h.Name, d.logPath(h), d.hostLog(h))
 		}
-		if _, err := c.Health(ctx); err == nil {
-			return nil
-		} else {
+		// The host's CA file appears once it made the fleet's CA or joined.
+		if b, err := os.ReadFile(agent.CAPath(d.hostDir(h))); err != nil {
+			last = "no certificate yet"
+		} else if ca, err := pki.Pool(b); err != nil {
 			last = err.Error()
+		} else {
+			c := api.NewClient([]string{h.API()}, "", ca)
+			c.HTTP.Timeout = 2 * time.Second
+			if _, err := c.Health(ctx); err == nil {
+				return nil
+			} else {
+				last = err.Error()
+			}
 		}
 		select {
 		case <-ctx.Done():

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,9 +17,12 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+
+	"github.com/pgfleet/pgfleet/internal/pki"
 )
 
 // MaxVoters is how many hosts run an etcd voting member. Later hosts are
@@ -36,6 +40,10 @@ type EmbedConfig struct {
 	// Join is the client URL (or host:port) of any running etcd member of the
 	// fleet; empty bootstraps a new fleet. Ignored once Dir holds state.
 	Join   string
+	// TLS is this host's certificate, key and the fleet's CA: clients and
+	// peers without a certificate from that CA are refused. Only the store's
+	// own tests leave it nil, for a plain-text etcd on loopback.
+	TLS    *pki.Files
 	Logger *slog.Logger
 }
 
@@ -52,12 +60,46 @@ type role struct {
 	Endpoints []string `json:"endpoints"`
 }
 
+func (c EmbedConfig) scheme() string {
+	if c.TLS != nil {
+		return "https"
+	}
+	return "http"
+}
+
 func (c EmbedConfig) clientURL() url.URL {
-	return url.URL{Scheme: "http", Host: net.JoinHostPort(c.Addr, strconv.Itoa(c.ClientPort))}
+	return url.URL{Scheme: c.scheme(), Host: net.JoinHostPort(c.Addr, strconv.Itoa(c.ClientPort))}
 }
 
 func (c EmbedConfig) peerURL() url.URL {
-	return url.URL{Scheme: "http", Host: net.JoinHostPort(c.Addr, strconv.Itoa(c.PeerPort))}
+	return url.URL{Scheme: c.scheme(), Host: net.JoinHostPort(c.Addr, strconv.Itoa(c.PeerPort))}
+}
+
+// tlsInfo is how etcd serves clients and peers: mutual TLS with the
+// fleet's CA. The client's address is not checked against its
+// certificate: the certificate, not where a connection comes from, is what
+// admits a host (hosts behind NAT connect from other addresses).
+func (c EmbedConfig) tlsInfo() transport.TLSInfo {
+	return transport.TLSInfo{
+		CertFile:            c.TLS.CertPath(),
+		KeyFile:             c.TLS.KeyPath(),
+		TrustedCAFile:       c.TLS.CAPath(),
+		ClientCertAuth:      true,
+		SkipClientSANVerify: true,
+	}
+}
+
+// clientTLS is how this host talks to etcd: its own certificate, and the
+// fleet's CA for the server's.
+func (c EmbedConfig) clientTLS() (*tls.Config, error) {
+	if c.TLS == nil {
+		return nil, nil
+	}
+	id, err := pki.LoadIdentity(*c.TLS)
+	if err != nil {
+		return nil, err
+	}
+	return id.ClientTLS(), nil
 }
 
 // StartEmbedded starts (or restarts) this host's part of the store. The first
@@ -98,9 +140,13 @@ func StartEmbedded(ctx context.Context, cfg EmbedConfig) (*Embedded, error) {
 
 	join := cfg.Join
 	if !strings.Contains(join, "://") {
-		join = "http://" + join
+		join = cfg.scheme() + "://" + join
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{join}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	tlsCfg, err := cfg.clientTLS()
+	if err != nil {
+		return nil, err
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{join}, DialTimeout: 5 * time.Second, TLS: tlsCfg, Logger: zap.NewNop()})
 	if err != nil {
 		return nil, fmt.Errorf("join %s: %w", cfg.Join, err)
 	}
@@ -242,6 +288,9 @@ func startEtcd(ctx context.Context, c EmbedConfig, initial, state string) (*embe
 	cfg.InitialCluster = initial
 	cfg.ClusterState = state
 	cfg.InitialClusterToken = "pgfleet"
+	if c.TLS != nil {
+		cfg.ClientTLSInfo, cfg.PeerTLSInfo = c.tlsInfo(), c.tlsInfo()
+	}
 	// Loopback and LAN fleets: a 100 ms heartbeat and 1 s election keep the
 	// store's own failover well inside a member's leader lease.
 	cfg.TickMs = 100

@@ -5,6 +5,7 @@ package store
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -74,8 +75,10 @@ type Store struct {
 }
 
 // Open connects to etcd. prefix (default "/pgfleet/") lets several fleets,
-// or parallel tests, share one etcd.
-func Open(endpoints []string, prefix string) (*Store, error) {
+// or parallel tests, share one etcd. tlsCfg carries the host's certificate
+// and the CA etcd's certificate must come from; nil only for a plain-text
+// etcd in the store's own tests.
+func Open(endpoints []string, prefix string, tlsCfg *tls.Config) (*Store, error) {
 	if prefix == "" {
 		prefix = "/pgfleet/"
 	}
@@ -87,6 +90,7 @@ func Open(endpoints []string, prefix string) (*Store, error) {
 		DialTimeout:          5 * time.Second,
 		DialKeepAliveTime:    2 * time.Second,
 		DialKeepAliveTimeout: 2 * time.Second,
+		TLS:                  tlsCfg,
 		Logger:               zap.NewNop(),
 	})
 	if err != nil {

@@ -53,7 +53,7 @@ func openStore(t *testing.T) *store.Store {
 	if etcdErr != nil {
 		t.Fatalf("start embedded etcd: %v", etcdErr)
 	}
-	s, err := store.Open(etcdEnds, "/test/"+t.Name()+"/")
+	s, err := store.Open(etcdEnds, "/test/"+t.Name()+"/", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ package labtest
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -18,7 +19,9 @@ import (
 	"github.com/pgfleet/pgfleet/internal/agent"
 	"github.com/pgfleet/pgfleet/internal/api"
 	"github.com/pgfleet/pgfleet/internal/lab"
+	"github.com/pgfleet/pgfleet/internal/pki"
 	"github.com/pgfleet/pgfleet/internal/postgres"
+	"github.com/pgfleet/pgfleet/internal/store"
 )
 
 // RequirePostgres skips a test when the PostgreSQL server binaries are
@@ -79,6 +82,7 @@ type Fleet struct {
 	Plan   lab.Plan
 	Dir    string
 	Token  string
+	CA     *x509.CertPool // the fleet's CA
 	Client *api.Client
 	agents map[string]*inproc
 }
@@ -99,19 +103,29 @@ func StartFleet(t testing.TB, regions string) *Fleet {
 	}
 	f := &Fleet{t: t, Plan: plan, Dir: TestDir(t), agents: map[string]*inproc{}}
 	t.Cleanup(f.StopAll)
-	for i, h := range plan.Hosts {
-		join := ""
-		if i > 0 {
-			join = net.JoinHostPort(plan.Hosts[0].Addr, "2379")
-		}
-		f.Start(h.Name, join)
-	}
+	f.Start(plan.Hosts[0].Name, "")
 	tok, err := os.ReadFile(agent.TokenPath(f.DataDir(plan.Hosts[0].Name)))
 	if err != nil {
 		t.Fatalf("read token: %v", err)
 	}
 	f.Token = strings.TrimSpace(string(tok))
-	f.Client = api.NewClient(lab.Endpoints(plan), f.Token)
+	caPEM, err := os.ReadFile(agent.CAPath(f.DataDir(plan.Hosts[0].Name)))
+	if err != nil {
+		t.Fatalf("read the fleet's CA: %v", err)
+	}
+	if f.CA, err = pki.Pool(caPEM); err != nil {
+		t.Fatal(err)
+	}
+	f.Client = api.NewClient(lab.Endpoints(plan), f.Token, f.CA)
+	if len(plan.Hosts) > 1 {
+		jt, err := f.Client.CreateJoinToken(context.Background(), 10*time.Minute)
+		if err != nil {
+			t.Fatalf("make a join token: %v", err)
+		}
+		for _, h := range plan.Hosts[1:] {
+			f.Start(h.Name, jt.Token)
+		}
+	}
 	if err := lab.WaitHosts(context.Background(), f.Client, len(plan.Hosts)); err != nil {
 		t.Fatal(err)
 	}
@@ -129,20 +143,40 @@ func (f *Fleet) Host(name string) lab.HostPlan {
 	return lab.HostPlan{}
 }
 
+// Store opens the fleet's store as host name does, with its certificate.
+func (f *Fleet) Store(name string) *store.Store {
+	f.t.Helper()
+	id, err := pki.LoadIdentity(pki.Files{Dir: filepath.Join(f.DataDir(name), "tls")})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	st, err := store.Open([]string{"https://" + f.Host(name).Addr + ":2379"}, "", id.ClientTLS())
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.t.Cleanup(func() { st.Close() })
+	return st
+}
+
 // DataDir is host name's data directory.
 func (f *Fleet) DataDir(name string) string { return filepath.Join(f.Dir, name) }
 
-// Start starts (or restarts) host name's agent and waits until it is ready.
-func (f *Fleet) Start(name, join string) {
+// Start starts (or restarts) host name's agent and waits until it is
+// ready. With a join token it joins the fleet through the first host.
+func (f *Fleet) Start(name, joinToken string) {
 	f.t.Helper()
 	h := f.Host(name)
 	logf, err := os.OpenFile(filepath.Join(f.Dir, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		f.t.Fatal(err)
 	}
+	join := ""
+	if joinToken != "" {
+		join = f.Plan.Hosts[0].API()
+	}
 	a, err := agent.New(agent.Config{
 		Name: h.Name, Region: h.Region, Advertise: h.Addr, DataDir: f.DataDir(name),
-		APIListen: h.API(), Join: join,
+		APIListen: h.API(), Join: join, JoinToken: joinToken,
 		Logger: slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	if err != nil {

@@ -1,0 +1,82 @@
+package main
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgfleet/pgfleet/internal/api"
+	"github.com/pgfleet/pgfleet/internal/pki"
+)
+
+func newTokenCmd(cf *clientFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "token", Short: "Make join tokens, which admit new hosts to the fleet"}
+	var ttl time.Duration
+	create := &cobra.Command{
+		Use:   "create [--ttl 1h]",
+		Short: "Make a join token: pass it to a new host's agent in PGFLEET_JOIN_TOKEN with --join",
+		Long: `Make a join token. A new host joins the fleet with
+
+  PGFLEET_JOIN_TOKEN=<token> pgfleet agent --join HOST:7480 ...
+
+where HOST is any of the fleet's first three hosts. The token pins the
+fleet's CA, so the new host cannot be fooled into joining another fleet,
+and it admits hosts until it expires. The fleet keeps only its hash.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if ttl < time.Minute || ttl > api.MaxJoinTokenTTL {
+				return usageError{fmt.Errorf("--ttl %s: want 1m to %s", ttl, api.MaxJoinTokenTTL)}
+			}
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			t, err := c.CreateJoinToken(cmd.Context(), ttl)
+			if err != nil {
+				return err
+			}
+			if cf.json {
+				return printJSON(cmd.OutOrStdout(), t)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), t.Token)
+			fmt.Fprintf(cmd.ErrOrStderr(), "valid until %s\n", t.Expires.Local().Format(time.DateTime))
+			return nil
+		},
+	}
+	create.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the token admits hosts (1m to 24h)")
+	create.Flags().BoolVar(&cf.json, "json", false, "print JSON")
+	cmd.AddCommand(create)
+	return cmd
+}
+
+func newCACmd(cf *clientFlags) *cobra.Command {
+	var pin bool
+	cmd := &cobra.Command{
+		Use:   "ca [--pin]",
+		Short: "Print the fleet's CA certificate (for sslrootcert= and --ca) or its pin",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadConfig()
+			if err != nil {
+				return err
+			}
+			b, err := cf.caPEM(cfg)
+			if err != nil {
+				return err
+			}
+			ca, err := pki.ParseCert(b)
+			if err != nil {
+				return fmt.Errorf("the fleet's CA: %w", err)
+			}
+			if pin {
+				fmt.Fprintln(cmd.OutOrStdout(), pki.Pin(ca))
+				return nil
+			}
+			_, err = cmd.OutOrStdout().Write(b)
+			return err
+		},
+	}
+	cmd.Flags().BoolVar(&pin, "pin", false, "print the CA's pin (sha256 of its public key) instead")
+	return cmd
+}

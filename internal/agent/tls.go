@@ -1,0 +1,264 @@
+package agent
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/pgfleet/pgfleet/internal/api"
+	"github.com/pgfleet/pgfleet/internal/pki"
+	"github.com/pgfleet/pgfleet/internal/store"
+)
+
+// tlsFiles is where this host keeps its certificate, key and the CA.
+func (a *Agent) tlsFiles() pki.Files { return pki.Files{Dir: filepath.Join(a.cfg.DataDir, "tls")} }
+
+// CAPath is where the fleet's CA certificate is kept on a host.
+func CAPath(dataDir string) string { return pki.Files{Dir: filepath.Join(dataDir, "tls")}.CAPath() }
+
+// hostRequest is what this host's certificate must name: its name and
+// every address clients, peers and the CLI reach it at.
+func (a *Agent) hostRequest() pki.HostRequest {
+	req := pki.HostRequest{Name: a.cfg.Name, IPs: []net.IP{net.ParseIP(a.cfg.Advertise)}}
+	if h, _, err := net.SplitHostPort(a.cfg.APIListen); err == nil {
+		if ip := net.ParseIP(h); ip != nil && !ip.IsUnspecified() && !ip.Equal(req.IPs[0]) {
+			req.IPs = append(req.IPs, ip)
+		}
+	}
+	return req
+}
+
+// embeddedIdentity gives a host of a fleet on embedded etcd its
+// certificate before the store starts: the first host makes the fleet's
+// CA, a joining host is admitted by an agent of the fleet with a join
+// token, and a restarting host reads what it has. It returns the etcd
+// client URL a joining host joins the store through.
+func (a *Agent) embeddedIdentity(ctx context.Context) (*pki.Identity, *pki.Authority, string, error) {
+	files := a.tlsFiles()
+	if files.Exists() {
+		id, ca, err := a.loadIdentity(files)
+		return id, ca, "", err
+	}
+	if _, err := os.Stat(filepath.Join(a.cfg.DataDir, "etcd", "role.json")); err == nil {
+		return nil, nil, "", fmt.Errorf("%s holds a store member but no certificate (%s): it was made by a pgfleet without TLS; move the data dir away and join the host again", a.cfg.DataDir, files.CertPath())
+	}
+	if a.cfg.Join == "" {
+		ca, err := pki.NewAuthority(a.cfg.Name, time.Now())
+		if err != nil {
+			return nil, nil, "", err
+		}
+		if err := a.issueLocally(files, ca); err != nil {
+			return nil, nil, "", err
+		}
+		a.log.Info("created the fleet's certificate authority", "ca", files.CAPath(), "pin", pki.Pin(ca.Cert))
+		id, err := pki.LoadIdentity(files)
+		return id, ca, "", err
+	}
+	return a.join(ctx, files)
+}
+
+// join asks the agent at --join to admit this host.
+func (a *Agent) join(ctx context.Context, files pki.Files) (*pki.Identity, *pki.Authority, string, error) {
+	if a.cfg.JoinToken == "" {
+		return nil, nil, "", errors.New("--join needs a join token: make one with `pgfleet token create --ttl 1h` on a host of the fleet and pass it in PGFLEET_JOIN_TOKEN (or --join-token)")
+	}
+	tok, err := pki.ParseJoinToken(a.cfg.JoinToken)
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("--join-token: %w", err)
+	}
+	key, err := pki.NewKey()
+	if err != nil {
+		return nil, nil, "", err
+	}
+	csr, err := pki.NewCSR(key, a.hostRequest())
+	if err != nil {
+		return nil, nil, "", err
+	}
+	jctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	resp, err := api.Join(jctx, a.cfg.Join, tok, csr)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	if err := checkAdmission(resp, tok, key); err != nil {
+		return nil, nil, "", fmt.Errorf("join through %s: %w", a.cfg.Join, err)
+	}
+	if len(resp.Etcd) == 0 {
+		return nil, nil, "", fmt.Errorf("join through %s: the fleet named no store endpoint", a.cfg.Join)
+	}
+	keyPEM, err := pki.EncodeKey(key)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	var caKey []byte
+	if resp.CAKey != "" {
+		caKey = []byte(resp.CAKey)
+	}
+	if err := files.Save([]byte(resp.CA), caKey, []byte(resp.Cert), keyPEM); err != nil {
+		return nil, nil, "", err
+	}
+	id, ca, err := a.loadIdentity(files)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	a.log.Info("admitted to the fleet", "through", a.cfg.Join, "ca", pki.Pin(ca.Cert), "holds_ca_key", ca.Key != nil)
+	return id, ca, resp.Etcd[0], nil
+}
+
+// checkAdmission checks what the fleet answered a join with: the CA is the
+// one the token pins, and the certificate is for this host's key and from
+// that CA.
+func checkAdmission(resp api.JoinResponse, tok pki.JoinToken, key *ecdsa.PrivateKey) error {
+	ca, err := pki.ParseCert([]byte(resp.CA))
+	if err != nil {
+		return fmt.Errorf("the fleet's CA: %w", err)
+	}
+	if !pki.PinMatches(ca, tok.Pin) {
+		return fmt.Errorf("the fleet answered with CA %s, not the %s the join token pins", pki.Pin(ca), tok.Pin)
+	}
+	cert, err := pki.ParseCert([]byte(resp.Cert))
+	if err != nil {
+		return fmt.Errorf("this host's certificate: %w", err)
+	}
+	if pub, ok := cert.PublicKey.(*ecdsa.PublicKey); !ok || !pub.Equal(&key.PublicKey) {
+		return errors.New("the certificate the fleet issued is not for this host's key")
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca)
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return fmt.Errorf("the certificate the fleet issued: %w", err)
+	}
+	if resp.CAKey != "" {
+		k, err := pki.ParseKey([]byte(resp.CAKey))
+		if err != nil {
+			return fmt.Errorf("the fleet CA's key: %w", err)
+		}
+		if pub, ok := k.Public().(*ecdsa.PublicKey); !ok || !pub.Equal(ca.PublicKey) {
+			return errors.New("the CA key the fleet sent does not belong to its CA")
+		}
+	}
+	return nil
+}
+
+// loadIdentity reads this host's material and, on a host that holds the
+// CA's key, renews its own certificate when two thirds of its life are
+// gone or its addresses changed.
+func (a *Agent) loadIdentity(files pki.Files) (*pki.Identity, *pki.Authority, error) {
+	ca, err := files.Authority()
+	if err != nil {
+		return nil, nil, err
+	}
+	id, err := pki.LoadIdentity(files)
+	if err != nil {
+		return nil, nil, err
+	}
+	leaf := id.Leaf()
+	stale := pki.NeedsRenewal(leaf, time.Now()) || !pki.Covers(leaf, a.hostRequest())
+	switch {
+	case stale && ca.Key != nil:
+		if err := a.issueLocally(files, ca); err != nil {
+			return nil, nil, err
+		}
+		if err := id.Reload(); err != nil {
+			return nil, nil, err
+		}
+		a.log.Info("renewed this host's certificate", "expires", id.Leaf().NotAfter)
+	case time.Now().After(leaf.NotAfter):
+		return nil, nil, fmt.Errorf("this host's certificate expired on %s and this host does not hold the CA's key: join it again with a join token", leaf.NotAfter.Format(time.DateOnly))
+	case stale:
+		a.log.Warn("this host's certificate should be renewed, and only the store's voters can: it stays valid until it expires", "expires", leaf.NotAfter)
+	}
+	return id, ca, nil
+}
+
+// issueLocally certifies a fresh key for this host with the CA it holds.
+func (a *Agent) issueLocally(files pki.Files, ca *pki.Authority) error {
+	key, err := pki.NewKey()
+	if err != nil {
+		return err
+	}
+	cert, err := ca.Issue(key.Public(), a.hostRequest(), time.Now())
+	if err != nil {
+		return err
+	}
+	keyPEM, err := pki.EncodeKey(key)
+	if err != nil {
+		return err
+	}
+	caKey, err := pki.EncodeKey(ca.Key)
+	if err != nil {
+		return err
+	}
+	return files.Save(ca.CertPEM, caKey, cert, keyPEM)
+}
+
+// externalIdentity gives a host of a fleet on an existing etcd its
+// certificate. The fleet's CA is kept in that etcd, whose own TLS protects
+// it: the first agent makes it, every agent issues its own certificate.
+func (a *Agent) externalIdentity(ctx context.Context, st *store.Store) (*pki.Identity, *pki.Authority, error) {
+	files := a.tlsFiles()
+	ca, err := pki.NewAuthority(a.cfg.Name, time.Now())
+	if err != nil {
+		return nil, nil, err
+	}
+	caKey, err := pki.EncodeKey(ca.Key)
+	if err != nil {
+		return nil, nil, err
+	}
+	certPEM, keyPEM, err := st.InitCA(ctx, ca.CertPEM, caKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	stored, err := pki.ParseCert(certPEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("the fleet's CA in the store: %w", err)
+	}
+	key, err := pki.ParseKey(keyPEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("the fleet's CA key in the store: %w", err)
+	}
+	ca = &pki.Authority{Cert: stored, CertPEM: certPEM, Key: key}
+	if !files.Exists() {
+		if err := a.issueLocally(files, ca); err != nil {
+			return nil, nil, err
+		}
+	} else if err := files.Save(ca.CertPEM, keyPEM, nil, nil); err != nil {
+		return nil, nil, err
+	}
+	id, ca, err := a.loadIdentity(files)
+	return id, ca, err
+}
+
+// externalTLS is how the agent reaches an existing etcd: with the
+// --etcd-cacert/--etcd-cert/--etcd-key it was given.
+func (a *Agent) externalTLS() (*tls.Config, error) {
+	c := a.cfg
+	if c.EtcdCACert == "" && c.EtcdCert == "" {
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if c.EtcdCACert != "" {
+		b, err := os.ReadFile(c.EtcdCACert)
+		if err != nil {
+			return nil, fmt.Errorf("--etcd-cacert: %w", err)
+		}
+		if cfg.RootCAs, err = pki.Pool(b); err != nil {
+			return nil, fmt.Errorf("--etcd-cacert %s: %w", c.EtcdCACert, err)
+		}
+	}
+	if c.EtcdCert != "" {
+		pair, err := tls.LoadX509KeyPair(c.EtcdCert, c.EtcdKey)
+		if err != nil {
+			return nil, fmt.Errorf("--etcd-cert/--etcd-key: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	return cfg, nil
+}
