@@ -58,10 +58,10 @@ type Config struct {
 	EtcdPrefix     string   // key prefix, default /pgfleet/
 	Join           string   // API address (HOST:PORT) of an agent of the fleet to join
 	JoinToken      string   // admits this host; from `pgfleet token create`
-	// External etcd's TLS: its CA, and this agent's client certificate.
-	EtcdCACert, EtcdCert, EtcdKey string
 	EtcdClientPort int
 	EtcdPeerPort   int
+	// External etcd's TLS: its CA, and this agent's client certificate.
+	EtcdCACert, EtcdCert, EtcdKey string
 
 	PGBin string // PostgreSQL server binaries; found automatically when empty
 	// BackupStore is the object store URL new clusters back up to unless

@@ -39,7 +39,7 @@ type EmbedConfig struct {
 	PeerPort   int
 	// Join is the client URL (or host:port) of any running etcd member of the
 	// fleet; empty bootstraps a new fleet. Ignored once Dir holds state.
-	Join   string
+	Join string
 	// TLS is this host's certificate, key and the fleet's CA: clients and
 	// peers without a certificate from that CA are refused. Only the store's
 	// own tests leave it nil, for a plain-text etcd on loopback.
