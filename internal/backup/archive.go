@@ -21,8 +21,10 @@ import (
 //	<cluster>/backups/<id>/manifest.json             written last: a backup without one is incomplete
 //
 // Every .zst object is in the object format (see object.go): zstd, a SHA-256
-// trailer, and AES-256-GCM when the Archive has a key. Manifests are plain
-// JSON so that backups can be listed without the key; they hold no data.
+// trailer, and AES-256-GCM when the Archive has a key; an Archive with a key
+// reads only encrypted objects. Manifests are plain JSON so that backups can
+// be listed without the key; they hold no data, and the data they describe
+// is checked against them when it is read.
 type Archive struct {
 	store   Store
 	cluster string
@@ -178,6 +180,11 @@ func (a *Archive) objectSum(ctx context.Context, key string) (string, int64, err
 // error wrapping ErrNotFound; postgres asks for such files as a matter of
 // course (the next timeline's history file, the segment after the last one),
 // and restore_command must then fail quietly.
+//
+// With a key, an unencrypted object is refused (ErrNotEncrypted) before a
+// byte is written: postgres replays whatever restore_command gives it, so a
+// WAL file planted in the store by anyone who can write to it must never
+// reach pg_wal.
 func (a *Archive) FetchWAL(ctx context.Context, name, dest string) error {
 	if err := a.fetchWAL(ctx, name, dest); err != nil {
 		return fmt.Errorf("fetch %s: %w", name, err)
@@ -201,7 +208,7 @@ func (a *Archive) fetchWAL(ctx context.Context, name, dest string) error {
 		defer or.Close()
 		err = writeFileAtomic(dest, or)
 	}
-	if errors.Is(err, ErrCorrupt) || errors.Is(err, ErrWrongKey) {
+	if errors.Is(err, ErrCorrupt) || errors.Is(err, ErrWrongKey) || errors.Is(err, ErrNotEncrypted) {
 		return fmt.Errorf("store %s: %s: %w", a.store, key, err)
 	}
 	return err
@@ -275,19 +282,20 @@ func (a *Archive) readWALFile(ctx context.Context, name string) ([]byte, error) 
 	if err != nil {
 		return nil, err
 	}
-	rc, err := a.store.Get(ctx, a.walKey(f))
+	key := a.walKey(f)
+	rc, err := a.store.Get(ctx, key)
 	if err != nil {
 		return nil, err
 	}
 	defer rc.Close()
 	or, err := openObject(rc, a.key, 1)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
+		return nil, fmt.Errorf("%s: %w", key, err)
 	}
 	defer or.Close()
 	b, err := io.ReadAll(or)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
+		return nil, fmt.Errorf("%s: %w", key, err)
 	}
 	return b, nil
 }

@@ -246,9 +246,12 @@ type walRange struct {
 }
 
 // scanTar reads a tar stream to its end-of-archive marker, keeping
-// backup_label and the WAL ranges of backup_manifest.
+// backup_label and the WAL ranges of backup_manifest. An entry that a
+// restore would refuse (tarChecker) fails the backup now, when someone
+// can look into it, rather than the restore that needs it.
 func scanTar(r io.Reader) (tarFacts, error) {
 	var f tarFacts
+	var entries tarChecker
 	tr := tar.NewReader(r)
 	for {
 		h, err := tr.Next()
@@ -259,7 +262,11 @@ func scanTar(r io.Reader) (tarFacts, error) {
 			return f, fmt.Errorf("read backup tar: %w", err)
 		}
 		f.memberCount++
-		switch strings.TrimPrefix(path.Clean(h.Name), "./") {
+		name, err := entries.check(h)
+		if err != nil {
+			return f, fmt.Errorf("read backup tar: %w", err)
+		}
+		switch name {
 		case "backup_label":
 			if f.label, err = io.ReadAll(io.LimitReader(tr, 1<<20)); err != nil {
 				return f, fmt.Errorf("read backup tar: backup_label: %w", err)
@@ -460,6 +467,12 @@ type Owner struct{ UID, GID int }
 //
 // dest is then a data directory without WAL: start it with recovery.signal
 // and a restore_command that fetches from this archive (RecoverySettings).
+//
+// A backup that fails its checks leaves neither dest nor the sibling
+// directory behind: with a key, a data object that is not encrypted is
+// refused before anything is extracted (ErrNotEncrypted); a tar entry that
+// would write outside dest, or that no base backup holds, stops the
+// extraction (extractTar) and what was extracted is removed.
 func (a *Archive) GetBackup(ctx context.Context, id, dest string, owner *Owner) (Manifest, error) {
 	m, err := a.getBackup(ctx, id, dest, owner)
 	if err != nil {
@@ -482,14 +495,15 @@ func (a *Archive) getBackup(ctx context.Context, id, dest string, owner *Owner) 
 	if err := os.RemoveAll(tmp); err != nil {
 		return Manifest{}, err
 	}
-	rc, err := a.store.Get(ctx, a.backupDataKey(id))
+	dataKey := a.backupDataKey(id)
+	rc, err := a.store.Get(ctx, dataKey)
 	if err != nil {
 		return Manifest{}, err
 	}
 	defer rc.Close()
 	or, err := openObject(rc, a.key, 0)
 	if err != nil {
-		return Manifest{}, err
+		return Manifest{}, fmt.Errorf("store %s: %s: %w", a.store, dataKey, err)
 	}
 	defer or.Close()
 	if err := extractTar(ctx, or, tmp, owner); err != nil {
@@ -516,43 +530,151 @@ func (a *Archive) getBackup(ctx context.Context, id, dest string, owner *Owner) 
 	return m, nil
 }
 
-// extractTar writes a tar stream's members under dir, which it creates
-// (mode 0700: postgres requires it of a data directory). Members that would
-// land outside dir are refused. Every file is fsynced as it is closed, and
-// every directory at the end.
-func extractTar(ctx context.Context, r io.Reader, dir string, owner *Owner) error {
-	chown := func(p string) error {
-		if owner == nil {
-			return nil
-		}
-		return os.Lchown(p, owner.UID, owner.GID)
+// tablespaceLinkRE matches the one path at which a base backup holds a
+// symbolic link: pg_tblspc/<oid>, a tablespace's link to its location.
+var tablespaceLinkRE = regexp.MustCompile(`^pg_tblspc/[0-9]+$`)
+
+// tarChecker judges a base backup's tar entries, in order. A base backup is
+// what pg_basebackup -Ft writes (PutBackup stores its tar as it is):
+// relative paths, directories, regular files, and symbolic links only at
+// pg_tblspc/<oid>, pointing to the tablespace's absolute location (any
+// other symbolic link in the data directory it skips, and pg_wal it writes
+// as a directory). Anything else (an absolute path, a path that climbs out
+// with "..", any other link, a hard link, an entry beneath or in place of a
+// tablespace link, whose files a base backup holds in a tar of their own)
+// could only make a restore write outside the data directory, so it is
+// refused.
+type tarChecker struct {
+	links map[string]string // tablespace links seen so far, to their targets
+}
+
+// check returns the path of entry h relative to the data directory
+// (cleaned, slash-separated; "." for the directory itself), or an error that
+// names the entry and says why no base backup holds it. It judges the
+// entries alone; what is on disk during a restore is extractTar's to check.
+func (c *tarChecker) check(h *tar.Header) (string, error) {
+	refuse := func(why string) error {
+		return fmt.Errorf("tar entry %q %s", h.Name, why)
 	}
+	name := path.Clean(h.Name)
+	switch {
+	case path.IsAbs(name):
+		return "", refuse("is an absolute path; a base backup's paths are relative to the data directory")
+	case name == ".." || strings.HasPrefix(name, "../"):
+		return "", refuse(`climbs out of the data directory with ".."`)
+	}
+	for p := name; p != "."; p = path.Dir(p) {
+		target, ok := c.links[p]
+		switch {
+		case !ok:
+		case p == name:
+			return "", refuse(fmt.Sprintf("is in the tar twice, first as the symbolic link to %q", target))
+		default:
+			return "", refuse(fmt.Sprintf("would be written through the symbolic link %s, which a restore never follows", p))
+		}
+	}
+	switch h.Typeflag {
+	case tar.TypeDir, tar.TypeReg:
+	case tar.TypeSymlink:
+		if !tablespaceLinkRE.MatchString(name) {
+			return "", refuse(fmt.Sprintf("is a symbolic link (to %q); a base backup holds symbolic links only as pg_tblspc/<oid>, a tablespace's link to its location", h.Linkname))
+		}
+		if !path.IsAbs(h.Linkname) {
+			return "", refuse(fmt.Sprintf("is a tablespace link to %q, which is not an absolute path as a tablespace's location is", h.Linkname))
+		}
+		if c.links == nil {
+			c.links = map[string]string{}
+		}
+		c.links[name] = h.Linkname
+	case tar.TypeLink:
+		return "", refuse(fmt.Sprintf("is a hard link (to %q), which a base backup never holds", h.Linkname))
+	default:
+		return "", refuse(fmt.Sprintf("has type %q, which a base backup does not contain", h.Typeflag))
+	}
+	return name, nil
+}
+
+// extractTar writes a tar stream's members under dir, which it creates
+// (mode 0700: postgres requires it of a data directory). Every file is
+// fsynced as it is closed, and every directory at the end.
+//
+// Nothing is written outside dir. Entries are checked by tarChecker; then,
+// in case the directory changes under the restore, each directory on an
+// entry's path is looked at before anything is written beneath it and one
+// that is a symbolic link is refused, not followed; and every write goes
+// through an os.Root on dir, which never follows a symbolic link out of it.
+// On an error dir is left as it is, partly written: the caller removes it
+// (GetBackup extracts into a directory of its own and does so; os.RemoveAll
+// removes a tablespace link, not what it points to).
+func extractTar(ctx context.Context, r io.Reader, dir string, owner *Owner) error {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return err
 	}
-	if err := chown(dir); err != nil {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
 		return err
 	}
-	dirs := []string{dir}
-	var mkdir func(p string, mode fs.FileMode) error
-	mkdir = func(p string, mode fs.FileMode) error {
-		fi, err := os.Lstat(p)
-		if err == nil {
-			if !fi.IsDir() {
-				return fmt.Errorf("%w: %s is in the tar as a directory and as something else", ErrCorrupt, p)
-			}
+	defer root.Close()
+	chown := func(name string) error {
+		if owner == nil {
 			return nil
 		}
-		// A member may come before its directory's own entry.
-		if err := mkdir(filepath.Dir(p), 0o700); err != nil {
-			return err
-		}
-		if err := os.Mkdir(p, mode); err != nil {
-			return err
-		}
-		dirs = append(dirs, p)
-		return chown(p)
+		return root.Lchown(name, owner.UID, owner.GID)
 	}
+	if err := chown("."); err != nil {
+		return err
+	}
+	dirs := []string{"."}
+	// mkdirAll makes directory p and its parents as needed, from the top
+	// down, so that each component is looked at before anything beneath
+	// it is reached through it.
+	mkdirAll := func(h *tar.Header, p string, mode fs.FileMode) error {
+		if p == "." {
+			return nil
+		}
+		parts := strings.Split(p, "/")
+		for i := range parts {
+			sub := strings.Join(parts[:i+1], "/")
+			fi, err := root.Lstat(sub)
+			switch {
+			case err == nil && fi.Mode()&fs.ModeSymlink != 0:
+				return fmt.Errorf("%w: tar entry %q would be written through the symbolic link %s, which a restore never follows", ErrCorrupt, h.Name, sub)
+			case err == nil && !fi.IsDir():
+				return fmt.Errorf("%w: tar entry %q: %s is in the tar as a directory and as something else", ErrCorrupt, h.Name, sub)
+			case err == nil:
+				continue
+			case !errors.Is(err, fs.ErrNotExist):
+				return fmt.Errorf("extract %s: %w", h.Name, err)
+			}
+			// A member may come before its directory's own entry.
+			m := fs.FileMode(0o700)
+			if i == len(parts)-1 {
+				m = mode
+			}
+			if err := root.Mkdir(sub, m); err != nil {
+				return fmt.Errorf("extract %s: %w", h.Name, err)
+			}
+			dirs = append(dirs, sub)
+			if err := chown(sub); err != nil {
+				return fmt.Errorf("extract %s: %w", h.Name, err)
+			}
+		}
+		return nil
+	}
+	// exists refuses an entry whose path an earlier one took: it never
+	// replaces what is there, nor writes through it.
+	exists := func(h *tar.Header, name string) error {
+		_, err := root.Lstat(name)
+		switch {
+		case err == nil:
+			return fmt.Errorf("%w: tar entry %q is in the tar twice", ErrCorrupt, h.Name)
+		case errors.Is(err, fs.ErrNotExist):
+			return nil
+		default:
+			return fmt.Errorf("extract %s: %w", name, err)
+		}
+	}
+	var entries tarChecker
 	buf := make([]byte, 1<<20)
 	tr := tar.NewReader(r)
 	for {
@@ -566,27 +688,33 @@ func extractTar(ctx context.Context, r io.Reader, dir string, owner *Owner) erro
 		if err != nil {
 			return fmt.Errorf("read backup tar: %w", err)
 		}
-		name := path.Clean(h.Name)
+		name, err := entries.check(h)
+		if err != nil {
+			// Not from pg_basebackup: planted, or altered before it was
+			// stored.
+			return fmt.Errorf("%w: %w", ErrCorrupt, err)
+		}
 		if name == "." {
 			continue
 		}
-		if path.IsAbs(name) || name == ".." || strings.HasPrefix(name, "../") {
-			return fmt.Errorf("%w: tar member %q is outside the data directory", ErrCorrupt, h.Name)
-		}
-		target := filepath.Join(dir, filepath.FromSlash(name))
 		mode := fs.FileMode(h.Mode).Perm()
 		switch h.Typeflag {
 		case tar.TypeDir:
-			if err := mkdir(target, mode|0o700); err != nil {
+			if err := mkdirAll(h, name, mode|0o700); err != nil {
 				return err
 			}
 		case tar.TypeReg:
-			if err := mkdir(filepath.Dir(target), 0o700); err != nil {
+			if err := mkdirAll(h, path.Dir(name), 0o700); err != nil {
 				return err
 			}
-			f, err := os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode|0o600)
-			if err != nil {
+			if err := exists(h, name); err != nil {
 				return err
+			}
+			// O_EXCL all the same: nothing is followed if a link appeared
+			// meanwhile.
+			f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode|0o600)
+			if err != nil {
+				return fmt.Errorf("extract %s: %w", name, err)
 			}
 			_, err = io.CopyBuffer(f, tr, buf)
 			if err == nil {
@@ -596,34 +724,47 @@ func extractTar(ctx context.Context, r io.Reader, dir string, owner *Owner) erro
 				err = cerr
 			}
 			if err == nil {
-				err = chown(target)
+				err = chown(name)
 			}
 			if err != nil {
 				return fmt.Errorf("extract %s: %w", name, err)
 			}
 		case tar.TypeSymlink:
-			// pg_tblspc/<oid> links to a tablespace outside the data
-			// directory; pg_basebackup -D - refuses clusters with
-			// tablespaces, so this is only for completeness.
-			if err := mkdir(filepath.Dir(target), 0o700); err != nil {
+			// pg_tblspc/<oid>, checked above. pg_basebackup -D - refuses
+			// clusters with tablespaces, so this is only for completeness.
+			if err := mkdirAll(h, path.Dir(name), 0o700); err != nil {
 				return err
 			}
-			if err := os.Symlink(h.Linkname, target); err != nil {
+			if err := exists(h, name); err != nil {
 				return err
 			}
-			if err := chown(target); err != nil {
-				return err
+			if err := root.Symlink(h.Linkname, name); err != nil {
+				return fmt.Errorf("extract %s: %w", name, err)
 			}
-		default:
-			return fmt.Errorf("%w: tar member %q has type %q, which a base backup does not contain", ErrCorrupt, h.Name, h.Typeflag)
+			if err := chown(name); err != nil {
+				return fmt.Errorf("extract %s: %w", name, err)
+			}
 		}
 	}
 	for i := len(dirs) - 1; i >= 0; i-- {
-		if err := syncDir(dirs[i]); err != nil {
+		if err := syncRootDir(root, dirs[i]); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// syncRootDir fsyncs directory name under root.
+func syncRootDir(root *os.Root, name string) error {
+	d, err := root.Open(name)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // DeleteBackup deletes backup id: its manifest first, so that a deletion

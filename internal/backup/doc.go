@@ -22,4 +22,11 @@
 // AES-256-GCM in 1 MiB chunks that authenticate their order and the end of
 // the stream. Every read checks the trailer, so a damaged object is an
 // error wrapping ErrCorrupt, never wrong data.
+//
+// What can write to the store is not trusted. The trailer is a checksum,
+// not a signature, so with a Key every read refuses an object that is not
+// encrypted (ErrNotEncrypted): only the key proves that pgfleet wrote it,
+// and a WAL file or base backup planted in an encrypted archive is never
+// replayed. And whatever a backup's tar holds, a restore writes only inside
+// its data directory (see extractTar).
 package backup

@@ -43,6 +43,12 @@ import (
 // was truncated; reordered or swapped chunks fail authentication because the
 // counter is authenticated. The key id lets a reader holding another key say
 // so instead of calling the object corrupt.
+//
+// A reader with a key accepts only encrypted objects. The trailer is a
+// checksum, not a signature: anyone who can write to the store can make an
+// unencrypted object whose trailer checks, so in an encrypted archive only
+// the authenticated chunks prove that pgfleet wrote an object, and an
+// unencrypted one would be a planted WAL file or base backup.
 const (
 	encMagic       = "PGFLENC1"
 	encHeaderLen   = 8 + 8 + 32 + 4
@@ -63,6 +69,14 @@ var ErrCorrupt = errors.New("corrupt object")
 // ErrWrongKey is wrapped into the error of a read of an object encrypted with
 // another key than the one given, or of an encrypted object without a key.
 var ErrWrongKey = errors.New("wrong encryption key")
+
+// ErrNotEncrypted is wrapped into the error of a read, with a key, of an
+// object that is not encrypted. pgfleet encrypts every object of an
+// encrypted archive (a cluster's encryption is chosen when it is created,
+// and its store must then hold nothing under its name), so such an object
+// was not written by pgfleet with that key: it is refused, not read, since
+// its checksum proves nothing about who wrote it.
+var ErrNotEncrypted = errors.New("the archive is encrypted and the object is not")
 
 // objectWriter encodes a plaintext stream into the object format. Close
 // finishes the object; it does not close the destination.
@@ -241,8 +255,10 @@ type objectReader struct {
 }
 
 // openObject starts decoding an object read from src. key may be nil for an
-// unencrypted object. concurrency bounds zstd's parallel block decoding; 0
-// means GOMAXPROCS.
+// unencrypted object; with a key, an unencrypted object is refused with an
+// error wrapping ErrNotEncrypted before any of it is returned. concurrency
+// bounds zstd's parallel block decoding; 0 means GOMAXPROCS. The error does
+// not name the object: the caller, who knows its key, does.
 func openObject(src io.Reader, key *Key, concurrency int) (*objectReader, error) {
 	br := bufio.NewReaderSize(src, 64<<10)
 	head, err := br.Peek(8)
@@ -265,9 +281,10 @@ func openObject(src io.Reader, key *Key, concurrency int) (*objectReader, error)
 		}
 		inner = op
 	case magic == zstdMagic || magic&0xFFFFFFF0 == 0x184D2A50:
-		// Unencrypted, even with a key: encryption may have been turned on
-		// after the object was written. Its trailer still checks its
-		// integrity, though not its authenticity.
+		if key != nil {
+			// Its trailer would check its integrity, not who wrote it.
+			return nil, fmt.Errorf("%w: pgfleet did not write it with this archive's key (%s), so it is refused; find out what else writes to the store", ErrNotEncrypted, key.ID())
+		}
 		inner = br
 	default:
 		return nil, fmt.Errorf("%w: not an object written by pgfleet (starts with %x)", ErrCorrupt, head)

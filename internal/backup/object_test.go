@@ -185,11 +185,21 @@ func TestObjectWrongKey(t *testing.T) {
 	if _, err := decode(obj, nil); !errors.Is(err, ErrWrongKey) {
 		t.Errorf("decode without a key: %v, want ErrWrongKey", err)
 	}
-	// An unencrypted object reads with a key: encryption may have been
-	// turned on later.
+}
+
+// An unencrypted object is refused by a reader with a key, before it
+// returns a byte: its trailer checks, but anyone could have written it.
+func TestObjectNotEncrypted(t *testing.T) {
+	k := testKey(t)
 	plain := payload(5000, 4)
-	if got, err := decode(encode(t, plain, nil), testKey(t)); err != nil || !bytes.Equal(got, plain) {
-		t.Errorf("decode unencrypted object with a key: %d bytes, %v", len(got), err)
+	got, err := decode(encode(t, plain, nil), k)
+	if !errors.Is(err, ErrNotEncrypted) || len(got) != 0 {
+		t.Fatalf("decode(unencrypted object, key) = %d bytes, %v; want 0 bytes and ErrNotEncrypted", len(got), err)
+	}
+	mustContain(t, "decode(unencrypted object, key) error", err.Error(),
+		"the archive is encrypted and the object is not", "pgfleet did not write it with this archive's key ("+k.ID()+")")
+	if got, err := decode(encode(t, plain, nil), nil); err != nil || !bytes.Equal(got, plain) {
+		t.Errorf("decode(unencrypted object, no key) = %d bytes, %v; want the %d bytes", len(got), err, len(plain))
 	}
 }
 
