@@ -7,6 +7,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"net/url"
 	"sync"
 	"testing"
 	"time"
@@ -26,12 +27,17 @@ func proxyURL(t *testing.T, c cli, cluster string, h api.HostView, replica bool)
 	if replica {
 		port = v.Port + 2
 	}
-	cfg, err := pgx.ParseConfig(strings.TrimSpace(c.ok("url", cluster, "--member", v.Primary)))
+	// The member's URL, verified TLS included, pointed at the proxy: the
+	// members' certificate names every host.
+	u, err := url.Parse(strings.TrimSpace(c.ok("url", cluster, "--member", v.Primary)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return fmt.Sprintf("postgres://%s:%s@%s/postgres?sslmode=require&connect_timeout=5", cfg.User, cfg.Password,
-		net.JoinHostPort(h.Addr, strconv.Itoa(port)))
+	u.Host = net.JoinHostPort(h.Addr, strconv.Itoa(port))
+	q := u.Query()
+	q.Set("connect_timeout", "5")
+	u.RawQuery = q.Encode()
+	return u.String()
 }
 
 // servedBy connects to url and returns the member that answers and whether

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -139,7 +140,31 @@ func (cf *clientFlags) client() (*api.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("the fleet's CA: %w", err)
 	}
-	return api.NewClient(eps, token, ca), nil
+	c := api.NewClient(eps, token, ca)
+	if c.CAFile, err = cf.caFile(caPEM); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// caFile is a file with the fleet's CA for the connection URLs the CLI
+// prints (sslrootcert): --ca or PGFLEET_CA as given, else a copy of the
+// recorded CA in the CLI's home.
+func (cf *clientFlags) caFile(caPEM []byte) (string, error) {
+	if path := firstNonEmpty(cf.ca, os.Getenv("PGFLEET_CA")); path != "" {
+		return filepath.Abs(path)
+	}
+	path := filepath.Join(home(), "ca.crt")
+	if b, err := os.ReadFile(path); err == nil && bytes.Equal(b, caPEM) {
+		return path, nil
+	}
+	if err := os.MkdirAll(home(), 0o700); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(path+".tmp", caPEM, 0o644); err != nil {
+		return "", fmt.Errorf("save the fleet's CA: %w", err)
+	}
+	return path, os.Rename(path+".tmp", path)
 }
 
 // caPEM is the fleet's CA certificate the CLI trusts: --ca, PGFLEET_CA or

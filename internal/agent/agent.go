@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -148,9 +149,12 @@ type Agent struct {
 	store *store.Store
 	etcd  *store.Embedded
 	apiLn net.Listener
-	// identity is this host's certificate, shared by etcd, the API and
-	// postgres.
+	// identity is this host's certificate, for etcd and the API; ca is
+	// the fleet's CA (with its key on the hosts that hold it); pgTLS is
+	// what this host's members serve and trust.
 	identity *pki.Identity
+	ca       *pki.Authority
+	pgTLS    atomic.Pointer[postgres.ServerTLS]
 
 	leaseMu sync.Mutex
 	lease   *store.Lease
@@ -328,7 +332,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		}
 	}
-	a.identity = id
+	a.identity, a.ca = id, ca
 
 	rt := &router{a: a, proxy: proxy.New(cfg.Advertise, a.log.With("component", "proxy"))}
 	defer rt.proxy.Close()
@@ -381,6 +385,19 @@ func (a *Agent) Run(ctx context.Context) error {
 			break
 		}
 		a.log.Warn("waiting for the state store", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
+	}
+	// Members serve the fleet's certificate from their first start.
+	for {
+		err := a.refreshPostgresTLS(ctx)
+		if err == nil {
+			break
+		}
+		a.log.Warn("waiting for the members' certificate", "err", err)
 		select {
 		case <-ctx.Done():
 			return nil
@@ -467,6 +484,7 @@ func (a *Agent) register(ctx context.Context) error {
 // store until ctx ends.
 func (a *Agent) loop(ctx context.Context) {
 	watch := a.store.WatchPlacement(ctx)
+	lastTLSCheck := time.Now()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -492,6 +510,12 @@ func (a *Agent) loop(ctx context.Context) {
 			}
 		case <-tick.C:
 			a.keepStoreLeaderAway(ctx)
+			if time.Since(lastTLSCheck) >= postgresTLSEvery {
+				lastTLSCheck = time.Now()
+				if err := a.refreshPostgresTLS(ctx); err != nil {
+					a.log.Warn("check the members' certificate", "err", err)
+				}
+			}
 		}
 		a.reconcile(ctx)
 	}
@@ -690,6 +714,10 @@ func (a *Agent) startSupervisor(ctx context.Context, p placed) error {
 		exe: a.exe, osUser: a.osUser,
 	}
 	s.inst = postgres.New(postgres.Config{Bin: a.bin, DataDir: s.pgdata(), User: a.osUser, Logger: log, Exe: a.exe})
+	s.serverTLS = a.postgresTLS
+	if err := s.installTLS(); err != nil {
+		return err
+	}
 	sctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
 	r := &running{sup: s, cancel: cancel, done: make(chan struct{}), created: p.cluster.Created}
 	a.sups[m.ID] = r

@@ -203,7 +203,7 @@ func (s *supervisor) streamBackup(ctx context.Context, req fleet.BackupRequest, 
 	if err != nil {
 		return backup.Manifest{}, fmt.Errorf("read wal_segment_size: %w", err)
 	}
-	src := postgres.ConnInfo{Host: s.host.Addr, Port: s.spec.Port, User: fleet.ReplicationUser, Password: s.secrets.ReplicationPassword, Database: "postgres"}
+	src := postgres.ConnInfo{Host: s.host.Addr, Port: s.spec.Port, User: fleet.ReplicationUser, Password: s.secrets.ReplicationPassword, Database: "postgres", RootCert: s.inst.RootCertPath()}
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() {

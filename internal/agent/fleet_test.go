@@ -117,7 +117,7 @@ func TestThreeRegionFleet(t *testing.T) {
 	if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) WHERE s.ssl").Scan(&tlsStreams); err != nil || tlsStreams != 4 {
 		t.Fatalf("replication streams over TLS = %d, %v; want 4", tlsStreams, err)
 	}
-	plain := strings.Replace(primaryURL.URL, "sslmode=require", "sslmode=disable", 1)
+	plain := strings.Replace(primaryURL.URL, "sslmode=verify-full", "sslmode=disable", 1)
 	if pc, err := pgx.Connect(ctx, plain); err == nil || !strings.Contains(err.Error(), "no encryption") {
 		if pc != nil {
 			pc.Close(ctx)

@@ -49,7 +49,7 @@ func (s *supervisor) rejoin(ctx context.Context, c store.ClusterState, why strin
 	if err != nil {
 		return fmt.Errorf("find primary %s's host: %w", leader.ID, err)
 	}
-	src := postgres.ConnInfo{Host: h.Addr, Port: leader.Port, User: fleet.Superuser, Password: s.secrets.SuperuserPassword, Database: "postgres"}
+	src := postgres.ConnInfo{Host: h.Addr, Port: leader.Port, User: fleet.Superuser, Password: s.secrets.SuperuserPassword, Database: "postgres", RootCert: s.inst.RootCertPath()}
 	if s.noopRewind {
 		// The last rewind found nothing to do, yet the data still cannot
 		// follow: pg_rewind takes one timeline number for one history, and

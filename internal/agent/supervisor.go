@@ -69,6 +69,7 @@ type supervisor struct {
 	publishNow chan struct{}   // wakes the status publisher
 	exe        string          // this pgfleet binary, for archive_command and restore_command
 	osUser     postgres.OSUser // runs postgres, wal-push and wal-fetch
+	serverTLS  func() postgres.ServerTLS
 
 	backingUp      atomic.Bool // a base backup of this member runs
 	checkingBackup atomic.Bool // the primary's backup schedule check runs
@@ -187,7 +188,7 @@ func (s *supervisor) addr() string {
 }
 
 func (s *supervisor) superuser() postgres.ConnInfo {
-	return postgres.ConnInfo{Host: s.host.Addr, Port: s.spec.Port, User: fleet.Superuser, Password: s.secrets.SuperuserPassword, Database: "postgres"}
+	return postgres.ConnInfo{Host: s.host.Addr, Port: s.spec.Port, User: fleet.Superuser, Password: s.secrets.SuperuserPassword, Database: "postgres", RootCert: s.inst.RootCertPath()}
 }
 
 // run supervises the member until ctx ends. When ctx's cause is errRemoved
@@ -364,7 +365,7 @@ func (s *supervisor) replicationSource(ctx context.Context, leader fleet.MemberS
 	if err != nil {
 		return postgres.ConnInfo{}, fmt.Errorf("find primary %s's host %s: %w", leader.ID, leader.Host, err)
 	}
-	return postgres.ConnInfo{Host: h.Addr, Port: leader.Port, User: fleet.ReplicationUser, Password: s.secrets.ReplicationPassword, Database: "postgres"}, nil
+	return postgres.ConnInfo{Host: h.Addr, Port: leader.Port, User: fleet.ReplicationUser, Password: s.secrets.ReplicationPassword, Database: "postgres", RootCert: s.inst.RootCertPath()}, nil
 }
 
 func (s *supervisor) settings(follow *postgres.ConnInfo, standby bool) postgres.Settings {
@@ -424,4 +425,24 @@ func (p *pgConn) close() {
 		p.conn.Close(context.Background())
 		p.conn = nil
 	}
+}
+
+// installTLS puts the fleet's current certificate and CA in place for the
+// member, and has a running postgres serve a changed one.
+func (s *supervisor) installTLS() error {
+	t := s.serverTLS()
+	if t.CertPEM == nil {
+		return nil
+	}
+	changed, err := s.inst.InstallTLS(t)
+	if err != nil {
+		s.log.Error("install the members' certificate", "err", err)
+		return err
+	}
+	if changed && s.inst.Pid() != 0 {
+		if err := s.inst.Reload(); err != nil {
+			s.log.Warn("reload postgres for its new certificate", "err", err)
+		}
+	}
+	return nil
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/tls"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/pgfleet/pgfleet/internal/api"
 	"github.com/pgfleet/pgfleet/internal/pki"
+	"github.com/pgfleet/pgfleet/internal/postgres"
 	"github.com/pgfleet/pgfleet/internal/store"
 )
 
@@ -261,4 +263,107 @@ func (a *Agent) externalTLS() (*tls.Config, error) {
 		cfg.Certificates = []tls.Certificate{pair}
 	}
 	return cfg, nil
+}
+
+// postgresCertName is the name the members' certificate is issued to.
+const postgresCertName = "pgfleet-postgres"
+
+// postgresTLSEvery is how often an agent checks that the members'
+// certificate still names every host: a host that joined is covered that
+// long after a store voter's agent notices it.
+const postgresTLSEvery = 10 * time.Second
+
+// postgresTLS returns what members on this host serve and trust; empty
+// until refreshPostgresTLS first succeeded.
+func (a *Agent) postgresTLS() postgres.ServerTLS {
+	if t := a.pgTLS.Load(); t != nil {
+		return *t
+	}
+	return postgres.ServerTLS{}
+}
+
+// refreshPostgresTLS keeps the members' certificate (store.PostgresCert)
+// naming every host of the fleet, renews it when it ages, and installs it
+// for this host's members when it changed. Only a host that holds the CA's
+// key issues one; the others wait for it.
+func (a *Agent) refreshPostgresTLS(ctx context.Context) error {
+	hosts, err := a.store.Hosts(ctx)
+	if err != nil {
+		return err
+	}
+	cur, err := a.store.PostgresCert(ctx)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	want := pki.HostRequest{Name: postgresCertName}
+	seen := map[string]bool{postgresCertName: true}
+	addName := func(n string) {
+		if !seen[n] {
+			seen[n] = true
+			want.DNS = append(want.DNS, n)
+		}
+	}
+	addIP := func(ip net.IP) {
+		if ip != nil && !seen[ip.String()] {
+			seen[ip.String()] = true
+			want.IPs = append(want.IPs, ip)
+		}
+	}
+	addIP(net.ParseIP(a.cfg.Advertise))
+	addName(a.cfg.Name)
+	for _, h := range hosts {
+		addIP(net.ParseIP(h.Addr))
+		addName(h.Name)
+	}
+	var leaf *x509.Certificate
+	if cur.CertPEM != nil {
+		if leaf, err = pki.ParseCert(cur.CertPEM); err != nil {
+			return fmt.Errorf("the members' certificate in the store: %w", err)
+		}
+		// A host that is down now keeps its place: its clients come back.
+		for _, ip := range leaf.IPAddresses {
+			addIP(ip)
+		}
+		for _, n := range leaf.DNSNames {
+			addName(n)
+		}
+	}
+	stale := leaf == nil || !pki.Covers(leaf, want) || pki.NeedsRenewal(leaf, time.Now())
+	if stale && a.ca != nil && a.ca.Key != nil {
+		key, err := pki.NewKey()
+		if err != nil {
+			return err
+		}
+		certPEM, err := a.ca.Issue(key.Public(), want, time.Now())
+		if err != nil {
+			return err
+		}
+		keyPEM, err := pki.EncodeKey(key)
+		if err != nil {
+			return err
+		}
+		next := store.PostgresCert{CertPEM: certPEM, KeyPEM: keyPEM}
+		ok, err := a.store.ReplacePostgresCert(ctx, next, cur.Revision)
+		if err != nil {
+			return err
+		}
+		if ok {
+			a.log.Info("issued the members' certificate", "hosts", len(want.IPs))
+			cur = next
+		} else if cur, err = a.store.PostgresCert(ctx); err != nil {
+			return err // another host renewed it at the same moment
+		}
+	}
+	if cur.CertPEM == nil {
+		return errors.New("the fleet has no certificate for its members yet: one of the store's voters makes it")
+	}
+	next := postgres.ServerTLS{CertPEM: cur.CertPEM, KeyPEM: cur.KeyPEM, CAPEM: a.ca.CertPEM}
+	if old := a.pgTLS.Load(); old != nil && bytes.Equal(old.CertPEM, next.CertPEM) && bytes.Equal(old.CAPEM, next.CAPEM) {
+		return nil
+	}
+	a.pgTLS.Store(&next)
+	for _, r := range a.sups {
+		r.sup.installTLS()
+	}
+	return nil
 }

@@ -27,6 +27,9 @@ type Client struct {
 	Endpoints []string // host:port or https://host:port of agents' APIs
 	Token     string
 	HTTP      *http.Client
+	// CAFile is where this client keeps the fleet's CA, for the
+	// sslrootcert of the connection URLs it returns.
+	CAFile string
 }
 
 // NewClient returns a client that trusts only ca, with sane timeouts. Every
@@ -215,8 +218,20 @@ func (c *Client) ClusterURL(ctx context.Context, name string, o URLOptions) (URL
 	if q := o.query().Encode(); q != "" {
 		path += "?" + q
 	}
-	err := c.do(ctx, http.MethodGet, path, nil, &v)
-	return v, err
+	if err := c.do(ctx, http.MethodGet, path, nil, &v); err != nil {
+		return v, err
+	}
+	if c.CAFile != "" {
+		u, err := url.Parse(v.URL)
+		if err != nil {
+			return v, fmt.Errorf("the cluster's URL: %w", err)
+		}
+		q := u.Query()
+		q.Set("sslrootcert", c.CAFile)
+		u.RawQuery = q.Encode()
+		v.URL = u.String()
+	}
+	return v, nil
 }
 
 // URL returns a direct libpq URL with credentials of member, or of the

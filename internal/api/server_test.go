@@ -200,12 +200,12 @@ func TestClusterURLs(t *testing.T) {
 		err  string
 	}{
 		{name: "through the primary region's proxies", o: api.URLOptions{},
-			url: "postgres://postgres:pw@127.0.1.1:6011,127.0.1.2:6011,127.0.1.3:6011/postgres?sslmode=require"},
+			url: "postgres://postgres:pw@127.0.1.1:6011,127.0.1.2:6011,127.0.1.3:6011/postgres?sslmode=verify-full"},
 		{name: "replicas in ams", o: api.URLOptions{Region: "ams", Replica: true},
-			url: "postgres://postgres:pw@127.0.2.1:6012/postgres?sslmode=require"},
+			url: "postgres://postgres:pw@127.0.2.1:6012/postgres?sslmode=verify-full"},
 		{name: "direct", o: api.URLOptions{Direct: true},
-			url: "postgres://postgres:pw@127.0.1.1:6010,127.0.1.2:6010,127.0.2.1:6010/postgres?sslmode=require&target_session_attrs=read-write"},
-		{name: "member", o: api.URLOptions{Member: "db-3"}, url: "postgres://postgres:pw@127.0.2.1:6010/postgres?sslmode=require"},
+			url: "postgres://postgres:pw@127.0.1.1:6010,127.0.1.2:6010,127.0.2.1:6010/postgres?sslmode=verify-full&target_session_attrs=read-write"},
+		{name: "member", o: api.URLOptions{Member: "db-3"}, url: "postgres://postgres:pw@127.0.2.1:6010/postgres?sslmode=verify-full"},
 		{name: "no such region", o: api.URLOptions{Region: "syd"}, err: `region "syd" has no live host (regions with live hosts: ams (1), iad (3))`},
 		{name: "member and direct", o: api.URLOptions{Member: "db-3", Direct: true}, err: "--member cannot be combined with --direct"},
 	}

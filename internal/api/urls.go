@@ -135,8 +135,11 @@ type urlTarget struct {
 }
 
 // clientQuery is the query of every URL: the servers only take TLS
-// connections (hostssl in pg_hba.conf), and the proxies pass TLS through.
-const clientQuery = "sslmode=require"
+// connections (hostssl in pg_hba.conf), the proxies pass TLS through, and
+// every member serves a certificate from the fleet's CA that names every
+// host, so the client verifies the server whichever host it dialled. The
+// client adds sslrootcert, the CA file it keeps (Client.CAFile).
+const clientQuery = "sslmode=verify-full"
 
 // clusterURLTarget decides what a URL request points at, from the cluster
 // and the live hosts (the store's host records, which vanish with their

@@ -83,20 +83,20 @@ func TestClusterURLTarget(t *testing.T) {
 		msg   string
 	}{
 		{name: "primary through the primary region's proxies", o: URLOptions{},
-			hosts: "127.0.1.1:6011,127.0.1.2:6011,127.0.1.3:6011", query: "sslmode=require", via: "proxy"},
+			hosts: "127.0.1.1:6011,127.0.1.2:6011,127.0.1.3:6011", query: "sslmode=verify-full", via: "proxy"},
 		{name: "replica port", o: URLOptions{Replica: true},
-			hosts: "127.0.1.1:6012,127.0.1.2:6012,127.0.1.3:6012", query: "sslmode=require", via: "proxy"},
+			hosts: "127.0.1.1:6012,127.0.1.2:6012,127.0.1.3:6012", query: "sslmode=verify-full", via: "proxy"},
 		{name: "a region without members", o: URLOptions{Region: "syd", Replica: true},
-			hosts: "127.0.3.1:6012", query: "sslmode=require", via: "proxy"},
+			hosts: "127.0.3.1:6012", query: "sslmode=verify-full", via: "proxy"},
 		{name: "a region without hosts", o: URLOptions{Region: "lhr"}, code: 404,
 			msg: `region "lhr" has no live host (regions with live hosts: ams (1), iad (3), syd (1))`},
 		{name: "a region of the cluster whose hosts are down", o: URLOptions{Region: "fra"}, code: 503,
 			msg: "every host of region fra is down"},
 		{name: "direct, the primary first", o: URLOptions{Direct: true},
-			hosts: "127.0.1.2:6010,127.0.1.1:6010,127.0.2.1:6010", query: "sslmode=require&target_session_attrs=read-write", via: "direct"},
+			hosts: "127.0.1.2:6010,127.0.1.1:6010,127.0.2.1:6010", query: "sslmode=verify-full&target_session_attrs=read-write", via: "direct"},
 		{name: "direct to readers", o: URLOptions{Direct: true, Replica: true},
-			hosts: "127.0.1.2:6010,127.0.1.1:6010,127.0.2.1:6010", query: "sslmode=require&target_session_attrs=prefer-standby", via: "direct"},
-		{name: "member", o: URLOptions{Member: "db-3"}, hosts: "127.0.2.1:6010", query: "sslmode=require", via: "member"},
+			hosts: "127.0.1.2:6010,127.0.1.1:6010,127.0.2.1:6010", query: "sslmode=verify-full&target_session_attrs=prefer-standby", via: "direct"},
+		{name: "member", o: URLOptions{Member: "db-3"}, hosts: "127.0.2.1:6010", query: "sslmode=verify-full", via: "member"},
 		{name: "member on a host that is down", o: URLOptions{Member: "db-4"}, code: 503, msg: "fra-1, which is down"},
 		{name: "unknown member", o: URLOptions{Member: "db-9"}, code: 404, msg: "its members are db-1, db-2, db-3, db-4"},
 	}
@@ -128,16 +128,16 @@ func TestClusterURLTarget(t *testing.T) {
 func targetCode(_ urlTarget, code int, msg string) (int, string) { return code, msg }
 
 func TestURLFormat(t *testing.T) {
-	tgt := urlTarget{Hosts: []string{"127.0.1.1:6011", "[::1]:6011"}, Query: "sslmode=require"}
+	tgt := urlTarget{Hosts: []string{"127.0.1.1:6011", "[::1]:6011"}, Query: "sslmode=verify-full"}
 	got := tgt.format(fleet.Secrets{SuperuserPassword: "p@ss/word"})
-	want := "postgres://postgres:p%40ss%2Fword@127.0.1.1:6011,[::1]:6011/postgres?sslmode=require"
+	want := "postgres://postgres:p%40ss%2Fword@127.0.1.1:6011,[::1]:6011/postgres?sslmode=verify-full"
 	if got != want {
 		t.Errorf("format() = %s, want %s", got, want)
 	}
 	// pgx, as libpq, reads the multi-host form and tries the hosts in
 	// order. (pgx parses URLs with net/url, which refuses a multi-host URL
 	// with an IPv6 address; libpq takes it.)
-	tgt = urlTarget{Hosts: []string{"127.0.1.1:6011", "127.0.1.2:6012"}, Query: "sslmode=require&target_session_attrs=prefer-standby"}
+	tgt = urlTarget{Hosts: []string{"127.0.1.1:6011", "127.0.1.2:6012"}, Query: "sslmode=verify-full&target_session_attrs=prefer-standby"}
 	cfg, err := pgx.ParseConfig(tgt.format(fleet.Secrets{SuperuserPassword: "p@ss/word"}))
 	if err != nil {
 		t.Fatalf("pgx.ParseConfig(format()) = %v", err)

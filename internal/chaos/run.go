@@ -168,7 +168,9 @@ func (r *runner) writers(ctx context.Context) ([]writer, error) {
 	ws := []writer{{name: "url", url: withTimeout(def.URL), every: 20 * time.Millisecond}}
 	for _, h := range r.cfg.Plan.Hosts {
 		addr := net.JoinHostPort(h.Addr, strconv.Itoa(v.PrimaryProxyPort))
-		ws = append(ws, writer{name: "proxy:" + h.Name, url: fmt.Sprintf("postgres://%s@%s/postgres?sslmode=require&connect_timeout=2", u.User.String(), addr), every: 20 * time.Millisecond})
+		pu := *u
+		pu.Host = addr
+		ws = append(ws, writer{name: "proxy:" + h.Name, url: withTimeout(pu.String()), every: 20 * time.Millisecond})
 	}
 	for _, m := range v.Members {
 		mu, err := r.cfg.Client.URL(ctx, r.cfg.Cluster, m.ID)

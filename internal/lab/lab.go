@@ -264,7 +264,9 @@ func (d *Dev) Client(p Plan, token string) (*api.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return api.NewClient(Endpoints(p), token, ca), nil
+	c := api.NewClient(Endpoints(p), token, ca)
+	c.CAFile = d.CAPath(p)
+	return c, nil
 }
 
 // joinToken makes a join token for the hosts that join the first one.

@@ -274,7 +274,7 @@ func renderFleetConf(s Settings, passfile, cert, key string) ([]byte, error) {
 		if f.Host == "" || f.Port == 0 || f.User == "" {
 			return nil, fmt.Errorf("follow %s: host, port and user are required", f)
 		}
-		if strings.ContainsAny(f.Host+f.User+passfile+s.SlotName, "\x00\r\n") {
+		if strings.ContainsAny(f.Host+f.User+f.RootCert+passfile+s.SlotName, "\x00\r\n") {
 			return nil, fmt.Errorf("follow %s: value contains a line break", f)
 		}
 	}
@@ -304,6 +304,7 @@ func renderFleetConf(s Settings, passfile, cert, key string) ([]byte, error) {
 			// kernel's TCP timeout before it tries again.
 			"connect_timeout=5",
 		}
+		ci = append(ci, f.libpqSSL()...)
 		set("primary_conninfo", strings.Join(ci, " "))
 		if s.SlotName != "" {
 			set("primary_slot_name", s.SlotName)

@@ -24,17 +24,40 @@ type ConnInfo struct {
 	User     string
 	Password string
 	Database string
+	// RootCert is a file with the fleet's CA: the server's certificate
+	// must come from it and name Host (sslmode=verify-full). Empty only
+	// where no fleet is around (this package's own tests), where the
+	// connection is encrypted but the server is not verified.
+	RootCert string
 }
 
-// URL returns ci as a postgres:// URL with every part escaped. TLS is
-// required: every member serves it (see ensureCert); the server is not
-// verified until the fleet has a CA.
+// sslParams are the libpq parameters that secure a connection to ci.
+// channel_binding ties SCRAM to the TLS session, so a relay in between
+// cannot pass the login on even with a certificate of its own; pgx does
+// not implement it, so only libpq's programs ask for it.
+func (ci ConnInfo) sslParams(libpq bool) [][2]string {
+	if ci.RootCert == "" {
+		return [][2]string{{"sslmode", "require"}}
+	}
+	p := [][2]string{{"sslmode", "verify-full"}, {"sslrootcert", ci.RootCert}}
+	if libpq {
+		p = append(p, [2]string{"channel_binding", "require"})
+	}
+	return p
+}
+
+// URL returns ci as a postgres:// URL with every part escaped, for pgx.
+// TLS is required and, with RootCert, the server verified.
 func (ci ConnInfo) URL() string {
+	q := url.Values{}
+	for _, p := range ci.sslParams(false) {
+		q.Set(p[0], p[1])
+	}
 	u := url.URL{
 		Scheme:   "postgres",
 		Host:     net.JoinHostPort(ci.Host, strconv.Itoa(ci.Port)),
 		Path:     "/" + ci.Database,
-		RawQuery: "sslmode=require",
+		RawQuery: q.Encode(),
 	}
 	switch {
 	case ci.Password != "":
@@ -43,6 +66,27 @@ func (ci ConnInfo) URL() string {
 		u.User = url.User(ci.User)
 	}
 	return u.String()
+}
+
+// libpqSSL returns the key=value conninfo words that secure a libpq
+// connection to ci.
+func (ci ConnInfo) libpqSSL() []string {
+	var w []string
+	for _, p := range ci.sslParams(true) {
+		w = append(w, p[0]+"="+conninfoValue(p[1]))
+	}
+	return w
+}
+
+// libpqSSLEnv is libpqSSL as environment variables, for programs that take
+// no conninfo string (pg_basebackup with -h/-p/-U).
+func (ci ConnInfo) libpqSSLEnv() []string {
+	names := map[string]string{"sslmode": "PGSSLMODE", "sslrootcert": "PGSSLROOTCERT", "channel_binding": "PGCHANNELBINDING"}
+	var env []string
+	for _, p := range ci.sslParams(true) {
+		env = append(env, names[p[0]]+"="+p[1])
+	}
+	return env
 }
 
 // String returns ci without its password, for logs and errors.

@@ -154,11 +154,11 @@ func (i *Instance) baseBackup(ctx context.Context, src ConnInfo, slot string, pr
 			return true
 		}
 	}
-	env := []string{
+	env := append([]string{
 		"PGPASSFILE=" + passfile,
 		"PGAPPNAME=pgfleet_basebackup",
 		"PGCONNECT_TIMEOUT=10",
-	}
+	}, src.libpqSSLEnv()...)
 	if err := i.runTool(ctx, "pg_basebackup", args, env, onLine); err != nil {
 		os.RemoveAll(tmp)
 		return err
@@ -180,7 +180,7 @@ func (i *Instance) StreamBackup(ctx context.Context, src ConnInfo, w io.Writer) 
 		"-h", src.Host, "-p", strconv.Itoa(src.Port), "-U", src.User, "--no-password",
 		"-D", "-", "-Ft", "-X", "none", "--checkpoint=fast", "--label=pgfleet-backup",
 	}
-	env := []string{"PGPASSFILE=" + passfile, "PGAPPNAME=pgfleet_backup", "PGCONNECT_TIMEOUT=10", "PGSSLMODE=require"}
+	env := append([]string{"PGPASSFILE=" + passfile, "PGAPPNAME=pgfleet_backup", "PGCONNECT_TIMEOUT=10"}, src.libpqSSLEnv()...)
 	if err := i.runToolTo(ctx, "pg_basebackup", args, env, nil, w); err != nil {
 		return fmt.Errorf("base backup of %s: %w", src, err)
 	}

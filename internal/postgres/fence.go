@@ -293,8 +293,8 @@ func (i *Instance) Rewind(ctx context.Context, src ConnInfo, fromArchive bool) (
 	if err := checkpoint(ctx, src); err != nil {
 		return false, fmt.Errorf("rewind %s: checkpoint the source %s first: %w", i.cfg.DataDir, src, err)
 	}
-	conninfo := fmt.Sprintf("host=%s port=%d user=%s dbname=postgres sslmode=require connect_timeout=10",
-		conninfoValue(src.Host), src.Port, conninfoValue(src.User))
+	conninfo := strings.Join(append([]string{"host=" + conninfoValue(src.Host), "port=" + strconv.Itoa(src.Port),
+		"user=" + conninfoValue(src.User), "dbname=postgres", "connect_timeout=10"}, src.libpqSSL()...), " ")
 	args := []string{"--target-pgdata=" + i.cfg.DataDir, "--source-server=" + conninfo, "--progress"}
 	if fromArchive {
 		// The WAL back to the last common checkpoint may have been

@@ -89,6 +89,9 @@ type Instance struct {
 	proc     *process // current or last postmaster; nil before the first Start
 	settings *Settings
 	fenced   bool // Fence ran and AllowWrites has not: no writable start, no promotion
+	// tlsInstalled: the fleet's certificate is in place (InstallTLS), and
+	// no self-signed one is made.
+	tlsInstalled bool
 }
 
 // process is one run of the postmaster.

@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -20,17 +21,64 @@ import (
 const (
 	certFile = "server.crt"
 	keyFile  = "server.key"
+	caFile   = "root.crt"
 )
 
 // CertPath and KeyPath are where the instance's TLS certificate and key are.
 func (i *Instance) CertPath() string { return filepath.Join(filepath.Dir(i.cfg.DataDir), certFile) }
 func (i *Instance) KeyPath() string  { return filepath.Join(filepath.Dir(i.cfg.DataDir), keyFile) }
 
+// RootCertPath is where the fleet's CA is kept for the instance: what
+// its replication connections, pg_basebackup and pg_rewind verify other
+// members against (sslrootcert), readable by the OS user postgres runs as.
+func (i *Instance) RootCertPath() string { return filepath.Join(filepath.Dir(i.cfg.DataDir), caFile) }
+
+// ServerTLS is what a member serves and trusts: a certificate from the
+// fleet's CA with its key, and the CA.
+type ServerTLS struct {
+	CertPEM, KeyPEM, CAPEM []byte
+}
+
+// InstallTLS writes the member's certificate, key and CA where postgres
+// and its tools read them, each only if it changed, and reports whether
+// anything did: a running postgres then needs a Reload to serve the new
+// certificate. The key is written first, so that a certificate is never
+// on disk without its key.
+func (i *Instance) InstallTLS(t ServerTLS) (bool, error) {
+	if err := os.MkdirAll(filepath.Dir(i.cfg.DataDir), 0o700); err != nil {
+		return false, err
+	}
+	changed := false
+	for _, f := range []struct {
+		path string
+		b    []byte
+	}{{i.KeyPath(), t.KeyPEM}, {i.CertPath(), t.CertPEM}, {i.RootCertPath(), t.CAPEM}} {
+		if old, err := os.ReadFile(f.path); err == nil && bytes.Equal(old, f.b) {
+			continue
+		}
+		if err := i.writeFile(f.path, f.b); err != nil {
+			return changed, err
+		}
+		changed = true
+	}
+	i.mu.Lock()
+	i.tlsInstalled = true
+	i.mu.Unlock()
+	return changed, nil
+}
+
 // ensureCert makes a self-signed certificate for the member's address unless
-// a valid one for that address exists. Every connection to a member, from
-// clients and from standbys, is then encrypted (pg_hba accepts only TLS);
-// verifying the server needs a fleet CA, which is not there yet.
+// a valid one for that address exists or the fleet's was installed
+// (InstallTLS). Only an instance without a fleet around it (the package's
+// own tests) serves a self-signed one: its clients can encrypt but not
+// verify.
 func (i *Instance) ensureCert(name, ip string) error {
+	i.mu.Lock()
+	installed := i.tlsInstalled
+	i.mu.Unlock()
+	if installed {
+		return nil
+	}
 	if certCovers(i.CertPath(), ip) {
 		if _, err := os.Stat(i.KeyPath()); err == nil {
 			return nil

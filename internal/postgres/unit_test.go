@@ -247,7 +247,7 @@ func TestConfigure(t *testing.T) {
 
 	standby := Settings{
 		Name: "demo-2", ListenAddr: "127.0.0.1", Port: 6002,
-		Follow:   &ConnInfo{Host: "127.0.0.1", Port: 6001, User: "replicator", Password: "repl 'secret'"},
+		Follow:   &ConnInfo{Host: "127.0.0.1", Port: 6001, User: "replicator", Password: "repl 'secret'", RootCert: "/fleet/root.crt"},
 		SlotName: "demo_2",
 		Params:   map[string]string{"shared_buffers": "64MB", "work_mem": "8MB", "search_path": `it's "x"`},
 	}
@@ -284,7 +284,9 @@ func TestConfigure(t *testing.T) {
 		"shared_buffers = '64MB'\n",
 		"work_mem = '8MB'\n",
 		`search_path = 'it''s "x"'` + "\n",
-		"primary_conninfo = 'host=127.0.0.1 port=6001 user=replicator passfile=" + passfile + " application_name=demo-2 connect_timeout=5'\n",
+		// The upstream is verified against the fleet's CA, and SCRAM bound
+		// to the TLS session, so no relay in between gets a session.
+		"primary_conninfo = 'host=127.0.0.1 port=6001 user=replicator passfile=" + passfile + " application_name=demo-2 connect_timeout=5 sslmode=verify-full sslrootcert=/fleet/root.crt channel_binding=require'\n",
 		"primary_slot_name = 'demo_2'\n",
 		"recovery_target_timeline = 'latest'\n",
 	} {

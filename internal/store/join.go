@@ -100,3 +100,52 @@ func (s *Store) InitCA(ctx context.Context, certPEM, keyPEM []byte) ([]byte, []b
 	}
 	return c[0].Value, k[0].Value, nil
 }
+
+// PostgresCert is the certificate every member of the fleet serves, with its
+// key. Every host's proxy passes its clients' TLS through to the member it
+// routes to, so a client that verifies the server expects the address of
+// whichever host it dialled: one certificate names them all.
+type PostgresCert struct {
+	CertPEM  []byte `json:"cert"`
+	KeyPEM   []byte `json:"key"`
+	Revision int64  `json:"-"`
+}
+
+func (s *Store) postgresCertKey() string { return s.prefix + "tls/postgres" }
+
+// PostgresCert reads the members' certificate; ErrNotFound before the
+// first one is made.
+func (s *Store) PostgresCert(ctx context.Context) (PostgresCert, error) {
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, s.postgresCertKey())
+	if err != nil {
+		return PostgresCert{}, fmt.Errorf("read the members' certificate: %w", Translate(err))
+	}
+	if len(resp.Kvs) == 0 {
+		return PostgresCert{}, fmt.Errorf("the members' certificate: %w", ErrNotFound)
+	}
+	var c PostgresCert
+	if err := json.Unmarshal(resp.Kvs[0].Value, &c); err != nil {
+		return PostgresCert{}, fmt.Errorf("the members' certificate: %w", err)
+	}
+	c.Revision = resp.Kvs[0].ModRevision
+	return c, nil
+}
+
+// ReplacePostgresCert stores c if the stored certificate is still the one
+// at revision prev (0: none), and reports whether it did: two hosts that
+// both renew it settle on one.
+func (s *Store) ReplacePostgresCert(ctx context.Context, c PostgresCert, prev int64) (bool, error) {
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	b, _ := json.Marshal(c)
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(s.postgresCertKey()), "=", prev)).
+		Then(clientv3.OpPut(s.postgresCertKey(), string(b))).
+		Commit()
+	if err != nil {
+		return false, fmt.Errorf("store the members' certificate: %w", Translate(err))
+	}
+	return resp.Succeeded, nil
+}

@@ -117,6 +117,7 @@ func StartFleet(t testing.TB, regions string) *Fleet {
 		t.Fatal(err)
 	}
 	f.Client = api.NewClient(lab.Endpoints(plan), f.Token, f.CA)
+	f.Client.CAFile = agent.CAPath(f.DataDir(plan.Hosts[0].Name))
 	if len(plan.Hosts) > 1 {
 		jt, err := f.Client.CreateJoinToken(context.Background(), 10*time.Minute)
 		if err != nil {
