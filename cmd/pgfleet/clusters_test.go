@@ -3,9 +3,12 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -46,16 +49,22 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // runCLI runs pgfleet in-process against f and returns its output and error.
 func runCLI(t *testing.T, f *fakeAPI, args ...string) (string, error) {
 	t.Helper()
-	srv := httptest.NewServer(f)
+	srv := httptest.NewTLSServer(f)
 	t.Cleanup(srv.Close)
 	t.Setenv("PGFLEET_HOME", t.TempDir())
 	t.Setenv("PGFLEET_API", "")
 	t.Setenv("PGFLEET_TOKEN", "")
+	t.Setenv("PGFLEET_CA", "")
+	// The server's own certificate stands for the fleet's CA.
+	ca := filepath.Join(t.TempDir(), "ca.crt")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	root := newRootCmd()
 	var out bytes.Buffer
 	root.SetOut(&out)
 	root.SetErr(&out)
-	root.SetArgs(append([]string{"--api", srv.URL, "--token", "t"}, args...))
+	root.SetArgs(append([]string{"--api", srv.URL, "--token", "t", "--ca", ca}, args...))
 	err := root.Execute()
 	return out.String(), err
 }
