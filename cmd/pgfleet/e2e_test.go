@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"github.com/pgfleet/pgfleet/internal/api"
 	"github.com/pgfleet/pgfleet/internal/fleet"
 	"github.com/pgfleet/pgfleet/internal/lab/labtest"
+	"github.com/pgfleet/pgfleet/internal/pki"
 )
 
 // cli runs the built pgfleet binary with its own PGFLEET_HOME.
@@ -199,6 +201,8 @@ func TestDevUpNewcomer(t *testing.T) {
 	if out := c.ok("connect", "demo", "--member", "demo-4", "--", "-Atc", "SELECT pg_is_in_recovery()"); strings.TrimSpace(out) != "t" {
 		t.Errorf("connect demo --member demo-4 -- -Atc ...: %q, want t", out)
 	}
+	verifiedURLs(t, c)
+	login(t, c, dir)
 
 	c.fails(1, `cluster "demo" already exists`, "create", "demo", "--primary-region", "iad")
 	c.fails(2, `cluster name "Demo_2" is not valid`, "create", "Demo_2", "--primary-region", "iad")
@@ -256,3 +260,69 @@ func TestDevUpNewcomer(t *testing.T) {
 		t.Errorf("dev down --purge left the CLI config of the purged fleet")
 	}
 }
+
+// verifiedURLs checks that psql verifies the server (sslmode=verify-full,
+// with the fleet's CA) through every kind of URL `pgfleet url` prints, and
+// refuses the same URL with another CA.
+func verifiedURLs(t *testing.T, c cli) {
+	t.Helper()
+	psql, err := findPsql()
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := pki.NewAuthority("stranger", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherCA := filepath.Join(t.TempDir(), "other-ca.crt")
+	if err := os.WriteFile(otherCA, other.CertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, flags := range [][]string{{}, {"--replica"}, {"--replica", "--region", "ams"}, {"--direct"}, {"--direct", "--replica"}, {"--member", "demo-2"}} {
+		raw := strings.TrimSpace(c.ok(append([]string{"url", "demo"}, flags...)...))
+		u, err := url.Parse(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if q := u.Query(); q.Get("sslmode") != "verify-full" || q.Get("sslrootcert") == "" {
+			t.Errorf("url demo %v = %s; want sslmode=verify-full and sslrootcert", flags, raw)
+		}
+		out, err := exec.Command(psql, raw, "-Atc", "SELECT 1").CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != "1" {
+			t.Errorf("psql through url demo %v: %v\n%s", flags, err, out)
+		}
+		q := u.Query()
+		q.Set("sslrootcert", otherCA)
+		u.RawQuery = q.Encode()
+		out, err = exec.Command(psql, u.String(), "-Atc", "SELECT 1").CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "certificate verify failed") {
+			t.Errorf("psql through url demo %v with another CA: %v\n%s; want certificate verify failed", flags, err, out)
+		}
+	}
+}
+
+// login checks `pgfleet login` from a CLI that knows only an address and
+// the token: it learns the CA, and a wrong token learns nothing.
+func login(t *testing.T, c cli, dir string) {
+	t.Helper()
+	tok, err := os.ReadFile(filepath.Join(dir, "iad-1", "token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg cliConfig
+	b, _ := os.ReadFile(filepath.Join(c.home, "config.json"))
+	if err := json.Unmarshal(b, &cfg); err != nil || len(cfg.Endpoints) == 0 {
+		t.Fatalf("config.json: %v", err)
+	}
+	fresh := cli{t: t, exe: c.exe, home: labtest.TestDir(t)}
+	fresh.fails(1, "could not prove it knows the token", "login", cfg.Endpoints[0], "--token", "pgf_wrong")
+	fresh.fails(1, "no fleet configured", "status", "demo")
+	out := fresh.ok("login", cfg.Endpoints[0], "--token", strings.TrimSpace(string(tok)))
+	if !strings.Contains(out, "logged in to the fleet at "+cfg.Endpoints[0]+": 5 hosts") {
+		t.Errorf("login output: %s", out)
+	}
+	if out := fresh.ok("status", "demo"); !strings.Contains(out, "demo-1") {
+		t.Errorf("status after login: %s", out)
+	}
+}
+

@@ -52,6 +52,7 @@ func newRootCmd() *cobra.Command {
 		newSetCmd(cf),
 		newBackupCmd(cf),
 		newRestoreCmd(cf),
+		newLoginCmd(cf),
 		newTokenCmd(cf),
 		newCACmd(cf),
 		newVersionCmd(),

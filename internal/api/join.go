@@ -3,8 +3,11 @@ package api
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -207,4 +210,96 @@ func (c *Client) CreateJoinToken(ctx context.Context, ttl time.Duration) (TokenV
 	var v TokenView
 	err := c.do(ctx, http.MethodPost, "/v1/tokens", TokenRequest{TTL: ttl.String()}, &v)
 	return v, err
+}
+
+// CAView is the fleet's CA with a proof that the agent knows the fleet's
+// API token, for `pgfleet login`: a client that has only the token learns
+// the CA without trusting the network in between.
+type CAView struct {
+	CA    string `json:"ca"`
+	Proof string `json:"proof"` // CAProof(token hash, nonce, CA)
+}
+
+// CAProof binds a CA to a client's nonce with the API token's hash as the
+// key: only who knows the token (or its hash, kept in the store) can make
+// it.
+func CAProof(tokenHash, nonce string, caPEM []byte) string {
+	m := hmac.New(sha256.New, []byte(tokenHash))
+	m.Write([]byte("pgfleet-login\x00" + nonce + "\x00"))
+	m.Write(caPEM)
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+var nonceRE = regexp.MustCompile(`^[0-9a-f]{32,128}$`)
+
+func (s *Server) caProof(w http.ResponseWriter, r *http.Request) {
+	nonce := r.URL.Query().Get("nonce")
+	if !nonceRE.MatchString(nonce) {
+		writeError(w, http.StatusBadRequest, "nonce: want 32 to 128 lowercase hex digits")
+		return
+	}
+	if s.ca == nil {
+		writeError(w, http.StatusServiceUnavailable, "this agent does not know the fleet's CA")
+		return
+	}
+	hash, err := s.wantHash(r.Context())
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, CAView{CA: string(s.ca.CertPEM), Proof: CAProof(hash, nonce, s.ca.CertPEM)})
+}
+
+// Login learns the fleet's CA from the agent at addr, which must prove it
+// knows token: the proof, not the connection's certificate, is what is
+// trusted, since the client has no CA yet. The agent's certificate must
+// then come from that CA.
+func Login(ctx context.Context, addr, token string) ([]byte, error) {
+	base := "https://" + strings.TrimPrefix(addr, "https://")
+	var chain []*x509.Certificate
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		InsecureSkipVerify: true, // checked below, against the proven CA
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			chain = cs.PeerCertificates
+			return nil
+		},
+	}
+	c := &http.Client{Timeout: 10 * time.Second, Transport: tr}
+	nonce := randomString(16)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/ca?nonce="+nonce, nil)
+	if err != nil {
+		return nil, fmt.Errorf("--api %q: %w", addr, err)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("log in to %s: %w", addr, unwrapURLError(err))
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return nil, fmt.Errorf("log in to %s: %w", addr, err)
+	}
+	var v CAView
+	if resp.StatusCode != http.StatusOK || json.Unmarshal(b, &v) != nil {
+		return nil, fmt.Errorf("log in to %s: %s: is it a pgfleet agent's API?", addr, resp.Status)
+	}
+	if !hmac.Equal([]byte(v.Proof), []byte(CAProof(HashToken(token), nonce, []byte(v.CA)))) {
+		return nil, fmt.Errorf("log in to %s: the agent could not prove it knows the token: a wrong token, or not the fleet's agent", addr)
+	}
+	ca, err := pki.ParseCert([]byte(v.CA))
+	if err != nil {
+		return nil, fmt.Errorf("log in to %s: the fleet's CA: %w", addr, err)
+	}
+	host, _, _ := net.SplitHostPort(strings.TrimPrefix(addr, "https://"))
+	roots := x509.NewCertPool()
+	roots.AddCert(ca)
+	if len(chain) == 0 {
+		return nil, fmt.Errorf("log in to %s: no certificate presented", addr)
+	}
+	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, DNSName: host}); err != nil {
+		return nil, fmt.Errorf("log in to %s: the agent's certificate is not from the fleet's CA for that address: %w", addr, err)
+	}
+	return []byte(v.CA), nil
 }

@@ -76,6 +76,7 @@ func (s *Server) Handler() http.Handler {
 	// OPTIONS, and the handler answers the others itself.
 	mux.HandleFunc("/health/{name}/{check}", s.memberHealth)
 	mux.HandleFunc("POST /v1/join", s.join)
+	mux.HandleFunc("GET /v1/ca", s.caProof)
 	mux.Handle("POST /v1/tokens", s.auth(s.createJoinToken))
 	mux.Handle("GET /v1/hosts", s.auth(s.hosts))
 	mux.Handle("GET /v1/clusters", s.auth(s.listClusters))
