@@ -325,4 +325,3 @@ func login(t *testing.T, c cli, dir string) {
 		t.Errorf("status after login: %s", out)
 	}
 }
-
