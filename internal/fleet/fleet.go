@@ -4,7 +4,6 @@ package fleet
 
 import (
 	"fmt"
-	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -207,15 +206,6 @@ func (s ClusterSpec) SyncMode() string {
 	return s.Sync
 }
 
-// ValidateSync checks a replication mode given by a user.
-func ValidateSync(mode string) error {
-	switch mode {
-	case "", SyncOff, SyncOn, SyncStrict:
-		return nil
-	}
-	return fmt.Errorf("sync mode %q is not one of off, on, strict", mode)
-}
-
 // SyncState is what the primary publishes in sync mode: the standbys that
 // together hold every acknowledged commit (each commit is on at least one of
 // them). An election in sync mode waits for all of them and promotes the one
@@ -356,100 +346,8 @@ type Event struct {
 	Message string    `json:"message"`
 }
 
-// Limits on names and sizes.
-const (
-	MaxClusterName = 40 // leaves room for "-NN" in member ids within a 63-byte DNS label
-	MaxRegionName  = 20
-	MaxHA          = 9
-	MaxReplicas    = 16
-)
-
-var labelRE = regexp.MustCompile(`^[a-z]([a-z0-9-]*[a-z0-9])?$`)
-
-// ValidateName checks that s is a DNS label of at most max bytes that starts
-// with a letter: such names are safe in URLs, file names, etcd keys and
-// Postgres identifiers alike.
-func ValidateName(kind, s string, max int) error {
-	switch {
-	case s == "":
-		return fmt.Errorf("%s name is empty: use lowercase letters, digits and '-'", kind)
-	case len(s) > max:
-		return fmt.Errorf("%s name %q is %d characters long: at most %d are allowed", kind, s, len(s), max)
-	case !labelRE.MatchString(s):
-		return fmt.Errorf("%s name %q is not valid: use lowercase letters, digits and '-', starting with a letter and not ending with '-'", kind, s)
-	}
-	return nil
-}
-
-// Validate checks a requested spec before anything is written.
-func (s ClusterSpec) Validate() error {
-	if err := ValidateName("cluster", s.Name, MaxClusterName); err != nil {
-		return err
-	}
-	if err := ValidateName("region", s.PrimaryRegion, MaxRegionName); err != nil {
-		return fmt.Errorf("primary region: %w", err)
-	}
-	if s.HA < 1 || s.HA > MaxHA {
-		return fmt.Errorf("ha is %d: a cluster needs 1 to %d members in its primary region (1 = a primary without standbys)", s.HA, MaxHA)
-	}
-	if len(s.Replicas) > MaxReplicas {
-		return fmt.Errorf("%d replica regions requested: at most %d are allowed", len(s.Replicas), MaxReplicas)
-	}
-	seen := map[string]bool{}
-	for _, r := range s.Replicas {
-		if err := ValidateName("region", r, MaxRegionName); err != nil {
-			return fmt.Errorf("replicas: %w", err)
-		}
-		if r == s.PrimaryRegion {
-			return fmt.Errorf("replicas: %q is the primary region; use --ha to add standbys there", r)
-		}
-		if seen[r] {
-			return fmt.Errorf("replicas: region %q is listed twice", r)
-		}
-		seen[r] = true
-	}
-	if s.LeaseTTL != 0 && (s.LeaseTTL < MinLeaseTTL || s.LeaseTTL > MaxLeaseTTL) {
-		return fmt.Errorf("lease ttl is %ds: it must be %d to %d seconds", s.LeaseTTL, MinLeaseTTL, MaxLeaseTTL)
-	}
-	if err := ValidateSync(s.Sync); err != nil {
-		return err
-	}
-	if s.MaxLagOnFailover < 0 {
-		return fmt.Errorf("max lag on failover is %d bytes: it must not be negative", s.MaxLagOnFailover)
-	}
-	if s.MaxReplicaLag < 0 {
-		return fmt.Errorf("max replica lag is %d bytes: it must not be negative", s.MaxReplicaLag)
-	}
-	for k, v := range s.Params {
-		if !paramRE.MatchString(k) {
-			return fmt.Errorf("parameter %q is not a valid PostgreSQL setting name", k)
-		}
-		if reservedParams[k] {
-			return fmt.Errorf("parameter %q is managed by pgfleet and cannot be set", k)
-		}
-		if strings.ContainsAny(v, "\x00\r\n") {
-			return fmt.Errorf("parameter %s: the value contains a line break", k)
-		}
-	}
-	return nil
-}
-
-var paramRE = regexp.MustCompile(`^[a-z_][a-z0-9_.]*$`)
-
-// reservedParams are settings pgfleet itself writes; letting a spec override
-// them would break replication or routing.
-var reservedParams = map[string]bool{
-	"listen_addresses": true, "port": true, "primary_conninfo": true, "primary_slot_name": true,
-	"hot_standby": true, "wal_level": true, "unix_socket_directories": true, "cluster_name": true,
-	"password_encryption": true, "logging_collector": true, "ssl": true, "ssl_cert_file": true, "ssl_key_file": true,
-	"include": true, "include_dir": true, "include_if_exists": true, "recovery_target_timeline": true,
-	"synchronous_standby_names": true,
-	"archive_mode":              true, "archive_command": true, "archive_library": true, "archive_timeout": true,
-	"restore_command": true, "recovery_target": true, "recovery_target_time": true, "recovery_target_lsn": true,
-	"recovery_target_xid": true, "recovery_target_name": true, "recovery_target_action": true, "recovery_target_inclusive": true,
-}
-
-// MemberID names the n-th member (1-based) of a cluster.
+// MemberID names the n-th member (1-based) of a cluster; ValidateMemberID
+// accepts exactly the ids it makes.
 func MemberID(cluster string, n int) string { return fmt.Sprintf("%s-%d", cluster, n) }
 
 // Place chooses hosts for a new cluster's members: HA hosts in the primary

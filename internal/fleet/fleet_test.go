@@ -29,7 +29,7 @@ func TestValidateSpec(t *testing.T) {
 		{"replica in primary region", func(s *ClusterSpec) { s.Replicas = []string{"iad"} }, "is the primary region"},
 		{"replica twice", func(s *ClusterSpec) { s.Replicas = []string{"ams", "ams"} }, "listed twice"},
 		{"bad replica region", func(s *ClusterSpec) { s.Replicas = []string{"a m s"} }, "replicas: region name"},
-		{"reserved param", func(s *ClusterSpec) { s.Params = map[string]string{"port": "1"} }, "managed by pgfleet"},
+		{"reserved param", func(s *ClusterSpec) { s.Params = map[string]string{"port": "1"} }, "parameter port is reserved by pgfleet"},
 		{"bad param", func(s *ClusterSpec) { s.Params = map[string]string{"x;drop": "1"} }, "not a valid PostgreSQL setting"},
 		{"lease ttl 0 is default", func(s *ClusterSpec) { s.LeaseTTL = 0 }, ""},
 		{"lease ttl 1", func(s *ClusterSpec) { s.LeaseTTL = 1 }, ""},
@@ -40,7 +40,7 @@ func TestValidateSpec(t *testing.T) {
 		{"sync bogus", func(s *ClusterSpec) { s.Sync = "always" }, `sync mode "always" is not one of off, on, strict`},
 		{"negative max lag", func(s *ClusterSpec) { s.MaxLagOnFailover = -1 }, "must not be negative"},
 		{"ok param", func(s *ClusterSpec) { s.Params = map[string]string{"work_mem": "8MB"} }, ""},
-		{"include param", func(s *ClusterSpec) { s.Params = map[string]string{"include": "/etc/passwd"} }, "managed by pgfleet"},
+		{"include param", func(s *ClusterSpec) { s.Params = map[string]string{"include": "/etc/passwd"} }, "parameter include is reserved by pgfleet"},
 		{"line break in value", func(s *ClusterSpec) { s.Params = map[string]string{"work_mem": "8MB\nport = 1"} }, "line break"},
 	}
 	for _, tt := range tests {

@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -39,6 +40,12 @@ var (
 	// ErrNoQuorum means etcd did not answer in time, which for a fleet whose
 	// hosts are running means fewer than half of its voting members are up.
 	ErrNoQuorum = errors.New("the state store (etcd) has no quorum: fewer than half of its voting members answer; start the stopped hosts and retry")
+	// ErrInvalid marks a record read from the store that fails the
+	// validation the API applies to what it writes (fleet's validators).
+	// Such a record is never returned as if it were good: what agents read
+	// becomes directories they create and remove as root, postgresql.conf
+	// lines and commands, so the store trusts no more than the API would.
+	ErrInvalid = errors.New("invalid record in the state store")
 )
 
 // RequestTimeout bounds every store call, so a fleet without quorum gives an
@@ -66,6 +73,44 @@ func Translate(err error) error {
 		return fmt.Errorf("%w (%v)", ErrNoQuorum, err)
 	}
 	return err
+}
+
+// InvalidRecordError is a record read from the store that fails validation:
+// which one, and what is wrong with it. errors.Is(err, ErrInvalid) holds
+// for it.
+type InvalidRecordError struct {
+	Key     string // the record's etcd key, prefix included
+	Cluster string // the cluster the record belongs to; "" for other records (a host's)
+	Err     error  // what is wrong
+}
+
+func (e *InvalidRecordError) Error() string {
+	if e.Cluster == "" {
+		return fmt.Sprintf("invalid record %q in the state store: %v", e.Key, e.Err)
+	}
+	return fmt.Sprintf("invalid record %q of cluster %s in the state store: %v; the cluster is not read until the record is corrected or deleted", e.Key, e.Cluster, e.Err)
+}
+
+// Unwrap lets errors.Is find both ErrInvalid and the validation error.
+func (e *InvalidRecordError) Unwrap() []error { return []error{ErrInvalid, e.Err} }
+
+// InvalidRecords returns every invalid record err reports: the one that
+// made Cluster, Host, Leader or Secrets fail, or each one that Clusters and
+// Hosts left out.
+func InvalidRecords(err error) []*InvalidRecordError {
+	switch e := err.(type) {
+	case *InvalidRecordError:
+		return []*InvalidRecordError{e}
+	case interface{ Unwrap() []error }:
+		var out []*InvalidRecordError
+		for _, w := range e.Unwrap() {
+			out = append(out, InvalidRecords(w)...)
+		}
+		return out
+	case interface{ Unwrap() error }:
+		return InvalidRecords(e.Unwrap())
+	}
+	return nil
 }
 
 // Store is a client of the fleet's etcd under one key prefix.
@@ -227,14 +272,29 @@ func (s *Store) RegisterHost(ctx context.Context, h fleet.Host, lease *Lease) er
 	return s.putJSON(ctx, s.hostKey(h.Name), h, clientv3.WithLease(lease.ID))
 }
 
-// Host returns the live record of host name; ErrNotFound if there is none.
+// Host returns the live record of host name; ErrNotFound if there is none,
+// an InvalidRecordError if the record is not a valid host's record of that
+// name.
 func (s *Store) Host(ctx context.Context, name string) (fleet.Host, error) {
+	if err := fleet.ValidateHostName(name); err != nil {
+		return fleet.Host{}, err
+	}
 	var h fleet.Host
-	err := s.getJSON(ctx, s.hostKey(name), &h)
-	return h, err
+	if err := s.getJSON(ctx, s.hostKey(name), &h); err != nil {
+		return fleet.Host{}, err
+	}
+	if h.Name != name {
+		return fleet.Host{}, &InvalidRecordError{Key: s.hostKey(name), Err: fmt.Errorf("the record names host %q", h.Name)}
+	}
+	return h, nil
 }
 
-// Hosts lists the hosts whose agents are alive.
+// Hosts lists the hosts whose agents are alive. A record that is not a
+// valid host's (fleet.Host.Validate, under its own name's key) is left out;
+// the error then names each one (InvalidRecords lists them, and
+// errors.Is(err, ErrInvalid) holds), and the valid hosts come with it, so
+// that a caller may go on with them. A caller that stops at any error stops
+// for every host: safe, but one bad record then affects the whole fleet.
 func (s *Store) Hosts(ctx context.Context) ([]fleet.Host, error) {
 	ctx, cancel := timeout(ctx)
 	defer cancel()
@@ -243,15 +303,32 @@ func (s *Store) Hosts(ctx context.Context) ([]fleet.Host, error) {
 		return nil, fmt.Errorf("list hosts: %w", Translate(err))
 	}
 	hosts := make([]fleet.Host, 0, len(resp.Kvs))
+	var bad []error
 	for _, kv := range resp.Kvs {
-		var h fleet.Host
-		if err := json.Unmarshal(kv.Value, &h); err != nil {
-			return nil, fmt.Errorf("decode %s: %w", kv.Key, err)
+		h, err := decodeHost(strings.TrimPrefix(string(kv.Key), s.prefix+"hosts/"), kv.Value)
+		if err != nil {
+			bad = append(bad, &InvalidRecordError{Key: string(kv.Key), Err: err})
+			continue
 		}
 		hosts = append(hosts, h)
 	}
 	sort.Slice(hosts, func(i, j int) bool { return hosts[i].Name < hosts[j].Name })
-	return hosts, nil
+	return hosts, errors.Join(bad...)
+}
+
+// decodeHost decodes and checks the record of host name.
+func decodeHost(name string, v []byte) (fleet.Host, error) {
+	var h fleet.Host
+	if err := json.Unmarshal(v, &h); err != nil {
+		return fleet.Host{}, err
+	}
+	if err := h.Validate(); err != nil {
+		return fleet.Host{}, err
+	}
+	if h.Name != name {
+		return fleet.Host{}, fmt.Errorf("the record names host %q", h.Name)
+	}
+	return h, nil
 }
 
 // ClusterState is everything the store knows about one cluster.
@@ -286,17 +363,40 @@ type ClusterState struct {
 	switchoverRev int64 // mod revision of the switchover, if any
 }
 
-// decode adds one key of the cluster (its path below the cluster's prefix)
-// to the view.
-func (c *ClusterState) decode(rest string, v []byte, rev int64) error {
+// decode adds one key of cluster (its path below the cluster's prefix) to
+// the view, after checking it as the API checks what it writes: a record
+// that fails is an error, never part of the view. Keys this version does
+// not know are skipped (a newer agent's), except below members/ and
+// candidates/, whose names are member ids.
+func (c *ClusterState) decode(cluster, rest string, v []byte, rev int64) error {
 	parts := strings.Split(rest, "/")
+	// The member id in a key is checked before the record: a key such as
+	// members/../x/spec is reported for its id, not for its shape.
+	if (parts[0] == "members" || parts[0] == "candidates") && len(parts) >= 2 {
+		id := strings.Join(parts[1:], "/")
+		if parts[0] == "members" {
+			id = strings.Join(parts[1:max(2, len(parts)-1)], "/")
+		}
+		if err := fleet.ValidateMemberID(cluster, id); err != nil {
+			return fmt.Errorf("key: %w", err)
+		}
+	}
 	switch {
 	case rest == "spec":
 		c.specRev = rev
-		return json.Unmarshal(v, &c.Spec)
+		if err := json.Unmarshal(v, &c.Spec); err != nil {
+			return err
+		}
+		if c.Spec.Name != cluster {
+			return fmt.Errorf("the spec names cluster %q", c.Spec.Name)
+		}
+		return c.Spec.ValidateStored()
 	case rest == "leader":
 		// The key is written only to take it (created, or re-bound to a
 		// new lease by its holder), so each write is a new term.
+		if err := fleet.ValidateMemberID(cluster, string(v)); err != nil {
+			return fmt.Errorf("leader: %w", err)
+		}
 		c.Leader, c.LeaderTerm = string(v), rev
 	case rest == "timeline":
 		tl, err := strconv.ParseInt(string(v), 10, 64)
@@ -307,21 +407,45 @@ func (c *ClusterState) decode(rest string, v []byte, rev int64) error {
 	case rest == "initialized":
 		c.Initialized = true
 	case rest == "switchover":
+		var sw fleet.Switchover
+		if err := json.Unmarshal(v, &sw); err != nil {
+			return err
+		}
+		if err := sw.Validate(cluster); err != nil {
+			return fmt.Errorf("switchover: %w", err)
+		}
 		c.switchoverRev = rev
-		c.Switchover = &fleet.Switchover{}
-		return json.Unmarshal(v, c.Switchover)
+		c.Switchover = &sw
 	case rest == "stepdown":
 		c.Stepdown = true
 	case rest == "sync":
-		c.Sync = &fleet.SyncState{}
-		return json.Unmarshal(v, c.Sync)
+		var st fleet.SyncState
+		if err := json.Unmarshal(v, &st); err != nil {
+			return err
+		}
+		if err := st.Validate(cluster); err != nil {
+			return fmt.Errorf("sync state: %w", err)
+		}
+		c.Sync = &st
 	case rest == "backup":
-		c.Backup = &fleet.BackupRequest{}
-		return json.Unmarshal(v, c.Backup)
+		var req fleet.BackupRequest
+		if err := json.Unmarshal(v, &req); err != nil {
+			return err
+		}
+		if err := req.Validate(cluster); err != nil {
+			return fmt.Errorf("backup request: %w", err)
+		}
+		c.Backup = &req
 	case len(parts) == 2 && parts[0] == "candidates":
 		var cd fleet.Candidacy
 		if err := json.Unmarshal(v, &cd); err != nil {
 			return err
+		}
+		if err := cd.Validate(cluster); err != nil {
+			return fmt.Errorf("candidacy: %w", err)
+		}
+		if cd.Member != parts[1] {
+			return fmt.Errorf("candidacy of %q under the key of %q", cd.Member, parts[1])
 		}
 		cd.Rev = rev
 		c.Candidates = append(c.Candidates, cd)
@@ -330,13 +454,27 @@ func (c *ClusterState) decode(rest string, v []byte, rev int64) error {
 		if err := json.Unmarshal(v, &m); err != nil {
 			return err
 		}
+		if err := m.Validate(cluster); err != nil {
+			return err
+		}
+		if m.ID != parts[1] {
+			return fmt.Errorf("member %q under the key of %q", m.ID, parts[1])
+		}
 		c.Members = append(c.Members, m)
 	case len(parts) == 3 && parts[0] == "members" && parts[2] == "status":
 		var st fleet.MemberStatus
 		if err := json.Unmarshal(v, &st); err != nil {
 			return err
 		}
+		if err := st.Validate(cluster); err != nil {
+			return fmt.Errorf("status: %w", err)
+		}
+		if st.ID != parts[1] {
+			return fmt.Errorf("status of %q under the key of %q", st.ID, parts[1])
+		}
 		c.Status[parts[1]] = st
+	case parts[0] == "members" || parts[0] == "candidates":
+		return fmt.Errorf("not a key pgfleet writes: want members/ID/spec, members/ID/status or candidates/ID")
 	}
 	return nil
 }
@@ -351,7 +489,43 @@ func (c ClusterState) Member(id string) (fleet.MemberSpec, bool) {
 	return fleet.MemberSpec{}, false
 }
 
+// clusterView builds the view of cluster from its keys, as etcd returns
+// them (in key order). A cluster without a spec is ErrNotFound: what is
+// left of one being deleted, whatever it holds, is nobody's to act on. Any
+// invalid record makes the whole view an InvalidRecordError: a cluster is
+// acted on as a whole or not at all.
+func (s *Store) clusterView(cluster string, kvs []*mvccpb.KeyValue) (ClusterState, error) {
+	prefix := s.clusterPrefix(cluster)
+	if !slices.ContainsFunc(kvs, func(kv *mvccpb.KeyValue) bool { return string(kv.Key) == prefix+"spec" }) {
+		return ClusterState{}, fmt.Errorf("cluster %q: %w", cluster, ErrNotFound)
+	}
+	if err := fleet.ValidateClusterName(cluster); err != nil {
+		return ClusterState{}, &InvalidRecordError{Key: prefix + "spec", Cluster: cluster, Err: err}
+	}
+	c := ClusterState{Status: map[string]fleet.MemberStatus{}}
+	for _, kv := range kvs {
+		if err := c.decode(cluster, strings.TrimPrefix(string(kv.Key), prefix), kv.Value, kv.ModRevision); err != nil {
+			return ClusterState{}, &InvalidRecordError{Key: string(kv.Key), Cluster: cluster, Err: err}
+		}
+	}
+	// Place puts every member on the spec's port, which the proxies
+	// route to.
+	for _, m := range c.Members {
+		if m.Port != c.Spec.Port {
+			return ClusterState{}, &InvalidRecordError{Key: s.memberSpecKey(cluster, m.ID), Cluster: cluster,
+				Err: fmt.Errorf("member %s: port %d is not the cluster's port %d", m.ID, m.Port, c.Spec.Port)}
+		}
+	}
+	sort.Slice(c.Members, func(i, j int) bool { return memberLess(c.Members[i].ID, c.Members[j].ID) })
+	return c, nil
+}
+
 // Clusters reads every cluster in one request, so the view is consistent.
+// A cluster with an invalid record (see ErrInvalid) is left out whole; the
+// error then names each such record (InvalidRecords lists them, and
+// errors.Is(err, ErrInvalid) holds), and the valid clusters come with it,
+// so that a caller may go on with them. A caller that stops at any error
+// stops for every cluster: safe, but one bad record then affects them all.
 func (s *Store) Clusters(ctx context.Context) ([]ClusterState, error) {
 	ctx, cancel := timeout(ctx)
 	defer cancel()
@@ -359,31 +533,31 @@ func (s *Store) Clusters(ctx context.Context) ([]ClusterState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read clusters: %w", Translate(err))
 	}
-	byName := map[string]*ClusterState{}
-	get := func(name string) *ClusterState {
-		c := byName[name]
-		if c == nil {
-			c = &ClusterState{Status: map[string]fleet.MemberStatus{}}
-			byName[name] = c
-		}
-		return c
-	}
+	// etcd returns keys in order, so each cluster's keys are consecutive.
+	var names []string
+	byName := map[string][]*mvccpb.KeyValue{}
 	for _, kv := range resp.Kvs {
-		name, rest, _ := strings.Cut(strings.TrimPrefix(string(kv.Key), s.clustersPrefix()), "/")
-		if err := get(name).decode(rest, kv.Value, kv.ModRevision); err != nil {
-			return nil, fmt.Errorf("decode %s: %w", kv.Key, err)
+		name, _, _ := strings.Cut(strings.TrimPrefix(string(kv.Key), s.clustersPrefix()), "/")
+		if _, ok := byName[name]; !ok {
+			names = append(names, name)
 		}
+		byName[name] = append(byName[name], kv)
 	}
-	out := make([]ClusterState, 0, len(byName))
-	for _, c := range byName {
-		if c.Spec.Name == "" { // leftovers of a cluster being deleted
+	out := make([]ClusterState, 0, len(names))
+	var bad []error
+	for _, name := range names {
+		c, err := s.clusterView(name, byName[name])
+		switch {
+		case errors.Is(err, ErrNotFound): // leftovers of a cluster being deleted
+			continue
+		case err != nil:
+			bad = append(bad, err)
 			continue
 		}
-		sort.Slice(c.Members, func(i, j int) bool { return memberLess(c.Members[i].ID, c.Members[j].ID) })
-		out = append(out, *c)
+		out = append(out, c)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Spec.Name < out[j].Spec.Name })
-	return out, nil
+	return out, errors.Join(bad...)
 }
 
 // memberLess orders "demo-2" before "demo-10".
@@ -397,25 +571,20 @@ func memberLess(a, b string) bool {
 	return a < b
 }
 
-// Cluster reads one cluster; ErrNotFound if it does not exist.
+// Cluster reads one cluster; ErrNotFound if it does not exist, an
+// InvalidRecordError (errors.Is(err, ErrInvalid)) naming the key and the
+// fault if any of its records is invalid: then nothing of it is returned.
 func (s *Store) Cluster(ctx context.Context, name string) (ClusterState, error) {
+	if err := fleet.ValidateClusterName(name); err != nil {
+		return ClusterState{}, err
+	}
 	ctx, cancel := timeout(ctx)
 	defer cancel()
 	resp, err := s.cli.Get(ctx, s.clusterPrefix(name), clientv3.WithPrefix())
 	if err != nil {
 		return ClusterState{}, fmt.Errorf("read cluster %s: %w", name, Translate(err))
 	}
-	c := ClusterState{Status: map[string]fleet.MemberStatus{}}
-	for _, kv := range resp.Kvs {
-		if err := c.decode(strings.TrimPrefix(string(kv.Key), s.clusterPrefix(name)), kv.Value, kv.ModRevision); err != nil {
-			return ClusterState{}, fmt.Errorf("decode %s: %w", kv.Key, err)
-		}
-	}
-	if c.Spec.Name == "" {
-		return ClusterState{}, fmt.Errorf("cluster %q: %w", name, ErrNotFound)
-	}
-	sort.Slice(c.Members, func(i, j int) bool { return memberLess(c.Members[i].ID, c.Members[j].ID) })
-	return c, nil
+	return s.clusterView(name, resp.Kvs)
 }
 
 // UsedPorts lists the port blocks that clusters hold.
@@ -438,8 +607,12 @@ func (s *Store) UsedPorts(ctx context.Context) ([]int, error) {
 // CreateCluster writes a cluster's spec, secrets, port block and member
 // placement in one transaction: either all of it exists afterwards or none.
 // It fails with ErrClusterExists if the name is taken and ErrConflict if the
-// port block was taken meanwhile.
+// port block was taken meanwhile. It writes nothing that reading it back
+// would refuse.
 func (s *Store) CreateCluster(ctx context.Context, spec fleet.ClusterSpec, secrets fleet.Secrets, members []fleet.MemberSpec, ev fleet.Event) error {
+	if err := checkNewCluster(spec, secrets, members); err != nil {
+		return fmt.Errorf("create cluster %s: %w", spec.Name, err)
+	}
 	ops := []clientv3.Op{}
 	put := func(key string, v any) {
 		b, _ := json.Marshal(v)
@@ -469,6 +642,26 @@ func (s *Store) CreateCluster(ctx context.Context, spec fleet.ClusterSpec, secre
 			return fmt.Errorf("cluster %q: %w", spec.Name, ErrClusterExists)
 		}
 		return fmt.Errorf("create cluster %s: port %d: %w", spec.Name, spec.Port, ErrConflict)
+	}
+	return nil
+}
+
+// checkNewCluster applies to a new cluster the checks that decode applies
+// to it once written.
+func checkNewCluster(spec fleet.ClusterSpec, secrets fleet.Secrets, members []fleet.MemberSpec) error {
+	if err := spec.ValidateStored(); err != nil {
+		return err
+	}
+	if err := secrets.Validate(); err != nil {
+		return err
+	}
+	for _, m := range members {
+		if err := m.Validate(spec.Name); err != nil {
+			return err
+		}
+		if m.Port != spec.Port {
+			return fmt.Errorf("member %s: port %d is not the cluster's port %d", m.ID, m.Port, spec.Port)
+		}
 	}
 	return nil
 }
@@ -536,11 +729,14 @@ func (s *Store) Tombstoned(ctx context.Context, cluster string, created time.Tim
 	return resp.Count > 0, nil
 }
 
-// Secrets reads a cluster's credentials.
+// Secrets reads a cluster's credentials; an InvalidRecordError if they
+// are not text that is safe in a passfile (fleet.Secrets.Validate).
 func (s *Store) Secrets(ctx context.Context, cluster string) (fleet.Secrets, error) {
 	var sec fleet.Secrets
-	err := s.getJSON(ctx, s.secretsKey(cluster), &sec)
-	return sec, err
+	if err := s.getJSON(ctx, s.secretsKey(cluster), &sec); err != nil {
+		return fleet.Secrets{}, err
+	}
+	return sec, nil
 }
 
 // PutStatus publishes a member's status under its host's lease, so it
@@ -561,7 +757,9 @@ func (s *Store) PutStatus(ctx context.Context, cluster string, st fleet.MemberSt
 	return nil
 }
 
-// Leader returns the member holding a cluster's leader key, "" if none.
+// Leader returns the member holding a cluster's leader key, "" if none; an
+// InvalidRecordError if the key holds something other than a member id of
+// the cluster.
 func (s *Store) Leader(ctx context.Context, cluster string) (string, error) {
 	ctx, cancel := timeout(ctx)
 	defer cancel()
@@ -572,7 +770,11 @@ func (s *Store) Leader(ctx context.Context, cluster string) (string, error) {
 	if len(resp.Kvs) == 0 {
 		return "", nil
 	}
-	return string(resp.Kvs[0].Value), nil
+	id := string(resp.Kvs[0].Value)
+	if err := fleet.ValidateMemberID(cluster, id); err != nil {
+		return "", &InvalidRecordError{Key: s.leaderKey(cluster), Cluster: cluster, Err: fmt.Errorf("leader: %w", err)}
+	}
+	return id, nil
 }
 
 // AcquireLeader creates the leader key for member under lease if no member
@@ -755,7 +957,7 @@ func (s *Store) SetSyncMode(ctx context.Context, cluster, mode string) error {
 
 // UpdateSpec changes a live cluster's spec with change, in a transaction
 // that fails with ErrConflict if the spec changed meanwhile. what names the
-// change in errors.
+// change in errors. A change that leaves the spec invalid is not written.
 func (s *Store) UpdateSpec(ctx context.Context, cluster, what string, change func(*fleet.ClusterSpec) error) error {
 	c, err := s.Cluster(ctx, cluster)
 	if err != nil {
@@ -763,6 +965,12 @@ func (s *Store) UpdateSpec(ctx context.Context, cluster, what string, change fun
 	}
 	if err := change(&c.Spec); err != nil {
 		return err
+	}
+	if c.Spec.Name != cluster {
+		return fmt.Errorf("%s of %s: the cluster cannot be renamed", what, cluster)
+	}
+	if err := c.Spec.ValidateStored(); err != nil {
+		return fmt.Errorf("%s of %s: %w", what, cluster, err)
 	}
 	b, _ := json.Marshal(c.Spec)
 	ctx, cancel := timeout(ctx)
@@ -962,6 +1170,10 @@ func (s *Store) putJSON(ctx context.Context, key string, v any, opts ...clientv3
 	return nil
 }
 
+// getJSON reads the record at key into v and, when v has a Validate
+// method (fleet.Host, fleet.Secrets, fleet.Retired), checks it: an
+// undecodable or invalid record is an InvalidRecordError, and v is then
+// not to be used.
 func (s *Store) getJSON(ctx context.Context, key string, v any) error {
 	ctx, cancel := timeout(ctx)
 	defer cancel()
@@ -972,5 +1184,13 @@ func (s *Store) getJSON(ctx context.Context, key string, v any) error {
 	if len(resp.Kvs) == 0 {
 		return fmt.Errorf("%s: %w", strings.TrimPrefix(key, s.prefix), ErrNotFound)
 	}
-	return json.Unmarshal(resp.Kvs[0].Value, v)
+	if err := json.Unmarshal(resp.Kvs[0].Value, v); err != nil {
+		return &InvalidRecordError{Key: key, Err: err}
+	}
+	if vv, ok := v.(interface{ Validate() error }); ok {
+		if err := vv.Validate(); err != nil {
+			return &InvalidRecordError{Key: key, Err: err}
+		}
+	}
+	return nil
 }
