@@ -223,6 +223,8 @@ func badInput(t *testing.T, f *labtest.Fleet) {
 		{"unknown member", "GET", "/v1/clusters/demo/url?member=demo-9", ``, f.Token, 404, "has no member \"demo-9\""},
 		{"bad events limit", "GET", "/v1/clusters/demo/events?limit=-1", ``, f.Token, 400, "limit \"-1\" is not valid"},
 		{"unknown endpoint", "GET", "/v1/nope", ``, f.Token, 404, "no such endpoint"},
+		{"destroy without confirmation", "DELETE", "/v1/clusters/demo", ``, f.Token, 400, "repeat its name as ?confirm=demo"},
+		{"destroy with another name", "DELETE", "/v1/clusters/demo?confirm=other", ``, f.Token, 400, "repeat its name as ?confirm=demo"},
 	}
 	for _, tt := range raw {
 		req, _ := http.NewRequest(tt.method, "https://"+f.Plan.Hosts[1].API()+tt.path, strings.NewReader(tt.body))

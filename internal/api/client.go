@@ -197,7 +197,7 @@ func (c *Client) Create(ctx context.Context, req CreateRequest) (ClusterView, er
 
 // Destroy deletes a cluster and, through its agents, its data.
 func (c *Client) Destroy(ctx context.Context, name string) error {
-	return c.do(ctx, http.MethodDelete, "/v1/clusters/"+url.PathEscape(name), nil, nil)
+	return c.do(ctx, http.MethodDelete, "/v1/clusters/"+url.PathEscape(name)+"?confirm="+url.QueryEscape(name), nil, nil)
 }
 
 // Events reads a cluster's events, oldest first.

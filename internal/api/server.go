@@ -405,6 +405,12 @@ func (s *Server) deleteCluster(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	// The name again, as confirmation: a request built from a wrong
+	// variable or a replayed URL destroys nothing.
+	if r.URL.Query().Get("confirm") != name {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("destroying cluster %s deletes its data on every host: repeat its name as ?confirm=%s (`pgfleet destroy %s --yes` does)", name, name, name))
+		return
+	}
 	if err := s.store.DeleteCluster(r.Context(), name); err != nil {
 		s.storeError(w, err)
 		return
