@@ -166,6 +166,7 @@ type Agent struct {
 	// directories it kept and reported.
 	orphansChecked time.Time
 	keptOrphans    map[string]bool
+	reported       map[string]bool // invalid store records already logged
 }
 
 type running struct {
@@ -551,7 +552,16 @@ type placed struct {
 // and fresh data.
 func (a *Agent) reconcile(ctx context.Context) {
 	cs, err := a.store.Clusters(ctx)
-	if err != nil {
+	// Clusters with an invalid record are left out, and left alone: their
+	// members here keep running as they are until the record is repaired.
+	invalid := map[string]bool{}
+	switch {
+	case store.OnlyInvalid(err):
+		for _, ie := range store.InvalidRecords(err) {
+			invalid[ie.Cluster] = true
+			a.reportInvalid(ie)
+		}
+	case err != nil:
 		if ctx.Err() == nil {
 			a.log.Debug("read clusters", "err", err)
 		}
@@ -566,7 +576,7 @@ func (a *Agent) reconcile(ctx context.Context) {
 		}
 	}
 	for id, r := range a.sups {
-		if p, ok := want[id]; ok && p.cluster.Created.Equal(r.created) {
+		if p, ok := want[id]; (ok && p.cluster.Created.Equal(r.created)) || invalid[r.sup.spec.Cluster] {
 			continue
 		}
 		// Only a destroy, recorded as a tombstone, deletes data; a member
@@ -594,6 +604,20 @@ func (a *Agent) reconcile(ctx context.Context) {
 		}
 	}
 	a.removeOrphans(ctx, want)
+}
+
+// reportInvalid logs a record of the store that failed validation, once
+// per record and fault: the agent acts on none of it.
+func (a *Agent) reportInvalid(ie *store.InvalidRecordError) {
+	msg := ie.Error()
+	if a.reported[msg] {
+		return
+	}
+	if a.reported == nil {
+		a.reported = map[string]bool{}
+	}
+	a.reported[msg] = true
+	a.log.Error("invalid record in the state store; not acted on", "key", ie.Key, "cluster", ie.Cluster, "err", ie.Err)
 }
 
 // memberMark is written into every member directory: which fleet and which

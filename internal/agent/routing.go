@@ -203,10 +203,18 @@ func (rt *router) run(ctx context.Context) {
 			}
 		}
 		sent := time.Now()
+		// Records that fail validation are left out (a cluster with one
+		// gets no routes: its ports refuse connections) and reported by
+		// the agent's loop; the rest is routed.
 		cs, err := a.store.Clusters(ctx)
+		if store.OnlyInvalid(err) {
+			err = nil
+		}
 		var hosts []fleet.Host
 		if err == nil {
-			hosts, err = a.store.Hosts(ctx)
+			if hosts, err = a.store.Hosts(ctx); store.OnlyInvalid(err) {
+				err = nil
+			}
 		}
 		if err != nil {
 			if ctx.Err() != nil {

@@ -288,7 +288,7 @@ func (a *Agent) postgresTLS() postgres.ServerTLS {
 // key issues one; the others wait for it.
 func (a *Agent) refreshPostgresTLS(ctx context.Context) error {
 	hosts, err := a.store.Hosts(ctx)
-	if err != nil {
+	if err != nil && !store.OnlyInvalid(err) {
 		return err
 	}
 	cur, err := a.store.PostgresCert(ctx)

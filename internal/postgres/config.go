@@ -108,6 +108,13 @@ var reservedParams = map[string]bool{
 
 var paramNameRE = regexp.MustCompile(`^[a-z_][a-z0-9_.]*$`)
 
+// runsCode reports whether setting name makes the server run a program or
+// load a library.
+func runsCode(name string) bool {
+	return strings.HasSuffix(name, "_command") || strings.HasSuffix(name, "_library") ||
+		strings.HasSuffix(name, "_libraries") || name == "dynamic_library_path" || name == "jit_provider"
+}
+
 // Configure writes pgfleet's settings into DataDir. postgresql.conf stays as
 // initdb (or the primary, for a clone) made it except for one `include
 // 'pgfleet.conf'` line at its end, so everything pgfleet owns lives in
@@ -246,11 +253,14 @@ func renderFleetConf(s Settings, passfile, cert, key string) ([]byte, error) {
 	}
 	sort.Strings(extra)
 	for _, k := range extra {
-		name := strings.ToLower(k)
+		// The store checked a cluster's parameters already (fleet's
+		// reserved list); this is the last line before they reach
+		// postgres: nothing that runs a command or loads code.
+		name := k
 		if !paramNameRE.MatchString(name) {
-			return nil, fmt.Errorf("parameter name %q is not valid", k)
+			return nil, fmt.Errorf("parameter name %q is not valid: lowercase letters, digits, '_' and '.'", k)
 		}
-		if reservedParams[name] {
+		if reservedParams[name] || runsCode(name) {
 			return nil, fmt.Errorf("parameter %s is set by pgfleet and cannot be overridden", name)
 		}
 		replaced := false

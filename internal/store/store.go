@@ -113,6 +113,24 @@ func InvalidRecords(err error) []*InvalidRecordError {
 	return nil
 }
 
+// OnlyInvalid reports whether err, from Clusters or Hosts, says only that
+// some records were invalid: the records returned with it are good to use.
+func OnlyInvalid(err error) bool {
+	if err == nil {
+		return false
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range j.Unwrap() {
+			if !OnlyInvalid(e) {
+				return false
+			}
+		}
+		return true
+	}
+	var ie *InvalidRecordError
+	return errors.As(err, &ie)
+}
+
 // Store is a client of the fleet's etcd under one key prefix.
 type Store struct {
 	cli    *clientv3.Client

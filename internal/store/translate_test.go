@@ -22,3 +22,21 @@ func TestTranslateTransient(t *testing.T) {
 		t.Errorf("an unknown error became ErrNoQuorum: %v", got)
 	}
 }
+
+func TestOnlyInvalid(t *testing.T) {
+	bad := &InvalidRecordError{Key: "/pgfleet/clusters/x/spec", Cluster: "x", Err: errors.New("parameter fsync is reserved")}
+	for _, tt := range []struct {
+		err  error
+		want bool
+	}{
+		{nil, false},
+		{bad, true},
+		{errors.Join(bad, bad), true},
+		{errors.Join(bad, ErrNoQuorum), false},
+		{ErrNoQuorum, false},
+	} {
+		if got := OnlyInvalid(tt.err); got != tt.want {
+			t.Errorf("OnlyInvalid(%v) = %v, want %v", tt.err, got, tt.want)
+		}
+	}
+}
