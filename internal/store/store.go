@@ -119,6 +119,9 @@ func OnlyInvalid(err error) bool {
 	if err == nil {
 		return false
 	}
+	if _, ok := err.(*InvalidRecordError); ok {
+		return true
+	}
 	if j, ok := err.(interface{ Unwrap() []error }); ok {
 		for _, e := range j.Unwrap() {
 			if !OnlyInvalid(e) {
