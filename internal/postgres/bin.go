@@ -233,20 +233,43 @@ func chown(path string, u OSUser) error {
 	return nil
 }
 
-// childEnv is the environment of the programs we run as u: ours without PG*
-// variables, which would otherwise silently redirect initdb, pg_basebackup or
-// libpq (PGDATA, PGHOST, PGPASSWORD...) behind our back, and with u's HOME:
-// libpq looks for client certificates under ~/.postgresql, and root's home
-// is closed to the postgres user, which makes every TLS connection fail.
+// safePath is the PATH of every program pgfleet runs as the postgres OS
+// user, and so of what postgres itself runs through sh (archive_command,
+// restore_command, COPY ... FROM PROGRAM): the system's directories, never
+// whatever the agent's PATH happened to hold.
+const safePath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// childEnv is the environment of the programs we run as u: the postmaster,
+// initdb, pg_basebackup, pg_rewind, pg_controldata. See minimalEnv.
 func childEnv(u OSUser, extra ...string) []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, "PG") || (switchUser(u) && strings.HasPrefix(kv, "HOME=")) {
-			continue
+	return minimalEnv(os.Environ(), u, extra...)
+}
+
+// minimalEnv builds a child's environment from an allowlist, never from
+// environ minus a denylist: the agent's environment holds what postgres must
+// not see, such as the backup store's cloud credentials
+// (AWS_SECRET_ACCESS_KEY...), which any superuser session could read
+// (pg_read_file('/proc/self/environ'), COPY ... FROM PROGRAM 'env'), and a
+// denylist misses the next one. PG* variables are left out too: PGDATA,
+// PGHOST or PGPASSWORD would silently redirect initdb, pg_basebackup or
+// libpq behind our back.
+//
+// What a child gets: PATH (safePath); from environ, only the locale (LANG,
+// LANGUAGE, LC_*) and time zone (TZ), which decide initdb's defaults and the
+// language and time stamps of postgres' messages, and hold no secret; u's
+// HOME, because libpq looks for client certificates under ~/.postgresql and
+// root's home is closed to the postgres user, which makes every TLS
+// connection fail; then extra, the variables pgfleet sets itself (PGPASSFILE,
+// PGSSLROOTCERT, LC_ALL=C...), which win over the same names before them.
+func minimalEnv(environ []string, u OSUser, extra ...string) []string {
+	env := []string{"PATH=" + safePath}
+	for _, kv := range environ {
+		name, _, ok := strings.Cut(kv, "=")
+		if ok && (name == "LANG" || name == "LANGUAGE" || name == "TZ" || strings.HasPrefix(name, "LC_")) {
+			env = append(env, kv)
 		}
-		env = append(env, kv)
 	}
-	if switchUser(u) && u.Home != "" {
+	if u.Home != "" {
 		env = append(env, "HOME="+u.Home)
 	}
 	return append(env, extra...)

@@ -240,6 +240,9 @@ func (i *Instance) spawn() (*process, error) {
 	})
 	cmd := exec.Command(i.cfg.Bin.Path("postgres"), "-D", i.cfg.DataDir)
 	cmd.Dir = i.cfg.DataDir
+	// Every session can read the postmaster's environment
+	// (pg_read_file('/proc/self/environ')), and so can archive_command:
+	// it gets the allowlist of childEnv, never the agent's credentials.
 	cmd.Env = childEnv(i.cfg.User)
 	cmd.Stdout = out
 	cmd.Stderr = out
