@@ -203,6 +203,7 @@ func TestDevUpNewcomer(t *testing.T) {
 	}
 	verifiedURLs(t, c)
 	login(t, c, dir)
+	tokens(t, c, dir)
 
 	c.fails(1, `cluster "demo" already exists`, "create", "demo", "--primary-region", "iad")
 	c.fails(2, `cluster name "Demo_2" is not valid`, "create", "Demo_2", "--primary-region", "iad")
@@ -323,5 +324,40 @@ func login(t *testing.T, c cli, dir string) {
 	}
 	if out := fresh.ok("status", "demo"); !strings.Contains(out, "demo-1") {
 		t.Errorf("status after login: %s", out)
+	}
+}
+
+// tokens checks a read-only token (reads status, gets no URL) and a
+// rotation (the old token stops working, the CLI and the dev fleet keep
+// the new one).
+func tokens(t *testing.T, c cli, dir string) {
+	t.Helper()
+	ro := strings.TrimSpace(c.ok("token", "create", "--read-only"))
+	if !strings.HasPrefix(ro, "pgfro_") {
+		t.Fatalf("token create --read-only = %q", ro)
+	}
+	if out := c.ok("status", "demo", "--token", ro); !strings.Contains(out, "demo-1") {
+		t.Errorf("status with a read-only token: %s", out)
+	}
+	c.fails(1, "a read-only token can list", "url", "demo", "--token", ro)
+	c.fails(1, "a read-only token can list", "destroy", "demo", "--yes", "--token", ro)
+
+	old, err := os.ReadFile(filepath.Join(dir, "iad-1", "token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh := strings.TrimSpace(c.ok("token", "rotate"))
+	if !strings.HasPrefix(fresh, "pgf_") || fresh == strings.TrimSpace(string(old)) {
+		t.Fatalf("token rotate = %q", fresh)
+	}
+	labtest.WaitFor(t, 10*time.Second, "the old token refused", func() (bool, string) {
+		out, errOut, code := c.run("status", "demo", "--token", strings.TrimSpace(string(old)))
+		return code != 0 && strings.Contains(errOut, "invalid API token"), out + errOut
+	})
+	if out := c.ok("status", "demo"); !strings.Contains(out, "demo-1") {
+		t.Errorf("status with the rotated token from the config: %s", out)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "iad-1", "token")); strings.TrimSpace(string(b)) != fresh {
+		t.Errorf("the dev fleet's token file was not updated by the rotation")
 	}
 }

@@ -2,19 +2,24 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/pgfleet/pgfleet/internal/agent"
 	"github.com/pgfleet/pgfleet/internal/api"
+	"github.com/pgfleet/pgfleet/internal/lab"
 	"github.com/pgfleet/pgfleet/internal/pki"
 )
 
 func newTokenCmd(cf *clientFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "token", Short: "Make join tokens, which admit new hosts to the fleet"}
 	var ttl time.Duration
+	var readOnly bool
 	create := &cobra.Command{
-		Use:   "create [--ttl 1h]",
+		Use:   "create [--ttl 1h | --read-only]",
 		Short: "Make a join token: pass it to a new host's agent in PGFLEET_JOIN_TOKEN with --join",
 		Long: `Make a join token. A new host joins the fleet with
 
@@ -22,9 +27,25 @@ func newTokenCmd(cf *clientFlags) *cobra.Command {
 
 where HOST is any of the fleet's first three hosts. The token pins the
 fleet's CA, so the new host cannot be fooled into joining another fleet,
-and it admits hosts until it expires. The fleet keeps only its hash.`,
+and it admits hosts until it expires. The fleet keeps only its hash.
+
+With --read-only it makes an API token for dashboards and monitoring
+instead: it lists hosts, clusters, their status, events and backups, and
+never reads a secret (no URLs) or changes anything.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if readOnly {
+				c, err := cf.client()
+				if err != nil {
+					return err
+				}
+				tok, err := c.CreateReadOnlyToken(cmd.Context())
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), tok)
+				return nil
+			}
 			if ttl < time.Minute || ttl > api.MaxJoinTokenTTL {
 				return usageError{fmt.Errorf("--ttl %s: want 1m to %s", ttl, api.MaxJoinTokenTTL)}
 			}
@@ -46,7 +67,47 @@ and it admits hosts until it expires. The fleet keeps only its hash.`,
 	}
 	create.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the token admits hosts (1m to 24h)")
 	create.Flags().BoolVar(&cf.json, "json", false, "print JSON")
-	cmd.AddCommand(create)
+	create.Flags().BoolVar(&readOnly, "read-only", false, "make a read-only API token instead of a join token")
+	rotate := &cobra.Command{
+		Use:   "rotate",
+		Short: "Replace the fleet's API token: the old one stops working on every agent within 2 s",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			tok, err := c.RotateToken(cmd.Context())
+			if err != nil {
+				return err
+			}
+			cfg, err := loadConfig()
+			if err != nil {
+				return err
+			}
+			// A local dev fleet keeps its token in the first host's
+			// directory, where `dev up` reads it.
+			if cfg.DevDir != "" {
+				d := &lab.Dev{Dir: cfg.DevDir}
+				if p, err := d.LoadPlan(); err == nil {
+					path := agent.TokenPath(filepath.Join(cfg.DevDir, p.Hosts[0].Name))
+					if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
+						return fmt.Errorf("save the new token in %s: %w (it is: %s)", path, err, tok)
+					}
+				}
+			}
+			if cfg.Token != "" && cf.token == "" && os.Getenv("PGFLEET_TOKEN") == "" {
+				cfg.Token = tok
+				if err := saveConfig(cfg); err != nil {
+					return fmt.Errorf("save the new token: %w (it is: %s)", err, tok)
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "the new token is saved in %s\n", configPath())
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), tok)
+			return nil
+		},
+	}
+	cmd.AddCommand(create, rotate)
 	return cmd
 }
 

@@ -222,6 +222,9 @@ func (s *Server) verifyBackups(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := r.URL.Query().Get("id")
+	// Reading back a whole archive may take longer than the server's
+	// write timeout allows an answer.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
 	rep, err := a.Verify(r.Context(), id)
 	if err != nil {
 		writeError(w, http.StatusBadGateway, fmt.Sprintf("verify backups of %s: %v", name, err))

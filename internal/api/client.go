@@ -291,8 +291,12 @@ func (c *Client) Backups(ctx context.Context, name string) (BackupsView, error) 
 // as it takes rather than the usual request timeout.
 func (c *Client) VerifyBackups(ctx context.Context, name, id string) (backup.VerifyReport, error) {
 	var v backup.VerifyReport
+	// Reading back a whole archive takes as long as it takes: the same
+	// client, TLS and all, without the timeout.
 	slow := *c
-	slow.HTTP = &http.Client{}
+	h := *c.HTTP
+	h.Timeout = 0
+	slow.HTTP = &h
 	q := ""
 	if id != "" {
 		q = "?id=" + url.QueryEscape(id)

@@ -303,3 +303,73 @@ func Login(ctx context.Context, addr, token string) ([]byte, error) {
 	}
 	return []byte(v.CA), nil
 }
+
+// APITokenView is a fresh API token, shown once.
+type APITokenView struct {
+	Token string `json:"token"`
+}
+
+// NewReadOnlyToken returns a fresh read-only token: pgfro_<id>_<secret>.
+func NewReadOnlyToken() string { return "pgfro_" + randomString(4) + "_" + randomString(16) }
+
+var readOnlyRE = regexp.MustCompile(`^pgfro_([0-9a-f]{8})_([0-9a-f]{32})$`)
+
+func parseReadOnlyToken(tok string) (id, secret string, ok bool) {
+	m := readOnlyRE.FindStringSubmatch(tok)
+	if m == nil {
+		return "", "", false
+	}
+	return m[1], m[2], true
+}
+
+// createReadOnlyToken makes a token for dashboards and monitoring: it
+// reads hosts, clusters, events and backups, and never a secret.
+func (s *Server) createReadOnlyToken(w http.ResponseWriter, r *http.Request) {
+	tok := NewReadOnlyToken()
+	id, _, _ := parseReadOnlyToken(tok)
+	if err := s.store.PutReadOnlyToken(r.Context(), id, HashToken(tok)); err != nil {
+		s.storeError(w, err)
+		return
+	}
+	s.log.Info("read-only API token made", "id", id)
+	writeJSON(w, http.StatusCreated, APITokenView{Token: tok})
+}
+
+// rotateToken replaces the fleet's API token: the one that made the
+// request stops working on every agent within tokenCacheFor.
+func (s *Server) rotateToken(w http.ResponseWriter, r *http.Request) {
+	old, err := s.wantHash(r.Context())
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	tok := NewToken()
+	ok, err := s.store.RotateToken(r.Context(), old, HashToken(tok))
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	if !ok {
+		writeError(w, http.StatusConflict, "the API token changed while this request ran: log in with the new one")
+		return
+	}
+	s.mu.Lock()
+	s.tokenHash = ""
+	s.mu.Unlock()
+	s.log.Info("API token rotated")
+	writeJSON(w, http.StatusOK, APITokenView{Token: tok})
+}
+
+// CreateReadOnlyToken asks for a read-only API token.
+func (c *Client) CreateReadOnlyToken(ctx context.Context) (string, error) {
+	var v APITokenView
+	err := c.do(ctx, http.MethodPost, "/v1/tokens/read-only", struct{}{}, &v)
+	return v.Token, err
+}
+
+// RotateToken replaces the fleet's API token and returns the new one.
+func (c *Client) RotateToken(ctx context.Context) (string, error) {
+	var v APITokenView
+	err := c.do(ctx, http.MethodPost, "/v1/tokens/rotate", struct{}{}, &v)
+	return v.Token, err
+}

@@ -37,7 +37,8 @@ type Server struct {
 	portBase int
 
 	mu        sync.Mutex
-	tokenHash string // cached: the fleet's token never changes
+	tokenHash string    // the fleet's token's hash, as last read
+	tokenRead time.Time // when
 
 	ca *pki.Authority // the fleet's CA; its key only on hosts that hold it
 }
@@ -78,18 +79,20 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/join", s.join)
 	mux.HandleFunc("GET /v1/ca", s.caProof)
 	mux.Handle("POST /v1/tokens", s.auth(s.createJoinToken))
-	mux.Handle("GET /v1/hosts", s.auth(s.hosts))
-	mux.Handle("GET /v1/clusters", s.auth(s.listClusters))
+	mux.Handle("POST /v1/tokens/read-only", s.auth(s.createReadOnlyToken))
+	mux.Handle("POST /v1/tokens/rotate", s.auth(s.rotateToken))
+	mux.Handle("GET /v1/hosts", s.read(s.hosts))
+	mux.Handle("GET /v1/clusters", s.read(s.listClusters))
 	mux.Handle("POST /v1/clusters", s.auth(s.createCluster))
-	mux.Handle("GET /v1/clusters/{name}", s.auth(s.getCluster))
+	mux.Handle("GET /v1/clusters/{name}", s.read(s.getCluster))
 	mux.Handle("DELETE /v1/clusters/{name}", s.auth(s.deleteCluster))
 	mux.Handle("PATCH /v1/clusters/{name}", s.auth(s.updateCluster))
-	mux.Handle("GET /v1/clusters/{name}/events", s.auth(s.events))
+	mux.Handle("GET /v1/clusters/{name}/events", s.read(s.events))
 	mux.Handle("GET /v1/clusters/{name}/url", s.auth(s.clusterURL))
 	mux.Handle("POST /v1/clusters/{name}/switchover", s.auth(s.switchover))
 	mux.Handle("POST /v1/clusters/{name}/failover", s.auth(s.failover))
 	mux.Handle("POST /v1/clusters/{name}/backups", s.auth(s.createBackup))
-	mux.Handle("GET /v1/clusters/{name}/backups", s.auth(s.listBackups))
+	mux.Handle("GET /v1/clusters/{name}/backups", s.read(s.listBackups))
 	mux.Handle("GET /v1/clusters/{name}/backups/verify", s.auth(s.verifyBackups))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
@@ -125,11 +128,36 @@ func (s *Server) storeError(w http.ResponseWriter, err error) {
 	}
 }
 
-func (s *Server) auth(h http.HandlerFunc) http.Handler {
+func (s *Server) auth(h http.HandlerFunc) http.Handler { return s.authorize(h, false) }
+
+// read admits the fleet's API token and read-only tokens too: for the
+// requests that change nothing and reveal no secret (not the URLs, which
+// carry the superuser's password).
+func (s *Server) read(h http.HandlerFunc) http.Handler { return s.authorize(h, true) }
+
+func (s *Server) authorize(h http.HandlerFunc, readOnlyOK bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !ok || tok == "" {
 			writeError(w, http.StatusUnauthorized, "missing bearer token: pass --token or run `pgfleet dev up`, which records it")
+			return
+		}
+		if id, _, ok := parseReadOnlyToken(tok); ok {
+			want, err := s.store.ReadOnlyTokenHash(r.Context(), id)
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				s.storeError(w, err)
+				return
+			}
+			if err != nil || subtle.ConstantTimeCompare([]byte(HashToken(tok)), []byte(want)) != 1 {
+				time.Sleep(authFailureDelay)
+				writeError(w, http.StatusUnauthorized, "invalid API token")
+				return
+			}
+			if !readOnlyOK {
+				writeError(w, http.StatusForbidden, "a read-only token can list hosts and clusters, their status, events and backups, and nothing else: use the fleet's API token")
+				return
+			}
+			h(w, r)
 			return
 		}
 		want, err := s.wantHash(r.Context())
@@ -146,17 +174,21 @@ func (s *Server) auth(h http.HandlerFunc) http.Handler {
 	})
 }
 
+// tokenCacheFor is how long an agent trusts the token hash it read: a
+// rotated token stops working everywhere within it.
+const tokenCacheFor = 2 * time.Second
+
 func (s *Server) wantHash(ctx context.Context) (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.tokenHash != "" {
+	if s.tokenHash != "" && time.Since(s.tokenRead) < tokenCacheFor {
 		return s.tokenHash, nil
 	}
 	h, err := s.store.TokenHash(ctx)
 	if err != nil {
 		return "", err
 	}
-	s.tokenHash = h
+	s.tokenHash, s.tokenRead = h, time.Now()
 	return h, nil
 }
 
