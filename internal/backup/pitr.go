@@ -146,14 +146,18 @@ func RecoverySettings(t Target, restoreCommand string) (map[string]string, error
 	return s, nil
 }
 
-// ArchiveCommand returns an archive_command that runs `exe wal-push`. keyFile
-// may be empty for no encryption. The store URL travels on the command line,
-// so it must hold no secret (OpenStore refuses credentials in URLs).
+// ArchiveCommand returns an archive_command that runs `exe wal-push`
+// straight to the store. keyFile may be empty for no encryption. The store
+// URL travels on the command line, so it must hold no secret (OpenStore
+// refuses credentials in URLs), and the OS user postgres runs as must be
+// able to read keyFile and the store's credentials: the agent uses
+// AgentArchiveCommand instead.
 func ArchiveCommand(exe, storeURL, cluster, keyFile string) string {
 	return walCommand(exe, "wal-push", storeURL, cluster, keyFile) + " %p"
 }
 
-// RestoreCommand returns a restore_command that runs `exe wal-fetch`.
+// RestoreCommand returns a restore_command that runs `exe wal-fetch`
+// straight from the store (see ArchiveCommand).
 func RestoreCommand(exe, storeURL, cluster, keyFile string) string {
 	return walCommand(exe, "wal-fetch", storeURL, cluster, keyFile) + " %f %p"
 }
@@ -163,6 +167,30 @@ func walCommand(exe, sub, storeURL, cluster, keyFile string) string {
 	if keyFile != "" {
 		args = append(args, "--key-file", keyFile)
 	}
+	return commandLine(args)
+}
+
+// AgentArchiveCommand returns an archive_command that runs `exe wal-push`
+// through the agent listening on socket: the agent reads the file and
+// uploads it, so the postgres OS user that runs the command holds neither
+// the store's credentials nor the backup key.
+func AgentArchiveCommand(exe, socket, cluster, member string) string {
+	return commandLine([]string{exe, "wal-push", "--socket", socket, "--cluster", cluster, "--member", member}) + " %p"
+}
+
+// AgentRestoreCommand returns a restore_command that runs `exe wal-fetch`
+// through the agent listening on socket. from names another cluster whose
+// archive a restore replays; "" is the member's own cluster's.
+func AgentRestoreCommand(exe, socket, cluster, member, from string) string {
+	args := []string{exe, "wal-fetch", "--socket", socket, "--cluster", cluster, "--member", member}
+	if from != "" {
+		args = append(args, "--from", from)
+	}
+	return commandLine(args) + " %f %p"
+}
+
+// commandLine quotes args for sh and escapes them for postgres.
+func commandLine(args []string) string {
 	for i, a := range args {
 		// Postgres replaces %p, %f and %% before the shell sees the line.
 		args[i] = strings.ReplaceAll(shellQuote(a), "%", "%%")
