@@ -410,6 +410,13 @@ func (a *Agent) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	// Postgres archives and fetches WAL through the agent (walserver.go),
+	// from before the first member starts until after the last one stopped.
+	walSrv, err := a.serveWAL()
+	if err != nil {
+		return err
+	}
+	defer walSrv.Close()
 	a.log.Info("agent ready", "region", cfg.Region, "addr", cfg.Advertise, "api", cfg.APIListen, "etcd", endpoints, "postgres", a.bin.Dir)
 	close(a.ready)
 

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -23,25 +24,29 @@ import (
 // schedule wants a new one, and whether archiving fails.
 const backupCheckEvery = 30 * time.Second
 
-// keyFile is where a member keeps its cluster's backup key: beside its data
-// directory, mode 0600, owned by the postgres OS user that runs wal-push.
+// keyFile is where earlier versions kept a member's copy of its cluster's
+// backup key, for wal-push and wal-fetch run by postgres.
 func (s *supervisor) keyFile() string { return filepath.Join(s.dir, "backup.key") }
 
-// writeKey saves the cluster's backup key for wal-push and wal-fetch, which
-// postgres runs as its own OS user.
+// writeKey makes sure no backup key is on disk for the postgres OS user to
+// read: WAL goes through the agent's socket (walserver.go), and the agent
+// keeps the key in memory, from the state store. A key file an earlier
+// version left beside the data directory, which that user owned, is removed.
 func (s *supervisor) writeKey() error {
-	if s.secrets.BackupKey == "" {
-		return nil
+	for _, p := range []string{s.keyFile(), s.keyFile() + ".tmp"} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove the backup key file of an earlier version: %w", err)
+		} else if err == nil {
+			s.log.Info("removed the backup key file of an earlier version: the agent archives WAL itself now", "path", p)
+		}
 	}
-	tmp := s.keyFile() + ".tmp"
-	if err := os.WriteFile(tmp, []byte(s.secrets.BackupKey+"\n"), 0o600); err != nil {
-		return fmt.Errorf("write backup key: %w", err)
-	}
-	if err := os.Chown(tmp, s.osUser.UID, s.osUser.GID); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("hand backup key to %s: %w", s.osUser.Name, err)
-	}
-	return os.Rename(tmp, s.keyFile())
+	return nil
+}
+
+// walSocket is the agent's WAL socket. Member directories are
+// <data-dir>/members/<id> (startSupervisor).
+func (s *supervisor) walSocket() string {
+	return WALSocketPath(filepath.Dir(filepath.Dir(s.dir)))
 }
 
 // archiveSettings are the archiving settings of a cluster with backups:
@@ -49,21 +54,18 @@ func (s *supervisor) writeKey() error {
 // fetch WAL it missed from the archive (restore_command), so a standby that
 // fell too far behind catches up from the store rather than be re-cloned.
 // archive_timeout bounds how long a commit may wait to be archived, which
-// bounds what a lost region takes with it.
+// bounds what a lost region takes with it. Both commands go through the
+// agent's WAL socket, which holds the store's credentials and the key.
 func (s *supervisor) archiveSettings() map[string]string {
 	b := s.cluster.Backup
 	if b == nil {
 		return nil
 	}
-	key := ""
-	if b.Encrypted {
-		key = s.keyFile()
-	}
 	return map[string]string{
 		"archive_mode":    "on",
-		"archive_command": backup.ArchiveCommand(s.exe, b.Store, s.spec.Cluster, key),
+		"archive_command": backup.AgentArchiveCommand(s.exe, s.walSocket(), s.spec.Cluster, s.spec.ID),
 		"archive_timeout": fmt.Sprintf("%ds", int(b.ArchiveTimeout().Seconds())),
-		"restore_command": backup.RestoreCommand(s.exe, b.Store, s.spec.Cluster, key),
+		"restore_command": backup.AgentRestoreCommand(s.exe, s.walSocket(), s.spec.Cluster, s.spec.ID, ""),
 	}
 }
 
@@ -289,9 +291,9 @@ func (s *supervisor) watchArchiving(ctx context.Context) {
 // marked initialized only once its first primary runs.
 func (s *supervisor) restore(ctx context.Context) error {
 	r := s.cluster.Restore
-	key, keyFile := "", ""
+	key := ""
 	if r.Encrypted {
-		key, keyFile = s.secrets.BackupKey, s.keyFile()
+		key = s.secrets.BackupKey
 	}
 	a, err := backup.OpenArchiveKey(ctx, r.Store, r.From, key)
 	if err != nil {
@@ -301,7 +303,7 @@ func (s *supervisor) restore(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("restore target: %w", err)
 	}
-	rec, err := backup.RecoverySettings(target, backup.RestoreCommand(s.exe, r.Store, r.From, keyFile))
+	rec, err := backup.RecoverySettings(target, backup.AgentRestoreCommand(s.exe, s.walSocket(), s.spec.Cluster, s.spec.ID, r.From))
 	if err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
@@ -396,21 +398,44 @@ func (s *supervisor) restoreData(ctx context.Context, a *backup.Archive, rec map
 	}
 }
 
-// prepareBackupStore checks the fleet's default backup store, makes a
-// local directory store usable by the postgres OS user that archives into
-// it, and records it for the fleet.
+// prepareBackupStore checks the fleet's default backup store and records
+// it for the fleet. A local directory store is the agent's alone (0700):
+// the agent archives WAL itself, and the postgres OS user, which earlier
+// versions gave the directory to, must not read or change backups.
 func (a *Agent) prepareBackupStore(ctx context.Context) error {
 	u := a.cfg.BackupStore
 	if dir, ok := strings.CutPrefix(u, "file://"); ok && filepath.IsAbs(dir) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return fmt.Errorf("--backup-store %s: %w", u, err)
 		}
-		if err := os.Chown(dir, a.osUser.UID, a.osUser.GID); err != nil {
-			return fmt.Errorf("--backup-store %s: hand it to %s: %w", u, a.osUser.Name, err)
+		if err := a.reclaimStoreDir(dir); err != nil {
+			return fmt.Errorf("--backup-store %s: %w", u, err)
 		}
 	}
 	if _, err := backup.OpenStore(ctx, u); err != nil {
 		return fmt.Errorf("--backup-store: %w", err)
 	}
 	return a.store.SetDefaultBackupStore(ctx, u)
+}
+
+// reclaimStoreDir takes a store directory that an earlier version handed to
+// the postgres OS user back for the agent, and closes it to others: what
+// is inside stays as it is, but that user can no longer reach it.
+func (a *Agent) reclaimStoreDir(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || int(st.Uid) != a.osUser.UID || a.osUser.UID == os.Geteuid() {
+		return nil
+	}
+	if err := os.Chown(dir, os.Geteuid(), os.Getegid()); err != nil {
+		return fmt.Errorf("take it back from %s: %w", a.osUser.Name, err)
+	}
+	if err := os.Chmod(dir, fi.Mode().Perm()&0o700); err != nil {
+		return err
+	}
+	a.log.Info("took the backup store directory back from the postgres OS user", "dir", dir, "user", a.osUser.Name)
+	return nil
 }
