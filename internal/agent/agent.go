@@ -523,6 +523,9 @@ func (a *Agent) loop(ctx context.Context) {
 				if err := a.refreshPostgresTLS(ctx); err != nil {
 					a.log.Warn("check the members' certificate", "err", err)
 				}
+				if err := a.renewHostCert(ctx); err != nil {
+					a.log.Warn("renew this host's certificate", "err", err, "expires", a.identity.Leaf().NotAfter)
+				}
 			}
 		}
 		a.reconcile(ctx)

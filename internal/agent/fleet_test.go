@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"github.com/pgfleet/pgfleet/internal/api"
 	"github.com/pgfleet/pgfleet/internal/fleet"
 	"github.com/pgfleet/pgfleet/internal/lab/labtest"
+	"github.com/pgfleet/pgfleet/internal/pki"
 )
 
 func ptr[T any](v T) *T { return &v }
@@ -174,6 +176,7 @@ func TestThreeRegionFleet(t *testing.T) {
 	t.Run("bad input changes nothing", func(t *testing.T) { badInput(t, f) })
 	t.Run("destroy removes data", func(t *testing.T) { destroy(t, f) })
 	t.Run("duplicate host name", func(t *testing.T) { duplicateHost(t, f) })
+	t.Run("certificate renewal", func(t *testing.T) { renewal(t, f) })
 	t.Run("no quorum", func(t *testing.T) { noQuorum(t, f) })
 }
 
@@ -360,3 +363,50 @@ func noQuorum(t *testing.T, f *labtest.Fleet) {
 		t.Fatalf("Cluster(later) after a failed create = %v, want not found", err)
 	}
 }
+
+// renewal restarts a host that does not hold the CA's key (ams-1, a store
+// client) with a certificate that no longer names its address, as after an
+// address change: its agent gets a new one through a voter's API while it
+// runs, and serves it without a restart.
+func renewal(t *testing.T, f *labtest.Fleet) {
+	files := pki.Files{Dir: filepath.Join(f.DataDir("ams-1"), "tls")}
+	if _, err := os.Stat(files.CAKeyPath()); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("ams-1 holds the CA key (%v): only the store's voters do", err)
+	}
+	ca, err := pki.Files{Dir: filepath.Join(f.DataDir("iad-1"), "tls")}.Authority()
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := pki.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale, err := ca.Issue(key.Public(), pki.HostRequest{Name: "ams-1"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, _ := pki.EncodeKey(key)
+	f.Stop("ams-1")
+	if err := files.Save(nil, nil, stale, keyPEM); err != nil {
+		t.Fatal(err)
+	}
+	f.Start("ams-1", "")
+	addr := net.ParseIP(f.Host("ams-1").Addr)
+	labtest.WaitFor(t, 30*time.Second, "ams-1's certificate names its address again", func() (bool, string) {
+		b, err := os.ReadFile(files.CertPath())
+		if err != nil {
+			return false, err.Error()
+		}
+		c, err := pki.ParseCert(b)
+		if err != nil {
+			return false, err.Error()
+		}
+		return pki.Covers(c, pki.HostRequest{Name: "ams-1", IPs: []net.IP{addr}}), fmt.Sprintf("names %v %v", c.DNSNames, c.IPAddresses)
+	})
+	hc := api.NewClient([]string{f.Host("ams-1").API()}, f.Token, f.CA)
+	labtest.WaitFor(t, 10*time.Second, "ams-1's API verified with its new certificate", func() (bool, string) {
+		_, err := hc.Hosts(context.Background())
+		return err == nil, fmt.Sprint(err)
+	})
+}
+

@@ -367,3 +367,65 @@ func (a *Agent) refreshPostgresTLS(ctx context.Context) error {
 	}
 	return nil
 }
+
+// renewHostCert renews this host's certificate once two thirds of its life
+// have passed (or its addresses changed): itself on a host that holds the
+// CA's key, otherwise through any agent that does, presenting the current
+// certificate. Servers and clients pick the new one up at their next
+// handshake: nothing restarts.
+func (a *Agent) renewHostCert(ctx context.Context) error {
+	leaf := a.identity.Leaf()
+	req := a.hostRequest()
+	if !pki.NeedsRenewal(leaf, time.Now()) && pki.Covers(leaf, req) {
+		return nil
+	}
+	files := a.tlsFiles()
+	if a.ca.Key != nil {
+		if err := a.issueLocally(files, a.ca); err != nil {
+			return err
+		}
+	} else if err := a.renewThroughFleet(ctx, files, req); err != nil {
+		return err
+	}
+	if err := a.identity.Reload(); err != nil {
+		return err
+	}
+	a.log.Info("renewed this host's certificate", "expires", a.identity.Leaf().NotAfter)
+	return nil
+}
+
+func (a *Agent) renewThroughFleet(ctx context.Context, files pki.Files, req pki.HostRequest) error {
+	hosts, err := a.store.Hosts(ctx)
+	if err != nil && !store.OnlyInvalid(err) {
+		return err
+	}
+	key, err := pki.NewKey()
+	if err != nil {
+		return err
+	}
+	csr, err := pki.NewCSR(key, req)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, h := range hosts {
+		if h.Name == a.cfg.Name || h.APIAddr == "" {
+			continue
+		}
+		resp, err := api.Renew(ctx, h.APIAddr, a.identity.ClientTLS(), csr)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		tok := pki.JoinToken{Pin: pki.Pin(a.ca.Cert)}
+		if err := checkAdmission(resp, tok, key); err != nil {
+			return fmt.Errorf("renew through %s: %w", h.Name, err)
+		}
+		keyPEM, err := pki.EncodeKey(key)
+		if err != nil {
+			return err
+		}
+		return files.Save(nil, nil, []byte(resp.Cert), keyPEM)
+	}
+	return fmt.Errorf("no host renewed this host's certificate: %w", errors.Join(errs...))
+}

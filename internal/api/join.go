@@ -373,3 +373,82 @@ func (c *Client) RotateToken(ctx context.Context) (string, error) {
 	err := c.do(ctx, http.MethodPost, "/v1/tokens/rotate", struct{}{}, &v)
 	return v.Token, err
 }
+
+// RenewRequest asks for a new certificate for a fresh key of the host
+// that makes the request, which proves who it is with its current
+// certificate.
+type RenewRequest struct {
+	CSR string `json:"csr"`
+}
+
+// renew certifies a fleet host's new key. The host is the one named by the
+// client certificate it connected with, which must be from the fleet's
+// CA; it can renew only its own name.
+func (s *Server) renew(w http.ResponseWriter, r *http.Request) {
+	if s.ca == nil || s.ca.Key == nil {
+		writeError(w, http.StatusServiceUnavailable, "this agent does not hold the fleet CA's key: ask one of the store's voters")
+		return
+	}
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+		writeError(w, http.StatusUnauthorized, "renewing a certificate needs the host's current certificate from the fleet's CA")
+		return
+	}
+	client := r.TLS.VerifiedChains[0][0]
+	var req RenewRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 16<<10)).Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, "bad request body: "+err.Error())
+		return
+	}
+	pub, host, err := pki.ParseCSR([]byte(req.CSR))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if host.Name != client.Subject.CommonName {
+		writeError(w, http.StatusForbidden, fmt.Sprintf("host %s may renew only its own certificate, not %s's", client.Subject.CommonName, host.Name))
+		return
+	}
+	cert, err := s.ca.Issue(pub, host, time.Now())
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	s.log.Info("host certificate renewed", "host", host.Name, "ips", host.IPs)
+	writeJSON(w, http.StatusOK, JoinResponse{CA: string(s.ca.CertPEM), Cert: string(cert)})
+}
+
+// Renew asks the agent at addr for a new certificate for csr, presenting
+// the host's current one (clientTLS) and verifying the agent's against
+// the fleet's CA.
+func Renew(ctx context.Context, addr string, clientTLS *tls.Config, csr []byte) (JoinResponse, error) {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = clientTLS
+	c := &http.Client{Timeout: 10 * time.Second, Transport: tr}
+	body, _ := json.Marshal(RenewRequest{CSR: string(csr)})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+addr+"/v1/renew", bytes.NewReader(body))
+	if err != nil {
+		return JoinResponse{}, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.Do(req)
+	if err != nil {
+		return JoinResponse{}, fmt.Errorf("renew through %s: %w", addr, unwrapURLError(err))
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return JoinResponse{}, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		var ev ErrorView
+		if json.Unmarshal(b, &ev) != nil || ev.Error == "" {
+			ev.Error = resp.Status
+		}
+		return JoinResponse{}, fmt.Errorf("renew through %s: %s", addr, ev.Error)
+	}
+	var jr JoinResponse
+	if err := json.Unmarshal(b, &jr); err != nil {
+		return JoinResponse{}, fmt.Errorf("renew through %s: %w", addr, err)
+	}
+	return jr, nil
+}

@@ -77,6 +77,7 @@ func (s *Server) Handler() http.Handler {
 	// OPTIONS, and the handler answers the others itself.
 	mux.HandleFunc("/health/{name}/{check}", s.memberHealth)
 	mux.HandleFunc("POST /v1/join", s.join)
+	mux.HandleFunc("POST /v1/renew", s.renew)
 	mux.HandleFunc("GET /v1/ca", s.caProof)
 	mux.Handle("POST /v1/tokens", s.auth(s.createJoinToken))
 	mux.Handle("POST /v1/tokens/read-only", s.auth(s.createReadOnlyToken))
