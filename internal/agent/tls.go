@@ -175,7 +175,7 @@ func (a *Agent) loadIdentity(files pki.Files) (*pki.Identity, *pki.Authority, er
 	case time.Now().After(leaf.NotAfter):
 		return nil, nil, fmt.Errorf("this host's certificate expired on %s and this host does not hold the CA's key: join it again with a join token", leaf.NotAfter.Format(time.DateOnly))
 	case stale:
-		a.log.Warn("this host's certificate should be renewed, and only the store's voters can: it stays valid until it expires", "expires", leaf.NotAfter)
+		a.log.Info("this host's certificate is due for renewal: a voter's agent renews it once this agent runs", "expires", leaf.NotAfter)
 	}
 	return id, ca, nil
 }
