@@ -241,9 +241,11 @@ func TestDevUpNewcomer(t *testing.T) {
 		return m.State == fleet.StateStreaming && m.LagBytes == 0, fmt.Sprintf("%s %s lag %d", m.ID, m.State, m.LagBytes)
 	})
 
-	if out := c.ok("events", "demo"); !strings.Contains(out, "demo-1 is primary") {
-		t.Errorf("events demo:\n%s", out)
+	events := c.ok("events", "demo", "--limit", "500")
+	if !strings.Contains(events, "demo-1 is primary") {
+		t.Errorf("events demo:\n%s", events)
 	}
+	noSecretsShown(t, c, dir, events)
 	c.ok("destroy", "demo", "--yes")
 	if out := c.ok("list", "--json"); strings.TrimSpace(out) != "[]" {
 		t.Errorf("list --json after destroy = %s, want []", out)
@@ -361,3 +363,65 @@ func tokens(t *testing.T, c cli, dir string) {
 		t.Errorf("the dev fleet's token file was not updated by the rotation")
 	}
 }
+
+// noSecretsShown checks that no secret of the fleet appears in its agents'
+// logs, in the cluster's events, or in any process's command line: the
+// superuser and replication passwords, the API token, and the private keys.
+func noSecretsShown(t *testing.T, c cli, dir, events string) {
+	t.Helper()
+	secrets := map[string]string{}
+	u, err := url.Parse(strings.TrimSpace(c.ok("url", "demo")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pw, ok := u.User.Password(); ok {
+		secrets["superuser password"] = pw
+	}
+	passfiles, _ := filepath.Glob(filepath.Join(dir, "*", "members", "demo-*", "*.pgpass"))
+	for _, p := range passfiles {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		line := strings.TrimSpace(string(b))
+		secrets["replication password"] = line[strings.LastIndex(line, ":")+1:]
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "iad-1", "token")); err == nil {
+		secrets["API token"] = strings.TrimSpace(string(b))
+	}
+	for _, k := range []string{"iad-1/tls/host.key", "iad-1/tls/ca.key", "ams-1/tls/host.key", "iad-1/members/demo-1/server.key"} {
+		b, err := os.ReadFile(filepath.Join(dir, k))
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+		secrets[k] = lines[1] // a line of the key's base64 body
+	}
+	if len(secrets) < 7 {
+		t.Fatalf("found only %d of the secrets to look for: %v", len(secrets), secrets)
+	}
+	ps, err := exec.Command("ps", "-eo", "args").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	places := map[string]string{"events": events, "ps": string(ps)}
+	logs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
+	for _, l := range logs {
+		b, err := os.ReadFile(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		places[filepath.Base(l)] = string(b)
+	}
+	for what, secret := range secrets {
+		if len(secret) < 8 {
+			t.Fatalf("%s %q is too short to look for", what, secret)
+		}
+		for where, text := range places {
+			if strings.Contains(text, secret) {
+				t.Errorf("the %s appears in %s", what, where)
+			}
+		}
+	}
+}
+
