@@ -409,4 +409,3 @@ func renewal(t *testing.T, f *labtest.Fleet) {
 		return err == nil, fmt.Sprint(err)
 	})
 }
-

@@ -104,6 +104,13 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
+			// An agent whose certificate is not from the fleet's CA was
+			// sent nothing, and no other agent will do better: the CA
+			// the client trusts is wrong.
+			var cv *tls.CertificateVerificationError
+			if errors.As(err, &cv) {
+				return fmt.Errorf("%s %s: %s: %w", method, path, ep, unwrapURLError(err))
+			}
 			// A read is safe to repeat elsewhere, and so is a write that
 			// never reached the agent. A write that may have been received
 			// is not: repeating a create would report a conflict with itself.

@@ -12,7 +12,7 @@ import (
 	"strings"
 )
 
-// JoinToken admits one host to the fleet while it is valid. It carries the
+// JoinToken admits hosts to the fleet until it expires. It carries the
 // pin of the fleet's CA, so one string tells the new host both how to prove
 // itself to the fleet and how to recognise the fleet:
 //
