@@ -45,8 +45,8 @@ import (
 // What a request may do: only for a member placed on this host; a push only
 // reads a regular file in that member's pg_wal owned by the postgres OS user
 // (never a link: the agent may be root) and uploads it to its cluster's
-// archive; a fetch reads its cluster's archive, or, while it is restored,
-// the archive it is restored from.
+// archive; a fetch reads its cluster's archive, or, for a cluster made by a
+// restore, the archive it was restored from, whose data it holds anyway.
 
 // WALSocketPath is where the agent whose data directory is dataDir serves
 // WAL push and fetch.
@@ -60,8 +60,8 @@ var ErrNotArchived = errors.New("not in the archive")
 type WALRequest struct {
 	Cluster string // the member's cluster
 	Member  string
-	// From is, for a fetch while the cluster is restored, the cluster whose
-	// archive it is restored from; "" is the cluster's own archive.
+	// From is, for a fetch by a cluster made by a restore, the cluster whose
+	// archive it replays; "" is the cluster's own archive.
 	From string
 }
 
@@ -277,7 +277,7 @@ var errRefused = errors.New("refused")
 // resolveWAL decides where a member's WAL request goes, from its cluster
 // as the state store holds it. The member must be placed on host. A push
 // goes to the cluster's own archive. A fetch reads the cluster's own
-// archive, or, with From, the archive the cluster is restored from, and no
+// archive, or, with From, the archive the cluster was restored from, and no
 // other: the postgres OS user must not read the archives of clusters that
 // are not on its host. The data directory is <dataDir>/members/<id>/pgdata,
 // where startSupervisor puts it.
