@@ -378,7 +378,7 @@ func TestBackupRestorePostgres(t *testing.T) {
 
 	src := pt.start("primary", true, false, map[string]string{
 		"archive_mode":    "on",
-		"archive_command": ArchiveCommand(pt.helper, storeURL, "demo", keyFile),
+		"archive_command": withS3Creds(ArchiveCommand(pt.helper, storeURL, "demo", keyFile)),
 	})
 	const marker = "marker row 93c2e7"
 	src.exec(t, "CREATE TABLE t (batch int, note text)")
@@ -438,14 +438,14 @@ func TestBackupRestorePostgres(t *testing.T) {
 		if _, err := a.GetBackup(ctx, b.ID, filepath.Join(pt.dir, name), &Owner{UID: pt.user.UID, GID: pt.user.GID}); err != nil {
 			t.Fatalf("GetBackup: %v", err)
 		}
-		conf, err := RecoverySettings(target, RestoreCommand(pt.helper, storeURL, "demo", keyFile))
+		conf, err := RecoverySettings(target, withS3Creds(RestoreCommand(pt.helper, storeURL, "demo", keyFile)))
 		if err != nil {
 			t.Fatal(err)
 		}
 		conf["archive_mode"] = "off"
 		if archive {
 			conf["archive_mode"] = "on"
-			conf["archive_command"] = ArchiveCommand(pt.helper, storeURL, "demo", keyFile)
+			conf["archive_command"] = withS3Creds(ArchiveCommand(pt.helper, storeURL, "demo", keyFile))
 		}
 		s := pt.start(name, false, true, conf)
 		waitFor(t, 2*time.Minute, name+" to finish recovery", func() (bool, string) {
@@ -528,3 +528,11 @@ func TestBackupRestorePostgres(t *testing.T) {
 		t.Errorf("wal-fetch without the key: exit %d, %q; want exit 2 saying a key is needed", code, msg)
 	}
 }
+
+// withS3Creds gives a command postgres runs the test store's credentials:
+// postgres gets none of the test's environment (pgfleet's agent serves WAL
+// to it over a socket instead; this test runs the direct mode).
+func withS3Creds(cmd string) string {
+	return "AWS_ACCESS_KEY_ID=" + testAccessKey + " AWS_SECRET_ACCESS_KEY=" + testSecretKey + " " + cmd
+}
+
