@@ -8,12 +8,14 @@
 //   - Store is an object store named by URL (OpenStore): a directory
 //     (file:///path) or an S3-compatible bucket (s3://bucket/prefix?endpoint=...).
 //   - Archive is one cluster's backups in a Store. PushWAL and FetchWAL are
-//     what archive_command and restore_command run (`pgfleet wal-push`,
-//     `pgfleet wal-fetch`); PutBackup streams a pg_basebackup tar into the
+//     what archive_command and restore_command reach (`pgfleet wal-push`,
+//     `pgfleet wal-fetch`, through the agent's WAL socket); PutBackup streams a pg_basebackup tar into the
 //     store, GetBackup restores one into a directory; ListBackups,
 //     DeleteBackup, ApplyRetention and Verify manage them.
 //   - PlanRetention, CheckWAL and PickBackup decide; RecoverySettings,
-//     ArchiveCommand and RestoreCommand render what postgres is given.
+//     AgentArchiveCommand and AgentRestoreCommand render what postgres is
+//     given (ArchiveCommand and RestoreCommand, the direct mode, are for
+//     running wal-push and wal-fetch by hand).
 //
 // Every object but a backup's manifest is in one format, described in
 // object.go: a zstd stream of the content followed by a trailer holding its
