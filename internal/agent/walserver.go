@@ -614,32 +614,21 @@ func (c *WALClient) Fetch(ctx context.Context, r WALRequest, name, dest string) 
 // fsyncs it and renames it to path. Fewer bytes (the agent failed midway)
 // is an error, and path is left as it was.
 func writeWALFile(path string, r io.Reader, size int64) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, ".pgfleet-"+filepath.Base(path)+"-*")
-	if err != nil {
-		return err
+	return backup.WriteFileAtomic(path, &sizedReader{r: r, size: size})
+}
+
+// sizedReader ends in an error instead of io.EOF unless exactly size bytes
+// came (any number when size < 0).
+type sizedReader struct {
+	r       io.Reader
+	size, n int64
+}
+
+func (s *sizedReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	s.n += int64(n)
+	if err == io.EOF && s.size >= 0 && s.n != s.size {
+		return n, fmt.Errorf("got %d bytes of %d", s.n, s.size)
 	}
-	n, err := io.Copy(tmp, r)
-	if err == nil && size >= 0 && n != size {
-		err = fmt.Errorf("got %d bytes of %d", n, size)
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return n, err
 }

@@ -206,7 +206,7 @@ func (a *Archive) fetchWAL(ctx context.Context, name, dest string) error {
 	or, err := openObject(rc, a.key, 1)
 	if err == nil {
 		defer or.Close()
-		err = writeFileAtomic(dest, or)
+		err = WriteFileAtomic(dest, or)
 	}
 	if errors.Is(err, ErrCorrupt) || errors.Is(err, ErrWrongKey) || errors.Is(err, ErrNotEncrypted) {
 		return fmt.Errorf("store %s: %s: %w", a.store, key, err)
@@ -214,9 +214,9 @@ func (a *Archive) fetchWAL(ctx context.Context, name, dest string) error {
 	return err
 }
 
-// writeFileAtomic writes r to a temporary file beside path, fsyncs it and
-// renames it to path.
-func writeFileAtomic(path string, r io.Reader) error {
+// WriteFileAtomic writes r to a temporary file beside path, fsyncs it and
+// renames it to path: a crash or a failing r leaves path as it was.
+func WriteFileAtomic(path string, r io.Reader) error {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, ".pgfleet-"+filepath.Base(path)+"-*")
 	if err != nil {
