@@ -175,31 +175,10 @@ func Join(ctx context.Context, addr string, tok pki.JoinToken, csr []byte) (Join
 			return err
 		},
 	}
-	c := &http.Client{Timeout: 30 * time.Second, Transport: tr}
-	body, _ := json.Marshal(JoinRequest{TokenID: tok.ID, Secret: tok.Secret, CSR: string(csr)})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+strings.TrimPrefix(addr, "https://")+"/v1/join", bytes.NewReader(body))
-	if err != nil {
-		return JoinResponse{}, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := c.Do(req)
-	if err != nil {
-		return JoinResponse{}, fmt.Errorf("join through %s: %w", addr, unwrapURLError(err))
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return JoinResponse{}, fmt.Errorf("join through %s: %w", addr, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		var ev ErrorView
-		if json.Unmarshal(b, &ev) != nil || ev.Error == "" {
-			ev.Error = resp.Status
-		}
-		return JoinResponse{}, fmt.Errorf("join through %s: %s", addr, ev.Error)
-	}
 	var jr JoinResponse
-	if err := json.Unmarshal(b, &jr); err != nil {
+	err = postTo(ctx, &http.Client{Timeout: 30 * time.Second, Transport: tr}, addr, "/v1/join",
+		JoinRequest{TokenID: tok.ID, Secret: tok.Secret, CSR: string(csr)}, &jr)
+	if err != nil {
 		return JoinResponse{}, fmt.Errorf("join through %s: %w", addr, err)
 	}
 	return jr, nil
@@ -423,32 +402,38 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request) {
 func Renew(ctx context.Context, addr string, clientTLS *tls.Config, csr []byte) (JoinResponse, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = clientTLS
-	c := &http.Client{Timeout: 10 * time.Second, Transport: tr}
-	body, _ := json.Marshal(RenewRequest{CSR: string(csr)})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+addr+"/v1/renew", bytes.NewReader(body))
+	var jr JoinResponse
+	if err := postTo(ctx, &http.Client{Timeout: 10 * time.Second, Transport: tr}, addr, "/v1/renew", RenewRequest{CSR: string(csr)}, &jr); err != nil {
+		return JoinResponse{}, fmt.Errorf("renew through %s: %w", addr, err)
+	}
+	return jr, nil
+}
+
+// postTo posts body as JSON to path on the agent at addr with c, whose TLS
+// configuration decides whom it trusts, and decodes a 200 answer into out.
+func postTo(ctx context.Context, c *http.Client, addr, path string, body, out any) error {
+	b, _ := json.Marshal(body)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+strings.TrimPrefix(addr, "https://")+path, bytes.NewReader(b))
 	if err != nil {
-		return JoinResponse{}, err
+		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := c.Do(req)
 	if err != nil {
-		return JoinResponse{}, fmt.Errorf("renew through %s: %w", addr, unwrapURLError(err))
+		return unwrapURLError(err)
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	b, err = io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {
-		return JoinResponse{}, err
+		return err
 	}
 	if resp.StatusCode != http.StatusOK {
 		var ev ErrorView
 		if json.Unmarshal(b, &ev) != nil || ev.Error == "" {
 			ev.Error = resp.Status
 		}
-		return JoinResponse{}, fmt.Errorf("renew through %s: %s", addr, ev.Error)
+		return errors.New(ev.Error)
 	}
-	var jr JoinResponse
-	if err := json.Unmarshal(b, &jr); err != nil {
-		return JoinResponse{}, fmt.Errorf("renew through %s: %w", addr, err)
-	}
-	return jr, nil
+	return json.Unmarshal(b, out)
 }
+
