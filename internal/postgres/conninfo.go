@@ -33,24 +33,20 @@ type ConnInfo struct {
 
 // sslParams are the libpq parameters that secure a connection to ci.
 // channel_binding ties SCRAM to the TLS session, so a relay in between
-// cannot pass the login on even with a certificate of its own; pgx does
-// not implement it, so only libpq's programs ask for it.
-func (ci ConnInfo) sslParams(libpq bool) [][2]string {
+// cannot pass the login on even with a certificate of its own. pgx and
+// libpq both take them.
+func (ci ConnInfo) sslParams() [][2]string {
 	if ci.RootCert == "" {
 		return [][2]string{{"sslmode", "require"}}
 	}
-	p := [][2]string{{"sslmode", "verify-full"}, {"sslrootcert", ci.RootCert}}
-	if libpq {
-		p = append(p, [2]string{"channel_binding", "require"})
-	}
-	return p
+	return [][2]string{{"sslmode", "verify-full"}, {"sslrootcert", ci.RootCert}, {"channel_binding", "require"}}
 }
 
 // URL returns ci as a postgres:// URL with every part escaped, for pgx.
 // TLS is required and, with RootCert, the server verified.
 func (ci ConnInfo) URL() string {
 	q := url.Values{}
-	for _, p := range ci.sslParams(false) {
+	for _, p := range ci.sslParams() {
 		q.Set(p[0], p[1])
 	}
 	u := url.URL{
@@ -72,7 +68,7 @@ func (ci ConnInfo) URL() string {
 // connection to ci.
 func (ci ConnInfo) libpqSSL() []string {
 	var w []string
-	for _, p := range ci.sslParams(true) {
+	for _, p := range ci.sslParams() {
 		w = append(w, p[0]+"="+conninfoValue(p[1]))
 	}
 	return w
@@ -83,7 +79,7 @@ func (ci ConnInfo) libpqSSL() []string {
 func (ci ConnInfo) libpqSSLEnv() []string {
 	names := map[string]string{"sslmode": "PGSSLMODE", "sslrootcert": "PGSSLROOTCERT", "channel_binding": "PGCHANNELBINDING"}
 	var env []string
-	for _, p := range ci.sslParams(true) {
+	for _, p := range ci.sslParams() {
 		env = append(env, names[p[0]]+"="+p[1])
 	}
 	return env
