@@ -63,6 +63,35 @@ func TestFleetSecurity(t *testing.T) {
 		t.Parallel()
 		slowClients(t, f)
 	})
+	t.Run("the members' certificate opens nothing", func(t *testing.T) {
+		t.Parallel()
+		membersCertOpensNothing(t, f)
+	})
+}
+
+// membersCertOpensNothing checks that the certificate every member serves,
+// whose key postgres (and so any superuser session) can read, is refused
+// by etcd and by the API's renewal as a client certificate.
+func membersCertOpensNothing(t *testing.T, f *labtest.Fleet) {
+	pc, err := f.Store("iad-1").PostgresCert(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.X509KeyPair(pc.CertPEM, pc.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := f.Host("iad-1")
+	err = tlsRefusal(net.JoinHostPort(h.Addr, "2379"), presenting(pair))
+	if err == nil || !strings.Contains(err.Error(), "bad certificate") && !strings.Contains(err.Error(), "unsupported certificate") {
+		t.Errorf("etcd with the members' certificate: %v; want the handshake refused", err)
+	}
+	cfg := presenting(pair)
+	cfg.InsecureSkipVerify = false
+	cfg.RootCAs = f.CA
+	if _, err := etcdTry(t, "https://"+net.JoinHostPort(h.Addr, "2379"), cfg, "/pgfleet/members-cert-was-here"); err == nil {
+		t.Fatal("an etcd client with the members' certificate read and wrote the store")
+	}
 }
 
 func fleetAuthority(t *testing.T, f *labtest.Fleet) *x509.Certificate {

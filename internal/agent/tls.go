@@ -328,13 +328,13 @@ func (a *Agent) refreshPostgresTLS(ctx context.Context) error {
 			addName(n)
 		}
 	}
-	stale := leaf == nil || !pki.Covers(leaf, want) || pki.NeedsRenewal(leaf, time.Now())
+	stale := leaf == nil || !pki.Covers(leaf, want) || pki.NeedsRenewal(leaf, time.Now()) || pki.ClientCapable(leaf)
 	if stale && a.ca != nil && a.ca.Key != nil {
 		key, err := pki.NewKey()
 		if err != nil {
 			return err
 		}
-		certPEM, err := a.ca.Issue(key.Public(), want, time.Now())
+		certPEM, err := a.ca.IssueServer(key.Public(), want, time.Now())
 		if err != nil {
 			return err
 		}

@@ -76,9 +76,22 @@ type HostRequest struct {
 	DNS  []string
 }
 
-// Issue certifies pub as host req, for serving (etcd, the API, Postgres)
-// and as a client (etcd, replication).
+// Issue certifies pub as host req, for serving (etcd, the API) and as a
+// client (etcd, renewal): what admits a host to the fleet.
 func (a *Authority) Issue(pub crypto.PublicKey, req HostRequest, now time.Time) ([]byte, error) {
+	return a.issue(pub, req, now, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth})
+}
+
+// IssueServer certifies pub for serving only, never as a client: the
+// members' certificate, whose key postgres must read, so that a superuser
+// session that reads it gets no way into etcd or the API (Go's TLS, and so
+// etcd's, refuses a client certificate without client authentication in
+// its extended key usage).
+func (a *Authority) IssueServer(pub crypto.PublicKey, req HostRequest, now time.Time) ([]byte, error) {
+	return a.issue(pub, req, now, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth})
+}
+
+func (a *Authority) issue(pub crypto.PublicKey, req HostRequest, now time.Time, usage []x509.ExtKeyUsage) ([]byte, error) {
 	if a.Key == nil {
 		return nil, errors.New("this host does not hold the fleet CA's key")
 	}
@@ -91,9 +104,11 @@ func (a *Authority) Issue(pub crypto.PublicKey, req HostRequest, now time.Time) 
 		NotBefore:    now.Add(-clockSkew),
 		NotAfter:     now.Add(HostLifetime),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		ExtKeyUsage:  usage,
 		IPAddresses:  req.IPs,
 		DNSNames:     append([]string{req.Name}, req.DNS...),
+		// Explicitly not a CA.
+		BasicConstraintsValid: true,
 	}
 	if tmpl.NotAfter.After(a.Cert.NotAfter) {
 		tmpl.NotAfter = a.Cert.NotAfter
@@ -206,10 +221,22 @@ func ParseKey(b []byte) (crypto.Signer, error) {
 	return s, nil
 }
 
-// NeedsRenewal tells whether cert has used two thirds of its life at now.
+// NeedsRenewal reports whether cert has used two thirds of its life at now.
 func NeedsRenewal(cert *x509.Certificate, now time.Time) bool {
 	life := cert.NotAfter.Sub(cert.NotBefore)
 	return now.After(cert.NotBefore.Add(life * 2 / 3))
+}
+
+// ClientCapable reports whether cert may authenticate a client: a
+// members' certificate from before members' certificates were server-only
+// is replaced.
+func ClientCapable(cert *x509.Certificate) bool {
+	for _, u := range cert.ExtKeyUsage {
+		if u == x509.ExtKeyUsageClientAuth || u == x509.ExtKeyUsageAny {
+			return true
+		}
+	}
+	return len(cert.ExtKeyUsage) == 0
 }
 
 // Covers reports whether cert names every address and name of req, so an
