@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pgfleet/pgfleet/internal/fleet"
 	"github.com/pgfleet/pgfleet/internal/pki"
 	"github.com/pgfleet/pgfleet/internal/store"
 )
@@ -56,7 +57,7 @@ type TokenView struct {
 // host now, not a standing credential.
 const MaxJoinTokenTTL = 24 * time.Hour
 
-var hostNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+var joinTokenIDRE = regexp.MustCompile(`^[0-9a-f]{8}$`)
 
 // authFailureDelay slows down anyone guessing tokens.
 const authFailureDelay = time.Second
@@ -97,6 +98,10 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "bad request body: "+err.Error())
 		return
 	}
+	if !joinTokenIDRE.MatchString(req.TokenID) {
+		writeError(w, http.StatusBadRequest, "token_id: want the 8 hex digits of a join token's id")
+		return
+	}
 	rec, err := s.store.JoinToken(r.Context(), req.TokenID)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		s.storeError(w, err)
@@ -113,15 +118,13 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	if !hostNameRE.MatchString(host.Name) {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("host name %q: use lowercase letters, digits and dashes", host.Name))
+	if err := fleet.ValidateHostName(host.Name); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	for _, d := range host.DNS {
-		if !hostNameRE.MatchString(d) && net.ParseIP(d) == nil {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("certificate request names %q: not a host name", d))
-			return
-		}
+	if len(host.DNS) > 0 {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("certificate request names %v: a host's certificate names only the host and its addresses", host.DNS))
+		return
 	}
 	voters, etcd, err := s.store.EtcdMembers(r.Context())
 	if err != nil {
@@ -387,6 +390,29 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusForbidden, fmt.Sprintf("host %s may renew only its own certificate, not %s's", client.Subject.CommonName, host.Name))
 		return
 	}
+	// Only a live host of the fleet, and only for the name and addresses
+	// of its record: a certificate that outlived its host, or one asking
+	// for more, gets nothing.
+	rec, err := s.store.Host(r.Context(), host.Name)
+	if errors.Is(err, store.ErrNotFound) {
+		writeError(w, http.StatusForbidden, fmt.Sprintf("host %s is not registered in the fleet: only a running host renews its certificate", host.Name))
+		return
+	}
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	allowed := map[string]bool{rec.Addr: true}
+	if h, _, err := net.SplitHostPort(rec.APIAddr); err == nil {
+		allowed[h] = true
+	}
+	for _, ip := range host.IPs {
+		if !allowed[ip.String()] {
+			writeError(w, http.StatusForbidden, fmt.Sprintf("host %s asks for address %s, which its record (%s) does not have", host.Name, ip, rec.Addr))
+			return
+		}
+	}
+	host.DNS = nil
 	cert, err := s.ca.Issue(pub, host, time.Now())
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err.Error())
