@@ -6,6 +6,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -46,7 +47,13 @@ func (a *Agent) embeddedIdentity(ctx context.Context) (*pki.Identity, *pki.Autho
 	files := a.tlsFiles()
 	if files.Exists() {
 		id, ca, err := a.loadIdentity(files)
-		return id, ca, "", err
+		if err != nil {
+			return nil, nil, "", err
+		}
+		// Admitted, but stopped before its store member was in place: it
+		// joins the store again rather than make a fleet of its own.
+		join, err := a.unfinishedJoin()
+		return id, ca, join, err
 	}
 	if _, err := os.Stat(filepath.Join(a.cfg.DataDir, "etcd", "role.json")); err == nil {
 		return nil, nil, "", fmt.Errorf("%s holds a store member but no certificate (%s): it was made by a pgfleet without TLS; move the data dir away and join the host again", a.cfg.DataDir, files.CertPath())
@@ -97,6 +104,11 @@ func (a *Agent) join(ctx context.Context, files pki.Files) (*pki.Identity, *pki.
 	}
 	keyPEM, err := pki.EncodeKey(key)
 	if err != nil {
+		return nil, nil, "", err
+	}
+	// Recorded before the certificate: a host with a certificate and no
+	// store member of its own either made the fleet or has this record.
+	if err := a.recordJoin(resp.Etcd); err != nil {
 		return nil, nil, "", err
 	}
 	var caKey []byte
@@ -429,3 +441,46 @@ func (a *Agent) renewThroughFleet(ctx context.Context, files pki.Files, req pki.
 	}
 	return fmt.Errorf("no host renewed this host's certificate: %w", errors.Join(errs...))
 }
+
+// joinRecord is <data-dir>/tls/join.json: where a joining host was told the
+// store is, kept until its store member is in place.
+type joinRecord struct {
+	Etcd []string `json:"etcd"`
+}
+
+func (a *Agent) joinRecordPath() string { return filepath.Join(a.tlsFiles().Dir, "join.json") }
+
+func (a *Agent) recordJoin(etcd []string) error {
+	if err := os.MkdirAll(a.tlsFiles().Dir, 0o700); err != nil {
+		return err
+	}
+	b, _ := json.Marshal(joinRecord{Etcd: etcd})
+	tmp := a.joinRecordPath() + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("record the join: %w", err)
+	}
+	return os.Rename(tmp, a.joinRecordPath())
+}
+
+// unfinishedJoin returns the store endpoint of a join that stopped after
+// the host was admitted and before its store member was in place; "" when
+// the host's store member exists or the host made the fleet.
+func (a *Agent) unfinishedJoin() (string, error) {
+	if _, err := os.Stat(filepath.Join(a.cfg.DataDir, "etcd", "role.json")); err == nil {
+		return "", nil
+	}
+	b, err := os.ReadFile(a.joinRecordPath())
+	if errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read %s: %w", a.joinRecordPath(), err)
+	}
+	var r joinRecord
+	if err := json.Unmarshal(b, &r); err != nil || len(r.Etcd) == 0 {
+		return "", fmt.Errorf("read %s: %v (move the data dir away and join the host again)", a.joinRecordPath(), err)
+	}
+	a.log.Warn("the last join stopped before this host's store member was in place; joining the store again", "etcd", r.Etcd[0])
+	return r.Etcd[0], nil
+}
+

@@ -220,14 +220,16 @@ func urlString(u url.URL) string { return u.String() }
 
 // addLearner adds a learner. etcd refuses while a voter has been connected
 // for less than its health interval (5 s), which happens right after the
-// previous host joined, so it retries through that.
+// previous host joined, and answers "member not found" while it applies the
+// removal of this host's stale member, so it retries through those.
 func addLearner(ctx context.Context, cli *clientv3.Client, peerURL string) (*clientv3.MemberAddResponse, error) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		resp, err := cli.MemberAddAsLearner(actx, []string{peerURL})
 		cancel()
-		if err == nil || !errors.Is(err, rpctypes.ErrUnhealthy) || time.Now().After(deadline) {
+		retry := errors.Is(err, rpctypes.ErrUnhealthy) || errors.Is(err, rpctypes.ErrMemberNotFound) || errors.Is(Translate(err), ErrNoQuorum)
+		if err == nil || !retry || time.Now().After(deadline) {
 			return resp, err
 		}
 		select {
