@@ -483,4 +483,3 @@ func (a *Agent) unfinishedJoin() (string, error) {
 	a.log.Warn("the last join stopped before this host's store member was in place; joining the store again", "etcd", r.Etcd[0])
 	return r.Etcd[0], nil
 }
-

@@ -462,4 +462,3 @@ func postTo(ctx context.Context, c *http.Client, addr, path string, body, out an
 	}
 	return json.Unmarshal(b, out)
 }
-

@@ -535,4 +535,3 @@ func TestBackupRestorePostgres(t *testing.T) {
 func withS3Creds(cmd string) string {
 	return "AWS_ACCESS_KEY_ID=" + testAccessKey + " AWS_SECRET_ACCESS_KEY=" + testSecretKey + " " + cmd
 }
-
