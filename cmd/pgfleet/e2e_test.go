@@ -389,7 +389,7 @@ func noSecretsShown(t *testing.T, c cli, dir, events string) {
 	if b, err := os.ReadFile(filepath.Join(dir, "iad-1", "token")); err == nil {
 		secrets["API token"] = strings.TrimSpace(string(b))
 	}
-	for _, k := range []string{"iad-1/tls/host.key", "iad-1/tls/ca.key", "ams-1/tls/host.key", "iad-1/members/demo-1/server.key"} {
+	for _, k := range []string{"iad-1/tls/host.pem", "iad-1/tls/ca.key", "ams-1/tls/host.pem", "iad-1/members/demo-1/server.key"} {
 		b, err := os.ReadFile(filepath.Join(dir, k))
 		if err != nil {
 			t.Fatal(err)

@@ -453,7 +453,7 @@ func joins(t *testing.T, f *labtest.Fleet, fleetCA *x509.Certificate, evil *pki.
 		if err == nil || err.Error() != tt.want {
 			t.Errorf("%s: Run() = %v\nwant %q", tt.name, err, tt.want)
 		}
-		if _, serr := os.Stat(filepath.Join(cfg.DataDir, "tls", "host.crt")); serr == nil {
+		if _, serr := os.Stat(filepath.Join(cfg.DataDir, "tls", "host.pem")); serr == nil {
 			t.Errorf("%s: a refused join left a certificate in %s", tt.name, cfg.DataDir)
 		}
 		t.Logf("%s: refused in %s", tt.name, time.Since(start).Round(time.Millisecond))

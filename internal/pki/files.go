@@ -14,8 +14,9 @@ import (
 //
 //	ca.crt    the fleet's CA certificate (or bundle, during a rotation)
 //	ca.key    the CA's key, only on the hosts that hold it (etcd voters)
-//	host.crt  this host's certificate
-//	host.key  this host's key
+//	host.pem  this host's key and certificate, in one file, so that a
+//	          renewal replaces both with one rename and nothing ever reads a
+//	          key with another key's certificate
 //
 // The directory and the keys are the agent's alone (0700, 0600): postgres
 // runs as another OS user on a host whose agent runs as root, and its
@@ -24,8 +25,8 @@ type Files struct{ Dir string }
 
 func (f Files) CAPath() string    { return filepath.Join(f.Dir, "ca.crt") }
 func (f Files) CAKeyPath() string { return filepath.Join(f.Dir, "ca.key") }
-func (f Files) CertPath() string  { return filepath.Join(f.Dir, "host.crt") }
-func (f Files) KeyPath() string   { return filepath.Join(f.Dir, "host.key") }
+func (f Files) CertPath() string  { return filepath.Join(f.Dir, "host.pem") }
+func (f Files) KeyPath() string   { return f.CertPath() }
 
 // Exists reports whether this host has its certificate.
 func (f Files) Exists() bool {
@@ -33,15 +34,23 @@ func (f Files) Exists() bool {
 	return err == nil
 }
 
-// Save writes the host's material, each file through a rename so that a
-// crash leaves the old file or the new one. caKey may be nil. The host
-// certificate is written last: its presence is what says the rest is there.
+// Save writes the host's material, each file through a rename (after an
+// fsync) so that a crash leaves the old file or the new one. caKeyPEM may
+// be nil; certPEM and keyPEM go together or not at all. The host's file is
+// written last: its presence is what says the rest is there.
 func (f Files) Save(caPEM, caKeyPEM, certPEM, keyPEM []byte) error {
+	if (certPEM == nil) != (keyPEM == nil) {
+		return errors.New("a host's certificate and key are saved together")
+	}
 	if err := os.MkdirAll(f.Dir, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", f.Dir, err)
 	}
 	if err := os.Chmod(f.Dir, 0o700); err != nil {
 		return err
+	}
+	var host []byte
+	if certPEM != nil {
+		host = append(append([]byte{}, keyPEM...), certPEM...)
 	}
 	files := []struct {
 		path string
@@ -50,8 +59,7 @@ func (f Files) Save(caPEM, caKeyPEM, certPEM, keyPEM []byte) error {
 	}{
 		{f.CAPath(), caPEM, 0o644},
 		{f.CAKeyPath(), caKeyPEM, 0o600},
-		{f.KeyPath(), keyPEM, 0o600},
-		{f.CertPath(), certPEM, 0o644},
+		{f.CertPath(), host, 0o600},
 	}
 	for _, x := range files {
 		if x.b == nil {
@@ -193,15 +201,30 @@ func (id *Identity) ClientTLS() *tls.Config {
 
 func writeAtomic(path string, b []byte, mode os.FileMode) error {
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, mode); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
+	if err == nil {
+		_, err = f.Write(b)
+		if err == nil {
+			err = f.Chmod(mode)
+		}
+		if err == nil {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
 	}
-	if err := os.Chmod(tmp, mode); err != nil {
-		return err
+	if err == nil {
+		err = os.Rename(tmp, path)
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	return nil
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }

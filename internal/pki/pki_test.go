@@ -342,9 +342,8 @@ func TestFilesSaveModes(t *testing.T) {
 	want := map[string]os.FileMode{
 		f.Dir:         0o700 | os.ModeDir,
 		f.CAKeyPath(): 0o600,
-		f.KeyPath():   0o600,
 		f.CAPath():    0o644,
-		f.CertPath():  0o644,
+		f.CertPath():  0o600, // the host's key and certificate, in one file
 	}
 	for path, mode := range want {
 		fi, err := os.Stat(path)
@@ -360,12 +359,12 @@ func TestFilesSaveModes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ents) != 4 {
+	if len(ents) != 3 {
 		var names []string
 		for _, e := range ents {
 			names = append(names, e.Name())
 		}
-		t.Errorf("files in %s after Save() = %v, want ca.crt, ca.key, host.crt, host.key only (no temporary files)", f.Dir, names)
+		t.Errorf("files in %s after Save() = %v, want ca.crt, ca.key, host.pem only (no temporary files)", f.Dir, names)
 	}
 	if !f.Exists() {
 		t.Error("Exists() = false after Save")
@@ -393,7 +392,7 @@ func TestFilesSaveModes(t *testing.T) {
 		t.Errorf("Save() with no CA key wrote %s (%v)", g.CAKeyPath(), err)
 	}
 	if fi, err := os.Stat(g.KeyPath()); err != nil || fi.Mode().Perm() != 0o600 {
-		t.Errorf("host.key of a non-voter: %v, %v; want mode 0600", fi, err)
+		t.Errorf("host.pem of a non-voter: %v, %v; want mode 0600", fi, err)
 	}
 	if a, err := g.Authority(); err != nil || a.Key != nil {
 		t.Errorf("Authority() of a host without the CA key = %+v, %v; want the CA without key", a, err)
