@@ -130,8 +130,8 @@ func (w *walServer) start() error {
 		return fmt.Errorf("WAL socket %s: %w", w.socket, err)
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /v1/wal/push", w.push)
-	mux.HandleFunc("GET /v1/wal/fetch", w.fetch)
+	mux.HandleFunc("POST /v1/wal/push", w.limit(w.push))
+	mux.HandleFunc("GET /v1/wal/fetch", w.limit(w.fetch))
 	w.srv = &http.Server{
 		Handler:           w.checkPeer(mux),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -373,6 +373,16 @@ func walFilePath(pgdata, p string) (string, error) {
 // regular file it owns, reached without following a link in its last
 // component. The agent may run as root, and pg_wal is the postgres user's to
 // fill with links to anything.
+// maxWALFile bounds what a push uploads: pgfleet's clusters use initdb's
+// 16 MiB segments, and the archive holds a file in memory while it
+// compresses and seals it, so a larger file is refused rather than let a
+// postgres-side process exhaust the agent's memory.
+const maxWALFile = 16 << 20
+
+// walConcurrency bounds the pushes and fetches the agent serves at once,
+// for the same reason.
+const walConcurrency = 4
+
 func openWALFile(path string, uid int) (*os.File, error) {
 	// O_NONBLOCK: a FIFO would block the open; it is refused below.
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
@@ -393,12 +403,28 @@ func openWALFile(path string, uid int) (*os.File, error) {
 		err = fmt.Errorf("%w: %s is not a regular file", errRefused, path)
 	case !ok || int(st.Uid) != uid:
 		err = fmt.Errorf("%w: %s is not owned by uid %d, which runs postgres", errRefused, path, uid)
+	case fi.Size() > maxWALFile:
+		err = fmt.Errorf("%w: %s is %d bytes, more than a WAL segment (%d)", errRefused, path, fi.Size(), maxWALFile)
 	}
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
 	return f, nil
+}
+
+// limit runs h for at most walConcurrency requests at a time; the others
+// wait their turn (postgres retries archive_command anyway).
+func (w *walServer) limit(h http.HandlerFunc) http.HandlerFunc {
+	sem := make(chan struct{}, walConcurrency)
+	return func(rw http.ResponseWriter, r *http.Request) {
+		select {
+		case sem <- struct{}{}:
+			defer func() { <-sem }()
+			h(rw, r)
+		case <-r.Context().Done():
+		}
+	}
 }
 
 // push archives the WAL file a member's postgres names.

@@ -145,6 +145,14 @@ func TestOpenWALFile(t *testing.T) {
 	if err := os.Mkdir(sub, 0o700); err != nil {
 		t.Fatal(err)
 	}
+	// Sparse: a file that claims more than a segment costs no disk.
+	huge := filepath.Join(dir, "000000010000000000000004")
+	if err := os.WriteFile(huge, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(huge, 16<<20+1); err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		name, path string
 		uid        int
@@ -155,6 +163,7 @@ func TestOpenWALFile(t *testing.T) {
 		{"a symbolic link", link, me, "symbolic link"},
 		{"a FIFO", fifo, me, "not a regular file"},
 		{"a directory", sub, me, "not a regular file"},
+		{"more than a segment", huge, me, "more than a WAL segment"},
 		{"nothing", filepath.Join(dir, "missing"), me, "no such file"},
 	} {
 		f, err := openWALFile(c.path, c.uid)
