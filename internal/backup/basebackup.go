@@ -607,10 +607,7 @@ func (c *tarChecker) check(h *tar.Header) (string, error) {
 // (GetBackup extracts into a directory of its own and does so; os.RemoveAll
 // removes a tablespace link, not what it points to).
 func extractTar(ctx context.Context, r io.Reader, dir string, owner *Owner) error {
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		return err
-	}
-	root, err := os.OpenRoot(dir)
+	root, err := makeRoot(dir)
 	if err != nil {
 		return err
 	}
@@ -752,6 +749,40 @@ func extractTar(ctx context.Context, r io.Reader, dir string, owner *Owner) erro
 		}
 	}
 	return nil
+}
+
+// makeRoot creates directory dir (mode 0700) and opens it as an os.Root.
+// Its parent may belong to the postgres OS user, who could swap the new
+// directory for a symbolic link between the two steps: both go through a
+// Root on the parent, which follows no link out of it, and the directory
+// opened must be the one created.
+func makeRoot(dir string) (*os.Root, error) {
+	parent, err := os.OpenRoot(filepath.Dir(dir))
+	if err != nil {
+		return nil, err
+	}
+	defer parent.Close()
+	base := filepath.Base(dir)
+	if err := parent.Mkdir(base, 0o700); err != nil {
+		return nil, err
+	}
+	made, err := parent.Lstat(base)
+	if err != nil {
+		return nil, err
+	}
+	root, err := parent.OpenRoot(base)
+	if err != nil {
+		return nil, err
+	}
+	opened, err := root.Stat(".")
+	if err == nil && (!made.IsDir() || !os.SameFile(made, opened)) {
+		err = fmt.Errorf("%s changed while it was being made: refusing to restore into it", dir)
+	}
+	if err != nil {
+		root.Close()
+		return nil, err
+	}
+	return root, nil
 }
 
 // syncRootDir fsyncs directory name under root.
