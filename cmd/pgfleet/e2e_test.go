@@ -424,4 +424,3 @@ func noSecretsShown(t *testing.T, c cli, dir, events string) {
 		}
 	}
 }
-

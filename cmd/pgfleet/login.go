@@ -3,10 +3,14 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
+	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
 
+	"github.com/pgfleet/pgfleet/internal/agent"
 	"github.com/pgfleet/pgfleet/internal/api"
 	"github.com/pgfleet/pgfleet/internal/pki"
 )
@@ -26,7 +30,10 @@ later command verifies the agents against that CA. The token comes from
 			if token == "" {
 				return usageError{errors.New("pgfleet login needs the API token: pass --token or set PGFLEET_TOKEN (the first agent of a fleet saves it in <data-dir>/token)")}
 			}
-			addr := args[0]
+			addr := strings.TrimPrefix(args[0], "https://")
+			if _, _, err := net.SplitHostPort(addr); err != nil {
+				addr = net.JoinHostPort(addr, strconv.Itoa(agent.DefaultAPIPort))
+			}
 			caPEM, err := api.Login(cmd.Context(), addr, token)
 			if err != nil {
 				return err

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -131,10 +132,43 @@ func (c *Config) Validate() error {
 	if len(c.EtcdEndpoints) > 0 && c.Join != "" {
 		return errors.New("--join and --etcd-endpoints exclude each other: --join joins the embedded etcd of another agent, --etcd-endpoints uses an existing etcd cluster")
 	}
+	// The fleet's CA, its key included, lives in an existing etcd: it must
+	// be reached over verified TLS unless it is on this machine.
+	for _, e := range c.EtcdEndpoints {
+		raw := e
+		if !strings.Contains(raw, "://") {
+			raw = "http://" + raw // how etcd's client reads a bare HOST:PORT without TLS
+			if c.EtcdCACert != "" {
+				raw = "https://" + e
+			}
+		}
+		u, err := url.Parse(raw)
+		if err != nil || u.Host == "" {
+			return fmt.Errorf("--etcd-endpoints %q: want https://HOST:PORT", e)
+		}
+		host := u.Hostname()
+		loopback := host == "localhost" || (net.ParseIP(host) != nil && net.ParseIP(host).IsLoopback())
+		switch {
+		case u.Scheme == "https" && c.EtcdCACert == "":
+			return fmt.Errorf("--etcd-endpoints %s: give --etcd-cacert, the CA that signed etcd's certificate", e)
+		case u.Scheme != "https" && !loopback:
+			return fmt.Errorf("--etcd-endpoints %s: an etcd on another machine must be reached over https (with --etcd-cacert, --etcd-cert and --etcd-key): the fleet's CA and every password pass through it", e)
+		}
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
 	return nil
+}
+
+// apiAddr is where other hosts and the CLI reach this host's API: the
+// listen address, or the advertised address when it listens on all.
+func (c Config) apiAddr() string {
+	h, p, err := net.SplitHostPort(c.APIListen)
+	if ip := net.ParseIP(h); err == nil && (h == "" || (ip != nil && ip.IsUnspecified())) {
+		return net.JoinHostPort(c.Advertise, p)
+	}
+	return c.APIListen
 }
 
 // Agent is a running host.
@@ -200,7 +234,7 @@ func New(cfg Config) (*Agent, error) {
 	return &Agent{
 		cfg: cfg, bin: bin, osUser: osUser, log: cfg.Logger.With("host", cfg.Name), exe: exe,
 		ready: make(chan struct{}), sups: map[string]*running{}, keptOrphans: map[string]bool{},
-		host: fleet.Host{Name: cfg.Name, Region: cfg.Region, Addr: cfg.Advertise, APIAddr: cfg.APIListen, Version: Version},
+		host: fleet.Host{Name: cfg.Name, Region: cfg.Region, Addr: cfg.Advertise, APIAddr: cfg.apiAddr(), Version: Version},
 	}, nil
 }
 

@@ -33,6 +33,9 @@ func TestConfigValidate(t *testing.T) {
 		{"bad api listen", func(c *agent.Config) { c.APIListen = "7480" }, `--api-listen "7480": want HOST:PORT`},
 		{"bad api port", func(c *agent.Config) { c.APIListen = "127.0.0.1:99999" }, "port must be 1-65535"},
 		{"join and endpoints", func(c *agent.Config) { c.Join = "127.0.0.1:2379"; c.EtcdEndpoints = []string{"x:2379"} }, "exclude each other"},
+		{"remote etcd in clear", func(c *agent.Config) { c.EtcdEndpoints = []string{"http://10.0.0.9:2379"} }, "must be reached over https"},
+		{"remote etcd, bare address, no TLS", func(c *agent.Config) { c.EtcdEndpoints = []string{"10.0.0.9:2379"} }, "must be reached over https"},
+		{"https etcd without its CA", func(c *agent.Config) { c.EtcdEndpoints = []string{"https://10.0.0.9:2379"} }, "give --etcd-cacert"},
 		{"bad etcd port", func(c *agent.Config) { c.EtcdPeerPort = 70000 }, "etcd port 70000"},
 	}
 	for _, tt := range tests {

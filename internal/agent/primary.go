@@ -230,8 +230,6 @@ func (s *supervisor) otherSlots(c store.ClusterState) []string {
 	return slots
 }
 
-// lostHold ends a term whose leader hold was lost: the hold fenced postgres
-// already; this records why and lets the key go without revoking it.
 // whileHeld runs a store step of the term's start again while the store
 // is briefly away (a voter lost, raft changing leaders), for as long as the
 // lease holds. The lease, not one failed call, decides whether the term goes
@@ -253,6 +251,8 @@ func (s *supervisor) whileHeld(ctx context.Context, step func() error) error {
 	}
 }
 
+// lostHold ends a term whose leader hold was lost: the hold fenced postgres
+// already; this records why and lets the key go without revoking it.
 func (s *supervisor) lostHold(ctx context.Context) error {
 	s.fence(ctx, s.hold.why())
 	s.hold.forget()

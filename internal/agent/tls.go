@@ -370,10 +370,11 @@ func (a *Agent) refreshPostgresTLS(ctx context.Context) error {
 		return errors.New("the fleet has no certificate for its members yet: one of the store's voters makes it")
 	}
 	next := postgres.ServerTLS{CertPEM: cur.CertPEM, KeyPEM: cur.KeyPEM, CAPEM: a.ca.CertPEM}
-	if old := a.pgTLS.Load(); old != nil && bytes.Equal(old.CertPEM, next.CertPEM) && bytes.Equal(old.CAPEM, next.CAPEM) {
-		return nil
+	if old := a.pgTLS.Load(); old == nil || !bytes.Equal(old.CertPEM, next.CertPEM) || !bytes.Equal(old.CAPEM, next.CAPEM) {
+		a.pgTLS.Store(&next)
 	}
-	a.pgTLS.Store(&next)
+	// Every time, not only on a change: an install that failed (a full
+	// disk) is tried again, and one that is in place costs three reads.
 	for _, r := range a.sups {
 		r.sup.installTLS()
 	}

@@ -9,10 +9,12 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 )
 
@@ -53,7 +55,7 @@ func (i *Instance) InstallTLS(t ServerTLS) (bool, error) {
 		path string
 		b    []byte
 	}{{i.KeyPath(), t.KeyPEM}, {i.CertPath(), t.CertPEM}, {i.RootCertPath(), t.CAPEM}} {
-		if old, err := os.ReadFile(f.path); err == nil && bytes.Equal(old, f.b) {
+		if old, err := readRegular(f.path); err == nil && bytes.Equal(old, f.b) {
 			continue
 		}
 		if err := i.writeFile(f.path, f.b); err != nil {
@@ -141,4 +143,23 @@ func certCovers(path, ip string) bool {
 		}
 	}
 	return false
+}
+
+// readRegular reads a file in a directory the postgres OS user owns without
+// following a link and without blocking on a FIFO it may have put there:
+// only a regular file is read.
+func readRegular(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() || fi.Size() > 1<<20 {
+		return nil, fmt.Errorf("%s is not a regular file of at most 1 MiB", path)
+	}
+	return io.ReadAll(f)
 }
