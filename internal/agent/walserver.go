@@ -328,14 +328,15 @@ func (w *walServer) target(ctx context.Context, r WALRequest, push bool) (walTar
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return walTarget{}, fmt.Errorf("%w: there is no cluster %s", errRefused, r.Cluster)
-	case errors.Is(err, store.ErrInvalid):
-		return walTarget{}, err
 	case err != nil:
+		// The store away, or the cluster's record invalid (its members
+		// keep running, left alone): archiving goes on where it went,
+		// rather than fill the disk with WAL.
 		w.mu.Lock()
 		t, ok := w.known[k]
 		w.mu.Unlock()
 		if ok {
-			w.log.Warn("the state store does not answer: using the archive it last named", "cluster", r.Cluster, "member", r.Member, "err", err)
+			w.log.Warn("the cluster cannot be read from the state store: using the archive it last named", "cluster", r.Cluster, "member", r.Member, "err", err)
 			return t, nil
 		}
 		return walTarget{}, err
