@@ -530,23 +530,15 @@ func (a *Archive) getBackup(ctx context.Context, id, dest string, owner *Owner) 
 	return m, nil
 }
 
-// tablespaceLinkRE matches the one path at which a base backup holds a
-// symbolic link: pg_tblspc/<oid>, a tablespace's link to its location.
-var tablespaceLinkRE = regexp.MustCompile(`^pg_tblspc/[0-9]+$`)
-
 // tarChecker judges a base backup's tar entries, in order. A base backup is
-// what pg_basebackup -Ft writes (PutBackup stores its tar as it is):
-// relative paths, directories, regular files, and symbolic links only at
-// pg_tblspc/<oid>, pointing to the tablespace's absolute location (any
-// other symbolic link in the data directory it skips, and pg_wal it writes
-// as a directory). Anything else (an absolute path, a path that climbs out
-// with "..", any other link, a hard link, an entry beneath or in place of a
-// tablespace link, whose files a base backup holds in a tar of their own)
-// could only make a restore write outside the data directory, so it is
-// refused.
-type tarChecker struct {
-	links map[string]string // tablespace links seen so far, to their targets
-}
+// what pg_basebackup -Ft -D - writes (PutBackup stores its tar as it is):
+// relative paths, directories and regular files. It holds no link: it
+// skips symbolic links in the data directory, writes pg_wal as a
+// directory, and refuses a cluster with tablespaces (pg_tblspc/<oid>
+// links), which could only go to stdout as a tar of their own. Anything
+// else (an absolute path, a path that climbs out with "..", any link) could
+// only make a restore write outside the data directory, so it is refused.
+type tarChecker struct{}
 
 // check returns the path of entry h relative to the data directory
 // (cleaned, slash-separated; "." for the directory itself), or an error that
@@ -563,29 +555,10 @@ func (c *tarChecker) check(h *tar.Header) (string, error) {
 	case name == ".." || strings.HasPrefix(name, "../"):
 		return "", refuse(`climbs out of the data directory with ".."`)
 	}
-	for p := name; p != "."; p = path.Dir(p) {
-		target, ok := c.links[p]
-		switch {
-		case !ok:
-		case p == name:
-			return "", refuse(fmt.Sprintf("is in the tar twice, first as the symbolic link to %q", target))
-		default:
-			return "", refuse(fmt.Sprintf("would be written through the symbolic link %s, which a restore never follows", p))
-		}
-	}
 	switch h.Typeflag {
 	case tar.TypeDir, tar.TypeReg:
 	case tar.TypeSymlink:
-		if !tablespaceLinkRE.MatchString(name) {
-			return "", refuse(fmt.Sprintf("is a symbolic link (to %q); a base backup holds symbolic links only as pg_tblspc/<oid>, a tablespace's link to its location", h.Linkname))
-		}
-		if !path.IsAbs(h.Linkname) {
-			return "", refuse(fmt.Sprintf("is a tablespace link to %q, which is not an absolute path as a tablespace's location is", h.Linkname))
-		}
-		if c.links == nil {
-			c.links = map[string]string{}
-		}
-		c.links[name] = h.Linkname
+		return "", refuse(fmt.Sprintf("is a symbolic link (to %q); a base backup of a pgfleet member holds none (pg_basebackup -D - refuses tablespaces)", h.Linkname))
 	case tar.TypeLink:
 		return "", refuse(fmt.Sprintf("is a hard link (to %q), which a base backup never holds", h.Linkname))
 	default:
@@ -724,21 +697,6 @@ func extractTar(ctx context.Context, r io.Reader, dir string, owner *Owner) erro
 				err = chown(name)
 			}
 			if err != nil {
-				return fmt.Errorf("extract %s: %w", name, err)
-			}
-		case tar.TypeSymlink:
-			// pg_tblspc/<oid>, checked above. pg_basebackup -D - refuses
-			// clusters with tablespaces, so this is only for completeness.
-			if err := mkdirAll(h, path.Dir(name), 0o700); err != nil {
-				return err
-			}
-			if err := exists(h, name); err != nil {
-				return err
-			}
-			if err := root.Symlink(h.Linkname, name); err != nil {
-				return fmt.Errorf("extract %s: %w", name, err)
-			}
-			if err := chown(name); err != nil {
 				return fmt.Errorf("extract %s: %w", name, err)
 			}
 		}
