@@ -392,7 +392,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	srvDone := make(chan struct{})
 	go func() {
 		defer close(srvDone)
-		if err := srv.ServeTLS(netutil.LimitListener(ln, MaxAPIConns), "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := srv.ServeTLS(limitPerIP(netutil.LimitListener(ln, MaxAPIConns)), "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			a.log.Error("api server", "err", err)
 		}
 	}()
