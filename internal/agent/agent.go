@@ -335,6 +335,16 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.etcd = e
 		defer e.Close()
 		endpoints = e.Endpoints
+		// Only the store's voters keep the CA's key: a host that was
+		// handed it while it looked like it would be one, and is a client,
+		// gives it up.
+		if !e.Member() && ca.Key != nil {
+			if err := os.Remove(a.tlsFiles().CAKeyPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("remove the CA key from a host that is not a store voter: %w", err)
+			}
+			ca.Key = nil
+			a.log.Info("this host is a client of the store, not a voter: it keeps no copy of the CA's key")
+		}
 		etcdTLS = id.ClientTLS()
 	} else if etcdTLS, err = a.externalTLS(); err != nil {
 		return err

@@ -346,6 +346,10 @@ func checkFree(addr string) error {
 	return l.Close()
 }
 
+// Member reports whether this host runs a member of the store (a voter),
+// not only a client of it.
+func (e *Embedded) Member() bool { return e.etcd != nil }
+
 // Close stops the embedded member, if any. etcd's Close waits for client
 // servers that a member which never reached quorum has not started yet, so
 // the wait is bounded: the process is leaving anyway.
