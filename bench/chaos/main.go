@@ -24,7 +24,7 @@ import (
 func main() {
 	exe := flag.String("pgfleet", "bin/pgfleet", "pgfleet binary")
 	dir := flag.String("dir", "bench/tmp/chaos", "working directory (emptied first)")
-	faults := flag.Int("faults", 250, "faults per mode")
+	faults := flag.Int("faults", 250, "rounds per mode: each injects one fault, or two overlapping ones")
 	modes := flag.String("modes", "sync,async", "replication modes to run, in order")
 	seed := flag.Uint64("seed", uint64(time.Now().UnixNano()), "nemesis seed")
 	out := flag.String("out", "bench/results/chaos.md", "markdown report")
@@ -47,7 +47,7 @@ func run(ctx context.Context, exe, dir string, faults int, modes []string, seed 
 		return err
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "# Fault suite: %d faults per mode\n\n", faults)
+	fmt.Fprintf(&b, "# Fault suite: %d rounds per mode (a round injects one fault or two at once)\n\n", faults)
 	fmt.Fprintf(&b, "Measured %s on one 2-core machine by `bash bench/chaos/run.sh` (seed %d).\n", time.Now().UTC().Format("2006-01-02"), seed)
 	b.WriteString("Three hosts (`iad:3`), each in its own network namespace; one cluster with a primary and two standbys, lease TTL 3 s.\n")
 	b.WriteString("Writers insert unique ids through each host's proxy, through the multi-host URL and directly to each member, recording acknowledged, refused and unknown outcomes.\n")

@@ -9,6 +9,6 @@ source scripts/setup.sh
 FAULTS="${FAULTS:-250}"
 MODES="${MODES:-sync,async}"
 go build -o bin/pgfleet ./cmd/pgfleet
-say "fault suite: $FAULTS faults per mode ($MODES)"
+say "fault suite: $FAULTS rounds per mode ($MODES); a round injects one fault or two at once"
 go run ./bench/chaos -faults "$FAULTS" -modes "$MODES" ${SEED:+-seed "$SEED"}
 cat bench/results/chaos.md
