@@ -56,7 +56,7 @@ func (a *Agent) embeddedIdentity(ctx context.Context) (*pki.Identity, *pki.Autho
 		return id, ca, join, err
 	}
 	if _, err := os.Stat(filepath.Join(a.cfg.DataDir, "etcd", "role.json")); err == nil {
-		return nil, nil, "", fmt.Errorf("%s holds a store member but no certificate (%s): it was made by a pgfleet without TLS; move the data dir away and join the host again", a.cfg.DataDir, files.CertPath())
+		return nil, nil, "", fmt.Errorf("%s holds a store member but no certificate (%s): it was made by a pgfleet without TLS: move the data dir away and join the host again (for a dev fleet, `pgfleet dev down --purge` then `pgfleet dev up`)", a.cfg.DataDir, files.CertPath())
 	}
 	if a.cfg.Join == "" {
 		ca, err := pki.NewAuthority(a.cfg.Name, time.Now())
