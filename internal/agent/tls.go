@@ -55,7 +55,7 @@ func (a *Agent) embeddedIdentity(ctx context.Context) (*pki.Identity, *pki.Autho
 		join, err := a.unfinishedJoin()
 		return id, ca, join, err
 	}
-	if _, err := os.Stat(filepath.Join(a.cfg.DataDir, "etcd", "role.json")); err == nil {
+	if a.hasStoreMember() {
 		return nil, nil, "", fmt.Errorf("%s holds a store member but no certificate (%s): it was made by a pgfleet without TLS: move the data dir away and join the host again (for a dev fleet, `pgfleet dev down --purge` then `pgfleet dev up`)", a.cfg.DataDir, files.CertPath())
 	}
 	if a.cfg.Join == "" {
@@ -463,11 +463,18 @@ func (a *Agent) recordJoin(etcd []string) error {
 	return os.Rename(tmp, a.joinRecordPath())
 }
 
+// hasStoreMember reports whether this host has taken its part in the
+// embedded store (store.StartEmbedded records it in etcd/role.json).
+func (a *Agent) hasStoreMember() bool {
+	_, err := os.Stat(filepath.Join(a.cfg.DataDir, "etcd", "role.json"))
+	return err == nil
+}
+
 // unfinishedJoin returns the store endpoint of a join that stopped after
 // the host was admitted and before its store member was in place; "" when
 // the host's store member exists or the host made the fleet.
 func (a *Agent) unfinishedJoin() (string, error) {
-	if _, err := os.Stat(filepath.Join(a.cfg.DataDir, "etcd", "role.json")); err == nil {
+	if a.hasStoreMember() {
 		return "", nil
 	}
 	b, err := os.ReadFile(a.joinRecordPath())

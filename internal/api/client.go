@@ -229,14 +229,13 @@ func (c *Client) ClusterURL(ctx context.Context, name string, o URLOptions) (URL
 		return v, err
 	}
 	if c.CAFile != "" {
-		u, err := url.Parse(v.URL)
-		if err != nil {
-			return v, fmt.Errorf("the cluster's URL: %w", err)
+		// Appended, not re-encoded: the query keeps its order, and the
+		// path keeps its slashes (a query may hold them as they are).
+		sep := "?"
+		if strings.Contains(v.URL, "?") {
+			sep = "&"
 		}
-		q := u.Query()
-		q.Set("sslrootcert", c.CAFile)
-		u.RawQuery = q.Encode()
-		v.URL = u.String()
+		v.URL += sep + "sslrootcert=" + strings.ReplaceAll(url.QueryEscape(c.CAFile), "%2F", "/")
 	}
 	return v, nil
 }

@@ -172,10 +172,7 @@ func Join(ctx context.Context, addr string, tok pki.JoinToken, csr []byte) (Join
 			if !pki.PinMatches(ca, tok.Pin) {
 				return fmt.Errorf("the agent's CA is %s, not %s as the join token says: this is not the fleet the token is from", pki.Pin(ca), tok.Pin)
 			}
-			roots := x509.NewCertPool()
-			roots.AddCert(ca)
-			_, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, DNSName: host})
-			return err
+			return verifyFrom(chain, ca, host)
 		},
 	}
 	var jr JoinResponse
@@ -275,12 +272,10 @@ func Login(ctx context.Context, addr, token string) ([]byte, error) {
 		return nil, fmt.Errorf("log in to %s: the fleet's CA: %w", addr, err)
 	}
 	host, _, _ := net.SplitHostPort(strings.TrimPrefix(addr, "https://"))
-	roots := x509.NewCertPool()
-	roots.AddCert(ca)
 	if len(chain) == 0 {
 		return nil, fmt.Errorf("log in to %s: no certificate presented", addr)
 	}
-	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, DNSName: host}); err != nil {
+	if err := verifyFrom(chain, ca, host); err != nil {
 		return nil, fmt.Errorf("log in to %s: the agent's certificate is not from the fleet's CA for that address: %w", addr, err)
 	}
 	return []byte(v.CA), nil
@@ -461,4 +456,14 @@ func postTo(ctx context.Context, c *http.Client, addr, path string, body, out an
 		return errors.New(ev.Error)
 	}
 	return json.Unmarshal(b, out)
+}
+
+// verifyFrom checks that the server certificate a chain starts with is
+// from ca and names host: what a client does by hand when it learned the
+// CA from a pin or a proof instead of its trust store.
+func verifyFrom(chain []*x509.Certificate, ca *x509.Certificate, host string) error {
+	roots := x509.NewCertPool()
+	roots.AddCert(ca)
+	_, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, DNSName: host})
+	return err
 }

@@ -181,15 +181,20 @@ const tokenCacheFor = 2 * time.Second
 
 func (s *Server) wantHash(ctx context.Context) (string, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.tokenHash != "" && time.Since(s.tokenRead) < tokenCacheFor {
-		return s.tokenHash, nil
+	h, read := s.tokenHash, s.tokenRead
+	s.mu.Unlock()
+	if h != "" && time.Since(read) < tokenCacheFor {
+		return h, nil
 	}
+	// Read outside the lock: a store that is slow to answer must not
+	// queue every other request's authentication behind this one.
 	h, err := s.store.TokenHash(ctx)
 	if err != nil {
 		return "", err
 	}
+	s.mu.Lock()
 	s.tokenHash, s.tokenRead = h, time.Now()
+	s.mu.Unlock()
 	return h, nil
 }
 
