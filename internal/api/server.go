@@ -41,7 +41,12 @@ type Server struct {
 	tokenRead time.Time // when
 
 	ca *pki.Authority // the fleet's CA; its key only on hosts that hold it
+
+	console http.Handler // the web console, served at every path the API leaves
 }
+
+// SetConsole serves h at every path outside the API's own.
+func (s *Server) SetConsole(h http.Handler) { s.console = h }
 
 // SetCA gives the server the fleet's CA, which join tokens pin and, where
 // this host holds its key, admits hosts.
@@ -95,7 +100,16 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("POST /v1/clusters/{name}/backups", s.auth(s.createBackup))
 	mux.Handle("GET /v1/clusters/{name}/backups", s.read(s.listBackups))
 	mux.Handle("GET /v1/clusters/{name}/backups/verify", s.auth(s.verifyBackups))
+	s.caRoutes(mux)
+	s.accessRoutes(mux)
+	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if s.console != nil {
+			s.console.ServeHTTP(w, r)
+			return
+		}
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
 	return mux
