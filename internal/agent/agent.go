@@ -385,6 +385,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	mux.HandleFunc("GET /metrics", rt.metrics)
 	apiSrv := api.NewServer(st, a.host, a.log.With("component", "api"))
 	apiSrv.SetCA(ca)
+	apiSrv.SetConsole(a.console(st, apiSrv))
 	mux.Handle("/", apiSrv.Handler())
 	srv := &http.Server{
 		Handler: mux,
