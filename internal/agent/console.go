@@ -4,9 +4,40 @@ import (
 	"net/http"
 
 	"github.com/pgfleet/pgfleet/internal/api"
+	"github.com/pgfleet/pgfleet/internal/console"
 	"github.com/pgfleet/pgfleet/internal/store"
 )
 
 // console returns the web console this agent serves beside its API, or nil
-// for none.
-func (a *Agent) console(st *store.Store, apiSrv *api.Server) http.Handler { return nil }
+// for none. The console calls the API in process, through the same
+// handlers (and so the same authorization) as the CLI's requests.
+func (a *Agent) console(st *store.Store, apiSrv *api.Server) http.Handler {
+	// The console's view of the API: the API itself, and the round trips
+	// between hosts that only the console shows, until the API registers
+	// that route itself.
+	calls := http.NewServeMux()
+	calls.Handle("/", apiSrv.Handler())
+	calls.Handle("GET /v1/rtt", apiSrv.RTTHandler())
+	c, err := console.New(console.Config{
+		API: calls, Etcd: st.Client(), Prefix: storePrefix(a.cfg.EtcdPrefix),
+		Host: a.host.Name, Region: a.host.Region, Log: a.log.With("component", "console"),
+	})
+	if err != nil {
+		// The templates are embedded and parsed in tests: this is a
+		// build that should never have shipped.
+		a.log.Error("web console disabled", "err", err)
+		return nil
+	}
+	return c
+}
+
+// storePrefix is the key prefix store.Open uses for prefix.
+func storePrefix(prefix string) string {
+	if prefix == "" {
+		prefix = "/pgfleet/"
+	}
+	if prefix[len(prefix)-1] != '/' {
+		prefix += "/"
+	}
+	return prefix
+}
