@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgfleet/pgfleet/internal/fleet"
+	"github.com/pgfleet/pgfleet/internal/ha"
 	"github.com/pgfleet/pgfleet/internal/postgres"
 	"github.com/pgfleet/pgfleet/internal/store"
 )
@@ -137,6 +138,7 @@ func (s *supervisor) servePrimary(ctx context.Context, kind, msg string) error {
 	tick := time.NewTicker(primaryTick)
 	defer tick.Stop()
 	lastTrim := time.Time{}
+	var orphans map[string]time.Time // slots without a member, since when
 	// The first check soon after the term starts: a new cluster gets its
 	// first backup at once.
 	lastBackupCheck := time.Now().Add(-backupCheckEvery + 3*time.Second)
@@ -202,7 +204,13 @@ func (s *supervisor) servePrimary(ctx context.Context, kind, msg string) error {
 			}()
 		}
 		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		err = s.ctl.do(qctx, s.superuser(), func(conn *pgx.Conn) error { return postgres.EnsureSlots(qctx, conn, s.otherSlots(c)) })
+		err = s.ctl.do(qctx, s.superuser(), func(conn *pgx.Conn) error {
+			if err := postgres.EnsureSlots(qctx, conn, s.otherSlots(c)); err != nil {
+				return err
+			}
+			orphans, err = s.dropOrphanSlots(qctx, conn, c, orphans)
+			return err
+		})
 		if err == nil {
 			err = s.reconcileSync(qctx, c)
 		}
@@ -218,6 +226,30 @@ func (s *supervisor) servePrimary(ctx context.Context, kind, msg string) error {
 			}
 		}
 	}
+}
+
+// dropOrphanSlots drops the replication slots of members no longer in the
+// cluster's spec (ha.OrphanSlots), whose WAL would otherwise pile up on the
+// primary's disk for a standby that never comes back, and returns the
+// orphans it saw, for the next call.
+func (s *supervisor) dropOrphanSlots(ctx context.Context, conn *pgx.Conn, c store.ClusterState, since map[string]time.Time) (map[string]time.Time, error) {
+	have, err := postgres.PhysicalSlots(ctx, conn)
+	if err != nil {
+		return since, err
+	}
+	slots := make([]ha.Slot, len(have))
+	for i, sl := range have {
+		slots[i] = ha.Slot{Name: sl.Name, Active: sl.Active}
+	}
+	drop, since := ha.OrphanSlots(ha.SlotInput{Now: time.Now(), Self: s.spec.ID, Members: c.Members, Slots: slots, SlotName: postgres.SlotName, OrphanSince: since})
+	for _, d := range drop {
+		if err := postgres.DropSlot(ctx, conn, d.Slot); err != nil {
+			return since, err
+		}
+		delete(since, d.Slot)
+		s.event(ctx, "slot-dropped", fmt.Sprintf("replication slot %s dropped: %s", d.Slot, d.Why))
+	}
+	return since, nil
 }
 
 func (s *supervisor) otherSlots(c store.ClusterState) []string {

@@ -52,6 +52,10 @@ const (
 	passfileSuffix = ".pgpass"
 )
 
+// DefaultMaxSlotWALKeep is the most WAL a replication slot may hold back
+// on a primary (max_slot_wal_keep_size).
+const DefaultMaxSlotWALKeep = "2GB"
+
 // defaultParams are pgfleet's defaults, in the order written. Params may
 // override any of them.
 var defaultParams = [][2]string{
@@ -62,6 +66,11 @@ var defaultParams = [][2]string{
 	{"wal_level", "replica"},
 	{"max_wal_senders", "16"},
 	{"max_replication_slots", "16"},
+	// A slot keeps WAL until its standby has it; without a bound, one
+	// standby that is down for long fills the primary's disk and stops
+	// every write. Past this much the slot is invalidated instead and that
+	// standby clones again. Params may raise or lower it.
+	{"max_slot_wal_keep_size", DefaultMaxSlotWALKeep},
 	{"hot_standby", "on"},
 	// Lets the primary keep rows a standby query still needs instead of
 	// cancelling that query.
