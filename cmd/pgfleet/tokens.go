@@ -139,5 +139,6 @@ func newCACmd(cf *clientFlags) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&pin, "pin", false, "print the CA's pin (sha256 of its public key) instead")
+	cmd.AddCommand(newCARotateCmd(cf))
 	return cmd
 }

@@ -189,6 +189,12 @@ type Agent struct {
 	identity *pki.Identity
 	ca       *pki.Authority
 	pgTLS    atomic.Pointer[postgres.ServerTLS]
+	api      *api.Server // handed the CA again when a rotation changes it
+	// rotation is the CA rotation under way, as followRotation last read
+	// it (nil: none); etcdCA is the CA file this host's etcd member was
+	// started with.
+	rotation atomic.Pointer[pki.Rotation]
+	etcdCA   []byte
 
 	leaseMu sync.Mutex
 	lease   *store.Lease
@@ -325,6 +331,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			return err
 		}
 		files := a.tlsFiles()
+		a.etcdCA = readCAFile(files)
 		e, err := store.StartEmbedded(ctx, store.EmbedConfig{
 			Name: cfg.Name, Dir: filepath.Join(cfg.DataDir, "etcd"), Addr: cfg.Advertise,
 			ClientPort: cfg.EtcdClientPort, PeerPort: cfg.EtcdPeerPort, Join: join, TLS: &files, Logger: a.log,
@@ -345,11 +352,16 @@ func (a *Agent) Run(ctx context.Context) error {
 			ca.Key = nil
 			a.log.Info("this host is a client of the store, not a voter: it keeps no copy of the CA's key")
 		}
-		etcdTLS = id.ClientTLS()
 	} else if etcdTLS, err = a.externalTLS(); err != nil {
 		return err
 	}
-	st, err := store.Open(endpoints, cfg.EtcdPrefix, etcdTLS)
+	var st *store.Store
+	if a.etcd != nil {
+		// Read for each connection: a CA rotation changes what it trusts.
+		st, err = store.OpenWith(endpoints, cfg.EtcdPrefix, id.ClientTLS)
+	} else {
+		st, err = store.Open(endpoints, cfg.EtcdPrefix, etcdTLS)
+	}
 	if err != nil {
 		return err
 	}
@@ -385,6 +397,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	mux.HandleFunc("GET /metrics", rt.metrics)
 	apiSrv := api.NewServer(st, a.host, a.log.With("component", "api"))
 	apiSrv.SetCA(ca)
+	apiSrv.SetStoreVoters(a.storeVoters())
+	a.api = apiSrv
 	apiSrv.SetConsole(a.console(st, apiSrv))
 	mux.Handle("/", apiSrv.Handler())
 	srv := &http.Server{
@@ -537,6 +551,7 @@ func (a *Agent) register(ctx context.Context) error {
 // store until ctx ends.
 func (a *Agent) loop(ctx context.Context) {
 	watch := a.store.WatchPlacement(ctx)
+	rotWatch := a.store.WatchCARotation(ctx)
 	lastTLSCheck := time.Now()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -561,19 +576,38 @@ func (a *Agent) loop(ctx context.Context) {
 			if !ok {
 				watch = a.store.WatchPlacement(ctx) // the watch broke (store restarted); open it again
 			}
+		case _, ok := <-rotWatch:
+			if !ok {
+				rotWatch = a.store.WatchCARotation(ctx)
+				continue
+			}
+			a.checkTLS(ctx)
+			lastTLSCheck = time.Now()
 		case <-tick.C:
 			a.keepStoreLeaderAway(ctx)
 			if time.Since(lastTLSCheck) >= postgresTLSEvery {
 				lastTLSCheck = time.Now()
-				if err := a.refreshPostgresTLS(ctx); err != nil {
-					a.log.Warn("check the members' certificate", "err", err)
-				}
-				if err := a.renewHostCert(ctx); err != nil {
-					a.log.Warn("renew this host's certificate", "err", err, "expires", a.identity.Leaf().NotAfter)
-				}
+				a.checkTLS(ctx)
 			}
 		}
 		a.reconcile(ctx)
+	}
+}
+
+// checkTLS keeps this host's certificates current: it follows a CA
+// rotation, keeps the members' certificate naming every host, and renews
+// this host's own. The members' certificate waits for a rotation step that
+// failed: which CA issues it depends on the rotation's phase.
+func (a *Agent) checkTLS(ctx context.Context) {
+	if err := a.followRotation(ctx); err != nil {
+		a.log.Warn("follow the CA rotation", "err", err)
+		return
+	}
+	if err := a.refreshPostgresTLS(ctx); err != nil {
+		a.log.Warn("check the members' certificate", "err", err)
+	}
+	if err := a.renewHostCert(ctx); err != nil {
+		a.log.Warn("renew this host's certificate", "err", err, "expires", a.identity.Leaf().NotAfter)
 	}
 }
 

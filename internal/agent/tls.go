@@ -341,7 +341,20 @@ func (a *Agent) refreshPostgresTLS(ctx context.Context) error {
 		}
 	}
 	stale := leaf == nil || !pki.Covers(leaf, want) || pki.NeedsRenewal(leaf, time.Now()) || pki.ClientCapable(leaf)
-	if stale && a.ca != nil && a.ca.Key != nil {
+	issuer := a.ca != nil && a.ca.Key != nil
+	if rot := a.rotation.Load(); rot != nil && rot.Phase != pki.PhaseRequested {
+		// During a CA rotation only its coordinator issues, and from the
+		// new CA once it holds its key: two key holders on different CAs
+		// would otherwise undo each other's work.
+		newCA, err := pki.ParseCert(rot.NewCA)
+		if err != nil {
+			return fmt.Errorf("the new CA: %w", err)
+		}
+		onNew := issuer && pki.KeyMatches(a.ca.Key, newCA)
+		issuer = issuer && rot.Coordinator == a.cfg.Name && (onNew || rot.Phase == pki.PhaseTrust)
+		stale = stale || (onNew && !pki.IssuedBy(leaf, newCA))
+	}
+	if stale && issuer {
 		key, err := pki.NewKey()
 		if err != nil {
 			return err
@@ -393,11 +406,17 @@ func (a *Agent) renewHostCert(ctx context.Context) error {
 		return nil
 	}
 	files := a.tlsFiles()
-	if a.ca.Key != nil {
+	issuer := a.ca.Cert
+	if rot := a.rotation.Load(); rot != nil && rot.Phase != pki.PhaseRequested {
+		if c, err := pki.ParseCert(rot.NewCA); err == nil && pki.IssuedBy(leaf, c) {
+			issuer = c // keep to the new CA
+		}
+	}
+	if a.ca.Key != nil && pki.KeyMatches(a.ca.Key, issuer) {
 		if err := a.issueLocally(files, a.ca); err != nil {
 			return err
 		}
-	} else if err := a.renewThroughFleet(ctx, files, req); err != nil {
+	} else if err := a.renewThroughFleet(ctx, files, req, issuer); err != nil {
 		return err
 	}
 	if err := a.identity.Reload(); err != nil {
@@ -407,7 +426,9 @@ func (a *Agent) renewHostCert(ctx context.Context) error {
 	return nil
 }
 
-func (a *Agent) renewThroughFleet(ctx context.Context, files pki.Files, req pki.HostRequest) error {
+// renewThroughFleet asks the agents that hold the CA's key for a
+// certificate from issuer.
+func (a *Agent) renewThroughFleet(ctx context.Context, files pki.Files, req pki.HostRequest, issuer *x509.Certificate) error {
 	hosts, err := a.store.Hosts(ctx)
 	if err != nil && !store.OnlyInvalid(err) {
 		return err
@@ -430,15 +451,23 @@ func (a *Agent) renewThroughFleet(ctx context.Context, files pki.Files, req pki.
 			errs = append(errs, err)
 			continue
 		}
-		tok := pki.JoinToken{Pin: pki.Pin(a.ca.Cert)}
-		if err := checkAdmission(resp, tok, key); err != nil {
+		cert, err := pki.ParseCert([]byte(resp.Cert))
+		if err != nil {
 			return fmt.Errorf("renew through %s: %w", h.Name, err)
+		}
+		if pub, ok := cert.PublicKey.(*ecdsa.PublicKey); !ok || !pub.Equal(&key.PublicKey) {
+			return fmt.Errorf("renew through %s: the certificate is not for this host's key", h.Name)
+		}
+		if !pki.IssuedBy(cert, issuer) {
+			// During a CA rotation a key holder may not have the new key yet.
+			errs = append(errs, fmt.Errorf("%s issued from another CA than %s", h.Name, pki.Pin(issuer)))
+			continue
 		}
 		keyPEM, err := pki.EncodeKey(key)
 		if err != nil {
 			return err
 		}
-		return files.Save(nil, nil, []byte(resp.Cert), keyPEM)
+		return files.Save(nil, nil, pki.EncodeCert(cert), keyPEM)
 	}
 	return fmt.Errorf("no host renewed this host's certificate: %w", errors.Join(errs...))
 }

@@ -63,7 +63,8 @@ var joinTokenIDRE = regexp.MustCompile(`^[0-9a-f]{8}$`)
 const authFailureDelay = time.Second
 
 func (s *Server) createJoinToken(w http.ResponseWriter, r *http.Request) {
-	if s.ca == nil {
+	ca := s.authority()
+	if ca == nil {
 		writeError(w, http.StatusServiceUnavailable, "this agent does not know the fleet's CA")
 		return
 	}
@@ -77,7 +78,10 @@ func (s *Server) createJoinToken(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("--ttl %q: want a duration from 1m to %s, e.g. 1h", req.TTL, MaxJoinTokenTTL))
 		return
 	}
-	tok := pki.NewJoinToken(s.ca.Cert)
+	if s.rotating(w, r, "make a join token") {
+		return
+	}
+	tok := pki.NewJoinToken(ca.Cert)
 	exp := time.Now().Add(ttl).UTC()
 	if err := s.store.PutJoinToken(r.Context(), tok.ID, store.JoinTokenRecord{SecretHash: tok.SecretHash(), Expires: exp}); err != nil {
 		s.storeError(w, err)
@@ -89,7 +93,8 @@ func (s *Server) createJoinToken(w http.ResponseWriter, r *http.Request) {
 // join admits a host that holds a valid join token: it certifies the key
 // of the host's certificate request with the fleet's CA.
 func (s *Server) join(w http.ResponseWriter, r *http.Request) {
-	if s.ca == nil || s.ca.Key == nil {
+	ca := s.authority()
+	if ca == nil || ca.Key == nil {
 		writeError(w, http.StatusServiceUnavailable, "this agent does not hold the fleet CA's key: join through one of the first three hosts (the store's voters)")
 		return
 	}
@@ -126,19 +131,22 @@ func (s *Server) join(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("certificate request names %v: a host's certificate names only the host and its addresses", host.DNS))
 		return
 	}
+	if s.rotating(w, r, "admit a host") {
+		return
+	}
 	voters, etcd, err := s.store.EtcdMembers(r.Context())
 	if err != nil {
 		s.storeError(w, err)
 		return
 	}
-	cert, err := s.ca.Issue(pub, host, time.Now())
+	cert, err := ca.Issue(pub, host, time.Now())
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	resp := JoinResponse{CA: string(s.ca.CertPEM), Cert: string(cert), Etcd: etcd}
+	resp := JoinResponse{CA: string(ca.CertPEM), Cert: string(cert), Etcd: etcd}
 	if voters < store.MaxVoters {
-		key, err := pki.EncodeKey(s.ca.Key)
+		key, err := pki.EncodeKey(ca.Key)
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, err.Error())
 			return
@@ -217,7 +225,8 @@ func (s *Server) caProof(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "nonce: want 32 to 128 lowercase hex digits")
 		return
 	}
-	if s.ca == nil {
+	ca := s.authority()
+	if ca == nil {
 		writeError(w, http.StatusServiceUnavailable, "this agent does not know the fleet's CA")
 		return
 	}
@@ -226,7 +235,7 @@ func (s *Server) caProof(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, CAView{CA: string(s.ca.CertPEM), Proof: CAProof(hash, nonce, s.ca.CertPEM)})
+	writeJSON(w, http.StatusOK, CAView{CA: string(ca.CertPEM), Proof: CAProof(hash, nonce, ca.CertPEM)})
 }
 
 // Login learns the fleet's CA from the agent at addr, which must prove it
@@ -362,7 +371,8 @@ type RenewRequest struct {
 // client certificate it connected with, which must be from the fleet's
 // CA; it can renew only its own name.
 func (s *Server) renew(w http.ResponseWriter, r *http.Request) {
-	if s.ca == nil || s.ca.Key == nil {
+	ca := s.authority()
+	if ca == nil || ca.Key == nil {
 		writeError(w, http.StatusServiceUnavailable, "this agent does not hold the fleet CA's key: ask one of the store's voters")
 		return
 	}
@@ -407,14 +417,23 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	rot, _, err := s.store.CARotation(r.Context())
+	switch {
+	case err == nil && rot.Excludes(host.Name):
+		writeError(w, http.StatusForbidden, fmt.Sprintf("host %s is excluded from CA rotation %s: it gets no new certificate", host.Name, rot.ID))
+		return
+	case err != nil && !errors.Is(err, store.ErrNotFound):
+		s.storeError(w, err)
+		return
+	}
 	host.DNS = nil
-	cert, err := s.ca.Issue(pub, host, time.Now())
+	cert, err := ca.Issue(pub, host, time.Now())
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
 	s.log.Info("host certificate renewed", "host", host.Name, "ips", host.IPs)
-	writeJSON(w, http.StatusOK, JoinResponse{CA: string(s.ca.CertPEM), Cert: string(cert)})
+	writeJSON(w, http.StatusOK, JoinResponse{CA: string(ca.CertPEM), Cert: string(cert)})
 }
 
 // Renew asks the agent at addr for a new certificate for csr, presenting

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pgfleet/pgfleet/internal/fleet"
@@ -40,9 +41,11 @@ type Server struct {
 	tokenHash string    // the fleet's token's hash, as last read
 	tokenRead time.Time // when
 
-	ca *pki.Authority // the fleet's CA; its key only on hosts that hold it
+	ca atomic.Pointer[pki.Authority] // the fleet's CA; its key only on hosts that hold it
 
 	console http.Handler // the web console, served at every path the API leaves
+
+	voters func(context.Context) ([]string, error) // the store's voters; nil on an existing etcd
 }
 
 // SetConsole serves h at every path outside the API's own.
@@ -50,7 +53,11 @@ func (s *Server) SetConsole(h http.Handler) { s.console = h }
 
 // SetCA gives the server the fleet's CA, which join tokens pin and, where
 // this host holds its key, admits hosts.
-func (s *Server) SetCA(ca *pki.Authority) { s.ca = ca }
+// A CA rotation swaps it while the server runs.
+func (s *Server) SetCA(ca *pki.Authority) { s.ca.Store(ca) }
+
+// authority is the CA as last set; nil before SetCA.
+func (s *Server) authority() *pki.Authority { return s.ca.Load() }
 
 // NewServer returns a server for the agent on self.
 func NewServer(st *store.Store, self fleet.Host, log *slog.Logger) *Server {

@@ -1,6 +1,7 @@
 package pki
 
 import (
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -78,11 +79,11 @@ func (f Files) Authority() (*Authority, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read the fleet CA: %w", err)
 	}
-	cert, err := ParseCert(caPEM)
+	certs, err := ParseCerts(caPEM)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", f.CAPath(), err)
 	}
-	a := &Authority{Cert: cert, CertPEM: caPEM}
+	a := &Authority{Cert: certs[0], CertPEM: caPEM}
 	keyPEM, err := os.ReadFile(f.CAKeyPath())
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -93,7 +94,21 @@ func (f Files) Authority() (*Authority, error) {
 	if a.Key, err = ParseKey(keyPEM); err != nil {
 		return nil, fmt.Errorf("read %s: %w", f.CAKeyPath(), err)
 	}
-	return a, nil
+	// During a rotation ca.crt holds two CAs: the key says which one this
+	// host issues with.
+	for _, c := range certs {
+		if KeyMatches(a.Key, c) {
+			a.Cert = c
+			return a, nil
+		}
+	}
+	return nil, fmt.Errorf("%s belongs to none of the CAs in %s: restore the pair from a backup or join the host again", f.CAKeyPath(), f.CAPath())
+}
+
+// KeyMatches reports whether key is the private half of cert's key.
+func KeyMatches(key crypto.Signer, cert *x509.Certificate) bool {
+	pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool })
+	return ok && pub.Equal(cert.PublicKey)
 }
 
 // Identity serves a host's current certificate to TLS. Renew swaps it in
@@ -162,6 +177,14 @@ func (id *Identity) Pool() *x509.CertPool {
 	id.mu.RLock()
 	defer id.mu.RUnlock()
 	return id.pool
+}
+
+// Key returns the host's current private key.
+func (id *Identity) Key() crypto.Signer {
+	id.mu.RLock()
+	defer id.mu.RUnlock()
+	k, _ := id.cert.PrivateKey.(crypto.Signer)
+	return k
 }
 
 func (id *Identity) certificate() *tls.Certificate {

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -50,6 +51,8 @@ type EmbedConfig struct {
 // Embedded is this host's part of the state store: an etcd member, or only
 // the endpoints of the fleet's members when this host is a client.
 type Embedded struct {
+	cfg       EmbedConfig
+	mu        sync.Mutex  // guards etcd across Restart
 	etcd      *embed.Etcd // nil on a client-only host
 	Endpoints []string
 }
@@ -122,7 +125,7 @@ func StartEmbedded(ctx context.Context, cfg EmbedConfig) (*Embedded, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &Embedded{etcd: e, Endpoints: []string{urlString(cfg.clientURL())}}, nil
+		return &Embedded{cfg: cfg, etcd: e, Endpoints: []string{urlString(cfg.clientURL())}}, nil
 	}
 
 	if cfg.Join == "" {
@@ -135,7 +138,7 @@ func StartEmbedded(ctx context.Context, cfg EmbedConfig) (*Embedded, error) {
 			e.Close()
 			return nil, err
 		}
-		return &Embedded{etcd: e, Endpoints: ep}, nil
+		return &Embedded{cfg: cfg, etcd: e, Endpoints: ep}, nil
 	}
 
 	join := cfg.Join
@@ -213,7 +216,7 @@ func StartEmbedded(ctx context.Context, cfg EmbedConfig) (*Embedded, error) {
 		os.RemoveAll(filepath.Join(cfg.Dir, "member"))
 		return nil, err
 	}
-	return &Embedded{etcd: e, Endpoints: ep}, nil
+	return &Embedded{cfg: cfg, etcd: e, Endpoints: ep}, nil
 }
 
 func urlString(u url.URL) string { return u.String() }
@@ -348,12 +351,58 @@ func checkFree(addr string) error {
 
 // Member reports whether this host runs a member of the store (a voter),
 // not only a client of it.
-func (e *Embedded) Member() bool { return e.etcd != nil }
+func (e *Embedded) Member() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.etcd != nil
+}
+
+// Restart stops this host's etcd member and starts it again from its data,
+// so that it reads its TLS files afresh: etcd loads the CAs it trusts only
+// at start, and a CA rotation has to change them. Leadership moves away
+// first, so the fleet's store does not wait out an election. It returns once
+// the member is back and serving; the fleet's other voters keep quorum in
+// the meantime, so it is one voter at a time.
+func (e *Embedded) Restart(ctx context.Context) error {
+	if !e.Member() {
+		return nil
+	}
+	if _, err := e.MoveLeaderAway(ctx); err != nil && e.cfg.Logger != nil {
+		e.cfg.Logger.Warn("restart etcd member: leadership stays here", "err", err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	old := e.etcd
+	done := make(chan struct{})
+	go func() { defer close(done); old.Close() }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		return errors.New("restart etcd member: it did not stop within 10 s")
+	}
+	next, err := startEtcd(ctx, e.cfg, e.cfg.Name+"="+urlString(e.cfg.peerURL()), embed.ClusterStateFlagExisting)
+	if err != nil {
+		// Keep the stopped member's handle: Close on it is harmless, and the
+		// agent's next Restart (or its own restart) tries again.
+		return fmt.Errorf("restart etcd member: %w", err)
+	}
+	e.etcd = next
+	select {
+	case <-next.Server.ReadyNotify():
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(30 * time.Second):
+		return errors.New("restart etcd member: it is not serving 30 s after its start")
+	}
+}
 
 // Close stops the embedded member, if any. etcd's Close waits for client
 // servers that a member which never reached quorum has not started yet, so
 // the wait is bounded: the process is leaving anyway.
 func (e *Embedded) Close() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	if e.etcd == nil {
 		return
 	}
@@ -390,10 +439,13 @@ func etcdLogger() *zap.Logger {
 // lease by its election timeout, and the failover waits that much longer.
 // It reports whether leadership moved.
 func (e *Embedded) MoveLeaderAway(ctx context.Context) (bool, error) {
+	e.mu.Lock()
 	if e.etcd == nil {
+		e.mu.Unlock()
 		return false, nil
 	}
 	srv := e.etcd.Server
+	e.mu.Unlock()
 	self := uint64(srv.MemberID())
 	if srv.Leader() != srv.MemberID() {
 		return false, nil

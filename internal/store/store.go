@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -138,6 +140,7 @@ func OnlyInvalid(err error) bool {
 type Store struct {
 	cli    *clientv3.Client
 	prefix string
+	avoid  atomic.Value // string: a member's client URL the client keeps away from
 }
 
 // Open connects to etcd. prefix (default "/pgfleet/") lets several fleets,
@@ -145,6 +148,23 @@ type Store struct {
 // and the CA etcd's certificate must come from; nil only for a plain-text
 // etcd in the store's own tests.
 func Open(endpoints []string, prefix string, tlsCfg *tls.Config) (*Store, error) {
+	if tlsCfg == nil {
+		return OpenWith(endpoints, prefix, nil)
+	}
+	return OpenWith(endpoints, prefix, func() *tls.Config { return tlsCfg })
+}
+
+// OpenWith is Open with the TLS configuration read again for every new
+// connection (pki.Identity.ClientTLS), so that a CA rotation reaches a
+// client that is already running: its next connection trusts the CAs the
+// host trusts then.
+func OpenWith(endpoints []string, prefix string, tlsSrc func() *tls.Config) (*Store, error) {
+	var tlsCfg *tls.Config
+	var dial []grpc.DialOption
+	if tlsSrc != nil {
+		tlsCfg = tlsSrc()
+		dial = append(dial, grpc.WithTransportCredentials(tlsSource(tlsSrc)))
+	}
 	if prefix == "" {
 		prefix = "/pgfleet/"
 	}
@@ -157,6 +177,7 @@ func Open(endpoints []string, prefix string, tlsCfg *tls.Config) (*Store, error)
 		DialKeepAliveTime:    2 * time.Second,
 		DialKeepAliveTimeout: 2 * time.Second,
 		TLS:                  tlsCfg,
+		DialOptions:          dial,
 		Logger:               zap.NewNop(),
 	})
 	if err != nil {
@@ -173,9 +194,7 @@ func Open(endpoints []string, prefix string, tlsCfg *tls.Config) (*Store, error)
 // members advertise URLs the fleet's hosts reach.
 func (s *Store) FollowMembers(ctx context.Context, interval time.Duration, log *slog.Logger) {
 	for {
-		sctx, cancel := context.WithTimeout(ctx, RequestTimeout)
-		err := s.cli.Sync(sctx)
-		cancel()
+		err := s.syncEndpoints(ctx)
 		if err != nil && ctx.Err() == nil {
 			log.Debug("sync etcd endpoints", "err", err)
 		}
@@ -185,6 +204,52 @@ func (s *Store) FollowMembers(ctx context.Context, interval time.Duration, log *
 		case <-time.After(interval):
 		}
 	}
+}
+
+// syncEndpoints points the client at every voting member's client URL but
+// the one Avoid names.
+func (s *Store) syncEndpoints(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, RequestTimeout)
+	defer cancel()
+	resp, err := s.cli.MemberList(ctx)
+	if err != nil {
+		return fmt.Errorf("list etcd members: %w", Translate(err))
+	}
+	avoid, _ := s.avoid.Load().(string)
+	var eps []string
+	for _, m := range resp.Members {
+		if m.IsLearner {
+			continue
+		}
+		for _, u := range m.ClientURLs {
+			if u != avoid {
+				eps = append(eps, u)
+			}
+		}
+	}
+	if len(eps) == 0 {
+		return errors.New("no etcd member to reach the store through")
+	}
+	s.cli.SetEndpoints(eps...)
+	return nil
+}
+
+// Avoid points the client away from the member at clientURL, this host's
+// own, while it restarts (Embedded.Restart), so that no store call, a
+// leader lease's renewal least of all, waits on it. The returned function
+// points the client at every member again.
+func (s *Store) Avoid(ctx context.Context, clientURL string) (func(), error) {
+	s.avoid.Store(clientURL)
+	if err := s.syncEndpoints(ctx); err != nil {
+		s.avoid.Store("")
+		return nil, fmt.Errorf("reach the store through the other members while this one restarts: %w", err)
+	}
+	return func() {
+		s.avoid.Store("")
+		ctx, cancel := context.WithTimeout(context.Background(), RequestTimeout)
+		defer cancel()
+		_ = s.syncEndpoints(ctx) // FollowMembers tries again
+	}, nil
 }
 
 // Close closes the client.

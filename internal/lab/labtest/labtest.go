@@ -225,6 +225,16 @@ func (f *Fleet) StopAll() {
 		f.Stop(name)
 	}
 	if f.t.Failed() {
+		// The test's directory goes with it: PGFLEET_TEST_LOGS keeps the
+		// agents' whole logs for a look afterwards.
+		if keep := os.Getenv("PGFLEET_TEST_LOGS"); keep != "" {
+			for _, h := range f.Plan.Hosts {
+				if b, err := os.ReadFile(filepath.Join(f.Dir, h.Name+".log")); err == nil {
+					_ = os.MkdirAll(keep, 0o755)
+					_ = os.WriteFile(filepath.Join(keep, h.Name+".log"), b, 0o644)
+				}
+			}
+		}
 		for _, h := range f.Plan.Hosts {
 			f.t.Logf("--- end of %s's log:\n%s", h.Name, lab.Tail(filepath.Join(f.Dir, h.Name+".log"), 30))
 		}
