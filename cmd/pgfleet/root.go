@@ -55,6 +55,7 @@ func newRootCmd() *cobra.Command {
 		newLoginCmd(cf),
 		newTokenCmd(cf),
 		newCACmd(cf),
+		newUsersCmd(cf), newDBCmd(cf), newAttachCmd(cf), newDetachCmd(cf),
 		newVersionCmd(),
 		newWALPushCmd(), newWALFetchCmd(),
 	)
