@@ -199,8 +199,11 @@ type Agent struct {
 	leaseMu sync.Mutex
 	lease   *store.Lease
 
-	ready   chan struct{}
-	sups    map[string]*running // by member id
+	ready chan struct{}
+	// sups are the supervisors, by member id. Only the agent's loop adds
+	// and removes them, under supsMu, which the WAL server's reads take.
+	sups   map[string]*running
+	supsMu sync.RWMutex
 	fleetID string              // the store's fleet id, once known
 	// orphansChecked is when removeOrphans last looked; keptOrphans are the
 	// directories it kept and reported.
@@ -682,7 +685,9 @@ func (a *Agent) reconcile(ctx context.Context) {
 		a.log.Info("member no longer placed here", "member", id, "destroyed", gone)
 		r.cancel(cause)
 		<-r.done
+		a.supsMu.Lock()
 		delete(a.sups, id)
+		a.supsMu.Unlock()
 	}
 	for id, p := range want {
 		if _, ok := a.sups[id]; ok {
@@ -833,7 +838,9 @@ func (a *Agent) startSupervisor(ctx context.Context, p placed) error {
 	}
 	sctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
 	r := &running{sup: s, cancel: cancel, done: make(chan struct{}), created: p.cluster.Created}
+	a.supsMu.Lock()
 	a.sups[m.ID] = r
+	a.supsMu.Unlock()
 	go func() { defer close(r.done); s.run(sctx) }()
 	return nil
 }
@@ -845,6 +852,8 @@ func (a *Agent) stopAll() {
 	}
 	for id, r := range a.sups {
 		<-r.done
+		a.supsMu.Lock()
 		delete(a.sups, id)
+		a.supsMu.Unlock()
 	}
 }

@@ -94,6 +94,12 @@ type walServer struct {
 	mu    sync.Mutex
 	known map[walKey]walTarget
 
+	// postmasters names this host's members by their postmaster's pid:
+	// a caller of the postgres OS user may act only for the member whose
+	// postgres it descends from (callerOf). Nil: only processes the agent
+	// runs itself.
+	postmasters func() map[int]memberRef
+
 	srv  *http.Server
 	done chan struct{}
 }
@@ -106,6 +112,7 @@ type walKey struct {
 // serveWAL opens the agent's WAL socket and serves it until Close.
 func (a *Agent) serveWAL() (*walServer, error) {
 	w := newWALServer(a.store, a.cfg.Name, a.cfg.DataDir, a.osUser, a.log.With("component", "wal"))
+	w.postmasters = a.postmasters
 	if err := w.start(); err != nil {
 		return nil, err
 	}
@@ -213,6 +220,7 @@ type peerKey struct{}
 
 type peer struct {
 	uid int
+	pid int
 	err error
 }
 
@@ -228,7 +236,7 @@ func withPeer(ctx context.Context, c net.Conn) context.Context {
 				var cred *syscall.Ucred
 				cred, p.err = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
 				if p.err == nil {
-					p.uid = int(cred.Uid)
+					p.uid, p.pid = int(cred.Uid), int(cred.Pid)
 				}
 			})
 		}
@@ -259,6 +267,29 @@ func (w *walServer) checkPeer(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(rw, r)
 	})
+}
+
+// checkCaller refuses a request of the postgres OS user for a member
+// other than the one whose postgres the calling process descends from.
+func (w *walServer) checkCaller(ctx context.Context, req WALRequest) error {
+	p, _ := ctx.Value(peerKey{}).(peer)
+	if p.uid != w.pgUser.UID {
+		return nil // root or the agent's own user
+	}
+	var pms map[int]memberRef
+	if w.postmasters != nil {
+		pms = w.postmasters()
+	}
+	ref, byAgent, err := callerOf(p.pid, os.Getpid(), pms, procPPid)
+	switch {
+	case err != nil:
+		return fmt.Errorf("%w: %v", errRefused, err)
+	case byAgent:
+		return nil
+	case ref.Cluster != req.Cluster || ref.Member != req.Member:
+		return fmt.Errorf("%w: the calling process belongs to member %s of cluster %s, not to %s of %s", errRefused, ref.Member, ref.Cluster, req.Member, req.Cluster)
+	}
+	return nil
 }
 
 // walTarget is what a WAL request resolves to: the member's data directory
@@ -435,7 +466,10 @@ func (w *walServer) push(rw http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	req := WALRequest{Cluster: q.Get("cluster"), Member: q.Get("member")}
 	start := time.Now()
-	err := w.pushWAL(ctx, req, q.Get("path"))
+	err := w.checkCaller(r.Context(), req)
+	if err == nil {
+		err = w.pushWAL(ctx, req, q.Get("path"))
+	}
 	log := w.log.With("cluster", req.Cluster, "member", req.Member, "path", q.Get("path"))
 	if err != nil {
 		log.Warn("archive WAL", "err", err)
@@ -489,6 +523,11 @@ func (w *walServer) fetch(rw http.ResponseWriter, r *http.Request) {
 	req := WALRequest{Cluster: q.Get("cluster"), Member: q.Get("member"), From: q.Get("from")}
 	name := q.Get("name")
 	log := w.log.With("cluster", req.Cluster, "member", req.Member, "name", name)
+	if err := w.checkCaller(r.Context(), req); err != nil {
+		log.Warn("fetch WAL", "err", err)
+		http.Error(rw, err.Error(), walStatus(err))
+		return
+	}
 	dir, err := os.MkdirTemp(w.spool, "fetch-")
 	if err != nil {
 		log.Error("fetch WAL", "err", err)

@@ -280,7 +280,7 @@ func TestWALThroughAgent(t *testing.T) {
 	if _, err := conn.Exec(ctx, "INSERT INTO marks SELECT g, 'after the backup' FROM generate_series(1, 100) g"); err != nil {
 		t.Fatal(err)
 	}
-	switchAndWaitArchived(t, conn)
+	afterBackup := switchAndWaitArchived(t, conn)
 	if _, err := c.Create(ctx, api.CreateRequest{Name: "copy", PrimaryRegion: "iad", BackupStore: "none", Restore: &api.RestoreRequest{From: "demo", Latest: true}}); err != nil {
 		t.Fatalf("Create(copy restored from demo): %v", err)
 	}
@@ -318,6 +318,36 @@ func TestWALThroughAgent(t *testing.T) {
 		t.Errorf("the agent's log shows no WAL fetched for %s from demo's archive", cv.Primary)
 	}
 	t.Logf("the restore fetched %d WAL files through the socket", fetches)
+
+	// Both clusters' postgres run as the same OS user on this host: a
+	// superuser session of copy that runs the WAL client posing as demo's
+	// member is refused, by its process tree; as copy's own member it may.
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromCopy := func(args ...string) error {
+		cmd := strings.Join(append([]string{exe, "wal-fetch", "--socket", socket}, args...), " ")
+		_, err := cc.Exec(ctx, "COPY (SELECT 1) TO PROGRAM '"+strings.ReplaceAll(cmd, "'", "''")+"'")
+		return err
+	}
+	stolen := filepath.Join(fetched, "STOLEN")
+	if err := fromCopy("--cluster", "demo", "--member", v.Primary, seg, stolen); err == nil {
+		t.Errorf("copy's superuser fetched demo's WAL through the socket posing as %s", v.Primary)
+	}
+	if _, err := os.Stat(stolen); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the refused fetch wrote %s (%v)", stolen, err)
+	}
+	agentLog, err = os.ReadFile(filepath.Join(f.Dir, "iad-1.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "belongs to member " + cv.Primary + " of cluster copy"; !strings.Contains(string(agentLog), want) {
+		t.Errorf("the agent's log does not say why it refused the posing fetch (%q)", want)
+	}
+	if err := fromCopy("--cluster", "copy", "--member", cv.Primary, "--from", "demo", afterBackup, filepath.Join(fetched, "OWN")); err != nil {
+		t.Errorf("copy's own member fetching from the archive it was restored from: %v", err)
+	}
 
 	// (c) The postgres OS user reads no file that holds the backup key,
 	// and only it and root may use the socket.
