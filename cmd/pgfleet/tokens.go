@@ -107,7 +107,51 @@ never reads a secret (no URLs) or changes anything.`,
 			return nil
 		},
 	}
-	cmd.AddCommand(create, rotate)
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List the read-only API tokens by ID",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			ids, err := c.ReadOnlyTokens(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if cf.json {
+				return printJSON(cmd.OutOrStdout(), api.ReadOnlyTokensView{IDs: ids})
+			}
+			if len(ids) == 0 {
+				fmt.Fprintln(cmd.OutOrStdout(), "no read-only tokens")
+				return nil
+			}
+			for _, id := range ids {
+				fmt.Fprintf(cmd.OutOrStdout(), "pgfro_%s_…\n", id)
+			}
+			return nil
+		},
+	}
+	list.Flags().BoolVar(&cf.json, "json", false, "print JSON")
+	revoke := &cobra.Command{
+		Use:   "revoke ID",
+		Short: "Revoke a read-only API token (give its ID, as `token list` shows it, or the whole token)",
+		Args:  exactArgs("ID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			id := api.ReadOnlyTokenID(args[0])
+			if err := c.RevokeReadOnlyToken(cmd.Context(), id); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "read-only token pgfro_%s_… revoked: the next request that carries it is refused\n", id)
+			return nil
+		},
+	}
+	cmd.AddCommand(create, rotate, list, revoke)
 	return cmd
 }
 

@@ -93,6 +93,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/ca", s.caProof)
 	mux.Handle("POST /v1/tokens", s.auth(s.createJoinToken))
 	mux.Handle("POST /v1/tokens/read-only", s.auth(s.createReadOnlyToken))
+	mux.Handle("GET /v1/tokens/read-only", s.auth(s.listReadOnlyTokens))
+	mux.Handle("DELETE /v1/tokens/read-only/{id}", s.auth(s.revokeReadOnlyToken))
 	mux.Handle("POST /v1/tokens/rotate", s.auth(s.rotateToken))
 	mux.Handle("GET /v1/hosts", s.read(s.hosts))
 	mux.Handle("GET /v1/clusters", s.read(s.listClusters))

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -48,4 +49,35 @@ func (s *Store) ReadOnlyTokenHash(ctx context.Context, id string) (string, error
 		return "", fmt.Errorf("read-only token %s: %w", id, ErrNotFound)
 	}
 	return string(resp.Kvs[0].Value), nil
+}
+
+// ReadOnlyTokens returns the IDs of the read-only tokens, sorted.
+func (s *Store) ReadOnlyTokens(ctx context.Context) ([]string, error) {
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	prefix := s.readOnlyKey("")
+	resp, err := s.cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	if err != nil {
+		return nil, fmt.Errorf("list read-only tokens: %w", Translate(err))
+	}
+	ids := make([]string, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		ids = append(ids, strings.TrimPrefix(string(kv.Key), prefix))
+	}
+	return ids, nil
+}
+
+// DeleteReadOnlyToken revokes read-only token id: the next request that
+// carries it is refused. ErrNotFound if there is none.
+func (s *Store) DeleteReadOnlyToken(ctx context.Context, id string) error {
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	resp, err := s.cli.Delete(ctx, s.readOnlyKey(id))
+	if err != nil {
+		return fmt.Errorf("revoke read-only token %s: %w", id, Translate(err))
+	}
+	if resp.Deleted == 0 {
+		return fmt.Errorf("read-only token %s: %w", id, ErrNotFound)
+	}
+	return nil
 }
