@@ -176,7 +176,7 @@ func TestBackupRestore(t *testing.T) {
 		c.fails(1, "no backup", "restore", "db", "--into", "early", "--time", t1.Add(-time.Hour).UTC().Format(time.RFC3339))
 		c.fails(1, "future", "restore", "db", "--into", "later", "--time", time.Now().Add(time.Hour).UTC().Format(time.RFC3339))
 		c.fails(1, "already exists", "restore", "db", "--into", "db", "--latest")
-		c.fails(1, "not found", "restore", "nosuch", "--into", "x", "--latest", "--primary-region", "iad")
+		c.fails(1, "cluster nosuch does not exist", "restore", "nosuch", "--into", "x", "--latest", "--primary-region", "iad")
 		c.fails(2, "exactly one of", "restore", "db", "--into", "x", "--latest", "--lsn", "0/1000000")
 		c.fails(2, "--into NEW is required", "restore", "db", "--latest")
 		for _, name := range []string{"early", "later", "x"} {
@@ -220,6 +220,27 @@ func TestBackupRestore(t *testing.T) {
 		})
 		if n < 3 {
 			t.Errorf("the store holds %d objects, want a backup and WAL", n)
+		}
+	})
+
+	// A destroyed cluster says so, and is restored in the shape it had
+	// without being told the shape again.
+	t.Run("restore of a destroyed cluster", func(t *testing.T) {
+		c := c
+		c.t = t
+		labtest.WaitFor(t, 30*time.Second, "destroy db", func() (bool, string) {
+			_, errs, code := c.run("destroy", "db", "--yes")
+			return code == 0, errs
+		})
+		c.fails(1, "cluster db was destroyed on", "events", "db")
+		c.fails(1, "backup list db", "status", "db")
+		c.ok("restore", "db", "--into", "again", "--latest", "--wait")
+		v := status(t, c, "again")
+		if v.PrimaryRegion != "iad" || v.HA != 2 || len(v.Members) != 2 {
+			t.Errorf("the restored cluster has primary region %s, ha %d, %d members; want db's iad, 2, 2", v.PrimaryRegion, v.HA, len(v.Members))
+		}
+		if got := batches(t, c, "again"); fmt.Sprint(got) != fmt.Sprint(map[int]int{1: 10, 2: 10, 3: 10, 4: 10}) {
+			t.Errorf("the restored cluster holds batches %v, want all four", got)
 		}
 	})
 }

@@ -35,10 +35,9 @@ func newBackupCreateCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			start := time.Now()
 			v, err := c.CreateBackup(cmd.Context(), args[0])
 			if err != nil {
-				return err
+				return clusterGone(cmd.Context(), c, args[0], err)
 			}
 			out := cmd.OutOrStdout()
 			if v.Running {
@@ -56,7 +55,9 @@ func newBackupCreateCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(out, "backup %s done in %s: %s, %s stored\n", m.ID, time.Since(start).Round(100*time.Millisecond), fleet.FormatBytes(m.RawBytes), fleet.FormatBytes(m.StoredBytes))
+			// The backup's own duration, as `backup list` shows it; the
+			// wait around it is the CLI's polling.
+			fmt.Fprintf(out, "backup %s done in %s: %s, %s stored\n", m.ID, backupTook(m), fleet.FormatBytes(m.RawBytes), fleet.FormatBytes(m.StoredBytes))
 			return nil
 		},
 	}
@@ -88,6 +89,29 @@ func waitBackup(ctx context.Context, c *api.Client, name, id string) (backup.Man
 	}
 }
 
+// backupTook is how long backup m took, as create and list both show it.
+func backupTook(m backup.Manifest) time.Duration {
+	return m.StopTime.Sub(m.StartTime).Round(100 * time.Millisecond)
+}
+
+// sourceShape is the shape (primary region, HA, replicas) of the cluster a
+// restore reads: the live cluster's, or the one a destroyed cluster left
+// with its backups.
+func sourceShape(ctx context.Context, c *api.Client, name string) (api.RetiredView, error) {
+	src, err := c.Cluster(ctx, name)
+	if err == nil {
+		return api.RetiredView{Name: name, PrimaryRegion: src.PrimaryRegion, HA: src.HA, Replicas: src.Replicas}, nil
+	}
+	if !api.IsNotFound(err) {
+		return api.RetiredView{}, err
+	}
+	r, err := c.Retired(ctx, name)
+	if api.IsNotFound(err) {
+		return r, clusterGone(ctx, c, name, err)
+	}
+	return r, err
+}
+
 func newBackupListCmd(cf *clientFlags) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
@@ -101,7 +125,7 @@ func newBackupListCmd(cf *clientFlags) *cobra.Command {
 			}
 			v, err := c.Backups(cmd.Context(), args[0])
 			if err != nil {
-				return err
+				return clusterGone(cmd.Context(), c, args[0], err)
 			}
 			out := cmd.OutOrStdout()
 			if asJSON {
@@ -112,7 +136,7 @@ func newBackupListCmd(cf *clientFlags) *cobra.Command {
 			fmt.Fprintln(tw, "ID\tMEMBER\tTL\tSTART LSN\tSTOP LSN\tFINISHED\tTOOK\tSIZE\tSTORED")
 			for _, m := range v.Backups {
 				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, m.Member, m.Timeline, m.StartLSN, m.StopLSN,
-					m.StopTime.Local().Format("2006-01-02 15:04:05"), m.StopTime.Sub(m.StartTime).Round(100*time.Millisecond),
+					m.StopTime.Local().Format("2006-01-02 15:04:05"), backupTook(m),
 					fleet.FormatBytes(m.RawBytes), fleet.FormatBytes(m.StoredBytes))
 			}
 			tw.Flush()
@@ -151,7 +175,7 @@ func newBackupVerifyCmd(cf *clientFlags) *cobra.Command {
 			}
 			rep, err := c.VerifyBackups(cmd.Context(), args[0], id)
 			if err != nil {
-				return err
+				return clusterGone(cmd.Context(), c, args[0], err)
 			}
 			out := cmd.OutOrStdout()
 			if asJSON {
@@ -197,7 +221,9 @@ func newRestoreCmd(cf *clientFlags) *cobra.Command {
 			if at != "" {
 				t, err := time.Parse(time.RFC3339Nano, at)
 				if err != nil {
-					return usageError{fmt.Errorf("--time %q: give an RFC 3339 time such as 2026-11-25T10:30:00Z (%v)", at, err)}
+					// Go's own message quotes its layout, which says
+					// nothing to a person.
+					return usageError{fmt.Errorf("--time %q is not a time: give an RFC 3339 time with its zone, such as %s or 2026-11-25T10:30:00+01:00", at, time.Now().UTC().Add(-time.Hour).Format("2006-01-02T15:04:05Z"))}
 				}
 				rr.Time = &t
 			}
@@ -218,23 +244,20 @@ func newRestoreCmd(cf *clientFlags) *cobra.Command {
 			if cmd.Flags().Changed("ha") {
 				req.HA = &ha
 			}
-			src, err := c.Cluster(cmd.Context(), args[0])
-			if err == nil {
-				// By default the new cluster has the source's shape.
-				if req.PrimaryRegion == "" {
-					req.PrimaryRegion = src.PrimaryRegion
-				}
-				if req.HA == nil {
-					req.HA = &src.HA
-				}
-				if !cmd.Flags().Changed("replicas") {
-					req.Replicas = src.Replicas
-				}
-			} else if !api.IsNotFound(err) {
+			// By default the new cluster has the source's shape, live or
+			// as it was when it was destroyed.
+			shape, err := sourceShape(cmd.Context(), c, args[0])
+			if err != nil {
 				return err
 			}
 			if req.PrimaryRegion == "" {
-				return usageError{fmt.Errorf("--primary-region is required: cluster %s no longer exists to copy its shape from", args[0])}
+				req.PrimaryRegion = shape.PrimaryRegion
+			}
+			if req.HA == nil {
+				req.HA = &shape.HA
+			}
+			if !cmd.Flags().Changed("replicas") {
+				req.Replicas = shape.Replicas
 			}
 			for _, r := range strings.Split(replicas, ",") {
 				if r = strings.TrimSpace(r); r != "" {
@@ -256,7 +279,8 @@ func newRestoreCmd(cf *clientFlags) *cobra.Command {
 	f.StringVar(&lsn, "lsn", "", "restore the WAL up to this LSN")
 	f.BoolVar(&latest, "latest", false, "restore everything archived")
 	f.StringVar(&primaryRegion, "primary-region", "", "region of the new primary (default: the source's)")
-	f.IntVar(&ha, "ha", 1, "members in the primary region (default: the source's)")
+	// 0, which pflag does not print as a default: the source's is.
+	f.IntVar(&ha, "ha", 0, "members in the primary region (default: the source's)")
 	f.StringVar(&replicas, "replicas", "", "regions that get a read replica (default: the source's)")
 	f.BoolVar(&wait, "wait", false, "wait until the restored cluster runs, showing progress")
 	f.DurationVar(&timeout, "timeout", time.Hour, "how long --wait waits")
@@ -279,7 +303,7 @@ func newBackupScheduleCmd(cf *clientFlags) *cobra.Command {
 			}
 			secs := int64(every / time.Second)
 			if _, err := c.Update(cmd.Context(), args[0], api.UpdateRequest{BackupEvery: &secs}); err != nil {
-				return err
+				return clusterGone(cmd.Context(), c, args[0], err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "cluster %s: a base backup every %s\n", args[0], every)
 			return nil

@@ -125,8 +125,9 @@ func newCreateCmd(cf *clientFlags) *cobra.Command {
 func followNewCluster(cmd *cobra.Command, c *api.Client, v api.ClusterView, headline, readyWord string, wait bool, timeout time.Duration, start time.Time) error {
 	out := cmd.OutOrStdout()
 	fmt.Fprintf(out, "%s:\n", headline)
+	w := memberWidths(v.Members)
 	for _, m := range v.Members {
-		fmt.Fprintf(out, "  %-12s %-8s on %s (%s)\n", m.ID, m.Role, m.Host, m.Region)
+		fmt.Fprintf(out, "  %-*s %-*s on %s (%s)\n", w.id, m.ID, w.role, m.Role, m.Host, m.Region)
 	}
 	if !wait {
 		fmt.Fprintf(out, "members are starting; watch them with `pgfleet status %s` and `pgfleet events %s`\n", v.Name, v.Name)
@@ -140,6 +141,45 @@ func followNewCluster(cmd *cobra.Command, c *api.Client, v api.ClusterView, head
 	fmt.Fprintf(out, "cluster %s is %s in %s\n", v.Name, readyWord, time.Since(start).Round(100*time.Millisecond))
 	fmt.Fprintf(out, "connect: pgfleet connect %s    url: pgfleet url %s\n", v.Name, v.Name)
 	return nil
+}
+
+// clusterGone turns the API's "not found" of cluster name, when the cluster
+// is indeed unknown, into what became of it, in one wording whichever command asked: destroyed with its backups
+// kept (whose events went with it), or never there. Other errors pass.
+func clusterGone(ctx context.Context, c *api.Client, name string, err error) error {
+	if !api.IsNotFound(err) {
+		return err
+	}
+	if _, cerr := c.Cluster(ctx, name); cerr == nil || !api.IsNotFound(cerr) {
+		return err // the cluster is there: what was not found is something of it (a member, a region)
+	}
+	r, rerr := c.Retired(ctx, name)
+	if rerr == nil {
+		return fmt.Errorf("cluster %s was destroyed on %s; its backups are kept: `pgfleet backup list %s` lists them, `pgfleet restore %s --into NEW --latest` makes a cluster of them",
+			name, r.Deleted.Local().Format(time.DateTime), name, name)
+	}
+	if !api.IsNotFound(rerr) {
+		return err
+	}
+	return fmt.Errorf("cluster %s does not exist: `pgfleet list` shows the clusters", name)
+}
+
+// widths are the columns of a cluster's progress lines: as wide as the
+// longest member id, role and host, so that a long cluster name (a
+// restore's "shop-before-1") does not push a line out of its column.
+type widths struct{ id, role, host int }
+
+func memberWidths(ms []api.MemberView) widths {
+	w := widths{id: 1, role: len(fleet.RolePrimary), host: 1}
+	for _, m := range ms {
+		w.id, w.role, w.host = max(w.id, len(m.ID)), max(w.role, len(m.Role)), max(w.host, len(m.Host))
+	}
+	return w
+}
+
+// formatProgress is one line of a member's progress, in w's columns.
+func formatProgress(w widths, m api.MemberView, progress string) string {
+	return fmt.Sprintf("  %-*s %-*s %-*s %s\n", w.id, m.ID, w.role, m.Role, w.host, m.Host, strings.TrimSpace(progress))
 }
 
 // ready reports whether every member runs (the primary) or streams with no lag.
@@ -175,7 +215,7 @@ func waitReady(ctx context.Context, c *api.Client, name string, out io.Writer) (
 				}
 				if shown[m.ID] != line {
 					shown[m.ID] = line
-					fmt.Fprintf(out, "  %-12s %-8s %-8s %s\n", m.ID, m.Role, m.Host, strings.TrimSpace(line))
+					fmt.Fprint(out, formatProgress(memberWidths(v.Members), m, line))
 				}
 			}
 			if ready(v) {
@@ -209,7 +249,7 @@ func newStatusCmd(cf *clientFlags) *cobra.Command {
 			}
 			v, err := c.Cluster(cmd.Context(), args[0])
 			if err != nil {
-				return err
+				return clusterGone(cmd.Context(), c, args[0], err)
 			}
 			if cf.json {
 				return printJSON(cmd.OutOrStdout(), v)
@@ -261,13 +301,7 @@ func newListCmd(cf *clientFlags) *cobra.Command {
 			t := table(cmd.OutOrStdout())
 			fmt.Fprintln(t, "CLUSTER\tPRIMARY REGION\tREPLICAS\tPORT\tPRIMARY\tHEALTHY")
 			for _, v := range cs {
-				healthy := 0
-				for _, m := range v.Members {
-					if m.Healthy {
-						healthy++
-					}
-				}
-				fmt.Fprintf(t, "%s\t%s\t%s\t%d\t%s\t%d/%d\n", v.Name, v.PrimaryRegion, strings.Join(v.Replicas, ","), v.Port, v.Primary, healthy, len(v.Members))
+				fmt.Fprintf(t, "%s\t%s\t%s\t%d\t%s\t%d/%d\n", v.Name, v.PrimaryRegion, strings.Join(v.Replicas, ","), v.Port, v.Primary, healthyMembers(v), len(v.Members))
 			}
 			return t.Flush()
 		},
@@ -321,7 +355,7 @@ primary, or with --replica a standby); --member gives one member's.`,
 			}
 			u, err := c.ClusterURL(cmd.Context(), args[0], o)
 			if err != nil {
-				return err
+				return clusterGone(cmd.Context(), c, args[0], err)
 			}
 			if cf.json {
 				return printJSON(cmd.OutOrStdout(), u)
@@ -352,7 +386,7 @@ func newConnectCmd(cf *clientFlags) *cobra.Command {
 			}
 			u, err := c.ClusterURL(cmd.Context(), args[0], o)
 			if err != nil {
-				return err
+				return clusterGone(cmd.Context(), c, args[0], err)
 			}
 			psql, err := findPsql()
 			if err != nil {
@@ -405,7 +439,7 @@ func newDestroyCmd(cf *clientFlags) *cobra.Command {
 				return err
 			}
 			if err := c.Destroy(cmd.Context(), args[0]); err != nil {
-				return err
+				return clusterGone(cmd.Context(), c, args[0], err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "cluster %s destroyed; its hosts are removing its data\n", args[0])
 			return nil
@@ -428,7 +462,7 @@ func newEventsCmd(cf *clientFlags) *cobra.Command {
 			}
 			evs, err := c.Events(cmd.Context(), args[0], limit)
 			if err != nil {
-				return err
+				return clusterGone(cmd.Context(), c, args[0], err)
 			}
 			if cf.json {
 				return printJSON(cmd.OutOrStdout(), evs)
@@ -465,7 +499,7 @@ func newSetCmd(cf *clientFlags) *cobra.Command {
 			}
 			v, err := c.Update(cmd.Context(), args[0], api.UpdateRequest{Sync: &sync})
 			if err != nil {
-				return err
+				return clusterGone(cmd.Context(), c, args[0], err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "cluster %s: sync mode %s\n", v.Name, v.Sync)
 			return nil
@@ -490,7 +524,7 @@ func newSwitchoverCmd(cf *clientFlags) *cobra.Command {
 			start := time.Now()
 			v, err := c.Switchover(cmd.Context(), args[0], to)
 			if err != nil {
-				return err
+				return clusterGone(cmd.Context(), c, args[0], err)
 			}
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "switching over %s from %s to %s\n", args[0], v.From, v.To)
@@ -521,7 +555,7 @@ func newFailoverCmd(cf *clientFlags) *cobra.Command {
 			}
 			before, err := c.Cluster(cmd.Context(), args[0])
 			if err != nil {
-				return err
+				return clusterGone(cmd.Context(), c, args[0], err)
 			}
 			start := time.Now()
 			if err := c.Failover(cmd.Context(), args[0]); err != nil {
@@ -575,10 +609,10 @@ func waitPrimary(ctx context.Context, c *api.Client, name string, ok func(api.Cl
 func newVersionCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",
-		Short: "Print pgfleet's version",
+		Short: "Print pgfleet's version and commit, the Go release that built it, and the PostgreSQL it runs",
 		Args:  cobra.NoArgs,
 		Run: func(cmd *cobra.Command, _ []string) {
-			fmt.Fprintln(cmd.OutOrStdout(), "pgfleet", versionString())
+			printVersions(cmd.OutOrStdout())
 		},
 	}
 }

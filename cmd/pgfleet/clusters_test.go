@@ -47,7 +47,7 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // runCLI runs pgfleet in-process against f and returns its output and error.
-func runCLI(t *testing.T, f *fakeAPI, args ...string) (string, error) {
+func runCLI(t *testing.T, f http.Handler, args ...string) (string, error) {
 	t.Helper()
 	srv := httptest.NewTLSServer(f)
 	t.Cleanup(srv.Close)

@@ -1,12 +1,16 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/pgfleet/pgfleet/internal/api"
 	"github.com/pgfleet/pgfleet/internal/lab"
 	"github.com/pgfleet/pgfleet/internal/postgres"
 )
@@ -19,6 +23,51 @@ func defaultDevDir() string {
 		return "/var/lib/pgfleet/dev"
 	}
 	return filepath.Join(home(), "dev")
+}
+
+// devClustersWait is how long `dev up` waits for the fleet's clusters to be
+// ready: after a restart of the whole fleet they elect a primary and their
+// members catch up, which takes seconds.
+const devClustersWait = 2 * time.Minute
+
+// waitClusters waits until every cluster of the fleet is ready (ready) or
+// ctx ends, and returns the clusters as last seen.
+func waitClusters(ctx context.Context, c *api.Client) ([]api.ClusterView, error) {
+	var last []api.ClusterView
+	var lastErr error
+	for {
+		cs, err := c.Clusters(ctx)
+		if err == nil {
+			last, lastErr = cs, nil
+			all := true
+			for _, v := range cs {
+				all = all && ready(v)
+			}
+			if all {
+				return cs, nil
+			}
+		} else if ctx.Err() == nil {
+			lastErr = err // the store may still be settling: ask again
+		}
+		select {
+		case <-ctx.Done():
+			if last == nil && lastErr != nil {
+				return nil, fmt.Errorf("list the fleet's clusters: %w", lastErr)
+			}
+			return last, nil
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+}
+
+func healthyMembers(v api.ClusterView) int {
+	n := 0
+	for _, m := range v.Members {
+		if m.Healthy {
+			n++
+		}
+	}
+	return n
 }
 
 func newDevCmd() *cobra.Command {
@@ -62,8 +111,37 @@ func newDevCmd() *cobra.Command {
 			if err := saveConfig(cliConfig{Endpoints: lab.Endpoints(plan), Token: token, CA: string(ca), DevDir: abs}); err != nil {
 				return fmt.Errorf("save CLI config: %w", err)
 			}
-			fmt.Fprintf(out, "fleet ready: %d hosts (%s); API https://%s; token and CA saved in %s\n", len(plan.Hosts), plan.Regions, plan.Hosts[0].API(), configPath())
-			fmt.Fprintf(out, "next: pgfleet create demo --primary-region %s --ha 3 --replicas ams,syd --wait\n", plan.Hosts[0].Region)
+			c, err := d.Client(plan, token)
+			if err != nil {
+				return err
+			}
+			// The hosts are up, but a fleet is ready for its user once its
+			// clusters are: after a restart they elect and catch up first.
+			ctx, cancel := context.WithTimeout(cmd.Context(), devClustersWait)
+			defer cancel()
+			cs, err := waitClusters(ctx, c)
+			if err != nil {
+				return err
+			}
+			hosts := fmt.Sprintf("%d hosts (%s); API https://%s; token and CA saved in %s", len(plan.Hosts), plan.Regions, plan.Hosts[0].API(), configPath())
+			if len(cs) == 0 {
+				fmt.Fprintf(out, "fleet ready: %s\n", hosts)
+				fmt.Fprintf(out, "next: pgfleet create demo --primary-region %s --ha 3 --replicas ams,syd --wait\n", plan.Hosts[0].Region)
+				return nil
+			}
+			var states, waiting []string
+			for _, v := range cs {
+				states = append(states, fmt.Sprintf("%s %d/%d healthy", v.Name, healthyMembers(v), len(v.Members)))
+				if !ready(v) {
+					waiting = append(waiting, v.Name)
+				}
+			}
+			if len(waiting) > 0 {
+				fmt.Fprintf(out, "fleet up: %s\nclusters not ready after %s: %s; watch them with `pgfleet status %s`\n", hosts, devClustersWait, strings.Join(states, ", "), waiting[0])
+				return nil
+			}
+			fmt.Fprintf(out, "fleet ready: %s\nclusters: %s\n", hosts, strings.Join(states, ", "))
+			fmt.Fprintf(out, "next: pgfleet status %s\n", cs[0].Name)
 			return nil
 		},
 	}

@@ -133,7 +133,7 @@ func TestDevUpNewcomer(t *testing.T) {
 
 	start := time.Now()
 	out := c.ok("dev", "up", "--dir", dir, "--net", netArg)
-	if !strings.Contains(out, "fleet ready: 5 hosts (iad:3,ams,syd)") {
+	if !strings.Contains(out, "fleet ready: 5 hosts (iad:3,ams,syd)") || !strings.Contains(out, "next: pgfleet create demo") {
 		t.Fatalf("dev up output:\n%s", out)
 	}
 	fi, err := os.Stat(filepath.Join(c.home, "config.json"))
@@ -211,7 +211,8 @@ func TestDevUpNewcomer(t *testing.T) {
 	c.fails(1, `unknown region "fra"`, "create", "x", "--primary-region", "fra")
 	c.fails(2, "--primary-region is required", "create", "x")
 	c.fails(2, "add --yes to confirm", "destroy", "demo")
-	c.fails(1, "not found", "status", "nope")
+	c.fails(1, "cluster nope does not exist: `pgfleet list` shows the clusters", "status", "nope")
+	c.fails(1, "cluster nope does not exist: `pgfleet list` shows the clusters", "events", "nope")
 	c.fails(2, "needs a cluster NAME", "status")
 
 	// An agent killed outright takes its postgres with it; dev up brings it back.
@@ -229,7 +230,10 @@ func TestDevUpNewcomer(t *testing.T) {
 		err := syscall.Kill(pmPid, 0)
 		return err != nil, fmt.Sprintf("postmaster %d: kill 0 = %v", pmPid, err)
 	})
-	if out := c.ok("dev", "up", "--dir", dir, "--net", netArg); !strings.Contains(out, "syd-1") || !strings.Contains(out, "restarted") {
+	// dev up restarts it and says the fleet is ready once the cluster is,
+	// pointing at the cluster rather than at creating it again.
+	if out := c.ok("dev", "up", "--dir", dir, "--net", netArg); !strings.Contains(out, "syd-1") || !strings.Contains(out, "restarted") ||
+		!strings.Contains(out, "clusters: demo 5/5 healthy") || !strings.Contains(out, "next: pgfleet status demo") || strings.Contains(out, "create demo") {
 		t.Fatalf("dev up after a lost agent:\n%s", out)
 	}
 	labtest.WaitFor(t, time.Minute, "demo-5 streaming again", func() (bool, string) {

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/pgfleet/pgfleet/internal/api"
 	"github.com/pgfleet/pgfleet/internal/pki"
@@ -33,9 +34,9 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.PersistentFlags().StringVar(&cf.api, "api", "", "agent API address(es), comma-separated (default: recorded by `pgfleet dev up`; env PGFLEET_API)")
-	root.PersistentFlags().StringVar(&cf.token, "token", "", "API token (default: recorded by `pgfleet dev up`; env PGFLEET_TOKEN)")
-	root.PersistentFlags().StringVar(&cf.ca, "ca", "", "file with the fleet's CA certificate, which agents' certificates must come from (default: recorded by `pgfleet dev up`; env PGFLEET_CA)")
+	root.PersistentFlags().StringVar(&cf.api, "api", "", "agent API address(es), HOST:PORT, comma-separated (default: env PGFLEET_API, else what 'pgfleet dev up' or 'pgfleet login' recorded)")
+	root.PersistentFlags().StringVar(&cf.token, "token", "", "API token (default: env PGFLEET_TOKEN, else what 'pgfleet dev up' or 'pgfleet login' recorded)")
+	root.PersistentFlags().StringVar(&cf.ca, "ca", "", "file with the fleet's CA certificate, which agents' certificates must come from (default: env PGFLEET_CA, else what 'pgfleet dev up' or 'pgfleet login' recorded)")
 	root.AddCommand(
 		newAgentCmd(),
 		newDevCmd(),
@@ -59,7 +60,57 @@ func newRootCmd() *cobra.Command {
 		newVersionCmd(),
 		newWALPushCmd(), newWALFetchCmd(),
 	)
+	for _, cmd := range root.Commands() {
+		switch cmd.Name() {
+		case "agent", "dev", "version", "wal-push", "wal-fetch":
+			withoutClientFlags(cmd)
+		}
+	}
+	plainFlagUsages(root)
 	return root
+}
+
+// clientFlagNames are the root's flags for the commands that talk to the
+// fleet's API.
+var clientFlagNames = []string{"api", "token", "ca"}
+
+// withoutClientFlags keeps the API client's flags out of the help of cmd
+// (and its subcommands), which talks to no API, and refuses them there:
+// `pgfleet agent --api ...` would otherwise be taken and ignored.
+func withoutClientFlags(cmd *cobra.Command) {
+	help := cmd.HelpFunc()
+	cmd.SetHelpFunc(func(c *cobra.Command, args []string) {
+		for _, n := range clientFlagNames {
+			if f := c.Root().PersistentFlags().Lookup(n); f != nil {
+				f.Hidden = true
+			}
+		}
+		help(c, args)
+	})
+	if cmd.PersistentPreRunE != nil || cmd.PersistentPreRun != nil {
+		return
+	}
+	cmd.PersistentPreRunE = func(c *cobra.Command, _ []string) error {
+		for _, n := range clientFlagNames {
+			if c.Flags().Changed(n) {
+				return usageError{fmt.Errorf("--%s does not apply to %s, which talks to no agent's API", n, c.CommandPath())}
+			}
+		}
+		return nil
+	}
+}
+
+// plainFlagUsages takes the backquotes out of every flag's usage: pflag
+// reads a `quoted` word in a usage as the name of the flag's value, so
+// "(default: recorded by `pgfleet dev up`)" showed in help as
+// "--api pgfleet dev up". Ours quote commands, never value names.
+func plainFlagUsages(cmd *cobra.Command) {
+	for _, fs := range []*pflag.FlagSet{cmd.LocalNonPersistentFlags(), cmd.PersistentFlags()} {
+		fs.VisitAll(func(f *pflag.Flag) { f.Usage = strings.ReplaceAll(f.Usage, "`", "'") })
+	}
+	for _, c := range cmd.Commands() {
+		plainFlagUsages(c)
+	}
 }
 
 // home is where the CLI keeps what it needs between commands.
