@@ -90,7 +90,7 @@ func (e *InvalidRecordError) Error() string {
 	if e.Cluster == "" {
 		return fmt.Sprintf("invalid record %q in the state store: %v", e.Key, e.Err)
 	}
-	return fmt.Sprintf("invalid record %q of cluster %s in the state store: %v; the cluster is not read until the record is corrected or deleted", e.Key, e.Cluster, e.Err)
+	return fmt.Sprintf("invalid record %q of cluster %s in the state store: %v; the cluster is not read until the record is corrected or deleted (its members keep running as they are; `pgfleet destroy %s` still works)", e.Key, e.Cluster, e.Err, e.Cluster)
 }
 
 // Unwrap lets errors.Is find both ErrInvalid and the validation error.
@@ -756,6 +756,13 @@ func checkNewCluster(spec fleet.ClusterSpec, secrets fleet.Secrets, members []fl
 // see their members vanish, stop them and remove their data.
 func (s *Store) DeleteCluster(ctx context.Context, name string) error {
 	c, err := s.Cluster(ctx, name)
+	if errors.Is(err, ErrInvalid) {
+		// An invalid record (a spec from an older pgfleet that sets a
+		// parameter reserved since, or a key written past the API) must
+		// not stop its cluster's destruction: what the delete needs of the
+		// spec is read without the checks that guard its use.
+		c, err = s.rawSpec(ctx, name, err)
+	}
 	if err != nil {
 		return err
 	}
@@ -797,6 +804,27 @@ func (s *Store) DeleteCluster(ctx context.Context, name string) error {
 		return fmt.Errorf("delete cluster %s: %w", name, ErrConflict)
 	}
 	return nil
+}
+
+// rawSpec reads cluster name's spec for DeleteCluster only: its port,
+// creation time and backup store, whatever else it holds. An undecodable
+// spec gives invalid back.
+func (s *Store) rawSpec(ctx context.Context, name string, invalid error) (ClusterState, error) {
+	ctx, cancel := timeout(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, s.specKey(name))
+	if err != nil {
+		return ClusterState{}, fmt.Errorf("read cluster %s: %w", name, Translate(err))
+	}
+	if len(resp.Kvs) == 0 {
+		return ClusterState{}, fmt.Errorf("cluster %q: %w", name, ErrNotFound)
+	}
+	var c ClusterState
+	if err := json.Unmarshal(resp.Kvs[0].Value, &c.Spec); err != nil {
+		return ClusterState{}, fmt.Errorf("delete cluster %s: %w (remove its keys under %s with etcdctl)", name, invalid, s.clusterPrefix(name))
+	}
+	c.specRev = resp.Kvs[0].ModRevision
+	return c, nil
 }
 
 func (s *Store) tombstoneKey(cluster string, created time.Time) string {

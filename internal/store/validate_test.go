@@ -210,3 +210,34 @@ func TestNothingInvalidIsWritten(t *testing.T) {
 		t.Fatalf("Cluster(c) after a refused update = %+v, %v; want it unchanged", c.Spec, err)
 	}
 }
+
+// TestInvalidClusterCanBeDeleted checks the way out of an invalid record:
+// a cluster whose stored spec sets a reserved parameter (as an older
+// pgfleet allowed) is destroyed like any other, port and tombstone included.
+func TestInvalidClusterCanBeDeleted(t *testing.T) {
+	s := openStore(t)
+	ctx := context.Background()
+	sp := spec("old", 6000)
+	if err := s.CreateCluster(ctx, sp, fleet.Secrets{SuperuserPassword: "pw"}, members("old", 6000), ev("old", "x")); err != nil {
+		t.Fatal(err)
+	}
+	sp.Params = map[string]string{"shared_preload_libraries": "pg_stat_statements"}
+	if _, err := s.Client().Put(ctx, "/test/"+t.Name()+"/clusters/old/spec", mustJSON(t, sp)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Cluster(ctx, "old"); !errors.Is(err, store.ErrInvalid) {
+		t.Fatalf("Cluster(old) = %v, want ErrInvalid", err)
+	}
+	if err := s.DeleteCluster(ctx, "old"); err != nil {
+		t.Fatalf("DeleteCluster(old) with a reserved parameter in its spec: %v", err)
+	}
+	if _, err := s.Cluster(ctx, "old"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("Cluster(old) after the delete = %v, want ErrNotFound", err)
+	}
+	if ports, err := s.UsedPorts(ctx); err != nil || slices.Contains(ports, 6000) {
+		t.Errorf("UsedPorts = %v, %v; want 6000 free", ports, err)
+	}
+	if gone, err := s.Tombstoned(ctx, "old", sp.Created); !gone || err != nil {
+		t.Errorf("Tombstoned(old) = %v, %v; want true: its members' data goes", gone, err)
+	}
+}
