@@ -309,9 +309,23 @@ func TestAppsAndUsers(t *testing.T) {
 	cli("users", "rotate", "bob", "--cluster", "web")
 
 	// detach keeps the data; attach gives it back; --drop-data deletes it.
+	// (Sessions through the proxy ended with the failover: open new ones.)
+	openAs := func(user, password, db string) *pgx.Conn {
+		t.Helper()
+		conn, err := pgx.Connect(ctx, withUser(t, shopEnv["DATABASE_URL"], user, password, db))
+		if err != nil {
+			t.Fatalf("connect as %s: %v", user, err)
+		}
+		t.Cleanup(func() { conn.Close(ctx) })
+		return conn
+	}
+	live := openAs("shop", newPW, "shop")
 	cli("detach", "web", "--app", "shop")
 	if err := tryConnect(withUser(t, shopEnv["DATABASE_URL"], "shop", newPW, "")); err == nil {
 		t.Errorf("a detached app still logs in")
+	}
+	if _, err := live.Exec(ctx, "SELECT 1"); err == nil {
+		t.Errorf("a detached app's open session goes on")
 	}
 	if !strings.Contains(cli("db", "list", "web"), "shop") {
 		t.Errorf("detach without --drop-data dropped the database")
@@ -335,7 +349,14 @@ func TestAppsAndUsers(t *testing.T) {
 		t.Errorf("db list after db create:\n%s", out)
 	}
 	cli("db", "delete", "web", "reports", "--yes")
+	alice = openAs("alice", strings.TrimSpace(string(b)), "billing")
 	cli("users", "delete", "alice", "--cluster", "web")
+	if _, err := alice.Exec(ctx, "SELECT 1"); err == nil {
+		t.Errorf("a deleted user's open session goes on")
+	}
+	if err := tryConnect(withUser(t, shopEnv["DATABASE_URL"], "alice", strings.TrimSpace(string(b)), "billing")); err == nil {
+		t.Errorf("a deleted user still logs in")
+	}
 	if out := cli("users", "list", "--cluster", "web"); strings.Contains(out, "alice") {
 		t.Errorf("users list after delete:\n%s", out)
 	}

@@ -285,21 +285,20 @@ func dropUser(ctx context.Context, conn *pgx.Conn, name string) error {
 	if _, _, err := managedRole(ctx, conn, name, "delete", KindUser, KindReadOnly); err != nil {
 		return err
 	}
-	// NOLOGIN first, so that no new session starts between ending the
-	// open ones and dropping the role.
-	ident := pgx.Identifier{name}.Sanitize()
-	if _, err := conn.Exec(ctx, "ALTER ROLE "+ident+" NOLOGIN"); err != nil {
+	var oid uint32
+	if err := conn.QueryRow(ctx, "SELECT oid FROM pg_roles WHERE rolname = $1", name).Scan(&oid); err != nil {
 		return err
 	}
-	if err := terminateSessions(ctx, conn, name); err != nil {
-		return err
-	}
-	if _, err := conn.Exec(ctx, "DROP ROLE "+ident); err != nil {
+	// The drop first, so that a refusal changes nothing (its sessions go
+	// on); then the sessions it leaves, which the server does not end.
+	if _, err := conn.Exec(ctx, "DROP ROLE "+pgx.Identifier{name}.Sanitize()); err != nil {
 		if isCode(err, "2BP01") { // dependent_objects_still_exist
-			conn.Exec(ctx, "ALTER ROLE "+ident+" LOGIN")
 			return refuse(ErrNotAllowed, "user %s still owns objects or holds privileges granted to it by hand (%v): reassign or revoke them as the superuser first", name, err)
 		}
 		return err
+	}
+	if _, err := conn.Exec(ctx, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usesysid = $1", oid); err != nil {
+		return fmt.Errorf("end the sessions of the deleted user: %w", err)
 	}
 	return nil
 }
