@@ -43,3 +43,12 @@ if [ "$(basename "$0")" != demo.sh ] && ! command -v versitygw >/dev/null 2>&1; 
 	say "installing versitygw v1.8.0 (S3 test server) into \$HOME/go/bin"
 	GOFLAGS=-mod=mod GOBIN="$HOME/go/bin" go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
 fi
+
+# The web console's browser test (TestConsole in cmd/pgfleet) drives a real
+# Chromium; installed from the distribution when missing, and not for the
+# demo, which does not need it.
+if [ "$(basename "$0")" != demo.sh ] && ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+	say "installing chromium (the web console's browser test)"
+	as_root apt-get update -qq
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi

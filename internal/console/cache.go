@@ -60,8 +60,10 @@ func (c *cache) get(ctx context.Context, h *hub, call caller, token, path string
 	code, body, err := call.raw(ctx, token, "GET", path, nil)
 	e.code, e.body = code, body
 	// An answer that depends on more than the state (a failed read, a
-	// refused token) is not shared.
-	if err != nil || code >= 500 || code == 401 || code == 403 {
+	// refused token) is not shared, nor is one that something is missing:
+	// it may be made a moment later, and a page that shows "not found"
+	// has nothing live to update.
+	if err != nil || code >= 500 || code == 401 || code == 403 || code == 404 {
 		c.mu.Lock()
 		if c.entries[key] == e {
 			delete(c.entries, key)

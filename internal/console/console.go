@@ -113,7 +113,7 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()
 	h.Set("Content-Security-Policy", "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Referrer-Policy", "no-referrer")
+	h.Set("Referrer-Policy", "same-origin")
 	h.Set("X-Frame-Options", "DENY")
 	if !strings.HasPrefix(r.URL.Path, "/assets/") {
 		h.Set("Cache-Control", "no-store")
@@ -198,13 +198,14 @@ func (c *Console) authed(h func(http.ResponseWriter, *http.Request, *req)) http.
 }
 
 // sameOrigin reports whether a request comes from the console's own pages:
-// a browser names the page's origin on every POST.
+// a browser names the page's origin on every POST (the pages' referrer
+// policy, same-origin, lets it; no-referrer would make it "null").
 func sameOrigin(r *http.Request) bool {
 	o := r.Header.Get("Origin")
-	if o == "" || o == "null" {
-		// Browsers send Origin with every POST; a client that does not is
-		// not a browser on another site, and still needs the CSRF token.
-		return o == ""
+	if o == "" {
+		// A client that sends no Origin is not a browser on another
+		// site; it still needs the CSRF token.
+		return true
 	}
 	u, err := url.Parse(o)
 	return err == nil && u.Host == r.Host

@@ -53,7 +53,7 @@ func newStateFleet(t testing.TB, clusters int) *stateFleet {
 	if _, err := st.InitToken(ctx, api.HashToken(testToken)); err != nil {
 		t.Fatal(err)
 	}
-	hostLease, err := st.Grant(ctx, 30*time.Second)
+	hostLease, err := st.Grant(context.Background(), 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +68,7 @@ func newStateFleet(t testing.TB, clusters int) *stateFleet {
 		}
 	}
 	f := &stateFleet{st: st}
-	if f.status, err = st.Grant(ctx, 30*time.Second); err != nil {
+	if f.status, err = st.Grant(context.Background(), 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	for i := range clusters {
@@ -117,14 +117,19 @@ func (f *stateFleet) addCluster(t testing.TB, name string, port int) {
 
 func (f *stateFleet) putStatus(t testing.TB, cluster, id, host string, role fleet.Role, lag int64) {
 	t.Helper()
+	if err := f.publish(cluster, id, host, role, lag); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// publish writes a member's status, as its supervisor does every second.
+func (f *stateFleet) publish(cluster, id, host string, role fleet.Role, lag int64) error {
 	state := fleet.StateStreaming
 	if role == fleet.RolePrimary {
 		state = fleet.StateRunning
 	}
 	st := fleet.MemberStatus{ID: id, Host: host, Role: role, State: state, Healthy: true, Timeline: 1, LagBytes: lag, Updated: time.Now().UTC()}
-	if err := f.st.PutStatus(context.Background(), cluster, st, f.status); err != nil {
-		t.Fatal(err)
-	}
+	return f.st.PutStatus(context.Background(), cluster, st, f.status)
 }
 
 // browserless is a client of the console that keeps cookies, does not

@@ -312,6 +312,17 @@ func (h *hub) generation(topics ...string) uint64 {
 	return g
 }
 
+// touch marks topics changed at once, for a change this console made: the
+// page that follows must not be served a read from before it, and the
+// watch brings the change a moment later.
+func (h *hub) touch(topics ...string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, t := range topics {
+		h.gens[t]++
+	}
+}
+
 // subscribers is how many pages are open on this agent.
 func (h *hub) subscribers() int {
 	h.mu.Lock()

@@ -483,6 +483,7 @@ func (c *Console) create(w http.ResponseWriter, r *http.Request, rq *req) {
 		c.render(w, r, code, "new", rq, d)
 		return
 	}
+	c.changed(v.Name)
 	c.log.Info("console: cluster created", "cluster", v.Name)
 	http.Redirect(w, r, "/clusters/"+url.PathEscape(v.Name)+"?created=1", http.StatusSeeOther)
 }
@@ -617,6 +618,8 @@ func (c *Console) act(w http.ResponseWriter, r *http.Request, rq *req) {
 		}
 		c.showCluster(w, r, rq, code, prev)
 	}
+	// Whatever the action did, the page that follows reads anew.
+	defer c.changed(name)
 	switch action {
 	case "switchover":
 		var v api.SwitchoverView
@@ -691,6 +694,7 @@ func (c *Console) act(w http.ResponseWriter, r *http.Request, rq *req) {
 			fail("restore", err, prev)
 			return
 		}
+		c.changed(nv.Name)
 		flash(w, r, fmt.Sprintf("Cluster %s is being restored from the backups of %s.", nv.Name, name))
 		http.Redirect(w, r, "/clusters/"+url.PathEscape(nv.Name)+"?created=1", http.StatusSeeOther)
 		return
@@ -711,6 +715,11 @@ func (c *Console) act(w http.ResponseWriter, r *http.Request, rq *req) {
 	http.Redirect(w, r, back, http.StatusSeeOther)
 }
 
+// changed tells the hub that this console changed cluster name.
+func (c *Console) changed(name string) {
+	c.hub.touch(topicClusters, topicHosts, topicCluster+"/"+name, topicEvents+"/"+name, topicBackups+"/"+name)
+}
+
 func verifySummary(rep backup.VerifyReport) string {
 	if len(rep.Backups) == 0 && len(rep.Problems) == 0 {
 		return "No backups to verify yet."
@@ -718,8 +727,21 @@ func verifySummary(rep backup.VerifyReport) string {
 	if rep.OK() {
 		return fmt.Sprintf("%d backups verified: every one is intact and its WAL has no gap.", len(rep.Backups))
 	}
-	b, _ := json.Marshal(rep)
-	return "Verification found problems: " + string(b)
+	var probs []string
+	for _, b := range rep.Backups {
+		switch {
+		case b.DataError != "":
+			probs = append(probs, fmt.Sprintf("backup %s: %s", b.Manifest.ID, b.DataError))
+		case !b.WAL.Consistent:
+			probs = append(probs, fmt.Sprintf("backup %s: the WAL it needs to be consistent is not all archived", b.Manifest.ID))
+		case len(b.WAL.Gaps) > 0:
+			probs = append(probs, fmt.Sprintf("backup %s: the archived WAL has %d gaps after it; a restore cannot pass the first", b.Manifest.ID, len(b.WAL.Gaps)))
+		case len(b.WAL.MissingHistory) > 0:
+			probs = append(probs, fmt.Sprintf("backup %s: history files missing: %s", b.Manifest.ID, strings.Join(b.WAL.MissingHistory, ", ")))
+		}
+	}
+	probs = append(probs, rep.Problems...)
+	return "Verification found problems: " + strings.Join(probs, "; ") + ". `pgfleet backup verify " + rep.Cluster + "` shows the details."
 }
 
 func asAPIError(err error, target **apiError) bool { return errors.As(err, target) }

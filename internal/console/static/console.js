@@ -132,6 +132,30 @@
     update();
   }
 
+  // The primary region cannot also have a read replica: its box is
+  // disabled while it is the primary's.
+  function primaryRegion(sel) {
+    function update() {
+      document.querySelectorAll("input[data-replica-region]").forEach(function (box) {
+        var label = box.parentNode;
+        var note = label.querySelector(".muted");
+        var isPrimary = box.getAttribute("data-replica-region") === sel.value;
+        if (isPrimary) box.checked = false;
+        box.disabled = isPrimary;
+        if (isPrimary && !note) {
+          note = document.createElement("span");
+          note.className = "muted";
+          note.textContent = "(the primary region)";
+          label.appendChild(document.createTextNode(" "));
+          label.appendChild(note);
+        } else if (!isPrimary && note) {
+          label.removeChild(note);
+        }
+      });
+    }
+    sel.addEventListener("change", update);
+  }
+
   // A submitted form says so, and is not sent twice.
   document.addEventListener("submit", function (e) {
     var b = e.target.querySelector("button[type=submit]");
@@ -145,6 +169,8 @@
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("input[data-check]").forEach(checkField);
     document.querySelectorAll("input[data-must-equal]").forEach(mustEqual);
+    var pr = document.getElementById("primary_region");
+    if (pr) primaryRegion(pr);
     connectLive();
   });
 })();
