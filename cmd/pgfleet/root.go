@@ -51,6 +51,7 @@ func newRootCmd() *cobra.Command {
 		newSwitchoverCmd(cf),
 		newFailoverCmd(cf),
 		newSetCmd(cf),
+		newReplicaCmd(cf), newHACmd(cf),
 		newBackupCmd(cf),
 		newRestoreCmd(cf),
 		newLoginCmd(cf),

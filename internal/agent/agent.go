@@ -671,9 +671,9 @@ func (a *Agent) reconcile(ctx context.Context) {
 		if p, ok := want[id]; (ok && p.cluster.Created.Equal(r.created)) || invalid[r.sup.spec.Cluster] {
 			continue
 		}
-		// Only a destroy, recorded as a tombstone, deletes data; a member
-		// that is merely missing stops and keeps it.
-		gone, err := a.store.Tombstoned(ctx, r.sup.spec.Cluster, r.created)
+		// Only a destroy or a removal, recorded as a tombstone, deletes
+		// data; a member that is merely missing stops and keeps it.
+		gone, err := a.store.MemberGone(ctx, r.sup.spec.Cluster, r.created, id)
 		if err != nil {
 			a.log.Warn("member missing from the store; deciding once the store answers", "member", id, "err", err)
 			continue
@@ -763,7 +763,7 @@ func (a *Agent) removeOrphans(ctx context.Context, want map[string]placed) {
 		if p, ok := want[e.Name()]; ok && p.cluster.Created.Equal(mark.Created) {
 			continue
 		}
-		gone, err := a.store.Tombstoned(ctx, mark.Cluster, mark.Created)
+		gone, err := a.store.MemberGone(ctx, mark.Cluster, mark.Created, e.Name())
 		if err != nil {
 			return
 		}

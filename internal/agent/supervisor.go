@@ -21,9 +21,10 @@ import (
 	"github.com/pgfleet/pgfleet/internal/store"
 )
 
-// errRemoved is the cancel cause that tells a supervisor its cluster was
-// destroyed (a tombstone says so), so its data goes too.
-var errRemoved = errors.New("cluster destroyed")
+// errRemoved is the cancel cause that tells a supervisor its member was
+// destroyed, with its cluster or removed from it (a tombstone says so), so
+// its data goes too.
+var errRemoved = errors.New("member destroyed")
 
 // errVanished is the cancel cause for a member missing from the store with
 // no record of a destroy: the supervisor stops and keeps the data.
@@ -234,7 +235,7 @@ func (s *supervisor) run(ctx context.Context) {
 		if err := os.RemoveAll(s.dir); err != nil {
 			s.log.Error("remove member data", "dir", s.dir, "err", err)
 		} else {
-			s.log.Info("cluster destroyed; member data deleted", "dir", s.dir)
+			s.log.Info("member destroyed (with its cluster, or removed from it); its data deleted", "dir", s.dir)
 		}
 	case errors.Is(cause, errVanished):
 		// The event is recorded only if the cluster itself still exists.

@@ -53,7 +53,7 @@ func (s *supervisor) reconcileSync(ctx context.Context, c store.ClusterState) er
 		// nothing.
 		now := time.Now()
 		for _, m := range c.Members {
-			if m.ID == s.spec.ID || !ha.Eligible(m, c.Spec) {
+			if m.ID == s.spec.ID || !ha.SyncEligible(m, c.Spec) {
 				continue
 			}
 			if st, ok := c.Status[m.ID]; ok && st.State == fleet.StateStreaming {
@@ -69,7 +69,7 @@ func (s *supervisor) reconcileSync(ctx context.Context, c store.ClusterState) er
 			want = s.syncApplied
 			if len(want) == 0 {
 				for _, m := range c.Members {
-					if m.ID != s.spec.ID && ha.Eligible(m, c.Spec) {
+					if m.ID != s.spec.ID && ha.SyncEligible(m, c.Spec) {
 						want = append(want, m.ID)
 					}
 				}

@@ -314,6 +314,11 @@ type MemberSpec struct {
 	Region  string `json:"region"`
 	Role    Role   `json:"role"` // role wanted at creation; the leader key decides who is primary
 	Port    int    `json:"port"`
+	// Leaving marks a member on its way out of the cluster (`pgfleet ha`,
+	// `replica remove`) that first has to leave the sync set: it is no
+	// longer eligible, so the primary drops it from the synchronous
+	// standbys and it is never promoted.
+	Leaving bool `json:"leaving,omitempty"`
 }
 
 // MemberStatus is what a member's supervisor publishes, at least every second,

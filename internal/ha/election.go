@@ -27,6 +27,14 @@ func Eligible(m fleet.MemberSpec, spec fleet.ClusterSpec) bool {
 	return m.Role != fleet.RoleReplica && m.Region == spec.PrimaryRegion
 }
 
+// SyncEligible reports whether the primary's commits may wait for m: an
+// eligible member that is not on its way out of the cluster. A leaving
+// member stays Eligible, so that an election that needs the commits it may
+// hold alone still promotes it.
+func SyncEligible(m fleet.MemberSpec, spec fleet.ClusterSpec) bool {
+	return Eligible(m, spec) && !m.Leaving
+}
+
 // ElectionInput is what the election decision needs.
 type ElectionInput struct {
 	Now        time.Time

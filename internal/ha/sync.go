@@ -30,7 +30,7 @@ func InitialSync(spec fleet.ClusterSpec, members []fleet.MemberSpec, status map[
 	}
 	var all []string
 	for _, m := range members {
-		if m.ID == self || !Eligible(m, spec) {
+		if m.ID == self || !SyncEligible(m, spec) {
 			continue
 		}
 		all = append(all, m.ID)

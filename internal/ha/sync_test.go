@@ -2,6 +2,7 @@ package ha
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 
 	"github.com/pgfleet/pgfleet/internal/fleet"
@@ -56,5 +57,16 @@ func TestInitialSync(t *testing.T) {
 				t.Errorf("InitialSync() K = %v, want %s", k, tt.wantK)
 			}
 		})
+	}
+	// A member on its way out of the cluster is no synchronous standby,
+	// but may still be elected: it may hold commits alone until the sync
+	// set lets go of it.
+	leaving := slices.Clone(members)
+	leaving[2].Leaving = true
+	if s, k := InitialSync(spec, leaving, st("db-1", "streaming", "db-3", "streaming"), nil, "db-2"); fmt.Sprint(s) != "[db-1]" || fmt.Sprint(k) != "[db-1]" {
+		t.Errorf("InitialSync() with db-3 leaving: S = %v, K = %v; want [db-1] for both", s, k)
+	}
+	if !Eligible(leaving[2], spec) || SyncEligible(leaving[2], spec) {
+		t.Error("a leaving standby must stay eligible for elections and not for the sync set")
 	}
 }

@@ -447,6 +447,7 @@ type ClusterState struct {
 
 	specRev       int64 // mod revision of the spec, for transactions on this view
 	switchoverRev int64 // mod revision of the switchover, if any
+	syncRev       int64 // mod revision of the sync state, if any
 }
 
 // decode adds one key of cluster (its path below the cluster's prefix) to
@@ -512,7 +513,7 @@ func (c *ClusterState) decode(cluster, rest string, v []byte, rev int64) error {
 		if err := st.Validate(cluster); err != nil {
 			return fmt.Errorf("sync state: %w", err)
 		}
-		c.Sync = &st
+		c.Sync, c.syncRev = &st, rev
 	case rest == "backup":
 		var req fleet.BackupRequest
 		if err := json.Unmarshal(v, &req); err != nil {
