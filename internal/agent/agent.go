@@ -202,9 +202,9 @@ type Agent struct {
 	ready chan struct{}
 	// sups are the supervisors, by member id. Only the agent's loop adds
 	// and removes them, under supsMu, which the WAL server's reads take.
-	sups   map[string]*running
-	supsMu sync.RWMutex
-	fleetID string              // the store's fleet id, once known
+	sups    map[string]*running
+	supsMu  sync.RWMutex
+	fleetID string // the store's fleet id, once known
 	// orphansChecked is when removeOrphans last looked; keptOrphans are the
 	// directories it kept and reported.
 	orphansChecked time.Time
