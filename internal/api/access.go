@@ -127,6 +127,21 @@ func (s *Server) primaryConn(w http.ResponseWriter, r *http.Request, name string
 	return conn, c, hosts
 }
 
+// onPrimary runs op on a connection to cluster name's primary and reports
+// whether it succeeded; when it did not, the request is answered already.
+func (s *Server) onPrimary(w http.ResponseWriter, r *http.Request, name string, op func(context.Context, *pgx.Conn) error) bool {
+	conn, _, _ := s.primaryConn(w, r, name)
+	if conn == nil {
+		return false
+	}
+	defer conn.Close(context.WithoutCancel(r.Context()))
+	if err := op(r.Context(), conn); err != nil {
+		s.accessError(w, name, err)
+		return false
+	}
+	return true
+}
+
 // accessError answers a failed access operation with the status that says
 // whose fault it is.
 func (s *Server) accessError(w http.ResponseWriter, cluster string, err error) {
@@ -162,14 +177,11 @@ func (s *Server) listUsers(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	conn, _, _ := s.primaryConn(w, r, name)
-	if conn == nil {
-		return
-	}
-	defer conn.Close(context.WithoutCancel(r.Context()))
-	roles, err := postgres.Roles(r.Context(), conn, func(n string) bool { _, owned := fleet.OwnedRole(n); return owned })
-	if err != nil {
-		s.accessError(w, name, err)
+	var roles []postgres.Role
+	if !s.onPrimary(w, r, name, func(ctx context.Context, conn *pgx.Conn) (err error) {
+		roles, err = postgres.Roles(ctx, conn, func(n string) bool { _, owned := fleet.OwnedRole(n); return owned })
+		return err
+	}) {
 		return
 	}
 	if roles == nil {
@@ -192,14 +204,10 @@ func (s *Server) createUser(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	conn, _, _ := s.primaryConn(w, r, name)
-	if conn == nil {
-		return
-	}
-	defer conn.Close(context.WithoutCancel(r.Context()))
 	pw := randomString(16)
-	if err := postgres.CreateUser(r.Context(), conn, req.Name, pw, req.ReadOnly); err != nil {
-		s.accessError(w, name, err)
+	if !s.onPrimary(w, r, name, func(ctx context.Context, conn *pgx.Conn) error {
+		return postgres.CreateUser(ctx, conn, req.Name, pw, req.ReadOnly)
+	}) {
 		return
 	}
 	access := "read-write"
@@ -231,13 +239,7 @@ func (s *Server) deleteUser(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	conn, _, _ := s.primaryConn(w, r, name)
-	if conn == nil {
-		return
-	}
-	defer conn.Close(context.WithoutCancel(r.Context()))
-	if err := postgres.DropUser(r.Context(), conn, user); err != nil {
-		s.accessError(w, name, err)
+	if !s.onPrimary(w, r, name, func(ctx context.Context, conn *pgx.Conn) error { return postgres.DropUser(ctx, conn, user) }) {
 		return
 	}
 	s.log.Info("user deleted", "cluster", name, "user", user)
@@ -254,14 +256,8 @@ func (s *Server) rotateUser(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	conn, _, _ := s.primaryConn(w, r, name)
-	if conn == nil {
-		return
-	}
-	defer conn.Close(context.WithoutCancel(r.Context()))
 	pw := randomString(16)
-	if err := postgres.SetPassword(r.Context(), conn, user, pw); err != nil {
-		s.accessError(w, name, err)
+	if !s.onPrimary(w, r, name, func(ctx context.Context, conn *pgx.Conn) error { return postgres.SetPassword(ctx, conn, user, pw) }) {
 		return
 	}
 	s.log.Info("password rotated", "cluster", name, "user", user)
@@ -274,14 +270,11 @@ func (s *Server) listDatabases(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	conn, _, _ := s.primaryConn(w, r, name)
-	if conn == nil {
-		return
-	}
-	defer conn.Close(context.WithoutCancel(r.Context()))
-	dbs, err := postgres.Databases(r.Context(), conn)
-	if err != nil {
-		s.accessError(w, name, err)
+	var dbs []postgres.Database
+	if !s.onPrimary(w, r, name, func(ctx context.Context, conn *pgx.Conn) (err error) {
+		dbs, err = postgres.Databases(ctx, conn)
+		return err
+	}) {
 		return
 	}
 	if dbs == nil {
@@ -304,13 +297,7 @@ func (s *Server) createDatabase(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	conn, _, _ := s.primaryConn(w, r, name)
-	if conn == nil {
-		return
-	}
-	defer conn.Close(context.WithoutCancel(r.Context()))
-	if err := postgres.CreateDatabase(r.Context(), conn, req.Name); err != nil {
-		s.accessError(w, name, err)
+	if !s.onPrimary(w, r, name, func(ctx context.Context, conn *pgx.Conn) error { return postgres.CreateDatabase(ctx, conn, req.Name) }) {
 		return
 	}
 	s.log.Info("database created", "cluster", name, "database", req.Name)
@@ -332,13 +319,7 @@ func (s *Server) deleteDatabase(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("deleting database %s deletes its data: repeat its name as ?confirm=%s (`pgfleet db delete %s %s --yes` does)", db, db, name, db))
 		return
 	}
-	conn, _, _ := s.primaryConn(w, r, name)
-	if conn == nil {
-		return
-	}
-	defer conn.Close(context.WithoutCancel(r.Context()))
-	if err := postgres.DropDatabase(r.Context(), conn, db); err != nil {
-		s.accessError(w, name, err)
+	if !s.onPrimary(w, r, name, func(ctx context.Context, conn *pgx.Conn) error { return postgres.DropDatabase(ctx, conn, db) }) {
 		return
 	}
 	s.log.Info("database deleted", "cluster", name, "database", db)
@@ -432,13 +413,7 @@ func (s *Server) detachApp(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("detaching app %s with its data deletes database %s: repeat the app's name as ?confirm=%s (`pgfleet detach %s --app %s --drop-data --yes` does)", app, app, app, name, app))
 		return
 	}
-	conn, _, _ := s.primaryConn(w, r, name)
-	if conn == nil {
-		return
-	}
-	defer conn.Close(context.WithoutCancel(r.Context()))
-	if err := postgres.DetachApp(r.Context(), conn, app, dropData); err != nil {
-		s.accessError(w, name, err)
+	if !s.onPrimary(w, r, name, func(ctx context.Context, conn *pgx.Conn) error { return postgres.DetachApp(ctx, conn, app, dropData) }) {
 		return
 	}
 	msg := fmt.Sprintf("app %s detached: its role can no longer log in; database %s is kept", app, app)
