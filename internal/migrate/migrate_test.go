@@ -1,0 +1,91 @@
+package migrate
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestCheck(t *testing.T) {
+	src := Source{VersionNum: 140010, Extensions: []string{"hstore", "pg_trgm"}, Bytes: 10 << 20}
+	dst := Target{VersionNum: 150004, Available: []string{"hstore", "pg_trgm", "plpgsql"}, FreeBytes: -1}
+	if err := Check(src, dst, false); err != nil {
+		t.Fatalf("Check(14 into 15) = %v", err)
+	}
+	for _, tt := range []struct {
+		name  string
+		src   Source
+		dst   Target
+		clean bool
+		want  string
+	}{
+		{"newer source", Source{VersionNum: 160001}, dst, false, "PostgreSQL 16 and the cluster 15"},
+		{"missing extension", Source{VersionNum: 150001, Extensions: []string{"postgis", "hstore"}}, dst, false, "extensions the cluster's hosts do not have: postgis"},
+		{"tables in the target", src, Target{VersionNum: 150004, Available: dst.Available, UserTables: 3, FreeBytes: -1}, false, "already holds 3 table(s)"},
+		{"too little room", src, Target{VersionNum: 150004, Available: dst.Available, FreeBytes: 1 << 20}, false, "10.0 MB and the cluster's primary has 1.0 MB free"},
+	} {
+		if err := Check(tt.src, tt.dst, tt.clean); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: Check = %v, want an error with %q", tt.name, err, tt.want)
+		}
+	}
+	if err := Check(src, Target{VersionNum: 150004, Available: dst.Available, UserTables: 3, FreeBytes: -1}, true); err != nil {
+		t.Errorf("tables in the target with --clean: %v", err)
+	}
+}
+
+func TestRoleStatements(t *testing.T) {
+	roles := []Role{
+		{Name: "postgres", Superuser: true, Login: true},
+		{Name: "app", Login: true, Inherit: true, ConnLimit: -1, Password: "SCRAM-SHA-256$4096:abc"},
+		{Name: "ops", Superuser: true, Replication: true, Login: true, ConnLimit: 5, Password: "md5deadbeef"},
+		{Name: "readers", Inherit: true, ConnLimit: -1},
+		{Name: `we"ird`, ConnLimit: -1},
+	}
+	members := []Membership{{Role: "readers", Member: "app"}, {Role: "readers", Member: "postgres"}}
+	skip := func(n string) (string, bool) { return "owned", n == "postgres" }
+	stmts, notes := RoleStatements(roles, members, []string{"readers"}, skip)
+	got := strings.Join(stmts, "\n")
+	for _, want := range []string{
+		`CREATE ROLE "app"`,
+		`ALTER ROLE "app" WITH LOGIN NOCREATEDB NOCREATEROLE INHERIT NOSUPERUSER NOREPLICATION NOBYPASSRLS CONNECTION LIMIT -1 PASSWORD 'SCRAM-SHA-256$4096:abc'`,
+		`ALTER ROLE "ops" WITH LOGIN NOCREATEDB NOCREATEROLE NOINHERIT NOSUPERUSER NOREPLICATION NOBYPASSRLS CONNECTION LIMIT 5 PASSWORD 'md5deadbeef'`,
+		`CREATE ROLE "we""ird"`,
+		`GRANT "readers" TO "app"`,
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("statements lack %s:\n%s", want, got)
+		}
+	}
+	for _, never := range []string{`CREATE ROLE "readers"`, `"postgres"`, " SUPERUSER", " REPLICATION "} {
+		if strings.Contains(got, never) {
+			t.Errorf("statements hold %q:\n%s", never, got)
+		}
+	}
+	allNotes := strings.Join(notes, "\n")
+	for _, want := range []string{"role postgres left out: owned", "role ops has an MD5 password", "role ops comes without its superuser or replication attribute"} {
+		if !strings.Contains(allNotes, want) {
+			t.Errorf("notes lack %q:\n%s", want, allNotes)
+		}
+	}
+}
+
+func TestRestoredTable(t *testing.T) {
+	if n, ok := RestoredTable(`pg_restore: processing data for table "public.orders"`); !ok || n != "public.orders" {
+		t.Errorf("RestoredTable = %q, %v", n, ok)
+	}
+	if _, ok := RestoredTable(`pg_restore: creating TABLE "public.orders"`); ok {
+		t.Error("a create line counted as data")
+	}
+	if bad := Mismatches(Compare(map[string]int64{"a": 1, "b": 2}, map[string]int64{"a": 1})); len(bad) != 1 || bad[0].Table != "b" || bad[0].Target != -1 {
+		t.Errorf("Mismatches = %+v; want b, missing in the target", bad)
+	}
+}
+
+func TestSplitURL(t *testing.T) {
+	c, err := SplitURL("postgres://u:s3cret@h:5432/db?sslmode=require")
+	if err != nil || c.Password != "s3cret" || strings.Contains(c.URL, "s3cret") || !strings.Contains(c.URL, "u@h:5432/db") {
+		t.Errorf("SplitURL = %+v, %v", c, err)
+	}
+	if _, err := SplitURL("mysql://h/db"); err == nil {
+		t.Error("SplitURL accepted a mysql:// URL")
+	}
+}
