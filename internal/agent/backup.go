@@ -122,9 +122,15 @@ func (s *supervisor) runBackup(ctx context.Context, req fleet.BackupRequest) {
 		s.log.Warn("apply backup retention", "err", err)
 		return
 	}
-	if n := len(plan.DeleteBackups); n > 0 || len(plan.DeleteWAL) > 0 {
-		s.event(ctx, "retention", fmt.Sprintf("retention dropped %d backups (%s) and %d WAL files no longer needed for the %s window",
-			n, strings.Join(plan.DeleteBackups, ", "), len(plan.DeleteWAL), b.Window()))
+	var dropped []string
+	if n := len(plan.DeleteBackups); n > 0 {
+		dropped = append(dropped, fmt.Sprintf("%d backup(s) (%s)", n, strings.Join(plan.DeleteBackups, ", ")))
+	}
+	if n := len(plan.DeleteWAL); n > 0 {
+		dropped = append(dropped, fmt.Sprintf("%d WAL file(s)", n))
+	}
+	if len(dropped) > 0 {
+		s.event(ctx, "retention", fmt.Sprintf("retention dropped %s no longer needed for the %s window", strings.Join(dropped, " and "), b.Window()))
 	}
 }
 

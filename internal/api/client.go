@@ -118,7 +118,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 			if method != http.MethodGet && !(errors.As(err, &op) && op.Op == "dial") {
 				return fmt.Errorf("%s %s: no answer from %s (%v): the request may or may not have taken effect; check with a read command", method, path, ep, unwrapURLError(err))
 			}
-			errs = append(errs, fmt.Sprintf("%s: %v", ep, unwrapURLError(err)))
+			errs = append(errs, fmt.Sprintf("%s: %v", ep, dialReason(err)))
 			continue // the next agent may answer
 		}
 		b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
@@ -152,7 +152,36 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	if lastErr != nil {
 		return lastErr
 	}
-	return fmt.Errorf("no agent answered (%s): is the fleet running? (`pgfleet dev up` starts a local one)", strings.Join(errs, "; "))
+	return fmt.Errorf("no agent answered (%s): is the fleet running? (`pgfleet dev up` starts a local one)", groupErrors(errs))
+}
+
+// dialReason is why a request got no answer, without the address the
+// error repeats.
+func dialReason(err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" && op.Err != nil {
+		return op.Err
+	}
+	return unwrapURLError(err)
+}
+
+// groupErrors joins "endpoint: reason" lines, naming each reason once
+// with every endpoint that gave it.
+func groupErrors(errs []string) string {
+	var reasons []string
+	eps := map[string][]string{}
+	for _, e := range errs {
+		ep, why, _ := strings.Cut(e, ": ")
+		if _, ok := eps[why]; !ok {
+			reasons = append(reasons, why)
+		}
+		eps[why] = append(eps[why], ep)
+	}
+	var out []string
+	for _, why := range reasons {
+		out = append(out, fmt.Sprintf("%s: %s", strings.Join(eps[why], ", "), why))
+	}
+	return strings.Join(out, "; ")
 }
 
 func unwrapURLError(err error) error {
