@@ -351,7 +351,7 @@ func (s *supervisor) restore(ctx context.Context) error {
 	if err := s.inst.Promote(ctx, s.superuser()); err != nil {
 		return err
 	}
-	if err := s.inst.Configure(s.settings(nil, false)); err != nil {
+	if err := s.configure(s.settings(nil, false)); err != nil {
 		return fmt.Errorf("configure: %w", err)
 	}
 	return s.servePrimary(ctx, "restored", fmt.Sprintf("%s restored from backup %s of %s to %s in %s; primary on %s (%s)",
@@ -377,7 +377,7 @@ func (s *supervisor) restoreData(ctx context.Context, a *backup.Archive, rec map
 	// reads the source's.
 	set := s.settings(nil, false)
 	set.Recovery = rec
-	if err := s.inst.Configure(set); err != nil {
+	if err := s.configure(set); err != nil {
 		return fmt.Errorf("configure recovery: %w", err)
 	}
 	if err := s.start(ctx); err != nil {

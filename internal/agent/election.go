@@ -78,6 +78,8 @@ func (s *supervisor) campaign(ctx context.Context, c store.ClusterState, since *
 // promote turns the running standby, which holds the leader key, into the
 // primary.
 func (s *supervisor) promote(ctx context.Context, c store.ClusterState) error {
+	// /metrics counts the promotion as a switchover or a failover.
+	s.mx.planned.Store(c.Switchover != nil && c.Switchover.To == s.spec.ID)
 	if s.hold == nil {
 		ok, err := s.takeLeader(ctx)
 		if err != nil {
@@ -103,7 +105,7 @@ func (s *supervisor) promote(ctx context.Context, c store.ClusterState) error {
 	if err != nil {
 		s.log.Warn("create replication slots before promotion; the primary creates them after", "err", err)
 	}
-	if err := s.inst.Configure(s.settings(nil, true)); err != nil {
+	if err := s.configure(s.settings(nil, true)); err != nil {
 		return fmt.Errorf("configure: %w", err)
 	}
 	if err := s.inst.Reload(); err != nil {
@@ -115,7 +117,7 @@ func (s *supervisor) promote(ctx context.Context, c store.ClusterState) error {
 	s.stayOnTimeline = false
 	// Promotion removed standby.signal itself; drop the upstream settings
 	// and the replication passfile a primary does not need.
-	if err := s.inst.Configure(s.settings(nil, false)); err != nil {
+	if err := s.configure(s.settings(nil, false)); err != nil {
 		return fmt.Errorf("configure: %w", err)
 	}
 	if err := s.inst.Reload(); err != nil {

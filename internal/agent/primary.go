@@ -75,7 +75,7 @@ func (s *supervisor) runPrimary(ctx context.Context, fresh bool) error {
 			return err
 		}
 	}
-	if err := s.inst.Configure(s.settings(nil, false)); err != nil {
+	if err := s.configure(s.settings(nil, false)); err != nil {
 		return fmt.Errorf("configure: %w", err)
 	}
 	s.set(fleet.StateStarting, fleet.RolePrimary, "starting postgres")
@@ -192,6 +192,7 @@ func (s *supervisor) servePrimary(ctx context.Context, kind, msg string) error {
 				s.log.Warn("clear a finished switchover", "err", err)
 			}
 		}
+		s.applyParams(ctx, c.Spec.Params)
 		s.serveBackupRequest(ctx, c)
 		if time.Since(lastBackupCheck) > backupCheckEvery && s.checkingBackup.CompareAndSwap(false, true) {
 			lastBackupCheck = time.Now()

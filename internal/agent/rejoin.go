@@ -65,7 +65,7 @@ func (s *supervisor) rejoin(ctx context.Context, c store.ClusterState, why strin
 	// down cleanly, which refuses standby.signal, and takes restore_command
 	// from the data's own configuration: the data is configured as a
 	// primary's (with the archive's settings) until the rewind is done.
-	if err := s.inst.Configure(s.settings(nil, false)); err != nil {
+	if err := s.configure(s.settings(nil, false)); err != nil {
 		return fmt.Errorf("configure before rewind: %w", err)
 	}
 	changed, err := s.inst.Rewind(ctx, src, len(s.archiveSettings()) > 0)
@@ -87,7 +87,7 @@ func (s *supervisor) rejoin(ctx context.Context, c store.ClusterState, why strin
 	s.noopRewind = !changed
 	s.forgetTimeline()
 	// pg_rewind copied the leader's configuration; make the data a standby's.
-	if err := s.inst.Configure(s.settings(nil, true)); err != nil {
+	if err := s.configure(s.settings(nil, true)); err != nil {
 		return fmt.Errorf("configure after rewind: %w", err)
 	}
 	s.diverged.Store(false)

@@ -33,7 +33,7 @@ func (s *supervisor) runStandby(ctx context.Context) error {
 		}
 		following, follow = l.ID, &src
 	}
-	if err := s.inst.Configure(s.settings(follow, true)); err != nil {
+	if err := s.configure(s.settings(follow, true)); err != nil {
 		return fmt.Errorf("configure: %w", err)
 	}
 	s.set(fleet.StateStarting, s.standbyRole(), "starting postgres")
@@ -102,6 +102,7 @@ func (s *supervisor) runStandby(ctx context.Context) error {
 			tick = switchoverTick
 		}
 		s.cluster = c.Spec
+		s.applyParams(ctx, c.Spec.Params)
 		if c.Leader == "" {
 			won, err := s.campaign(ctx, c, &candidateSince)
 			if err != nil {
@@ -130,7 +131,7 @@ func (s *supervisor) runStandby(ctx context.Context) error {
 			if err != nil {
 				continue
 			}
-			if err := s.inst.Configure(s.settings(&src, true)); err != nil {
+			if err := s.configure(s.settings(&src, true)); err != nil {
 				return fmt.Errorf("configure: %w", err)
 			}
 			if err := s.inst.Reload(); err != nil {

@@ -59,6 +59,7 @@ const (
 type supervisor struct {
 	spec    fleet.MemberSpec
 	cluster fleet.ClusterSpec
+	written *postgres.Settings // the configuration last written (configure)
 	host    fleet.Host
 	store   *store.Store
 	lease   func() *store.Lease // the host's current lease

@@ -100,7 +100,7 @@ func (s *supervisor) reconcileSync(ctx context.Context, c store.ClusterState) er
 		// both the old list and the new one.
 		next := s.settings(nil, false)
 		next.SyncStandbys = want
-		if err := s.inst.Configure(next); err != nil {
+		if err := s.configure(next); err != nil {
 			return err
 		}
 		if err := s.inst.Reload(); err != nil {
