@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"maps"
 	"net"
-	"net/http"
 	"strconv"
 	"sync"
 	"time"
@@ -316,30 +315,4 @@ func roundTrip(ctx context.Context, addr string) (time.Duration, bool) {
 	took := time.Since(start)
 	c.Close()
 	return took, true
-}
-
-// metrics serves the proxy's counters in Prometheus' text format.
-func (rt *router) metrics(w http.ResponseWriter, r *http.Request) {
-	st := rt.proxy.Stats()
-	rt.mu.Lock()
-	ok := 0
-	if rt.storeOK {
-		ok = 1
-	}
-	rt.mu.Unlock()
-	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-	for _, m := range []struct {
-		name, kind, help string
-		v                int64
-	}{
-		{"pgfleet_proxy_connections_accepted_total", "counter", "Client connections the proxy accepted.", st.Accepted.Load()},
-		{"pgfleet_proxy_connections_forwarded_total", "counter", "Client connections that reached a member.", st.Forwarded.Load()},
-		{"pgfleet_proxy_connections_refused_total", "counter", "Client connections closed without reaching a member.", st.Refused.Load()},
-		{"pgfleet_proxy_connections_rerouted_total", "counter", "Forwarded connections closed because their member stopped being the primary.", st.Closed.Load()},
-		{"pgfleet_proxy_connections_active", "gauge", "Forwarded connections open now.", st.Active.Load()},
-		{"pgfleet_proxy_connections_held", "gauge", "Connections waiting for a primary now.", st.Held.Load()},
-		{"pgfleet_proxy_store_ok", "gauge", "1 when the last read of the state store succeeded; 0 while the proxy fails closed.", int64(ok)},
-	} {
-		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n%s %d\n", m.name, m.help, m.name, m.kind, m.name, m.v)
-	}
 }

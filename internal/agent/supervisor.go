@@ -87,6 +87,10 @@ type supervisor struct {
 	// the control loop's work, and pgx connections are not safe for
 	// concurrent use.
 	ctl, pub pgConn
+	// mon answers /metrics scrapes (metrics.go), apart from both.
+	mon pgConn
+	// mx holds the counters and caches /metrics reports for this member.
+	mx memberMetrics
 	stopping atomic.Bool // set once postgres is being stopped: no new queries
 	diverged atomic.Bool // streaming from the leader failed for long: rejoin
 	// primaryLSN is the leader's last published write LSN, as the standby
@@ -153,6 +157,7 @@ const eventRetry = 30 * time.Second
 // carries its time, so the history stays in order.
 func (s *supervisor) event(ctx context.Context, kind, msg string) {
 	s.log.Info(msg, "event", kind)
+	s.mx.count(kind)
 	ev := fleet.Event{Time: time.Now().UTC(), Cluster: s.spec.Cluster, Member: s.spec.ID, Host: s.host.Name, Kind: kind, Message: msg}
 	// A member stuck in a failure loop writes an event per retry; trimming
 	// now and then keeps the history bounded even when no primary runs.
@@ -255,6 +260,7 @@ func (s *supervisor) stopPostgres() {
 	defer s.stopping.Store(false)
 	s.ctl.close()
 	s.pub.close()
+	s.mon.close()
 	if s.inst.Pid() != 0 {
 		if err := s.inst.StopFast(30 * time.Second); err != nil {
 			s.log.Warn("stop postgres", "err", err)

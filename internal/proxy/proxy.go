@@ -18,6 +18,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -106,6 +107,41 @@ type Stats struct {
 	Closed    atomic.Int64 // forwarded connections closed by a route change
 	Active    atomic.Int64 // forwarded connections open now
 	Held      atomic.Int64 // connections waiting for a backend now
+	// ReceivedBytes and SentBytes are the bytes forwarded from clients and
+	// back to them, counted when a connection closes: splice moves them
+	// in the kernel, and io.Copy only says how many once it returns.
+	ReceivedBytes atomic.Int64
+	SentBytes     atomic.Int64
+}
+
+// PortStats is one port's counters since it opened, and its route now.
+type PortStats struct {
+	Cluster string
+	Port    int
+	Kind    string // "primary" or "replica": what the port routes to
+	Route   Route
+
+	Accepted, Forwarded, Refused, Closed, Active, Held int64
+	ReceivedBytes, SentBytes                           int64
+}
+
+// Ports returns every open port's counters and route, by port number.
+func (p *Proxy) Ports() []PortStats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]PortStats, 0, len(p.ports))
+	for num, pt := range p.ports {
+		r, _, _ := pt.current()
+		st := &pt.stats
+		out = append(out, PortStats{
+			Cluster: pt.cluster, Port: num, Kind: pt.kind, Route: r,
+			Accepted: st.Accepted.Load(), Forwarded: st.Forwarded.Load(), Refused: st.Refused.Load(),
+			Closed: st.Closed.Load(), Active: st.Active.Load(), Held: st.Held.Load(),
+			ReceivedBytes: st.ReceivedBytes.Load(), SentBytes: st.SentBytes.Load(),
+		})
+	}
+	slices.SortFunc(out, func(a, b PortStats) int { return a.Port - b.Port })
+	return out
 }
 
 // New returns a proxy that will listen on addr (an IP address); it opens
@@ -200,6 +236,7 @@ type port struct {
 	ln      *net.TCPListener
 	log     *slog.Logger
 	slots   chan struct{} // one per open connection, held or forwarded
+	stats   Stats         // this port's share of the proxy's counters
 
 	mu      sync.Mutex
 	route   Route
@@ -252,6 +289,7 @@ func (pt *port) set(r Route) {
 	}
 	if n > 0 {
 		pt.p.stats.Closed.Add(int64(n))
+		pt.stats.Closed.Add(int64(n))
 		pt.log.Info("closed connections to a member that no longer takes them", "count", n, "member_was", old.Backend.Member)
 	}
 }
@@ -283,10 +321,12 @@ func (pt *port) accept() {
 			continue
 		}
 		pt.p.stats.Accepted.Add(1)
+		pt.stats.Accepted.Add(1)
 		select {
 		case pt.slots <- struct{}{}:
 		default:
 			pt.p.stats.Refused.Add(1)
+			pt.stats.Refused.Add(1)
 			pt.log.Warn("too many connections: refused one", "max", cap(pt.slots))
 			c.Close()
 			continue
@@ -339,6 +379,7 @@ func (pt *port) serve(l *link) {
 	defer func() {
 		if held {
 			pt.p.stats.Held.Add(-1)
+			pt.stats.Held.Add(-1)
 		}
 	}()
 	for {
@@ -349,12 +390,14 @@ func (pt *port) serve(l *link) {
 		switch r.Mode {
 		case Refuse:
 			pt.p.stats.Refused.Add(1)
+			pt.stats.Refused.Add(1)
 			return
 		case Forward:
 			backend, err := dial(r.Backend.Addr)
 			if err == nil {
 				if held {
 					pt.p.stats.Held.Add(-1)
+					pt.stats.Held.Add(-1)
 					held = false
 				}
 				pt.forward(l, backend, r.Backend.Member)
@@ -378,6 +421,7 @@ func (pt *port) serve(l *link) {
 				deadline = t.C
 				held = true
 				pt.p.stats.Held.Add(1)
+				pt.stats.Held.Add(1)
 			}
 			retry := time.NewTimer(250 * time.Millisecond)
 			select {
@@ -386,6 +430,7 @@ func (pt *port) serve(l *link) {
 			case <-deadline:
 				retry.Stop()
 				pt.p.stats.Refused.Add(1)
+				pt.stats.Refused.Add(1)
 				pt.log.Info("no backend in time: connection closed", "mode", r.Mode, "why", r.Why)
 				return
 			}
@@ -418,18 +463,26 @@ func (pt *port) forward(l *link, backend *net.TCPConn, member string) {
 		// the primary.
 		backend.Close()
 		pt.p.stats.Refused.Add(1)
+		pt.stats.Refused.Add(1)
 		return
 	}
 	pt.p.stats.Forwarded.Add(1)
+	pt.stats.Forwarded.Add(1)
 	pt.p.stats.Active.Add(1)
+	pt.stats.Active.Add(1)
 	defer pt.p.stats.Active.Add(-1)
+	defer pt.stats.Active.Add(-1)
 	done := make(chan struct{}, 2)
 	go func() {
-		io.Copy(backend, l.client)
+		n, _ := io.Copy(backend, l.client)
+		pt.p.stats.ReceivedBytes.Add(n)
+		pt.stats.ReceivedBytes.Add(n)
 		done <- struct{}{}
 	}()
 	go func() {
-		io.Copy(l.client, backend)
+		n, _ := io.Copy(l.client, backend)
+		pt.p.stats.SentBytes.Add(n)
+		pt.stats.SentBytes.Add(n)
 		done <- struct{}{}
 	}()
 	<-done
