@@ -78,6 +78,8 @@ func (s *supervisor) campaign(ctx context.Context, c store.ClusterState, since *
 // promote turns the running standby, which holds the leader key, into the
 // primary.
 func (s *supervisor) promote(ctx context.Context, c store.ClusterState) error {
+	// /metrics counts the promotion as a switchover or a failover.
+	s.mx.planned.Store(c.Switchover != nil && c.Switchover.To == s.spec.ID)
 	if s.hold == nil {
 		ok, err := s.takeLeader(ctx)
 		if err != nil {
