@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -73,7 +74,7 @@ the rotation pin the old CA and stop working.`,
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
-			return waitRotation(ctx, c, v.ID, out)
+			return waitRotation(ctx, c, v.ID, out, firstNonEmpty(cf.ca, os.Getenv("PGFLEET_CA")) == "")
 		},
 	}
 	cmd.Flags().StringSliceVar(&exclude, "exclude", nil, "a host to leave behind (stolen or lost); repeat for more")
@@ -89,7 +90,10 @@ func printRotation(w io.Writer, v api.RotationView) {
 	if v.Coordinator != "" {
 		fmt.Fprintf(w, "  coordinated by %s\n", v.Coordinator)
 	}
-	if len(v.Waiting) > 0 {
+	switch {
+	case v.Phase == pki.PhaseRequested:
+		fmt.Fprintln(w, "  waiting for a store voter to make the new CA")
+	case len(v.Waiting) > 0:
 		fmt.Fprintf(w, "  waiting for: %s\n", strings.Join(v.Waiting, ", "))
 	}
 	if len(v.Exclude) > 0 {
@@ -100,7 +104,7 @@ func printRotation(w io.Writer, v api.RotationView) {
 // waitRotation follows rotation id to its end, printing each phase and
 // whom it waits for, and then makes the CLI trust the new CA: first beside
 // the old one (the hosts present both), then alone.
-func waitRotation(ctx context.Context, c *api.Client, id string, out io.Writer) error {
+func waitRotation(ctx context.Context, c *api.Client, id string, out io.Writer, useConfig bool) error {
 	var last api.RotationView
 	var newCA []byte
 	for {
@@ -110,11 +114,16 @@ func waitRotation(ctx context.Context, c *api.Client, id string, out io.Writer) 
 			if newCA == nil {
 				return fmt.Errorf("CA rotation %s ended before the CLI saw its new CA: run `pgfleet login` to learn it", id)
 			}
-			if err := trustCLI(newCA, false); err != nil {
+			saved, err := trustCLI(newCA, false, useConfig)
+			if err != nil {
 				return err
 			}
 			fmt.Fprintf(out, "CA rotation %s finished: the fleet trusts only CA %s\n", id, caPin(newCA))
-			fmt.Fprintf(out, "this CLI now trusts it (%s); other CLIs: `pgfleet login`; Postgres clients: `pgfleet ca > ca.crt`\n", configPath())
+			if saved {
+				fmt.Fprintf(out, "this CLI now trusts it (%s); other CLIs: `pgfleet login`; Postgres clients: `pgfleet ca > ca.crt`\n", configPath())
+			} else {
+				fmt.Fprintln(out, "the CA file this CLI was given (--ca, PGFLEET_CA) holds the old CA: replace it with a host's <data-dir>/tls/ca.crt, or run `pgfleet login`")
+			}
 			return nil
 		case err != nil:
 			if ctx.Err() != nil {
@@ -131,7 +140,13 @@ func waitRotation(ctx context.Context, c *api.Client, id string, out io.Writer) 
 		}
 		if v.NewCA != "" && newCA == nil {
 			newCA = []byte(v.NewCA)
-			if err := trustCLI(newCA, true); err != nil {
+			// Hosts start presenting certificates from the new CA: this
+			// client's next connections trust it too (the pool is the
+			// transport's own), and so does the saved config.
+			if pool := c.CA(); pool == nil || !pool.AppendCertsFromPEM(newCA) {
+				return fmt.Errorf("CA rotation %s: the new CA is not a PEM certificate", id)
+			}
+			if _, err := trustCLI(newCA, true, useConfig); err != nil {
 				return err
 			}
 		}
@@ -147,14 +162,18 @@ func waitRotation(ctx context.Context, c *api.Client, id string, out io.Writer) 
 }
 
 // trustCLI records the new CA in the CLI's config: beside the one it has
-// while the rotation runs (keepOld), alone once it ended.
-func trustCLI(newCA []byte, keepOld bool) error {
+// while the rotation runs (keepOld), alone once it ended. It reports
+// whether the config holds the CA the CLI uses.
+func trustCLI(newCA []byte, keepOld, useConfig bool) (bool, error) {
+	if !useConfig {
+		return false, nil // the CA comes from --ca or PGFLEET_CA, which the user keeps
+	}
 	cfg, err := loadConfig()
 	if err != nil {
-		return err
+		return false, err
 	}
 	if cfg.CA == "" {
-		return nil // the CA comes from --ca or PGFLEET_CA, which the user keeps
+		return false, nil
 	}
 	if keepOld {
 		cfg.CA = string(pki.Bundle(newCA, []byte(cfg.CA)))
@@ -162,9 +181,9 @@ func trustCLI(newCA []byte, keepOld bool) error {
 		cfg.CA = string(newCA)
 	}
 	if err := saveConfig(cfg); err != nil {
-		return fmt.Errorf("save the new CA in %s: %w", configPath(), err)
+		return false, fmt.Errorf("save the new CA in %s: %w", configPath(), err)
 	}
-	return nil
+	return true, nil
 }
 
 func caPin(b []byte) string {
