@@ -9,4 +9,4 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/setup.sh
 PGFLEET_BENCH=1 go test -count=1 -run '^TestBenchConsole$' -timeout 10m -v ./internal/console/ |
-	grep -E '^(clusters page|CPU over)'
+	grep -E '^(clusters page|GET /v1|CPU over)'

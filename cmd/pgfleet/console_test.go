@@ -262,6 +262,9 @@ func TestConsole(t *testing.T) {
 	b.waitText("#progress", "Ready.", 4*time.Minute)
 	b.waitText("#cluster-members", "shop-3", 5*time.Second)
 	b.shot("cluster")
+	b.run("a phone's width", chromedp.EmulateViewport(375, 812))
+	b.shot("cluster-375")
+	b.run("a desktop's width", chromedp.EmulateViewport(1440, 1000))
 	t.Logf("signed in, bad paths, created shop: %s", time.Since(started).Round(time.Second))
 
 	// The app URL, copied and used.

@@ -1,7 +1,6 @@
 package console_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net/http"
@@ -31,8 +30,68 @@ func TestBenchConsole(t *testing.T) {
 	}
 	const clusters = 50
 	f := newStateFleet(t, clusters)
+	// CPU: a minute before any console request (the agent as it runs
+	// without the console), then a minute with five consoles open on the
+	// clusters page, while all 150 members republish their status every
+	// second (unchanged but for its time, as on an idle fleet).
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for ctx.Err() == nil {
+			for i := range clusters {
+				name := fmt.Sprintf("db%02d", i+1)
+				f.publish(name, name+"-1", "iad-1", fleet.RolePrimary, 0)
+				f.publish(name, name+"-2", "iad-2", fleet.RoleStandby, 0)
+				f.publish(name, name+"-3", "ams-1", fleet.RoleReplica, 0)
+			}
+			select {
+			case <-ctx.Done():
+			case <-tick.C:
+			}
+		}
+	}()
+	window := time.Minute
+	if v := os.Getenv("PGFLEET_BENCH_WINDOW"); v != "" {
+		window, _ = time.ParseDuration(v)
+	}
+	time.Sleep(5 * time.Second) // the writer settles
+	base := cpu()
+	time.Sleep(window)
+	idle := cpu() - base
 	b := f.client(t)
 	b.signIn(testToken)
+	var wg sync.WaitGroup
+	sctx, stop := context.WithCancel(ctx)
+	events := make([]int, 5)
+	for i := range 5 {
+		req, _ := http.NewRequestWithContext(sctx, "GET", f.srv.URL+"/live?page=clusters", nil)
+		resp, err := b.c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			eachLine(resp.Body, func(l string) {
+				if strings.HasPrefix(l, "event: ") {
+					events[i]++
+				}
+			})
+		}()
+	}
+	time.Sleep(5 * time.Second) // the streams' first events
+	calls := f.apiCalls.Load()
+	base = cpu()
+	time.Sleep(window)
+	open := cpu() - base
+	calls = f.apiCalls.Load() - calls
+	stop()
+	wg.Wait()
+	cancel() // the status writer
+	fmt.Printf("CPU over %s without consoles: %.2f%% of a core; with 5 idle consoles: %.2f%%; extra: %.2f%% (API calls meanwhile: %d; events sent: %v)\n",
+		window, pct(idle, window), pct(open, window), pct(open-idle, window), calls, events)
 	u, _ := url.Parse(f.srv.URL)
 	var cookie *http.Cookie
 	for _, c := range b.c.Jar.Cookies(u) {
@@ -59,6 +118,21 @@ func TestBenchConsole(t *testing.T) {
 		fmt.Printf("%-44s n=%d  p50 %6.2f ms  p99 %6.2f ms  max %6.2f ms\n", name, len(ds),
 			ms(p(0.5)), ms(p(0.99)), ms(ds[len(ds)-1]))
 	}
+	// The peer: the API's own GET /v1/clusters, what `pgfleet list
+	// --json` reads, served in process the same way.
+	var apiOnly []time.Duration
+	for range 200 {
+		req := httptest.NewRequest("GET", "/v1/clusters", nil)
+		req.Header.Set("Authorization", "Bearer "+testToken)
+		rec := httptest.NewRecorder()
+		start := time.Now()
+		handler.ServeHTTP(rec, req)
+		apiOnly = append(apiOnly, time.Since(start))
+		if rec.Code != http.StatusOK {
+			t.Fatalf("GET /v1/clusters = %d", rec.Code)
+		}
+	}
+	report("GET /v1/clusters (the API alone, the peer)", apiOnly)
 	page() // the first read of the backups fills the cache
 	// Every request after a change of one member's lag: the clusters are
 	// read through the API again (the backups stay cached).
@@ -82,71 +156,6 @@ func TestBenchConsole(t *testing.T) {
 	}
 	report("clusters page, no change (shared read)", steady)
 
-	// CPU: a minute without consoles, then a minute with five open on the
-	// clusters page, while all 150 members republish their status every
-	// second (unchanged but for its time, as on an idle fleet).
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		tick := time.NewTicker(time.Second)
-		defer tick.Stop()
-		for ctx.Err() == nil {
-			for i := range clusters {
-				name := fmt.Sprintf("db%02d", i+1)
-				f.publish(name, name+"-1", "iad-1", fleet.RolePrimary, 0)
-				f.publish(name, name+"-2", "iad-2", fleet.RoleStandby, 0)
-				lag := int64(0)
-				if name == "db07" {
-					lag = 200 << 10 // as the last change above left it
-				}
-				f.publish(name, name+"-3", "ams-1", fleet.RoleReplica, lag)
-			}
-			select {
-			case <-ctx.Done():
-			case <-tick.C:
-			}
-		}
-	}()
-	window := time.Minute
-	if v := os.Getenv("PGFLEET_BENCH_WINDOW"); v != "" {
-		window, _ = time.ParseDuration(v)
-	}
-	time.Sleep(5 * time.Second) // the writer settles
-	base := cpu()
-	time.Sleep(window)
-	idle := cpu() - base
-	var wg sync.WaitGroup
-	sctx, stop := context.WithCancel(ctx)
-	events := make([]int, 5)
-	for i := range 5 {
-		req, _ := http.NewRequestWithContext(sctx, "GET", f.srv.URL+"/live?page=clusters", nil)
-		resp, err := b.c.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer resp.Body.Close()
-			sc := bufio.NewScanner(resp.Body)
-			sc.Buffer(make([]byte, 1<<20), 1<<20)
-			for sc.Scan() {
-				if strings.HasPrefix(sc.Text(), "event: ") {
-					events[i]++
-				}
-			}
-		}()
-	}
-	time.Sleep(5 * time.Second) // the streams' first events
-	calls := f.apiCalls.Load()
-	base = cpu()
-	time.Sleep(window)
-	open := cpu() - base
-	calls = f.apiCalls.Load() - calls
-	stop()
-	wg.Wait()
-	fmt.Printf("CPU over %s without consoles: %.2f%% of a core; with 5 idle consoles: %.2f%%; extra: %.2f%% (API calls meanwhile: %d; events sent: %v)\n",
-		window, pct(idle, window), pct(open, window), pct(open-idle, window), calls, events)
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -154,6 +154,15 @@ func (c *Console) authed(h func(http.ResponseWriter, *http.Request, *req)) http.
 			c.render(w, r, http.StatusServiceUnavailable, "error", nil, errorPage{Title: "The fleet's state store does not answer", Message: "This agent cannot reach the fleet's state store: " + err.Error() + ". Try another host of the fleet."})
 			return
 		}
+		// The signed-out sessions must be known before any session is
+		// trusted.
+		wctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		loaded := c.hub.waitReady(wctx)
+		cancel()
+		if !loaded {
+			c.render(w, r, http.StatusServiceUnavailable, "error", nil, errorPage{Title: "The fleet's state store does not answer", Message: "This agent cannot read the fleet's state store. Try another host of the fleet."})
+			return
+		}
 		why := "signin"
 		var s session
 		if ck, err := r.Cookie(sessionCookie); err == nil {
@@ -162,7 +171,7 @@ func (c *Console) authed(h func(http.ResponseWriter, *http.Request, *req)) http.
 				why = "invalid"
 			} else if e := s.expired(time.Now()); e != "" {
 				why = "expired"
-			} else if !c.hub.waitReady(r.Context()) || c.hub.isRevoked(s.ID) {
+			} else if c.hub.isRevoked(s.ID) {
 				why = "signedout"
 			} else {
 				why = ""

@@ -1,9 +1,10 @@
 package console_test
 
 import (
-	"bufio"
 	"context"
 	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"sync"
@@ -149,21 +150,17 @@ func TestLiveSharesReads(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer resp.Body.Close()
-			sc := bufio.NewScanner(resp.Body)
-			sc.Buffer(make([]byte, 1<<20), 1<<20)
 			var ev strings.Builder
-			for sc.Scan() {
-				line := sc.Text()
-				if line == "" {
-					if strings.Contains(ev.String(), "event: ") {
-						got <- ev.String()
-					}
-					ev.Reset()
-					continue
+			eachLine(resp.Body, func(line string) {
+				if line != "" {
+					ev.WriteString(line + "\n")
+					return
 				}
-				ev.WriteString(line + "\n")
-			}
+				if strings.Contains(ev.String(), "event: ") {
+					got <- ev.String()
+				}
+				ev.Reset()
+			})
 		}()
 	}
 	// Each stream starts with the page's regions.
@@ -195,4 +192,57 @@ func TestLiveSharesReads(t *testing.T) {
 	}
 	cancel()
 	wg.Wait()
+}
+
+// TestLiveOutlivesServerTimeouts: a live stream outlasts the server's read
+// and write timeouts (the agent's are 30 s and 2 min), over HTTP/1.1 and
+// HTTP/2 alike, because it extends its own deadlines.
+func TestLiveOutlivesServerTimeouts(t *testing.T) {
+	f := newStateFleet(t, 1)
+	for _, h2 := range []bool{false, true} {
+		srv := httptest.NewUnstartedServer(f.srv.Config.Handler)
+		srv.EnableHTTP2 = h2
+		srv.Config.ReadTimeout, srv.Config.WriteTimeout = 500*time.Millisecond, 500*time.Millisecond
+		srv.StartTLS()
+		defer srv.Close()
+		b := &browserless{t: t, c: srv.Client(), url: srv.URL}
+		jar, _ := cookiejar.New(nil)
+		b.c.Jar = jar
+		b.c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+		b.signIn(testToken)
+		ctx, cancel := context.WithCancel(context.Background())
+		req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+"/live?page=cluster&name=db01", nil)
+		resp, err := b.c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.ProtoMajor != map[bool]int{false: 1, true: 2}[h2] {
+			t.Fatalf("protocol %s, want HTTP/2 %v", resp.Proto, h2)
+		}
+		lines := make(chan string, 100)
+		go func() {
+			defer close(lines)
+			eachLine(resp.Body, func(l string) { lines <- l })
+		}()
+		// Past both timeouts, a change still reaches the stream.
+		time.Sleep(1500 * time.Millisecond)
+		f.putStatus(t, "db01", "db01-2", "iad-2", fleet.RoleStandby, 3<<20)
+		deadline := time.After(10 * time.Second)
+	wait:
+		for {
+			select {
+			case l, ok := <-lines:
+				if !ok {
+					t.Fatalf("HTTP/2 %v: the stream ended before the change arrived", h2)
+				}
+				if strings.Contains(l, "3.0 MB") {
+					break wait
+				}
+			case <-deadline:
+				t.Fatalf("HTTP/2 %v: the change did not arrive", h2)
+			}
+		}
+		cancel()
+		resp.Body.Close()
+	}
 }

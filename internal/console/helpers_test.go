@@ -1,6 +1,7 @@
 package console_test
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -193,4 +194,15 @@ func (b *browserless) signIn(token string) string {
 	}
 	_, page = b.get("/clusters")
 	return hidden(page, "csrf")
+}
+
+// eachLine calls f with each line of a live stream until it ends, and
+// closes it.
+func eachLine(body io.ReadCloser, f func(string)) {
+	defer body.Close()
+	sc := bufio.NewScanner(body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		f(sc.Text())
+	}
 }
