@@ -304,6 +304,8 @@ func TestConsole(t *testing.T) {
 	b.click("#backup-now")
 	b.waitText(".flash", "is being taken on", 10*time.Second)
 	b.waitText("#cluster-backups table", "shop-", 2*time.Minute)
+	b.click("#verify")
+	b.waitText(".flash", "verified: every one is intact", time.Minute)
 
 	// Restore to a moment: the time the page is prefilled with is after
 	// the three rows; two more rows come after it, and are archived, so
@@ -349,6 +351,8 @@ func TestConsole(t *testing.T) {
 	b.open(base + "/clusters")
 	b.waitText("#clusters-table", "shop-pitr", 10*time.Second)
 	b.shot("clusters")
+	b.click("tr[data-cluster=shop] button.copy")
+	b.waitText("tr[data-cluster=shop] .copy-status", "Copied", 10*time.Second)
 
 	// Destroy the restored cluster, with its name typed. (Before a host
 	// is lost: with a primary on every store voter, the voters hand the

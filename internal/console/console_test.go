@@ -2,6 +2,8 @@ package console_test
 
 import (
 	"context"
+	"encoding/json"
+	"html"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
@@ -244,5 +246,65 @@ func TestLiveOutlivesServerTimeouts(t *testing.T) {
 		}
 		cancel()
 		resp.Body.Close()
+	}
+}
+
+// TestReadOnlyAndActions: a read-only token views the pages without URLs
+// or actions, and the API refuses it a change in its own words; with the
+// fleet's token an action goes through the API, and a refused one shows
+// the API's message in the section it came from.
+func TestReadOnlyAndActions(t *testing.T) {
+	f := newStateFleet(t, 1)
+	admin := f.client(t)
+	csrf := admin.signIn(testToken)
+
+	// An action: sync mode on, through the API's PATCH.
+	resp, body := admin.post("/clusters/db01/sync", url.Values{"csrf": {csrf}, "sync": {"on"}})
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("POST sync on = %s\n%s", resp.Status, body)
+	}
+	if c, err := f.st.Cluster(context.Background(), "db01"); err != nil || c.Spec.Sync != "on" {
+		t.Fatalf("db01 after sync on: sync %q, %v", c.Spec.Sync, err)
+	}
+	_, page := admin.get("/clusters/db01")
+	if !strings.Contains(page, "Sync mode set to on.") {
+		t.Errorf("the page after the action does not say what happened")
+	}
+	// A refused one: the API's words, in the sync card.
+	resp, body = admin.post("/clusters/db01/sync", url.Values{"csrf": {csrf}, "sync": {"sometimes"}})
+	want := html.EscapeString(fleet.ValidateSync("sometimes").Error())
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body[strings.Index(body, `id="set-sync"`):], want) {
+		t.Errorf("POST sync sometimes = %s, want 400 with %q after the sync form's button", resp.Status, want)
+	}
+
+	// A read-only token.
+	var ro struct {
+		Token string `json:"token"`
+	}
+	req, _ := http.NewRequest("POST", f.srv.URL+"/v1/tokens/read-only", nil)
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	r, err := f.srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	json.NewDecoder(r.Body).Decode(&ro)
+	r.Body.Close()
+	viewer := f.client(t)
+	vcsrf := viewer.signIn(ro.Token)
+	_, page = viewer.get("/clusters/db01")
+	for _, no := range []string{"postgres://", `action="/clusters/db01/destroy"`, "Copy URL", `href="/new"`} {
+		if strings.Contains(page, no) {
+			t.Errorf("a read-only session's cluster page shows %q", no)
+		}
+	}
+	if !strings.Contains(page, "read-only") || !strings.Contains(page, "db01-3") {
+		t.Errorf("a read-only session's cluster page lacks the members or the read-only mark")
+	}
+	resp, body = viewer.post("/clusters/db01/destroy", url.Values{"csrf": {vcsrf}, "confirm": {"db01"}})
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(body, "a read-only token can list hosts") {
+		t.Errorf("destroy with a read-only session = %s, want 403 with the API's words", resp.Status)
+	}
+	if _, err := f.st.Cluster(context.Background(), "db01"); err != nil {
+		t.Errorf("db01 after a read-only destroy: %v", err)
 	}
 }
