@@ -1,10 +1,12 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -31,6 +33,7 @@ func newConfigCmd(cf *clientFlags) *cobra.Command {
 	}
 	show.Flags().BoolVar(&cf.json, "json", false, "print JSON")
 	var reset []string
+	var restart bool
 	set := &cobra.Command{
 		Use:   "set NAME KEY=VALUE... [--reset KEY]...",
 		Short: "Change settings on every member: checked against the server's pg_settings, applied by a reload",
@@ -39,11 +42,13 @@ is checked against the primary's own pg_settings (type, unit, range, allowed
 values) before anything changes; settings pgfleet owns (replication,
 archiving, ports, TLS, synchronous_standby_names, ...) are refused with the
 reason. The settings live in the cluster's spec, so new and rejoining members
-get them, and every member applies them with a reload. Settings that need a
-restart are refused for now. --reset returns a setting to pgfleet's default.`,
+get them, and every member applies them with a reload. A setting that needs a
+restart (shared_buffers, max_connections...) takes --restart, which applies
+it with ` + "`pgfleet restart`" + `: one member at a time, the primary last after a
+switchover. --reset returns a setting to pgfleet's default.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			req := api.ConfigRequest{Set: map[string]string{}, Reset: reset}
+			req := api.ConfigRequest{Set: map[string]string{}, Reset: reset, Restart: restart}
 			for _, a := range args[1:] {
 				k, v, ok := strings.Cut(a, "=")
 				if !ok || k == "" {
@@ -63,10 +68,16 @@ restart are refused for now. --reset returns a setting to pgfleet's default.`,
 				return err
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "saved in the spec of %s; every member reloads within a few seconds\n", args[0])
-			return printConfig(cmd.OutOrStdout(), cf, args[0], v)
+			if err := printConfig(cmd.OutOrStdout(), cf, args[0], v); err != nil || !restart {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Minute)
+			defer cancel()
+			return rollingRestart(ctx, c, args[0], cmd.OutOrStdout())
 		},
 	}
 	set.Flags().StringSliceVar(&reset, "reset", nil, "return a setting to pgfleet's default; repeat for more")
+	set.Flags().BoolVar(&restart, "restart", false, "apply settings that need a restart with a rolling restart")
 	set.Flags().BoolVar(&cf.json, "json", false, "print JSON")
 	cmd.AddCommand(show, set)
 	return cmd

@@ -51,7 +51,7 @@ func newRootCmd() *cobra.Command {
 		newSwitchoverCmd(cf),
 		newFailoverCmd(cf),
 		newSetCmd(cf),
-		newReplicaCmd(cf), newHACmd(cf), newImportCmd(cf), newConfigCmd(cf),
+		newReplicaCmd(cf), newHACmd(cf), newImportCmd(cf), newConfigCmd(cf), newRestartCmd(cf),
 		newBackupCmd(cf),
 		newRestoreCmd(cf),
 		newLoginCmd(cf),

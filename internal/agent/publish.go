@@ -31,7 +31,7 @@ func (s *supervisor) publish(ctx context.Context) {
 	s.mu.Lock()
 	st := fleet.MemberStatus{
 		ID: s.spec.ID, Host: s.host.Name, Region: s.spec.Region, Role: s.role, State: s.state,
-		Addr: s.addr(), Message: s.message, Progress: s.progress, Updated: time.Now().UTC(),
+		Addr: s.addr(), Message: s.message, Progress: s.progress, Restarted: s.restartedID(), Updated: time.Now().UTC(),
 	}
 	s.mu.Unlock()
 	if st.Role == "" {

@@ -23,6 +23,9 @@ func (s *supervisor) runStandby(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if id := c.Restarts[s.spec.ID]; id != "" && s.restartWant == "" && s.restartedID() == "" {
+		s.restartWant = id // a supervisor that starts postgres afresh carries out the order by it
+	}
 	following := ""
 	var follow *postgres.ConnInfo
 	if l, ok := c.Member(c.Leader); ok && c.Leader != s.spec.ID {
@@ -69,6 +72,12 @@ func (s *supervisor) runStandby(ctx context.Context) error {
 		return err
 	}
 	s.startFailures = 0
+	if s.restartWant != "" {
+		id := s.restartWant
+		s.restarted.Store(&id)
+		s.restartWant = ""
+		s.event(ctx, "restarted", fmt.Sprintf("%s restarted postgres on order %s", s.spec.ID, id))
+	}
 	if ha.Eligible(s.spec, c.Spec) {
 		s.prepareSlots(ctx, c)
 	}
@@ -103,6 +112,11 @@ func (s *supervisor) runStandby(ctx context.Context) error {
 		}
 		s.cluster = c.Spec
 		s.applyParams(ctx, c.Spec.Params)
+		if id := c.Restarts[s.spec.ID]; id != "" && id != s.restartedID() && c.Leader != s.spec.ID {
+			s.restartWant = id
+			s.log.Info("restarting postgres on order", "order", id)
+			return errRestart
+		}
 		if c.Leader == "" {
 			won, err := s.campaign(ctx, c, &candidateSince)
 			if err != nil {
@@ -223,4 +237,12 @@ func (s *supervisor) prepareSlots(ctx context.Context, c store.ClusterState) {
 	if err != nil && ctx.Err() == nil {
 		s.log.Warn("prepare replication slots for a promotion", "err", err)
 	}
+}
+
+// restartedID is the last restart order this member carried out.
+func (s *supervisor) restartedID() string {
+	if p := s.restarted.Load(); p != nil {
+		return *p
+	}
+	return ""
 }

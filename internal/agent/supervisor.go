@@ -34,6 +34,10 @@ var errVanished = errors.New("member missing from the store, with no record of i
 // `pgfleet failover` asked it to hand over.
 var errSteppedDown = errors.New("stepped down")
 
+// errRestart ends a standby's run to restart its postgres on a restart
+// order (`pgfleet restart`): stopped, then started again as a standby.
+var errRestart = errors.New("restarting postgres on order")
+
 // Loop periods.
 const (
 	primaryTick = 250 * time.Millisecond // a primary checks for step-down and switchover requests
@@ -60,6 +64,10 @@ type supervisor struct {
 	spec    fleet.MemberSpec
 	cluster fleet.ClusterSpec
 	written *postgres.Settings // the configuration last written (configure)
+	// restartWant is the restart order being carried out; restarted the
+	// last one done, which the status publishes.
+	restartWant string
+	restarted   atomic.Pointer[string]
 	host    fleet.Host
 	store   *store.Store
 	lease   func() *store.Lease // the host's current lease
@@ -216,7 +224,7 @@ func (s *supervisor) run(ctx context.Context) {
 		// up, and a primary never runs without the key.
 		s.stopPostgres()
 		s.releaseLeader()
-		if errors.Is(err, errSteppedDown) {
+		if errors.Is(err, errSteppedDown) || errors.Is(err, errRestart) {
 			backoff = time.Second
 			continue
 		}

@@ -41,11 +41,15 @@ type SettingView struct {
 type ConfigRequest struct {
 	Set   map[string]string `json:"set,omitempty"`
 	Reset []string          `json:"reset,omitempty"`
+	// Restart says the caller applies settings that need a restart with a
+	// rolling restart (`pgfleet config set --restart` runs `pgfleet
+	// restart`); without it they are refused.
+	Restart bool `json:"restart,omitempty"`
 }
 
 // settingDefs reads the definitions of names from the primary's pg_settings.
 func settingDefs(ctx context.Context, conn *pgx.Conn, names []string) (map[string]fleet.SettingDef, error) {
-	rows, err := conn.Query(ctx, `SELECT name, vartype, coalesce(unit, ''), coalesce(min_val, ''), coalesce(max_val, ''), coalesce(enumvals, '{}'), context
+	rows, err := conn.Query(ctx, `SELECT name, vartype, coalesce(unit, ''), coalesce(min_val, ''), coalesce(max_val, ''), coalesce(enumvals, '{}'), context, setting
 FROM pg_settings WHERE name = ANY($1)`, names)
 	if err != nil {
 		return nil, fmt.Errorf("read pg_settings: %w", err)
@@ -53,7 +57,7 @@ FROM pg_settings WHERE name = ANY($1)`, names)
 	defs := map[string]fleet.SettingDef{}
 	for rows.Next() {
 		var d fleet.SettingDef
-		if err := rows.Scan(&d.Name, &d.Type, &d.Unit, &d.Min, &d.Max, &d.Enum, &d.Context); err != nil {
+		if err := rows.Scan(&d.Name, &d.Type, &d.Unit, &d.Min, &d.Max, &d.Enum, &d.Context, &d.Current); err != nil {
 			return nil, err
 		}
 		defs[d.Name] = d
@@ -81,15 +85,21 @@ func checkConfig(req ConfigRequest, defs map[string]fleet.SettingDef) error {
 			problems = append(problems, err.Error())
 			continue
 		}
-		if !d.Reloadable() {
-			problems = append(problems, fmt.Sprintf("%s takes effect only when postgres restarts (context %s): pgfleet changes settings a reload applies; rolling restarts are not built yet", n, d.Context))
+		switch {
+		case d.Reloadable():
+		case !req.Restart:
+			problems = append(problems, fmt.Sprintf("%s takes effect only when postgres restarts (context %s): add --restart to apply it with a rolling restart", n, d.Context))
+		default:
+			if err := fleet.CheckRestartChange(d, v); err != nil {
+				problems = append(problems, err.Error())
+			}
 		}
 	}
 	for _, n := range req.Reset {
 		if why, reserved := fleet.ReservedParameter(n); reserved {
 			problems = append(problems, fmt.Sprintf("%s is pgfleet's to set: %s", n, why))
-		} else if d, ok := defs[n]; ok && !d.Reloadable() {
-			problems = append(problems, fmt.Sprintf("%s takes effect only when postgres restarts (context %s): rolling restarts are not built yet", n, d.Context))
+		} else if d, ok := defs[n]; ok && !d.Reloadable() && !req.Restart {
+			problems = append(problems, fmt.Sprintf("%s takes effect only when postgres restarts (context %s): add --restart to apply it with a rolling restart", n, d.Context))
 		}
 	}
 	if len(problems) > 0 {

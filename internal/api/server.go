@@ -109,6 +109,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("POST /v1/clusters/{name}/replicas", s.auth(s.addReplica))
 	mux.Handle("DELETE /v1/clusters/{name}/members/{member}", s.auth(s.removeMember))
 	mux.Handle("PUT /v1/clusters/{name}/ha", s.auth(s.setHA))
+	mux.Handle("POST /v1/clusters/{name}/members/{member}/restart", s.auth(s.restartMember))
 	mux.Handle("GET /v1/clusters/{name}/config", s.read(s.getConfig))
 	mux.Handle("PATCH /v1/clusters/{name}/config", s.auth(s.setConfig))
 	mux.Handle("POST /v1/clusters/{name}/backups", s.auth(s.createBackup))

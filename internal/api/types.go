@@ -128,6 +128,7 @@ type MemberView struct {
 	ReplayLSN  string      `json:"replay_lsn,omitempty"`
 	Progress   string      `json:"progress,omitempty"`
 	Message    string      `json:"message,omitempty"`
+	Restarted  string      `json:"restarted,omitempty"` // the last restart order carried out
 	Updated    *time.Time  `json:"updated,omitempty"`
 }
 
@@ -205,7 +206,7 @@ func viewCluster(c store.ClusterState, hosts map[string]fleet.Host) ClusterView 
 			mv.Role, mv.State, mv.Addr = st.Role, st.State, st.Addr
 			mv.Timeline, mv.LagBytes, mv.Healthy = st.Timeline, st.LagBytes, st.Healthy
 			mv.WriteLSN, mv.ReceiveLSN, mv.ReplayLSN = st.WriteLSN, st.ReceiveLSN, st.ReplayLSN
-			mv.Progress, mv.Message = st.Progress, st.Message
+			mv.Progress, mv.Message, mv.Restarted = st.Progress, st.Message, st.Restarted
 			u := st.Updated
 			mv.Updated = &u
 		}

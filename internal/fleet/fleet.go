@@ -338,7 +338,10 @@ type MemberStatus struct {
 	Healthy    bool      `json:"healthy"`
 	Progress   string    `json:"progress,omitempty"` // e.g. clone progress "42%"
 	Message    string    `json:"message,omitempty"`
-	Updated    time.Time `json:"updated"`
+	// Restarted is the last restart order (ValidRestartID) this member
+	// carried out: postgres stopped and started again as a standby.
+	Restarted string    `json:"restarted,omitempty"`
+	Updated   time.Time `json:"updated"`
 }
 
 // Event is something that happened to a cluster, for `pgfleet events`.

@@ -19,6 +19,30 @@ type SettingDef struct {
 	Min, Max string
 	Enum     []string
 	Context  string // internal, postmaster, sighup, superuser, user...
+	Current  string // the server's value now, in Unit
+}
+
+// standbyBound are the settings a standby must not have lower than its
+// primary, or it refuses to run hot (PostgreSQL checks them at start).
+var standbyBound = []string{"max_connections", "max_prepared_transactions", "max_locks_per_transaction", "max_wal_senders", "max_worker_processes"}
+
+// CheckRestartChange checks a setting that takes a restart, which a
+// rolling restart applies to the standbys before the primary: one that a
+// standby must hold at least as high as its primary cannot go down that
+// way.
+func CheckRestartChange(d SettingDef, value string) error {
+	if !slices.Contains(standbyBound, d.Name) {
+		return nil
+	}
+	next, err := parseWithUnit(strings.TrimSpace(value), d.Unit, d.Type == "integer")
+	if err != nil {
+		return fmt.Errorf("%s = %q: %v", d.Name, value, err)
+	}
+	cur, err := strconv.ParseFloat(d.Current, 64)
+	if err == nil && next < cur {
+		return fmt.Errorf("%s can only go up in a rolling restart (now %s): a standby restarted first with less than its primary would not run; lowering it is not built yet", d.Name, d.Current)
+	}
+	return nil
 }
 
 // Reloadable reports whether a change of the setting takes effect with a

@@ -507,9 +507,16 @@ func (st MemberStatus) Validate(cluster string) error {
 		return fmt.Errorf("member %s: address %q is not host:port", st.ID, st.Addr)
 	case !validLSN(st.WriteLSN) || !validLSN(st.ReceiveLSN) || !validLSN(st.ReplayLSN):
 		return fmt.Errorf("member %s: WAL positions %q, %q, %q are not all positions such as 0/3000060", st.ID, st.WriteLSN, st.ReceiveLSN, st.ReplayLSN)
+	case st.Restarted != "" && !ValidRestartID(st.Restarted):
+		return fmt.Errorf("member %s: restart %q is not a restart order's id", st.ID, st.Restarted)
 	}
 	return nil
 }
+
+var restartIDRE = regexp.MustCompile(`^[0-9a-f]{16}$`)
+
+// ValidRestartID reports whether id names a restart order: 16 hex digits.
+func ValidRestartID(id string) bool { return restartIDRE.MatchString(id) }
 
 // Validate checks a candidacy in an election of cluster.
 func (cd Candidacy) Validate(cluster string) error {

@@ -123,6 +123,7 @@ func (s *Store) RemoveMembers(ctx context.Context, c ClusterState, ids []string,
 		ops = append(ops,
 			clientv3.OpDelete(s.clusterPrefix(name)+"members/"+id+"/", clientv3.WithPrefix()),
 			clientv3.OpDelete(s.clusterPrefix(name)+"candidates/"+id),
+			clientv3.OpDelete(s.clusterPrefix(name)+"restart/"+id),
 			clientv3.OpPut(s.memberTombstonePrefix(name, spec.Created)+id, now.Format(time.RFC3339Nano)))
 	}
 	ops = append(ops, clientv3.OpPut(s.eventKey(ev), mustJSON(ev)))
@@ -173,4 +174,15 @@ func (s *Store) MarkLeaving(ctx context.Context, c ClusterState, ids []string) e
 		return nil
 	}
 	return s.shapeTxn(ctx, name, "mark members leaving in", cmps, ops)
+}
+
+// RequestRestart orders member of cluster to restart its postgres, once
+// for order id (fleet.ValidRestartID), if the cluster and the member exist.
+func (s *Store) RequestRestart(ctx context.Context, cluster, member, id string) error {
+	if !fleet.ValidRestartID(id) {
+		return fmt.Errorf("restart order %q: not a restart id", id)
+	}
+	return s.shapeTxn(ctx, cluster, "order a restart in", []clientv3.Cmp{
+		clientv3.Compare(clientv3.CreateRevision(s.memberSpecKey(cluster, member)), ">", 0),
+	}, []clientv3.Op{clientv3.OpPut(s.clusterPrefix(cluster)+"restart/"+member, id)})
 }

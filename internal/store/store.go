@@ -444,6 +444,9 @@ type ClusterState struct {
 	Sync *fleet.SyncState
 	// Backup is the base backup requested or running, if any.
 	Backup *fleet.BackupRequest
+	// Restarts are the restart orders of members (`pgfleet restart`), by
+	// member id: each restarts its postgres once per order.
+	Restarts map[string]string
 
 	specRev       int64 // mod revision of the spec, for transactions on this view
 	switchoverRev int64 // mod revision of the switchover, if any
@@ -514,6 +517,18 @@ func (c *ClusterState) decode(cluster, rest string, v []byte, rev int64) error {
 			return fmt.Errorf("sync state: %w", err)
 		}
 		c.Sync, c.syncRev = &st, rev
+	case strings.HasPrefix(rest, "restart/"):
+		id := strings.TrimPrefix(rest, "restart/")
+		if err := fleet.ValidateMemberID(cluster, id); err != nil {
+			return fmt.Errorf("restart order: %w", err)
+		}
+		if !fleet.ValidRestartID(string(v)) {
+			return fmt.Errorf("restart order of %s: %q is not a restart id", id, v)
+		}
+		if c.Restarts == nil {
+			c.Restarts = map[string]string{}
+		}
+		c.Restarts[id] = string(v)
 	case rest == "backup":
 		var req fleet.BackupRequest
 		if err := json.Unmarshal(v, &req); err != nil {
