@@ -33,8 +33,11 @@ const (
 	scrapeTimeout = 2 * time.Second
 	// backupCatalogEvery is how often the primary re-reads its cluster's
 	// backup catalog for the backup age; listing it reads every manifest
-	// from the backup store, too much for each scrape.
+	// from the backup store, too much for each scrape. While the catalog
+	// holds no backup (a new cluster takes its first at once) or cannot be
+	// read, it is read again after backupCatalogRetry.
 	backupCatalogEvery = 5 * time.Minute
+	backupCatalogRetry = 30 * time.Second
 )
 
 // memberMetrics holds what a supervisor counts for /metrics, and the
@@ -367,11 +370,9 @@ func (s *supervisor) collect(ctx context.Context, e *exposition) {
 		}
 		s.backupMetrics(ctx, e, base)
 	}
-	if s.cluster.Backup != nil {
-		e.counter("pgfleet_member_archive_failures_total", "Failed attempts to archive a WAL segment (pg_stat_archiver.failed_count).", ps.archiveFailures, base)
-		if ps.archivedAt != nil {
-			e.gauge("pgfleet_member_last_archived_age_seconds", "Time since the last WAL segment was archived (pg_stat_archiver).", time.Since(*ps.archivedAt).Seconds(), base)
-		}
+	e.counter("pgfleet_member_archive_failures_total", "Failed attempts to archive a WAL segment (pg_stat_archiver.failed_count).", ps.archiveFailures, base)
+	if ps.archivedAt != nil {
+		e.gauge("pgfleet_member_last_archived_age_seconds", "Time since the last WAL segment was archived (pg_stat_archiver).", time.Since(*ps.archivedAt).Seconds(), base)
 	}
 }
 
@@ -398,17 +399,31 @@ func (s *supervisor) diskMetrics(e *exposition, base labels) {
 // many the catalog holds and how old the newest is. The catalog is read in
 // the background at most every backupCatalogEvery, so a scrape never waits
 // for the backup store.
+//
+// The backup settings come from the store, not from s.cluster, which the
+// supervisor's loops replace as they run.
 func (s *supervisor) backupMetrics(ctx context.Context, e *exposition, base labels) {
-	b := s.cluster.Backup
+	rctx, cancel := context.WithTimeout(ctx, scrapeTimeout)
+	c, err := s.store.Cluster(rctx, s.spec.Cluster)
+	cancel()
+	if err != nil {
+		s.log.Debug("metrics: read the cluster's backup settings", "err", err)
+		return
+	}
+	b := c.Spec.Backup
 	if b == nil {
 		return
 	}
 	m := &s.mx
 	m.backupMu.Lock()
 	read, n, last := m.backupRead, m.backups, m.lastBackup
-	if time.Since(m.backupTried) > backupCatalogEvery && !m.backupReading {
+	every := backupCatalogEvery
+	if n == 0 || m.backupTried.After(read) {
+		every = backupCatalogRetry
+	}
+	if time.Since(m.backupTried) > every && !m.backupReading {
 		m.backupReading = true
-		go s.readBackupCatalog(context.WithoutCancel(ctx))
+		go s.readBackupCatalog(context.WithoutCancel(ctx), *b)
 	}
 	m.backupMu.Unlock()
 	e.gauge("pgfleet_member_backup_interval_seconds", "Primary: how often the cluster's schedule takes a base backup.", b.Every().Seconds(), base)
@@ -421,11 +436,15 @@ func (s *supervisor) backupMetrics(ctx context.Context, e *exposition, base labe
 	}
 }
 
-func (s *supervisor) readBackupCatalog(ctx context.Context) {
+func (s *supervisor) readBackupCatalog(ctx context.Context, b fleet.BackupSpec) {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
+	key := ""
+	if b.Encrypted {
+		key = s.secrets.BackupKey
+	}
 	var stops []time.Time
-	a, err := s.archive(ctx)
+	a, err := backup.OpenArchiveKey(ctx, b.Store, s.spec.Cluster, key)
 	if err == nil {
 		var ms []backup.Manifest
 		ms, err = a.ListBackups(ctx)
