@@ -120,8 +120,10 @@ func (h *hub) loop(ctx context.Context) {
 			h.apply(resp.Events)
 			rev = resp.Header.Revision
 		}
-		// Whatever changed while the watch was down is shown anew.
-		h.markAll()
+		// The next watch resumes after the last revision seen, so a
+		// break (a leader change ends a watch that requires one) misses
+		// nothing and wakes no page; after a compaction, load marks
+		// every topic changed.
 		sleep(ctx, time.Second)
 	}
 }
