@@ -323,6 +323,11 @@ func (s *supervisor) collect(ctx context.Context, e *exposition) {
 	if s.inst.Pid() != 0 && !s.stopping.Load() {
 		qctx, cancel := context.WithTimeout(ctx, scrapeTimeout)
 		ps, err = s.query(qctx)
+		if err != nil && qctx.Err() == nil {
+			// The connection may date from before postgres restarted: a
+			// failed call drops it, so this tries a new one.
+			ps, err = s.query(qctx)
+		}
 		cancel()
 	}
 	if err != nil {
