@@ -23,22 +23,23 @@ func newCARotateCmd(cf *clientFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "rotate [--exclude HOST]... | --status",
 		Short: "Replace the fleet's CA, in steps, without stopping any cluster",
-		Long: `Replace the fleet's certificate authority. Every running host gets a
-certificate from a new CA, which it presents with the new CA cross-signed by
-the old one, so peers that still trust only the old CA keep accepting it;
-then every host stops trusting the old CA and the store's voters restart
-their etcd member, one at a time. Postgres never restarts; clients of the
-proxies and the API keep working throughout.
+		Long: `Replace the fleet's certificate authority, in phases every running host
+goes through before the next begins: every host trusts the old CA and the new
+one (the store's voters restart their etcd member, one at a time, since etcd
+reads its CAs only at start); every host gets a certificate from the new CA;
+every host trusts only the new CA (the voters restart once more); the members'
+certificate gets a fresh key. Postgres never restarts, and clients of the
+proxies keep working throughout. It takes about a minute.
 
 --exclude HOST leaves a host behind: it gets no certificate from the new CA,
 and once the old CA is retired the fleet refuses it. Use it for a host that
 was stolen or lost; a host that is down during the rotation is left behind
 the same way and joins again with a new join token.
 
-The CLI waits for the end and then trusts the new CA. Other CLIs run
-` + "`pgfleet login`" + ` again; clients of Postgres that verify the server need the new
-CA (` + "`pgfleet ca`" + ` prints it) once the rotation ends. Join tokens made before
-the rotation pin the old CA and stop working.`,
+The CLI waits for the end and trusts the new CA as soon as the rotation names
+it. Other CLIs run ` + "`pgfleet login`" + ` again; clients of Postgres that verify the
+server need the new CA (` + "`pgfleet ca`" + ` prints it). Join tokens made before the
+rotation stop working.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if status && (len(exclude) > 0 || noWait) {
@@ -126,6 +127,10 @@ func waitRotation(ctx context.Context, c *api.Client, id string, out io.Writer, 
 			}
 			return nil
 		case err != nil:
+			var ae *api.APIError
+			if errors.As(err, &ae) && ae.Status >= 400 && ae.Status < 500 {
+				return err // no retry makes a refused request right
+			}
 			if ctx.Err() != nil {
 				return fmt.Errorf("CA rotation %s is still under way (phase %s, waiting for %s): follow it with `pgfleet ca rotate --status`", id, last.Phase, strings.Join(last.Waiting, ", "))
 			}

@@ -256,6 +256,10 @@ func importRoles(ctx context.Context, src, admin *pgx.Conn, out, errw io.Writer)
 		return err
 	}
 	stmts, more := migrate.RoleStatements(roles, members, existing, fleet.OwnedRole)
+	// The statements quote with '' only: make sure the session reads them so.
+	if _, err := admin.Exec(ctx, "SET standard_conforming_strings = on"); err != nil {
+		return fmt.Errorf("copy roles: %w", err)
+	}
 	for _, s := range stmts {
 		if _, err := admin.Exec(ctx, s); err != nil {
 			// The statement may carry a password: name the role, not the SQL.
@@ -265,18 +269,14 @@ func importRoles(ctx context.Context, src, admin *pgx.Conn, out, errw io.Writer)
 	for _, n := range append(notes, more...) {
 		fmt.Fprintln(errw, "note:", n)
 	}
-	fmt.Fprintf(out, "copied %d role(s)\n", len(roles)-countLeftOut(more))
-	return nil
-}
-
-func countLeftOut(notes []string) int {
-	n := 0
-	for _, s := range notes {
-		if strings.Contains(s, " left out: ") {
-			n++
+	created := 0
+	for _, s := range stmts {
+		if strings.HasPrefix(s, "CREATE ROLE ") {
+			created++
 		}
 	}
-	return n
+	fmt.Fprintf(out, "copied %d role(s)\n", created)
+	return nil
 }
 
 // lineProgress shows a changing line in place on a terminal, and each

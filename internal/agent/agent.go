@@ -195,6 +195,10 @@ type Agent struct {
 	// started with.
 	rotation atomic.Pointer[pki.Rotation]
 	etcdCA   []byte
+	// rotExcluded is every rotation's hosts left behind, as first seen
+	// (noteExcluded); the API's renewals read it too.
+	exclMu      sync.Mutex
+	rotExcluded map[string]map[string]bool
 
 	leaseMu sync.Mutex
 	lease   *store.Lease
@@ -401,6 +405,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	apiSrv := api.NewServer(st, a.host, a.log.With("component", "api"))
 	apiSrv.SetCA(ca)
 	apiSrv.SetStoreVoters(a.storeVoters())
+	apiSrv.SetExcluded(a.excluded)
 	a.api = apiSrv
 	apiSrv.SetConsole(a.console(st, apiSrv))
 	mux.Handle("/", apiSrv.Handler())

@@ -30,7 +30,8 @@ func (a *Agent) followRotation(ctx context.Context) error {
 		return err
 	}
 	a.rotation.Store(&rot)
-	if rot.Excludes(a.cfg.Name) {
+	a.noteExcluded(rot)
+	if a.excluded(rot.ID, a.cfg.Name) {
 		return nil
 	}
 	switch rot.Phase {
@@ -42,6 +43,8 @@ func (a *Agent) followRotation(ctx context.Context) error {
 		err = a.reissueForRotation(ctx, rot)
 	case pki.PhaseRetire:
 		err = a.retireForRotation(ctx, rot)
+	case pki.PhaseMembers:
+		err = a.membersForRotation(ctx, rot)
 	}
 	if err != nil {
 		return fmt.Errorf("CA rotation %s, phase %s: %w", rot.ID, rot.Phase, err)
@@ -198,7 +201,15 @@ func (a *Agent) retireForRotation(ctx context.Context, rot pki.Rotation) error {
 		return fmt.Errorf("the new CA: %w", err)
 	}
 	if a.ca.Key != nil && !pki.KeyMatches(a.ca.Key, newCA) {
-		return errors.New("this host holds the old CA's key and not the new one's; the rotation went on without it")
+		// Its files went back to the old CA (an agent on an existing etcd
+		// restarted and read the CA the store still holds): the new key is
+		// still sealed for it.
+		if err := a.trustCAs(pki.Bundle(rot.NewCA, rot.OldCA)); err != nil {
+			return err
+		}
+		if got, err := a.takeSealedKey(ctx, rot, newCA); err != nil || !got {
+			return err
+		}
 	}
 	if err := a.trustCAs(rot.NewCA); err != nil {
 		return err
@@ -257,6 +268,93 @@ func (a *Agent) restartEtcdInTurn(ctx context.Context, rot pki.Rotation, want []
 	return true, nil
 }
 
+// membersForRotation: this host's members serve the members' certificate
+// issued with a fresh key once the old CA was retired.
+func (a *Agent) membersForRotation(ctx context.Context, rot pki.Rotation) error {
+	if err := a.refreshPostgresTLS(ctx); err != nil {
+		return err
+	}
+	t := a.pgTLS.Load()
+	if t == nil {
+		return nil
+	}
+	c, err := pki.ParseCert(t.CertPEM)
+	if err != nil || c.SerialNumber.String() != rot.MembersSerial {
+		return nil // not installed here yet
+	}
+	return a.ackRotation(ctx, rot)
+}
+
+// reissueMembersCert issues the members' certificate again with a fresh
+// key, whatever its age, and returns its serial.
+func (a *Agent) reissueMembersCert(ctx context.Context) (string, error) {
+	cur, err := a.store.PostgresCert(ctx)
+	if err != nil {
+		return "", err
+	}
+	old, err := pki.ParseCert(cur.CertPEM)
+	if err != nil {
+		return "", fmt.Errorf("the members' certificate in the store: %w", err)
+	}
+	key, err := pki.NewKey()
+	if err != nil {
+		return "", err
+	}
+	req := pki.HostRequest{Name: postgresCertName, IPs: old.IPAddresses}
+	for _, n := range old.DNSNames {
+		if n != postgresCertName {
+			req.DNS = append(req.DNS, n)
+		}
+	}
+	certPEM, err := a.ca.IssueServer(key.Public(), req, time.Now())
+	if err != nil {
+		return "", err
+	}
+	keyPEM, err := pki.EncodeKey(key)
+	if err != nil {
+		return "", err
+	}
+	ok, err := a.store.ReplacePostgresCert(ctx, store.PostgresCert{CertPEM: certPEM, KeyPEM: keyPEM}, cur.Revision)
+	if err != nil {
+		return "", err
+	}
+	if !ok {
+		return "", errors.New("the members' certificate changed meanwhile; trying again")
+	}
+	c, err := pki.ParseCert(certPEM)
+	if err != nil {
+		return "", err
+	}
+	return c.SerialNumber.String(), nil
+}
+
+// noteExcluded remembers the hosts each rotation leaves behind, as first
+// seen: a host left behind can write the store until the old CA is
+// retired, and must not take itself off the list.
+func (a *Agent) noteExcluded(rot pki.Rotation) {
+	a.exclMu.Lock()
+	defer a.exclMu.Unlock()
+	if a.rotExcluded == nil {
+		a.rotExcluded = map[string]map[string]bool{}
+	}
+	m := a.rotExcluded[rot.ID]
+	if m == nil {
+		m = map[string]bool{}
+		a.rotExcluded[rot.ID] = m
+	}
+	for _, h := range rot.Exclude {
+		m[h] = true
+	}
+}
+
+// excluded reports whether rotation id leaves host behind, by the record
+// as this agent first saw it.
+func (a *Agent) excluded(id, host string) bool {
+	a.exclMu.Lock()
+	defer a.exclMu.Unlock()
+	return a.rotExcluded[id][host]
+}
+
 func (a *Agent) ackRotation(ctx context.Context, rot pki.Rotation) error {
 	acks, err := a.store.RotationAcks(ctx)
 	if err != nil {
@@ -287,6 +385,7 @@ func (a *Agent) coordinateRotation(ctx context.Context, rot pki.Rotation, rev in
 	if err != nil {
 		return err
 	}
+	hosts = slices.DeleteFunc(hosts, func(h string) bool { return a.excluded(rot.ID, h) })
 	if rot.Coordinator != a.cfg.Name {
 		live, err := a.store.Hosts(ctx)
 		if err != nil && !store.OnlyInvalid(err) {
@@ -333,6 +432,16 @@ func (a *Agent) coordinateRotation(ctx context.Context, rot pki.Rotation, rev in
 		}
 		a.log.Info("CA rotation: every host is through a phase", "id", rot.ID, "done", done, "next", rot.Phase)
 	case pki.PhaseRetire:
+		serial, err := a.reissueMembersCert(ctx)
+		if err != nil {
+			return err
+		}
+		rot.Phase, rot.MembersSerial = pki.PhaseMembers, serial
+		if ok, err := a.store.UpdateCARotation(ctx, rot, rev); err != nil || !ok {
+			return err
+		}
+		a.log.Info("CA rotation: every host trusts only the new CA; the members' certificate has a fresh key", "id", rot.ID)
+	case pki.PhaseMembers:
 		if a.etcd == nil {
 			// On an existing etcd the CA lives there: later agents read it.
 			keyPEM, err := pki.EncodeKey(a.ca.Key)
@@ -364,7 +473,7 @@ func (a *Agent) sealForHolders(ctx context.Context, rot pki.Rotation, newCA *x50
 		}
 	}
 	for host, ack := range acks {
-		if ack.ID != rot.ID || len(ack.Cert) == 0 || rot.Excludes(host) {
+		if ack.ID != rot.ID || len(ack.Cert) == 0 || rot.Excludes(host) || a.excluded(rot.ID, host) {
 			continue
 		}
 		if a.etcd != nil && !slices.Contains(voters, host) {

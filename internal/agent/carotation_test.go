@@ -19,6 +19,7 @@ import (
 	"github.com/pgfleet/pgfleet/internal/lab"
 	"github.com/pgfleet/pgfleet/internal/lab/labtest"
 	"github.com/pgfleet/pgfleet/internal/pki"
+	"github.com/pgfleet/pgfleet/internal/store"
 )
 
 // TestCARotation replaces a running fleet's CA while an app connects and
@@ -95,6 +96,16 @@ func TestCARotation(t *testing.T) {
 		}
 	}()
 
+	// A join token from before: the rotation ends them all (a host left
+	// behind could have written one while it could reach the store).
+	jt, err := c.CreateJoinToken(ctx, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := pki.ParseJoinToken(jt.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
 	rv, err := c.RotateCA(ctx, []string{left})
 	if err != nil {
 		t.Fatal(err)
@@ -163,6 +174,13 @@ func TestCARotation(t *testing.T) {
 		if voter != (ca.Key != nil) || (ca.Key != nil && !pki.KeyMatches(ca.Key, newCA)) {
 			t.Errorf("%s: holds a CA key %v, want %v, and only the new CA's", h.Name, ca.Key != nil, voter)
 		}
+	}
+
+	if _, err := f.Store("iad-1").JoinToken(ctx, tok.ID); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("the join token made before the rotation: %v; want gone", err)
+	}
+	if !seen[pki.PhaseMembers] && !seen[pki.PhaseRetire] {
+		t.Errorf("phases seen %v: the rotation went through no retire or members phase", seen)
 	}
 
 	// The old CA's key, as a thief of it would use it.

@@ -239,12 +239,21 @@ func (a *Agent) externalIdentity(ctx context.Context, st *store.Store) (*pki.Ide
 		return nil, nil, fmt.Errorf("the fleet's CA key in the store: %w", err)
 	}
 	ca = &pki.Authority{Cert: stored, CertPEM: certPEM, Key: key}
-	if !files.Exists() {
+	_, _, rotErr := st.CARotation(ctx)
+	switch {
+	case !files.Exists():
 		if err := a.issueLocally(files, ca); err != nil {
 			return nil, nil, err
 		}
-	} else if err := files.Save(ca.CertPEM, keyPEM, nil, nil); err != nil {
-		return nil, nil, err
+	case rotErr == nil:
+		// A CA rotation is under way: this host's files are ahead of the
+		// CA the store holds until its end.
+	case !errors.Is(rotErr, store.ErrNotFound):
+		return nil, nil, rotErr
+	default:
+		if err := files.Save(ca.CertPEM, keyPEM, nil, nil); err != nil {
+			return nil, nil, err
+		}
 	}
 	id, ca, err := a.loadIdentity(files)
 	return id, ca, err
@@ -406,10 +415,20 @@ func (a *Agent) renewHostCert(ctx context.Context) error {
 		return nil
 	}
 	files := a.tlsFiles()
+	rot := a.rotation.Load()
+	if rot != nil && a.ca.Key != nil && (rot.Phase == pki.PhaseRequested || rot.Phase == pki.PhaseTrust) {
+		// A key holder's new CA key is sealed to this host's key: it keeps
+		// that key until it has taken the new one.
+		return nil
+	}
+	// The CA that issued the certificate now: during a rotation a host
+	// trusts two, and keeps to the one it has until the reissue.
 	issuer := a.ca.Cert
-	if rot := a.rotation.Load(); rot != nil && rot.Phase != pki.PhaseRequested {
-		if c, err := pki.ParseCert(rot.NewCA); err == nil && pki.IssuedBy(leaf, c) {
-			issuer = c // keep to the new CA
+	if certs, err := pki.ParseCerts(a.ca.CertPEM); err == nil {
+		for _, c := range certs {
+			if pki.IssuedBy(leaf, c) {
+				issuer = c
+			}
 		}
 	}
 	if a.ca.Key != nil && pki.KeyMatches(a.ca.Key, issuer) {

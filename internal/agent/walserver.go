@@ -143,7 +143,7 @@ func (w *walServer) start() error {
 		Handler:           w.checkPeer(mux),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       time.Minute,
-		ConnContext:       withPeer,
+		ConnContext:       w.withPeer,
 		ErrorLog:          slog.NewLogLogger(w.log.Handler(), slog.LevelDebug),
 	}
 	go func() {
@@ -222,11 +222,17 @@ type peer struct {
 	uid int
 	pid int
 	err error
+	// Whose process the peer is (callerOf), decided at accept: the pid
+	// the kernel recorded at connect names that process only while it
+	// lives, and a pid is reused once it exits.
+	caller    memberRef
+	byAgent   bool
+	callerErr error
 }
 
 // withPeer records the uid of the process at the other end of the
 // connection, as the kernel tells it (SO_PEERCRED).
-func withPeer(ctx context.Context, c net.Conn) context.Context {
+func (w *walServer) withPeer(ctx context.Context, c net.Conn) context.Context {
 	p := peer{uid: -1, err: errors.New("not a unix socket")}
 	if uc, ok := c.(*net.UnixConn); ok {
 		p.err = nil
@@ -243,6 +249,13 @@ func withPeer(ctx context.Context, c net.Conn) context.Context {
 		if err != nil {
 			p.err = err
 		}
+	}
+	if p.err == nil && p.uid == w.pgUser.UID {
+		var pms map[int]memberRef
+		if w.postmasters != nil {
+			pms = w.postmasters()
+		}
+		p.caller, p.byAgent, p.callerErr = callerOf(p.pid, os.Getpid(), pms, procPPid)
 	}
 	return context.WithValue(ctx, peerKey{}, p)
 }
@@ -276,11 +289,7 @@ func (w *walServer) checkCaller(ctx context.Context, req WALRequest) error {
 	if p.uid != w.pgUser.UID {
 		return nil // root or the agent's own user
 	}
-	var pms map[int]memberRef
-	if w.postmasters != nil {
-		pms = w.postmasters()
-	}
-	ref, byAgent, err := callerOf(p.pid, os.Getpid(), pms, procPPid)
+	ref, byAgent, err := p.caller, p.byAgent, p.callerErr
 	switch {
 	case err != nil:
 		return fmt.Errorf("%w: %v", errRefused, err)

@@ -47,6 +47,11 @@ type RotationView struct {
 // even while down. Nil (an existing etcd) leaves them out.
 func (s *Server) SetStoreVoters(f func(context.Context) ([]string, error)) { s.voters = f }
 
+// SetExcluded gives the server the agent's memory of the hosts each CA
+// rotation leaves behind (as the agent first saw the record), which
+// renewals check beside the record itself.
+func (s *Server) SetExcluded(f func(rotation, host string) bool) { s.excluded = f }
+
 // RotationHosts returns the hosts a rotation waits for: every registered
 // host and every store voter (embedded etcd), less those it excludes.
 func RotationHosts(ctx context.Context, st *store.Store, voters func(context.Context) ([]string, error)) ([]string, error) {

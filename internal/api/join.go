@@ -419,7 +419,7 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request) {
 	}
 	rot, _, err := s.store.CARotation(r.Context())
 	switch {
-	case err == nil && rot.Excludes(host.Name):
+	case err == nil && (rot.Excludes(host.Name) || (s.excluded != nil && s.excluded(rot.ID, host.Name))):
 		writeError(w, http.StatusForbidden, fmt.Sprintf("host %s is excluded from CA rotation %s: it gets no new certificate", host.Name, rot.ID))
 		return
 	case err != nil && !errors.Is(err, store.ErrNotFound):

@@ -45,7 +45,8 @@ type Server struct {
 
 	console http.Handler // the web console, served at every path the API leaves
 
-	voters func(context.Context) ([]string, error) // the store's voters; nil on an existing etcd
+	voters   func(context.Context) ([]string, error) // the store's voters; nil on an existing etcd
+	excluded func(rotation, host string) bool        // hosts CA rotations left behind; nil: the record's list only
 }
 
 // SetConsole serves h at every path outside the API's own.

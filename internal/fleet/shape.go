@@ -106,6 +106,9 @@ func PlaceMore(spec ClusterSpec, existing []MemberSpec, region string, role Role
 // highest numbers, the newest members. A cluster in sync mode keeps one
 // standby: with none, its commits would stop being protected.
 func StandbysToRemove(spec ClusterSpec, members []MemberSpec, leader string, syncSet []string, n int) ([]string, error) {
+	if leader == "" {
+		return nil, fmt.Errorf("cluster %s has no primary right now (an election may be running): a removal could take the member that holds the newest writes; retry once `pgfleet status %s` shows a primary", spec.Name, spec.Name)
+	}
 	var cands []MemberSpec
 	for _, m := range members {
 		if m.Role != RoleReplica && m.ID != leader {
@@ -157,6 +160,8 @@ func CanRemove(spec ClusterSpec, members []MemberSpec, leader, id string) error 
 	switch {
 	case m == nil:
 		return fmt.Errorf("cluster %s has no member %s", spec.Name, id)
+	case leader == "":
+		return fmt.Errorf("cluster %s has no primary right now (an election may be running): a removal could take the member that holds the newest writes; retry once `pgfleet status %s` shows a primary", spec.Name, spec.Name)
 	case id == leader:
 		return fmt.Errorf("%s is the primary of %s: switch over to another member first (`pgfleet switchover %s`)", id, spec.Name, spec.Name)
 	case m.Role == RoleReplica:

@@ -77,6 +77,12 @@ func TestStandbysToRemove(t *testing.T) {
 	if _, err := StandbysToRemove(spec, members, "db-1", nil, 3); err == nil || !strings.Contains(err.Error(), "the primary stays") {
 		t.Errorf("StandbysToRemove(3) = %v; want refused", err)
 	}
+	if _, err := StandbysToRemove(spec, members, "", nil, 1); err == nil || !strings.Contains(err.Error(), "no primary right now") {
+		t.Errorf("StandbysToRemove without a primary = %v; want refused", err)
+	}
+	if err := CanRemove(spec, members, "", "db-3"); err == nil || !strings.Contains(err.Error(), "no primary right now") {
+		t.Errorf("CanRemove without a primary = %v; want refused", err)
+	}
 	spec.Sync = SyncOn
 	if _, err := StandbysToRemove(spec, members, "db-1", nil, 2); err == nil || !strings.Contains(err.Error(), "sync mode") {
 		t.Errorf("StandbysToRemove of every standby in sync mode = %v; want refused, saying why", err)

@@ -84,8 +84,9 @@ type Membership struct {
 // target, and the roles it leaves out with the reason. Roles pgfleet or
 // PostgreSQL own (skip says which) are left out; superuser, replication and
 // bypass-RLS attributes never come along: in a pgfleet cluster only
-// pgfleet's own roles hold them. Existing roles are altered rather than
-// created, so that an import can be run again.
+// pgfleet's own roles hold them. A role the cluster has already is kept as
+// it is, memberships included: a source naming another app's role must not
+// take it over.
 func RoleStatements(roles []Role, members []Membership, existing []string, skip func(name string) (why string, skipped bool)) (stmts []string, notes []string) {
 	kept := map[string]bool{}
 	for _, r := range roles {
@@ -93,21 +94,27 @@ func RoleStatements(roles []Role, members []Membership, existing []string, skip 
 			notes = append(notes, fmt.Sprintf("role %s left out: %s", r.Name, why))
 			continue
 		}
+		if slices.Contains(existing, r.Name) {
+			notes = append(notes, fmt.Sprintf("role %s exists in the cluster already: kept as it is", r.Name))
+			continue
+		}
 		kept[r.Name] = true
 		id := pgx.Identifier{r.Name}.Sanitize()
-		if !slices.Contains(existing, r.Name) {
-			stmts = append(stmts, "CREATE ROLE "+id)
-		}
+		stmts = append(stmts, "CREATE ROLE "+id)
 		attrs := []string{
 			flag(r.Login, "LOGIN"), flag(r.CreateDB, "CREATEDB"), flag(r.CreateRole, "CREATEROLE"),
 			flag(r.Inherit, "INHERIT"), "NOSUPERUSER", "NOREPLICATION", "NOBYPASSRLS",
 			fmt.Sprintf("CONNECTION LIMIT %d", r.ConnLimit),
 		}
-		if r.Password != "" {
+		switch {
+		case r.Password == "":
+		case scramVerifier.MatchString(r.Password):
 			attrs = append(attrs, "PASSWORD "+quoteLiteral(r.Password))
-			if strings.HasPrefix(r.Password, "md5") {
-				notes = append(notes, fmt.Sprintf("role %s has an MD5 password, which the cluster (SCRAM only) refuses: set a new one with `pgfleet users rotate`", r.Name))
-			}
+		case strings.HasPrefix(r.Password, "md5"):
+			notes = append(notes, fmt.Sprintf("role %s has an MD5 password, which the cluster (SCRAM only) would refuse: it comes without one; set one with `pgfleet users rotate`", r.Name))
+		default:
+			// Only a verifier's own characters go into the statement.
+			notes = append(notes, fmt.Sprintf("role %s has a password that is not a SCRAM-SHA-256 verifier: it comes without one", r.Name))
 		}
 		if r.Superuser || r.Replication {
 			notes = append(notes, fmt.Sprintf("role %s comes without its superuser or replication attribute", r.Name))
@@ -133,6 +140,10 @@ func flag(on bool, name string) string {
 	}
 	return "NO" + name
 }
+
+// scramVerifier is the form of a SCRAM-SHA-256 verifier as pg_authid
+// holds it: nothing a statement could be broken out of with.
+var scramVerifier = regexp.MustCompile(`^SCRAM-SHA-256\$[0-9]{1,7}:[A-Za-z0-9+/=]{1,64}\$[A-Za-z0-9+/=]{1,64}:[A-Za-z0-9+/=]{1,64}$`)
 
 func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 

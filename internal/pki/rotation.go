@@ -25,8 +25,11 @@ import (
 //	           new CA, and so does the members' certificate.
 //	retire     every host trusts the new CA only, and the voters restart
 //	           their etcd member once more.
+//	members    the members' certificate is issued again with a fresh key:
+//	           a host left behind (Exclude) could read the store, and so
+//	           the previous one's key, until the voters' restarts in retire.
 //
-// Once every host is through retire the coordinator removes the record:
+// Once every host is through members the coordinator removes the record:
 // the old CA is trusted nowhere in the fleet, and its key is gone. (A
 // cross-signature would spare the restarts, but a CA made with a path
 // length of zero, as the fleet's is, cannot vouch for another CA.)
@@ -37,6 +40,9 @@ type Rotation struct {
 	Coordinator string    `json:"coordinator,omitempty"` // the host that made the new CA
 	OldCA       []byte    `json:"old_ca,omitempty"`      // PEM
 	NewCA       []byte    `json:"new_ca,omitempty"`      // PEM
+	// MembersSerial is the serial of the members' certificate issued in
+	// the members phase, which every host installs before it reports.
+	MembersSerial string `json:"members_serial,omitempty"`
 	// Exclude names hosts that get no certificate from the new CA: a host
 	// that was stolen or lost, which the rotation leaves behind.
 	Exclude []string `json:"exclude,omitempty"`
@@ -50,6 +56,7 @@ const (
 	PhaseTrust     Phase = "trust"
 	PhaseReissue   Phase = "reissue"
 	PhaseRetire    Phase = "retire"
+	PhaseMembers   Phase = "members"
 )
 
 // Next is the phase after p; "" after the last.
@@ -61,6 +68,8 @@ func (p Phase) Next() Phase {
 		return PhaseReissue
 	case PhaseReissue:
 		return PhaseRetire
+	case PhaseRetire:
+		return PhaseMembers
 	}
 	return ""
 }

@@ -29,7 +29,7 @@ func TestRotationWaiting(t *testing.T) {
 	for ; p != ""; p = p.Next() {
 		order = append(order, p)
 	}
-	if want := []pki.Phase{pki.PhaseRequested, pki.PhaseTrust, pki.PhaseReissue, pki.PhaseRetire}; !slices.Equal(order, want) {
+	if want := []pki.Phase{pki.PhaseRequested, pki.PhaseTrust, pki.PhaseReissue, pki.PhaseRetire, pki.PhaseMembers}; !slices.Equal(order, want) {
 		t.Errorf("phases %v, want %v", order, want)
 	}
 }

@@ -51,7 +51,7 @@ func (s *Store) CARotation(ctx context.Context) (pki.Rotation, int64, error) {
 // phase it follows.
 func validRotation(r pki.Rotation) error {
 	switch r.Phase {
-	case pki.PhaseRequested, pki.PhaseTrust, pki.PhaseReissue, pki.PhaseRetire:
+	case pki.PhaseRequested, pki.PhaseTrust, pki.PhaseReissue, pki.PhaseRetire, pki.PhaseMembers:
 	default:
 		return fmt.Errorf("unknown phase %q", r.Phase)
 	}
@@ -108,7 +108,8 @@ func (s *Store) UpdateCARotation(ctx context.Context, r pki.Rotation, prev int64
 	return resp.Succeeded, nil
 }
 
-// FinishCARotation removes rotation id's record, reports and sealed keys.
+// FinishCARotation removes rotation id's record, reports and sealed keys,
+// and every join token.
 func (s *Store) FinishCARotation(ctx context.Context, id string) error {
 	ctx, cancel := timeout(ctx)
 	defer cancel()
@@ -123,9 +124,11 @@ func (s *Store) FinishCARotation(ctx context.Context, id string) error {
 	if json.Unmarshal(cur.Kvs[0].Value, &r) == nil && r.ID != id {
 		return fmt.Errorf("finish CA rotation %s: rotation %s is under way: %w", id, r.ID, ErrConflict)
 	}
+	// Join tokens go too: a host the rotation left behind could write one
+	// while it could still reach the store.
 	_, err = s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.ModRevision(s.rotationKey()), "=", cur.Kvs[0].ModRevision)).
-		Then(clientv3.OpDelete(s.rotationKey(), clientv3.WithPrefix())).
+		Then(clientv3.OpDelete(s.rotationKey(), clientv3.WithPrefix()), clientv3.OpDelete(s.joinTokenKey(""), clientv3.WithPrefix())).
 		Commit()
 	if err != nil {
 		return fmt.Errorf("finish the CA rotation: %w", Translate(err))

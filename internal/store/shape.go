@@ -102,6 +102,9 @@ func (s *Store) RemoveMembers(ctx context.Context, c ClusterState, ids []string,
 		if id == c.Leader {
 			return fmt.Errorf("%s is the primary of %s: switch over to another member first (`pgfleet switchover %s`): %w", id, name, name, ErrConflict)
 		}
+		if sw := c.Switchover; sw != nil && (sw.To == id || sw.From == id) {
+			return fmt.Errorf("%s takes part in the switchover of %s under way: retry once it is over: %w", id, name, ErrConflict)
+		}
 		if c.Sync != nil && slices.Contains(c.Sync.Members, id) {
 			return fmt.Errorf("%s is in the sync set of %s and may hold acknowledged commits alone: turn sync mode off first (`pgfleet set %s --sync off`), or add a standby and let it stream: %w", id, name, name, ErrConflict)
 		}
@@ -112,10 +115,18 @@ func (s *Store) RemoveMembers(ctx context.Context, c ClusterState, ids []string,
 	if err := spec.ValidateStored(); err != nil {
 		return err
 	}
+	if c.Leader == "" {
+		return fmt.Errorf("cluster %s has no primary right now: a removal could take the member that holds the newest writes; retry once it has one: %w", name, ErrConflict)
+	}
+	// Everything the checks above read must still hold when the removal
+	// is written: the spec, the leader's term (held: a key that vanished
+	// has ModRevision 0 too), the sync set and the switchover.
 	cmps := []clientv3.Cmp{
 		clientv3.Compare(clientv3.ModRevision(s.specKey(name)), "=", c.specRev),
+		clientv3.Compare(clientv3.CreateRevision(s.leaderKey(name)), ">", 0),
 		clientv3.Compare(clientv3.ModRevision(s.leaderKey(name)), "=", c.LeaderTerm),
 		clientv3.Compare(clientv3.ModRevision(s.clusterPrefix(name)+"sync"), "=", c.syncRev),
+		clientv3.Compare(clientv3.ModRevision(s.clusterPrefix(name)+"switchover"), "=", c.switchoverRev),
 	}
 	ops := []clientv3.Op{clientv3.OpPut(s.specKey(name), mustJSON(spec))}
 	now := time.Now().UTC()
