@@ -277,6 +277,15 @@ func TestReadOnlyAndActions(t *testing.T) {
 		t.Errorf("POST sync sometimes = %s, want 400 with %q after the sync form's button", resp.Status, want)
 	}
 
+	// A switchover to a replica: the API's reason, under the switchover
+	// card and outside its live region, which updates would replace.
+	resp, body = admin.post("/clusters/db01/switchover", url.Values{"csrf": {csrf}, "to": {"db01-3"}})
+	region := body[strings.Index(body, `id="cluster-switchover"`):]
+	region = region[strings.Index(region, "</form>"):]
+	if resp.StatusCode != http.StatusUnprocessableEntity || !strings.Contains(region, "db01-3 is a read replica in ams") {
+		t.Errorf("POST switchover to db01-3 = %s, want 422 with the API's reason after the form", resp.Status)
+	}
+
 	// A read-only token.
 	var ro struct {
 		Token string `json:"token"`
