@@ -42,7 +42,9 @@ at the end.
 
 Give the source's password in PGPASSWORD (or a ~/.pgpass) rather than in the
 URL, which ` + "`ps`" + ` shows. Writes to the source made during the import are not
-copied: stop the app, or make the source read-only, first.`,
+copied: stop the app, or make the source read-only, first. Import only from a
+source you trust: its dump is restored as the cluster's superuser, so its
+functions, defaults and index expressions run with that power while it loads.`,
 		Args: exactArgs("a cluster NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if o.from == "" {
