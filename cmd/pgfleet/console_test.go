@@ -261,6 +261,11 @@ func TestConsole(t *testing.T) {
 	b.waitPath("/clusters/shop", 20*time.Second)
 	b.waitText("#progress", "Ready.", 4*time.Minute)
 	b.waitText("#cluster-members", "shop-3", 5*time.Second)
+	// Users are read from the primary when the page is: again, now
+	// that it runs.
+	b.open(base + "/clusters/shop?created=1")
+	b.waitText("#progress", "Ready.", 10*time.Second)
+	b.waitText("#users", "New user", 5*time.Second)
 	b.shot("cluster")
 	b.run("a phone's width", chromedp.EmulateViewport(375, 812))
 	b.shot("cluster-375")
@@ -282,6 +287,22 @@ func TestConsole(t *testing.T) {
 	if _, err := conn.Exec(ctx, "CREATE TABLE orders (id serial, item text, at timestamptz DEFAULT clock_timestamp()); INSERT INTO orders (item) VALUES ('tea'), ('scone'), ('jam')"); err != nil {
 		t.Fatalf("write through the console's URL: %v", err)
 	}
+
+	// A user, added by the form: its password and URL are shown once,
+	// and work.
+	b.typeInto("#user", "reporting")
+	b.click("#user-create")
+	b.waitText("#new-user", "reporting: its password is", 20*time.Second)
+	uconn, err := pgx.Connect(ctx, pgURL(b.text("#new-user-url")))
+	if err != nil {
+		t.Fatalf("connect as the user the console made: %v", err)
+	}
+	var who string
+	if err := uconn.QueryRow(ctx, "SELECT current_user").Scan(&who); err != nil || who != "reporting" {
+		t.Fatalf("current_user through the new user's URL: %q, %v", who, err)
+	}
+	uconn.Close(ctx)
+	b.waitText("tr[data-user=reporting]", "reporting", 5*time.Second)
 
 	// Switchover by clicking: the page shows the new primary.
 	before := b.text("#primary")

@@ -526,6 +526,21 @@ type clusterData struct {
 	Errors  map[string]string
 	Restore restoreForm
 	Typed   string // what was typed to confirm destroy
+	Users   []userRow
+	UsErr   string
+	// NewUser is a user just made or given a new password: shown this
+	// once, on the page that answers the form, never in a cookie.
+	NewUser  *api.PasswordView
+	NewURL   string // the app URL with the new user's name and password
+	UserForm string
+}
+
+// userRow is a role of a cluster as GET /v1/clusters/{name}/users lists it.
+type userRow struct {
+	Name      string `json:"name"`
+	Kind      string `json:"kind"`
+	Login     bool   `json:"login"`
+	Superuser bool   `json:"superuser"`
 }
 
 type restoreForm struct {
@@ -584,8 +599,14 @@ func (c *Console) showCluster(w http.ResponseWriter, r *http.Request, rq *req, c
 	d.Restore = restoreForm{Into: name + "-restore", Target: "time", Time: time.Now().UTC().Format(time.RFC3339)}
 	if prev != nil {
 		d.Errors, d.Restore, d.Typed = prev.Errors, prev.Restore, prev.Typed
+		d.NewUser, d.UserForm = prev.NewUser, prev.UserForm
 	}
 	if !rq.sess.readOnly() {
+		// Users live in postgres, not in the store: read when the page
+		// is, from the primary, never live.
+		if err := c.call.do(r.Context(), rq.sess.Token, "GET", "/v1/clusters/"+url.PathEscape(name)+"/users", nil, &d.Users); err != nil {
+			d.UsErr = apiMessage(err)
+		}
 		hs, _ := c.hosts(r.Context(), rq)
 		for _, h := range hs {
 			if !slices.Contains(d.Regions, h.Region) {
@@ -594,6 +615,9 @@ func (c *Console) showCluster(w http.ResponseWriter, r *http.Request, rq *req, c
 		}
 		slices.Sort(d.Regions)
 		d.URLs = c.clusterURLs(r.Context(), rq, d.V, d.Regions)
+		if d.NewUser != nil && len(d.URLs) > 0 && d.URLs[0].URL != "" {
+			d.NewURL = withUser(d.URLs[0].URL, d.NewUser.User, d.NewUser.Password)
+		}
 	}
 	c.render(w, r, code, "cluster", rq, d)
 }
@@ -698,6 +722,30 @@ func (c *Console) act(w http.ResponseWriter, r *http.Request, rq *req) {
 		flash(w, r, fmt.Sprintf("Cluster %s is being restored from the backups of %s.", nv.Name, name))
 		http.Redirect(w, r, "/clusters/"+url.PathEscape(nv.Name)+"?created=1", http.StatusSeeOther)
 		return
+	case "user-create", "user-rotate":
+		user := strings.TrimSpace(r.PostFormValue("user"))
+		var pv api.PasswordView
+		var err error
+		if action == "user-create" {
+			err = c.call.do(ctx, tok, "POST", base+"/users", api.UserRequest{Name: user, ReadOnly: r.PostFormValue("read_only") == "on"}, &pv)
+		} else {
+			err = c.call.do(ctx, tok, "POST", base+"/users/"+url.PathEscape(user)+"/rotate", nil, &pv)
+		}
+		if err != nil {
+			fail("users", err, &clusterData{UserForm: user})
+			return
+		}
+		// No redirect: the password is shown on this answer only.
+		c.showCluster(w, r, rq, http.StatusOK, &clusterData{Errors: map[string]string{}, NewUser: &pv})
+		return
+	case "user-delete":
+		user := r.PostFormValue("user")
+		if err := c.call.do(ctx, tok, "DELETE", base+"/users/"+url.PathEscape(user), nil, nil); err != nil {
+			fail("users", err, nil)
+			return
+		}
+		flash(w, r, "User "+user+" deleted.")
+		back += "#users"
 	case "destroy":
 		typed := r.PostFormValue("confirm")
 		if err := c.call.do(ctx, tok, "DELETE", base+"?confirm="+url.QueryEscape(typed), nil, nil); err != nil {
@@ -713,6 +761,17 @@ func (c *Console) act(w http.ResponseWriter, r *http.Request, rq *req) {
 		return
 	}
 	http.Redirect(w, r, back, http.StatusSeeOther)
+}
+
+// withUser puts user and password in a connection URL in place of the
+// superuser's.
+func withUser(raw, user, password string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return ""
+	}
+	u.User = url.UserPassword(user, password)
+	return u.String()
 }
 
 // changed tells the hub that this console changed cluster name.
