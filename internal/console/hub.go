@@ -324,10 +324,3 @@ func (h *hub) touch(topics ...string) {
 		h.gens[t]++
 	}
 }
-
-// subscribers is how many pages are open on this agent.
-func (h *hub) subscribers() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.subs)
-}

@@ -366,11 +366,10 @@ func (c *Console) copyURL(w http.ResponseWriter, r *http.Request, rq *req) {
 // --- new cluster ---
 
 type newData struct {
-	Regions     []string
-	HostsIn     map[string]int
-	Form        newForm
-	Errors      map[string]string // by field; "" for the form as a whole
-	Placeholder string
+	Regions []string
+	HostsIn map[string]int
+	Form    newForm
+	Errors  map[string]string // by field; "" for the form as a whole
 }
 
 type newForm struct {
