@@ -199,6 +199,11 @@ type Agent struct {
 	// (noteExcluded); the API's renewals read it too.
 	exclMu      sync.Mutex
 	rotExcluded map[string]map[string]bool
+	// primaryHosts are the hosts that run a primary, as reconcile last read
+	// the clusters; lastLeaderMove is when this agent last moved etcd's
+	// leadership away (keepStoreLeaderAway). Both the loop's alone.
+	primaryHosts   map[string]bool
+	lastLeaderMove time.Time
 
 	leaseMu sync.Mutex
 	lease   *store.Lease
@@ -621,21 +626,32 @@ func (a *Agent) checkTLS(ctx context.Context) {
 
 // keepStoreLeaderAway moves etcd's leadership off this host while it runs
 // a primary (see store.Embedded.MoveLeaderAway).
+//
+// Leadership goes only to a voter that runs no primary (a.primaryHosts, as
+// reconcile last read the clusters), and moves at most every
+// leaderMoveEvery: each move extends every lease in the store, so moves
+// back and forth between hosts that all run primaries would keep a dead
+// host's leases alive.
 func (a *Agent) keepStoreLeaderAway(ctx context.Context) {
-	if a.etcd == nil {
+	if a.etcd == nil || time.Since(a.lastLeaderMove) < leaderMoveEvery {
 		return
 	}
 	for _, r := range a.sups {
 		if r.sup.leading.Load() {
-			if moved, err := a.etcd.MoveLeaderAway(ctx); err != nil {
+			moved, err := a.etcd.MoveLeaderAway(ctx, func(host string) bool { return a.primaryHosts[host] })
+			if err != nil {
 				a.log.Debug("move etcd leadership", "err", err)
 			} else if moved {
+				a.lastLeaderMove = time.Now()
 				a.log.Info("moved etcd leadership to another host: this one runs a primary")
 			}
 			return
 		}
 	}
 }
+
+// leaderMoveEvery bounds how often an agent moves etcd's leadership away.
+const leaderMoveEvery = 10 * time.Second
 
 // placed is a member this host should run, with the cluster it belongs to.
 type placed struct {
@@ -665,7 +681,11 @@ func (a *Agent) reconcile(ctx context.Context) {
 		return
 	}
 	want := map[string]placed{}
+	a.primaryHosts = map[string]bool{}
 	for _, c := range cs {
+		if m, ok := c.Member(c.Leader); ok {
+			a.primaryHosts[m.Host] = true
+		}
 		for _, m := range c.Members {
 			if m.Host == a.cfg.Name {
 				want[m.ID] = placed{spec: m, cluster: c.Spec}

@@ -12,14 +12,8 @@ import (
 // for none. The console calls the API in process, through the same
 // handlers (and so the same authorization) as the CLI's requests.
 func (a *Agent) console(st *store.Store, apiSrv *api.Server) http.Handler {
-	// The console's view of the API: the API itself, and the round trips
-	// between hosts that only the console shows, until the API registers
-	// that route itself.
-	calls := http.NewServeMux()
-	calls.Handle("/", apiSrv.Handler())
-	calls.Handle("GET /v1/rtt", apiSrv.RTTHandler())
 	c, err := console.New(console.Config{
-		API: calls, Etcd: st.Client(), Prefix: storePrefix(a.cfg.EtcdPrefix),
+		API: apiSrv.Handler(), Etcd: st.Client(), Prefix: storePrefix(a.cfg.EtcdPrefix),
 		Host: a.host.Name, Region: a.host.Region, Log: a.log.With("component", "console"),
 	})
 	if err != nil {

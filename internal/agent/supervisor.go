@@ -68,13 +68,13 @@ type supervisor struct {
 	// last one done, which the status publishes.
 	restartWant string
 	restarted   atomic.Pointer[string]
-	host    fleet.Host
-	store   *store.Store
-	lease   func() *store.Lease // the host's current lease
-	dir     string              // member directory, owned by the postgres OS user
-	inst    *postgres.Instance
-	log     *slog.Logger
-	secrets fleet.Secrets
+	host        fleet.Host
+	store       *store.Store
+	lease       func() *store.Lease // the host's current lease
+	dir         string              // member directory, owned by the postgres OS user
+	inst        *postgres.Instance
+	log         *slog.Logger
+	secrets     fleet.Secrets
 
 	publishNow chan struct{}   // wakes the status publisher
 	exe        string          // this pgfleet binary, for archive_command and restore_command
@@ -98,7 +98,7 @@ type supervisor struct {
 	// mon answers /metrics scrapes (metrics.go), apart from both.
 	mon pgConn
 	// mx holds the counters and caches /metrics reports for this member.
-	mx memberMetrics
+	mx       memberMetrics
 	stopping atomic.Bool // set once postgres is being stopped: no new queries
 	diverged atomic.Bool // streaming from the leader failed for long: rejoin
 	// primaryLSN is the leader's last published write LSN, as the standby

@@ -15,15 +15,11 @@ type RTTView struct {
 }
 
 // consoleRoutes serves what the web console shows beyond what the CLI
-// needs: the round trips the agents measure between hosts.
+// needs: the round trips the agents measure between hosts, to any token,
+// read-only ones included (round trips reveal no secret).
 func (s *Server) consoleRoutes(mux *http.ServeMux) {
-	mux.Handle("GET /v1/rtt", s.RTTHandler())
+	mux.Handle("GET /v1/rtt", s.read(s.rtts))
 }
-
-// RTTHandler serves GET /v1/rtt to any token, read-only ones included: round
-// trips reveal no secret. It is exported so that the console can serve it
-// through its view of the API until the route is registered in Handler.
-func (s *Server) RTTHandler() http.Handler { return s.read(s.rtts) }
 
 func (s *Server) rtts(w http.ResponseWriter, r *http.Request) {
 	m, err := s.store.RTTs(r.Context())

@@ -118,6 +118,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET /v1/clusters/{name}/backups/verify", s.auth(s.verifyBackups))
 	s.caRoutes(mux)
 	s.accessRoutes(mux)
+	s.consoleRoutes(mux)
 	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})

@@ -324,20 +324,20 @@ type MemberSpec struct {
 // MemberStatus is what a member's supervisor publishes, at least every second,
 // under its host's lease.
 type MemberStatus struct {
-	ID         string    `json:"id"`
-	Host       string    `json:"host"`
-	Region     string    `json:"region"`
-	Role       Role      `json:"role"`
-	State      State     `json:"state"`
-	Addr       string    `json:"addr"` // host:port of this member's Postgres
-	Timeline   int64     `json:"timeline"`
-	WriteLSN   string    `json:"write_lsn,omitempty"`
-	ReceiveLSN string    `json:"receive_lsn,omitempty"`
-	ReplayLSN  string    `json:"replay_lsn,omitempty"`
-	LagBytes   int64     `json:"lag_bytes"`
-	Healthy    bool      `json:"healthy"`
-	Progress   string    `json:"progress,omitempty"` // e.g. clone progress "42%"
-	Message    string    `json:"message,omitempty"`
+	ID         string `json:"id"`
+	Host       string `json:"host"`
+	Region     string `json:"region"`
+	Role       Role   `json:"role"`
+	State      State  `json:"state"`
+	Addr       string `json:"addr"` // host:port of this member's Postgres
+	Timeline   int64  `json:"timeline"`
+	WriteLSN   string `json:"write_lsn,omitempty"`
+	ReceiveLSN string `json:"receive_lsn,omitempty"`
+	ReplayLSN  string `json:"replay_lsn,omitempty"`
+	LagBytes   int64  `json:"lag_bytes"`
+	Healthy    bool   `json:"healthy"`
+	Progress   string `json:"progress,omitempty"` // e.g. clone progress "42%"
+	Message    string `json:"message,omitempty"`
 	// Restarted is the last restart order (ValidRestartID) this member
 	// carried out: postgres stopped and started again as a standby.
 	Restarted string    `json:"restarted,omitempty"`

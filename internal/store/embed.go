@@ -367,7 +367,7 @@ func (e *Embedded) Restart(ctx context.Context) error {
 	if !e.Member() {
 		return nil
 	}
-	if _, err := e.MoveLeaderAway(ctx); err != nil && e.cfg.Logger != nil {
+	if _, err := e.MoveLeaderAway(ctx, nil); err != nil && e.cfg.Logger != nil {
 		e.cfg.Logger.Warn("restart etcd member: leadership stays here", "err", err)
 	}
 	e.mu.Lock()
@@ -438,7 +438,13 @@ func etcdLogger() *zap.Logger {
 // such a host dies, etcd first elects a new leader, which extends every
 // lease by its election timeout, and the failover waits that much longer.
 // It reports whether leadership moved.
-func (e *Embedded) MoveLeaderAway(ctx context.Context) (bool, error) {
+//
+// avoid, when not nil, names hosts leadership must not go to: those that run
+// a primary too. When every other voter is one of them, leadership stays:
+// etcd extends every lease by its election timeout on each leader change,
+// so moving it back and forth would keep a dead host's leases, a dead
+// primary's leader key among them, from ever expiring.
+func (e *Embedded) MoveLeaderAway(ctx context.Context, avoid func(host string) bool) (bool, error) {
 	e.mu.Lock()
 	if e.etcd == nil {
 		e.mu.Unlock()
@@ -453,6 +459,9 @@ func (e *Embedded) MoveLeaderAway(ctx context.Context) (bool, error) {
 	for _, m := range srv.Cluster().Members() {
 		if uint64(m.ID) == self || m.IsLearner || len(m.ClientURLs) == 0 {
 			continue // ClientURLs are published once a member has started
+		}
+		if avoid != nil && avoid(m.Name) {
+			continue
 		}
 		ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		err := srv.MoveLeader(ctx, self, uint64(m.ID))
