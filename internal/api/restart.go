@@ -21,24 +21,11 @@ type RestartView struct {
 // postgres; `pgfleet restart` restarts a cluster one member at a time with
 // it, and moves the primary away with a switchover first.
 func (s *Server) restartMember(w http.ResponseWriter, r *http.Request) {
-	name, ok := clusterName(w, r)
+	c, m, ok := s.memberOf(w, r, "")
 	if !ok {
 		return
 	}
-	id := r.PathValue("member")
-	if err := fleet.ValidateMemberID(name, id); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
-		return
-	}
-	c, err := s.store.Cluster(r.Context(), name)
-	if err != nil {
-		s.storeError(w, err)
-		return
-	}
-	if _, ok := c.Member(id); !ok {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("cluster %s has no member %s", name, id))
-		return
-	}
+	name, id := c.Spec.Name, m.ID
 	if id == c.Leader {
 		writeError(w, http.StatusConflict, fmt.Sprintf("%s is the primary of %s: switch over first (`pgfleet restart %s` does), so that writes move instead of stopping", id, name, name))
 		return

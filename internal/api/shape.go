@@ -128,30 +128,41 @@ func (s *Server) addReplica(w http.ResponseWriter, r *http.Request) {
 	s.writeShape(w, r, name, http.StatusCreated, added, nil)
 }
 
-func (s *Server) removeMember(w http.ResponseWriter, r *http.Request) {
+// memberOf reads the member a request's path names, with its cluster;
+// ok false when the request is answered already. confirm asks for the
+// member's id again as ?confirm=, for requests that delete its data.
+func (s *Server) memberOf(w http.ResponseWriter, r *http.Request, confirm string) (store.ClusterState, fleet.MemberSpec, bool) {
 	name, ok := clusterName(w, r)
 	if !ok {
-		return
+		return store.ClusterState{}, fleet.MemberSpec{}, false
 	}
 	id := r.PathValue("member")
 	if err := fleet.ValidateMemberID(name, id); err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
-		return
+		return store.ClusterState{}, fleet.MemberSpec{}, false
 	}
-	if r.URL.Query().Get("confirm") != id {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("removing member %s deletes its data: repeat its id as ?confirm=%s (`pgfleet replica remove %s %s --yes` does)", id, id, name, id))
-		return
+	if confirm != "" && r.URL.Query().Get("confirm") != id {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("%s member %s deletes its data: repeat its id as ?confirm=%s (`pgfleet replica remove %s %s --yes` does)", confirm, id, id, name, id))
+		return store.ClusterState{}, fleet.MemberSpec{}, false
 	}
 	c, err := s.store.Cluster(r.Context(), name)
 	if err != nil {
 		s.shapeError(w, err)
-		return
+		return store.ClusterState{}, fleet.MemberSpec{}, false
 	}
 	m, ok := c.Member(id)
 	if !ok {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("cluster %s has no member %s", name, id))
+	}
+	return c, m, ok
+}
+
+func (s *Server) removeMember(w http.ResponseWriter, r *http.Request) {
+	c, m, ok := s.memberOf(w, r, "removing")
+	if !ok {
 		return
 	}
+	name, id := c.Spec.Name, m.ID
 	if err := fleet.CanRemove(c.Spec, c.Members, c.Leader, id); err != nil {
 		writeError(w, http.StatusConflict, err.Error())
 		return
