@@ -81,10 +81,7 @@ func newStateFleet(t testing.TB, clusters int) *stateFleet {
 		f.apiCalls.Add(1)
 		apiSrv.Handler().ServeHTTP(w, r)
 	})
-	calls := http.NewServeMux()
-	calls.Handle("/", counted)
-	calls.Handle("GET /v1/rtt", apiSrv.RTTHandler())
-	c, err := console.New(console.Config{API: calls, Etcd: st.Client(), Prefix: prefix, Host: "iad-1", Region: "iad", Log: log})
+	c, err := console.New(console.Config{API: counted, Etcd: st.Client(), Prefix: prefix, Host: "iad-1", Region: "iad", Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}
