@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/pgfleet/pgfleet/internal/agent"
 	"github.com/pgfleet/pgfleet/internal/api"
 	"github.com/pgfleet/pgfleet/internal/lab"
 	"github.com/pgfleet/pgfleet/internal/postgres"
@@ -124,6 +125,9 @@ func newDevCmd() *cobra.Command {
 				return err
 			}
 			hosts := fmt.Sprintf("%d hosts (%s); API https://%s; token and CA saved in %s", len(plan.Hosts), plan.Regions, plan.Hosts[0].API(), configPath())
+			// Every agent serves the web console; its sign-in takes the token.
+			fmt.Fprintf(out, "web console: https://%s/ (any host's API address; sign in with the token in %s; the fleet's CA, which your browser is to trust for it, is in %s)\n",
+				plan.Hosts[0].API(), agent.TokenPath(filepath.Join(abs, plan.Hosts[0].Name)), d.CAPath(plan))
 			if len(cs) == 0 {
 				fmt.Fprintf(out, "fleet ready: %s\n", hosts)
 				fmt.Fprintf(out, "next: pgfleet create demo --primary-region %s --ha 3 --replicas ams,syd --wait\n", plan.Hosts[0].Region)

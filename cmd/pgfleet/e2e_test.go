@@ -133,7 +133,7 @@ func TestDevUpNewcomer(t *testing.T) {
 
 	start := time.Now()
 	out := c.ok("dev", "up", "--dir", dir, "--net", netArg)
-	if !strings.Contains(out, "fleet ready: 5 hosts (iad:3,ams,syd)") || !strings.Contains(out, "next: pgfleet create demo") {
+	if !strings.Contains(out, "fleet ready: 5 hosts (iad:3,ams,syd)") || !strings.Contains(out, "next: pgfleet create demo") || !strings.Contains(out, "web console: https://") {
 		t.Fatalf("dev up output:\n%s", out)
 	}
 	fi, err := os.Stat(filepath.Join(c.home, "config.json"))
