@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgfleet/pgfleet/internal/api"
+	"github.com/pgfleet/pgfleet/internal/fleet"
 	"github.com/pgfleet/pgfleet/internal/lab/labtest"
 )
 
@@ -141,9 +142,13 @@ func TestConfigSet(t *testing.T) {
 			}
 			writes++
 			if cv, err := c.Cluster(ctx, "cfg"); err == nil {
+				// Down is postgres not running: a standby taking over in
+				// a switchover is catching up, not down.
 				down := 0
 				for _, m := range cv.Members {
-					if !m.Healthy {
+					switch m.State {
+					case fleet.StateRunning, fleet.StateStreaming, fleet.StateCatchingUp:
+					default:
 						down++
 					}
 				}
