@@ -107,7 +107,7 @@ func PlaceMore(spec ClusterSpec, existing []MemberSpec, region string, role Role
 // standby: with none, its commits would stop being protected.
 func StandbysToRemove(spec ClusterSpec, members []MemberSpec, leader string, syncSet []string, n int) ([]string, error) {
 	if leader == "" {
-		return nil, fmt.Errorf("cluster %s has no primary right now (an election may be running): a removal could take the member that holds the newest writes; retry once `pgfleet status %s` shows a primary", spec.Name, spec.Name)
+		return nil, errNoPrimary(spec.Name)
 	}
 	var cands []MemberSpec
 	for _, m := range members {
@@ -161,7 +161,7 @@ func CanRemove(spec ClusterSpec, members []MemberSpec, leader, id string) error 
 	case m == nil:
 		return fmt.Errorf("cluster %s has no member %s", spec.Name, id)
 	case leader == "":
-		return fmt.Errorf("cluster %s has no primary right now (an election may be running): a removal could take the member that holds the newest writes; retry once `pgfleet status %s` shows a primary", spec.Name, spec.Name)
+		return errNoPrimary(spec.Name)
 	case id == leader:
 		return fmt.Errorf("%s is the primary of %s: switch over to another member first (`pgfleet switchover %s`)", id, spec.Name, spec.Name)
 	case m.Role == RoleReplica:
@@ -170,4 +170,10 @@ func CanRemove(spec ClusterSpec, members []MemberSpec, leader, id string) error 
 		return fmt.Errorf("%s is the last standby of %s, which is in sync mode (%s): turn it off first (`pgfleet set %s --sync off`)", id, spec.Name, spec.SyncMode(), spec.Name)
 	}
 	return nil
+}
+
+// errNoPrimary refuses a removal while a cluster has no primary: the
+// member it would take may be the one that holds the newest writes.
+func errNoPrimary(cluster string) error {
+	return fmt.Errorf("cluster %s has no primary right now (an election may be running): a removal could take the member that holds the newest writes; retry once `pgfleet status %s` shows a primary", cluster, cluster)
 }

@@ -173,16 +173,11 @@ func Pin(ca *x509.Certificate) string {
 
 // ParseCert reads the first certificate of a PEM bundle.
 func ParseCert(b []byte) (*x509.Certificate, error) {
-	for {
-		var blk *pem.Block
-		blk, b = pem.Decode(b)
-		if blk == nil {
-			return nil, errors.New("no PEM certificate found")
-		}
-		if blk.Type == "CERTIFICATE" {
-			return x509.ParseCertificate(blk.Bytes)
-		}
+	certs, err := ParseCerts(b)
+	if err != nil {
+		return nil, err
 	}
+	return certs[0], nil
 }
 
 // Pool returns a pool of every certificate of a PEM bundle: the fleet's CA,
