@@ -530,7 +530,7 @@ func newSwitchoverCmd(cf *clientFlags) *cobra.Command {
 			fmt.Fprintf(out, "switching over %s from %s to %s\n", args[0], v.From, v.To)
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
-			if err := waitPrimary(ctx, c, args[0], func(cv api.ClusterView) bool { return cv.Primary == v.To }); err != nil {
+			if err := c.WaitPrimary(ctx, args[0], func(cv api.ClusterView) bool { return cv.Primary == v.To }); err != nil {
 				return err
 			}
 			fmt.Fprintf(out, "%s is the primary of %s (%s)\n", v.To, args[0], time.Since(start).Round(10*time.Millisecond))
@@ -566,7 +566,7 @@ func newFailoverCmd(cf *clientFlags) *cobra.Command {
 			var now string
 			// A new term, not a new member: the election may keep the
 			// primary where it was, and the CLI must see that too.
-			if err := waitPrimary(ctx, c, args[0], func(cv api.ClusterView) bool {
+			if err := c.WaitPrimary(ctx, args[0], func(cv api.ClusterView) bool {
 				now = cv.Primary
 				return cv.Primary != "" && cv.PrimaryTerm != before.PrimaryTerm
 			}); err != nil {
@@ -583,27 +583,6 @@ func newFailoverCmd(cf *clientFlags) *cobra.Command {
 	}
 	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for the new primary")
 	return cmd
-}
-
-// waitPrimary waits until the cluster satisfies ok and its primary runs.
-func waitPrimary(ctx context.Context, c *api.Client, name string, ok func(api.ClusterView) bool) error {
-	last := "no answer"
-	for {
-		v, err := c.Cluster(ctx, name)
-		if err == nil {
-			last = "primary " + v.Primary
-			for _, m := range v.Members {
-				if m.ID == v.Primary && ok(v) && m.State == fleet.StateRunning {
-					return nil
-				}
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("cluster %s: no new primary in time (last seen: %s); see `pgfleet events %s`", name, last, name)
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
 }
 
 func newVersionCmd() *cobra.Command {

@@ -73,7 +73,7 @@ switchover. --reset returns a setting to pgfleet's default.`,
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Minute)
 			defer cancel()
-			return rollingRestart(ctx, c, args[0], cmd.OutOrStdout())
+			return c.RollingRestart(ctx, args[0], cmd.OutOrStdout())
 		},
 	}
 	set.Flags().StringSliceVar(&reset, "reset", nil, "return a setting to pgfleet's default; repeat for more")

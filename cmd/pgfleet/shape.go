@@ -1,11 +1,9 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -50,7 +48,7 @@ func newReplicaCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			v, err := untilOutOfSync(cmd, func() (api.ShapeView, error) { return c.RemoveMember(cmd.Context(), args[0], args[1]) })
+			v, err := api.UntilOutOfSync(func() (api.ShapeView, error) { return c.RemoveMember(cmd.Context(), args[0], args[1]) }, waitingOutOfSync(cmd))
 			if err != nil {
 				return err
 			}
@@ -81,7 +79,7 @@ mode), and their data is deleted and their slots dropped.`,
 			if err != nil {
 				return err
 			}
-			v, err := untilOutOfSync(cmd, func() (api.ShapeView, error) { return c.SetHA(cmd.Context(), args[0], size) })
+			v, err := api.UntilOutOfSync(func() (api.ShapeView, error) { return c.SetHA(cmd.Context(), args[0], size) }, waitingOutOfSync(cmd))
 			if err != nil {
 				return err
 			}
@@ -93,21 +91,10 @@ mode), and their data is deleted and their slots dropped.`,
 	return cmd
 }
 
-// untilOutOfSync asks again, for up to a minute, while the members to
-// remove are still leaving the primary's sync set.
-func untilOutOfSync(cmd *cobra.Command, call func() (api.ShapeView, error)) (api.ShapeView, error) {
-	deadline := time.Now().Add(time.Minute)
-	said := false
-	for {
-		v, err := call()
-		var ae *api.APIError
-		if err == nil || !errors.As(err, &ae) || !strings.Contains(ae.Message, api.LeavingSyncSet) || time.Now().After(deadline) {
-			return v, err
-		}
-		if !said {
-			fmt.Fprintln(cmd.ErrOrStderr(), "waiting for the primary to take the members out of its sync set...")
-			said = true
-		}
+// waitingOutOfSync says, once, that a removal waits for the primary.
+func waitingOutOfSync(cmd *cobra.Command) func() {
+	return func() {
+		fmt.Fprintln(cmd.ErrOrStderr(), "waiting for the primary to take the members out of its sync set...")
 	}
 }
 
