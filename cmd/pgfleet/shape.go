@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -102,17 +101,9 @@ func printShape(w io.Writer, cf *clientFlags, v api.ShapeView) error {
 	if cf.json {
 		return printJSON(w, v)
 	}
-	name := v.Cluster.Name
-	for _, m := range v.Added {
-		fmt.Fprintf(w, "%s added: %s on %s (%s); it clones from the primary, then streams\n", m.ID, m.Role, m.Host, m.Region)
+	fmt.Fprintln(w, v.Summary())
+	if len(v.Added) > 0 || len(v.Removed) > 0 {
+		fmt.Fprintf(w, "follow it with `pgfleet status %s`\n", v.Cluster.Name)
 	}
-	if len(v.Removed) > 0 {
-		fmt.Fprintf(w, "removed: %s; their hosts delete their data, and the primary drops their slots\n", strings.Join(v.Removed, ", "))
-	}
-	if len(v.Added) == 0 && len(v.Removed) == 0 {
-		fmt.Fprintf(w, "cluster %s already has that shape\n", name)
-		return nil
-	}
-	fmt.Fprintf(w, "follow it with `pgfleet status %s`\n", name)
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/pgfleet/pgfleet/internal/fleet"
@@ -310,4 +311,20 @@ func (c *Client) SetHA(ctx context.Context, name string, size int) (ShapeView, e
 	var v ShapeView
 	err := c.do(ctx, http.MethodPut, "/v1/clusters/"+url.PathEscape(name)+"/ha", HARequest{Size: size}, &v)
 	return v, err
+}
+
+// Summary says what a change of shape did, as the CLI and the console
+// show it.
+func (v ShapeView) Summary() string {
+	var lines []string
+	for _, m := range v.Added {
+		lines = append(lines, fmt.Sprintf("%s added: %s on %s (%s); it clones from the primary, then streams", m.ID, m.Role, m.Host, m.Region))
+	}
+	if len(v.Removed) > 0 {
+		lines = append(lines, fmt.Sprintf("removed: %s; their hosts delete their data, and the primary drops their slots", strings.Join(v.Removed, ", ")))
+	}
+	if len(lines) == 0 {
+		return fmt.Sprintf("cluster %s already has that shape", v.Cluster.Name)
+	}
+	return strings.Join(lines, "\n")
 }
