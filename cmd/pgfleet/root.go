@@ -48,6 +48,7 @@ func newRootCmd() *cobra.Command {
 		newConnectCmd(cf),
 		newDestroyCmd(cf),
 		newEventsCmd(cf),
+		newLogsCmd(cf),
 		newSwitchoverCmd(cf),
 		newFailoverCmd(cf),
 		newSetCmd(cf),

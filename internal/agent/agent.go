@@ -26,6 +26,7 @@ import (
 
 	"github.com/pgfleet/pgfleet/internal/api"
 	"github.com/pgfleet/pgfleet/internal/fleet"
+	"github.com/pgfleet/pgfleet/internal/memberlog"
 	"github.com/pgfleet/pgfleet/internal/pki"
 	"github.com/pgfleet/pgfleet/internal/postgres"
 	"github.com/pgfleet/pgfleet/internal/proxy"
@@ -412,6 +413,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	apiSrv.SetStoreVoters(a.storeVoters())
 	apiSrv.SetExcluded(a.excluded)
 	a.api = apiSrv
+	apiSrv.SetMemberLogs(func(member string) string {
+		return memberlog.Dir(filepath.Join(a.cfg.DataDir, "members", member))
+	})
 	apiSrv.SetConsole(a.console(st, apiSrv))
 	mux.Handle("/", apiSrv.Handler())
 	srv := &http.Server{
@@ -427,6 +431,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		TLSConfig:         id.ServerTLS(tls.VerifyClientCertIfGiven),
 		ErrorLog:          slog.NewLogLogger(a.log.With("component", "api").Handler(), slog.LevelDebug),
 	}
+	srv.RegisterOnShutdown(apiSrv.Stopping) // ends the streams that would hold Shutdown up
 	srvDone := make(chan struct{})
 	go func() {
 		defer close(srvDone)
@@ -850,7 +855,17 @@ func (a *Agent) startSupervisor(ctx context.Context, p placed) error {
 	if err := os.WriteFile(filepath.Join(dir, markFile), b, 0o600); err != nil {
 		return fmt.Errorf("mark member dir: %w", err)
 	}
-	log := a.log.With("cluster", m.Cluster, "member", m.ID)
+	// The member's log keeps postgres's output and the supervisor's lines
+	// on this host, for `pgfleet logs`; without it (a full disk) the
+	// member runs all the same, logging to the agent's log only.
+	log := a.log
+	mlog, err := memberlog.Open(memberlog.Dir(dir), 0)
+	if err != nil {
+		a.log.Warn("member log not kept: `pgfleet logs` shows none of its lines until the agent restarts", "member", m.ID, "err", err)
+	} else {
+		log = slog.New(memberlog.Tee(a.log.Handler(), mlog))
+	}
+	log = log.With("cluster", m.Cluster, "member", m.ID)
 	s := &supervisor{
 		spec: m, host: a.host, store: a.store, lease: a.currentLease, dir: dir, log: log, secrets: sec,
 		cluster: p.cluster, role: m.Role, state: fleet.StatePending, publishNow: make(chan struct{}, 1),
@@ -859,6 +874,9 @@ func (a *Agent) startSupervisor(ctx context.Context, p placed) error {
 	s.inst = postgres.New(postgres.Config{Bin: a.bin, DataDir: s.pgdata(), User: a.osUser, Logger: log, Exe: a.exe})
 	s.serverTLS = a.postgresTLS
 	if err := s.installTLS(); err != nil {
+		if mlog != nil {
+			mlog.Close()
+		}
 		return err
 	}
 	sctx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
@@ -866,7 +884,13 @@ func (a *Agent) startSupervisor(ctx context.Context, p placed) error {
 	a.supsMu.Lock()
 	a.sups[m.ID] = r
 	a.supsMu.Unlock()
-	go func() { defer close(r.done); s.run(sctx) }()
+	go func() {
+		defer close(r.done)
+		if mlog != nil {
+			defer mlog.Close()
+		}
+		s.run(sctx)
+	}()
 	return nil
 }
 

@@ -45,6 +45,8 @@ type Server struct {
 
 	console http.Handler // the web console, served at every path the API leaves
 
+	logs logState // members' logs (logs.go)
+
 	voters   func(context.Context) ([]string, error) // the store's voters; nil on an existing etcd
 	excluded func(rotation, host string) bool        // hosts CA rotations left behind; nil: the record's list only
 }
@@ -119,6 +121,7 @@ func (s *Server) Handler() http.Handler {
 	s.caRoutes(mux)
 	s.accessRoutes(mux)
 	s.consoleRoutes(mux)
+	s.logRoutes(mux)
 	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
