@@ -60,6 +60,9 @@ type Console struct {
 
 	knownMu sync.Mutex
 	known   map[string]hostRow // every host this agent saw live, for showing it down once gone
+
+	restartsMu sync.Mutex
+	restarts   map[string]*restartRun // the rolling restarts this console ran, by cluster
 }
 
 // New returns a console; it starts its watch on the first request.
@@ -69,7 +72,7 @@ func New(cfg Config) (*Console, error) {
 	}
 	c := &Console{
 		cfg: cfg, call: caller{api: cfg.API}, hub: newHub(cfg.Etcd, cfg.Prefix, cfg.Log),
-		log: cfg.Log, known: map[string]hostRow{},
+		log: cfg.Log, known: map[string]hostRow{}, restarts: map[string]*restartRun{},
 	}
 	var err error
 	if c.pages, err = parsePages(); err != nil {
@@ -230,7 +233,7 @@ type errorPage struct {
 // a failure that never reached it.
 func apiMessage(err error) string {
 	var ae *apiError
-	if errors.As(err, &ae) {
+	if asAPIError(err, &ae) {
 		return ae.Message
 	}
 	return err.Error()
@@ -239,7 +242,21 @@ func apiMessage(err error) string {
 // isStatus reports whether err is the API answering code.
 func isStatus(err error, code int) bool {
 	var ae *apiError
-	return errors.As(err, &ae) && ae.Status == code
+	return asAPIError(err, &ae) && ae.Status == code
+}
+
+// asAPIError reports whether err is an answer of the API, from an
+// in-process call or from the API's client (api.NewInProcessClient).
+func asAPIError(err error, target **apiError) bool {
+	if errors.As(err, target) {
+		return true
+	}
+	var ce *api.APIError
+	if errors.As(err, &ce) {
+		*target = &apiError{Status: ce.Status, Message: ce.Message}
+		return true
+	}
+	return false
 }
 
 // noteHosts remembers the live hosts, so that a host that stops answering

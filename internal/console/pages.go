@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"html/template"
 	"io/fs"
@@ -23,6 +22,7 @@ import (
 	"github.com/pgfleet/pgfleet/internal/api"
 	"github.com/pgfleet/pgfleet/internal/backup"
 	"github.com/pgfleet/pgfleet/internal/fleet"
+	"github.com/pgfleet/pgfleet/internal/postgres"
 )
 
 // pageData is what the layout and every page template get.
@@ -63,8 +63,11 @@ var funcs = template.FuncMap{
 		}
 		return out
 	},
-	"dec":    func(n int) int { return n - 1 },
-	"mkList": func(s ...string) []string { return s },
+	"dec": func(n int) int { return n - 1 },
+	// hourBefore is the restore form's example: a moment an hour before
+	// the page was made, in the form the field takes.
+	"hourBefore": func(t time.Time) string { return t.Add(-time.Hour).UTC().Format(time.RFC3339) },
+	"mkList":     func(s ...string) []string { return s },
 }
 
 // parsePages parses each page with the layout it is shown in.
@@ -532,6 +535,23 @@ type clusterData struct {
 	NewUser  *api.PasswordView
 	NewURL   string // the app URL with the new user's name and password
 	UserForm string
+
+	// Read from the primary when the page is (manage.go).
+	Databases []postgres.Database
+	DBErr     string
+	Config    api.ConfigView
+	ConfigErr string
+	Apps      []string // the users that are apps, for detaching
+	// ReplicaRegions are the fleet's regions where the cluster has no
+	// member yet; Removable the members but the primary.
+	ReplicaRegions []string
+	Removable      []api.MemberView
+	Restart        *restartRun // the last rolling restart this console ran
+	// What was typed in a refused form, and an app just attached: its
+	// URLs shown this once, like a new user's password.
+	Remove, DBForm, AppForm string
+	ConfigForm              configForm
+	Attached                *api.AttachView
 }
 
 // userRow is a role of a cluster as GET /v1/clusters/{name}/users lists it.
@@ -559,7 +579,7 @@ func (c *Console) buildCluster(ctx context.Context, rq *req, name string) (any, 
 	if err != nil {
 		return nil, err
 	}
-	d := &clusterData{V: v, Health: judge(v), Ready: ready(v), Errors: map[string]string{}}
+	d := &clusterData{V: v, Health: judge(v), Ready: ready(v), Errors: map[string]string{}, Restart: c.restartState(name)}
 	if d.Events, err = c.events(ctx, rq, name); err != nil {
 		d.EvErr = apiMessage(err)
 	}
@@ -599,6 +619,7 @@ func (c *Console) showCluster(w http.ResponseWriter, r *http.Request, rq *req, c
 	if prev != nil {
 		d.Errors, d.Restore, d.Typed = prev.Errors, prev.Restore, prev.Typed
 		d.NewUser, d.UserForm = prev.NewUser, prev.UserForm
+		d.Remove, d.DBForm, d.AppForm, d.ConfigForm, d.Attached = prev.Remove, prev.DBForm, prev.AppForm, prev.ConfigForm, prev.Attached
 	}
 	if !rq.sess.readOnly() {
 		// Users live in postgres, not in the store: read when the page
@@ -617,6 +638,7 @@ func (c *Console) showCluster(w http.ResponseWriter, r *http.Request, rq *req, c
 		if d.NewUser != nil && len(d.URLs) > 0 && d.URLs[0].URL != "" {
 			d.NewURL = withUser(d.URLs[0].URL, d.NewUser.User, d.NewUser.Password)
 		}
+		c.readManaged(r.Context(), rq, d)
 	}
 	c.render(w, r, code, "cluster", rq, d)
 }
@@ -756,7 +778,9 @@ func (c *Console) act(w http.ResponseWriter, r *http.Request, rq *req) {
 		http.Redirect(w, r, "/clusters", http.StatusSeeOther)
 		return
 	default:
-		c.render(w, r, http.StatusNotFound, "error", rq, errorPage{Title: "Not found", Message: "There is no action " + action + "."})
+		if !c.manage(w, r, rq, action, fail) {
+			c.render(w, r, http.StatusNotFound, "error", rq, errorPage{Title: "Not found", Message: "There is no action " + action + "."})
+		}
 		return
 	}
 	http.Redirect(w, r, back, http.StatusSeeOther)
@@ -801,5 +825,3 @@ func verifySummary(rep backup.VerifyReport) string {
 	probs = append(probs, rep.Problems...)
 	return "Verification found problems: " + strings.Join(probs, "; ") + ". `pgfleet backup verify " + rep.Cluster + "` shows the details."
 }
-
-func asAPIError(err error, target **apiError) bool { return errors.As(err, target) }

@@ -156,6 +156,16 @@
     sel.addEventListener("change", update);
   }
 
+  // A secret shown once (a new password, an app's URLs) leaves the page
+  // when dismissed: the link goes to the page without it, and the node is
+  // removed at once, so no copy stays in this document.
+  document.addEventListener("click", function (e) {
+    var a = e.target.closest ? e.target.closest("a[data-dismiss]") : null;
+    if (!a) return;
+    var box = document.getElementById(a.getAttribute("data-dismiss"));
+    if (box) box.parentNode.removeChild(box);
+  });
+
   // A submitted form says so, and is not sent twice.
   document.addEventListener("submit", function (e) {
     var b = e.target.querySelector("button[type=submit]");
