@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -58,8 +59,9 @@ func newCreateCmd(cf *clientFlags) *cobra.Command {
 	var replicas string
 	var wait bool
 	var timeout, leaseTTL, backupEvery time.Duration
+	var diskGuard string
 	cmd := &cobra.Command{
-		Use:   "create NAME --primary-region REGION [--ha N] [--replicas R1,R2] [--lease-ttl 3s] [--max-replica-lag BYTES] [--wait]",
+		Use:   "create NAME --primary-region REGION [--ha N] [--replicas R1,R2] [--lease-ttl 3s] [--max-replica-lag BYTES] [--disk-guard 10] [--wait]",
 		Short: "Create a cluster: a primary and standbys in one region, read replicas in others",
 		Args:  exactArgs("a cluster NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -73,6 +75,13 @@ func newCreateCmd(cf *clientFlags) *cobra.Command {
 				return usageError{fmt.Errorf("--backup-every %s: give whole seconds, a minute or more (e.g. 6h)", backupEvery)}
 			}
 			req.BackupEvery = int64(backupEvery / time.Second)
+			if cmd.Flags().Changed("disk-guard") {
+				g, err := fleet.ParseDiskGuard(diskGuard)
+				if err != nil {
+					return usageError{fmt.Errorf("--disk-guard: %w", err)}
+				}
+				req.DiskGuard = g
+			}
 			if req.MaxReplicaLag < 0 {
 				return usageError{fmt.Errorf("--max-replica-lag %d: give how many bytes of replay lag a member may have and still get reads, 0 or more (0 means %d)", req.MaxReplicaLag, fleet.DefaultMaxReplicaLag)}
 			}
@@ -81,7 +90,7 @@ func newCreateCmd(cf *clientFlags) *cobra.Command {
 					req.Replicas = append(req.Replicas, r)
 				}
 			}
-			spec := fleet.ClusterSpec{Name: req.Name, PrimaryRegion: req.PrimaryRegion, HA: ha, Replicas: req.Replicas, LeaseTTL: req.LeaseTTL, MaxLagOnFailover: req.MaxLagOnFailover, Sync: req.Sync, MaxReplicaLag: req.MaxReplicaLag}
+			spec := fleet.ClusterSpec{Name: req.Name, PrimaryRegion: req.PrimaryRegion, HA: ha, Replicas: req.Replicas, LeaseTTL: req.LeaseTTL, MaxLagOnFailover: req.MaxLagOnFailover, Sync: req.Sync, MaxReplicaLag: req.MaxReplicaLag, DiskGuard: req.DiskGuard}
 			if req.PrimaryRegion == "" {
 				return usageError{fmt.Errorf("--primary-region is required: the region where the primary and its standbys run")}
 			}
@@ -117,6 +126,7 @@ func newCreateCmd(cf *clientFlags) *cobra.Command {
 	f.StringVar(&req.BackupStore, "backup-store", "", "object store for continuous backups: file:///PATH or s3://BUCKET/PREFIX?endpoint=HOST:PORT; none to turn backups off (default: the fleet's, set by the agents' --backup-store)")
 	f.BoolVar(&req.BackupEncrypt, "backup-encrypt", false, "encrypt every backup object (AES-256-GCM) with a key generated for the cluster")
 	f.DurationVar(&backupEvery, "backup-every", 0, "base backup interval (default 24h)")
+	f.StringVar(&diskGuard, "disk-guard", strconv.Itoa(fleet.DefaultDiskGuard), "stop taking writes while a member's data disk has less than this percentage free (1 to 50), before postgres stops on a full disk; off to turn the guard off")
 	return cmd
 }
 
@@ -259,10 +269,17 @@ func newStatusCmd(cf *clientFlags) *cobra.Command {
 			if primary == "" {
 				primary = "(none)"
 			}
-			fmt.Fprintf(out, "cluster %s  primary %s  region %s  port %d (proxy: primary %d, replicas %d within %s lag)  sync %s\n\n",
-				v.Name, primary, v.PrimaryRegion, v.Port, v.PrimaryProxyPort, v.ReplicaProxyPort, fleet.FormatBytes(v.MaxReplicaLag), v.Sync)
+			guard := "off"
+			if v.DiskGuard > 0 {
+				guard = fmt.Sprintf("%d%% free", v.DiskGuard)
+			}
+			fmt.Fprintf(out, "cluster %s  primary %s  region %s  port %d (proxy: primary %d, replicas %d within %s lag)  sync %s  disk guard %s\n\n",
+				v.Name, primary, v.PrimaryRegion, v.Port, v.PrimaryProxyPort, v.ReplicaProxyPort, fleet.FormatBytes(v.MaxReplicaLag), v.Sync, guard)
+			if v.ReadOnly != "" {
+				fmt.Fprintf(out, "READ-ONLY: %s\n\n", v.ReadOnly)
+			}
 			t := table(out)
-			fmt.Fprintln(t, "MEMBER\tHOST\tREGION\tROLE\tSTATE\tADDRESS\tTL\tLAG\tNOTE")
+			fmt.Fprintln(t, "MEMBER\tHOST\tREGION\tROLE\tSTATE\tADDRESS\tTL\tLAG\tDISK FREE\tNOTE")
 			for _, m := range v.Members {
 				lag := "-"
 				if m.LagBytes >= 0 && m.Role != fleet.RolePrimary {
@@ -272,7 +289,11 @@ func newStatusCmd(cf *clientFlags) *cobra.Command {
 				if m.Timeline > 0 {
 					tl = fmt.Sprint(m.Timeline)
 				}
-				fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, m.Host, m.Region, m.Role, m.State, m.Addr, tl, lag, strings.TrimSpace(m.Progress+" "+m.Message))
+				disk := "-"
+				if m.DiskSize > 0 {
+					disk = fmt.Sprintf("%s (%d%%)", fleet.FormatBytes(m.DiskFree), 100*m.DiskFree/m.DiskSize)
+				}
+				fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, m.Host, m.Region, m.Role, m.State, m.Addr, tl, lag, disk, strings.TrimSpace(m.Progress+" "+m.Message))
 			}
 			return t.Flush()
 		},
@@ -481,31 +502,47 @@ func newEventsCmd(cf *clientFlags) *cobra.Command {
 }
 
 func newSetCmd(cf *clientFlags) *cobra.Command {
-	var sync string
+	var sync, diskGuard string
 	cmd := &cobra.Command{
-		Use:   "set NAME --sync off|on|strict",
-		Short: "Change a live cluster's replication mode",
+		Use:   "set NAME [--sync off|on|strict] [--disk-guard PERCENT|off]",
+		Short: "Change a live cluster's replication mode or disk guard",
 		Args:  exactArgs("a cluster NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if !cmd.Flags().Changed("sync") {
-				return usageError{fmt.Errorf("nothing to change: give --sync off, on or strict")}
+			var req api.UpdateRequest
+			if cmd.Flags().Changed("sync") {
+				if err := fleet.ValidateSync(sync); err != nil {
+					return usageError{err}
+				}
+				req.Sync = &sync
 			}
-			if err := fleet.ValidateSync(sync); err != nil {
-				return usageError{err}
+			if cmd.Flags().Changed("disk-guard") {
+				g, err := fleet.ParseDiskGuard(diskGuard)
+				if err != nil {
+					return usageError{fmt.Errorf("--disk-guard: %w", err)}
+				}
+				req.DiskGuard = &g
+			}
+			if req.Sync == nil && req.DiskGuard == nil {
+				return usageError{fmt.Errorf("nothing to change: give --sync off, on or strict, or --disk-guard PERCENT or off")}
 			}
 			c, err := cf.client()
 			if err != nil {
 				return err
 			}
-			v, err := c.Update(cmd.Context(), args[0], api.UpdateRequest{Sync: &sync})
+			v, err := c.Update(cmd.Context(), args[0], req)
 			if err != nil {
 				return clusterGone(cmd.Context(), c, args[0], err)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "cluster %s: sync mode %s\n", v.Name, v.Sync)
+			guard := "disk guard off"
+			if v.DiskGuard > 0 {
+				guard = fmt.Sprintf("writes stop below %d%% free disk", v.DiskGuard)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "cluster %s: sync mode %s, %s\n", v.Name, v.Sync, guard)
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&sync, "sync", "", "replication mode: off, on or strict")
+	cmd.Flags().StringVar(&diskGuard, "disk-guard", "", "stop taking writes while a member's data disk has less than this percentage free (1 to 50); off to turn the guard off")
 	return cmd
 }
 

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,7 +14,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"golang.org/x/sys/unix"
 
 	"github.com/pgfleet/pgfleet/internal/backup"
 	"github.com/pgfleet/pgfleet/internal/fleet"
@@ -381,23 +379,21 @@ func (s *supervisor) collect(ctx context.Context, e *exposition) {
 	}
 }
 
-// diskMetrics reports the filesystem of the member's data directory: its
-// used and free space, as statfs tells, which costs nothing, unlike walking
-// the directory.
+// diskMetrics reports the filesystem of the member's data directory.
 func (s *supervisor) diskMetrics(e *exposition, base labels) {
-	dir := s.pgdata()
-	if _, err := os.Stat(dir); err != nil {
-		dir = s.dir
-	}
-	var fs unix.Statfs_t
-	if err := unix.Statfs(dir, &fs); err != nil {
-		s.log.Debug("metrics: statfs", "dir", dir, "err", err)
+	d, err := s.diskSpace()
+	if err != nil {
+		s.log.Debug("metrics: disk space", "err", err)
 		return
 	}
-	bs := float64(fs.Bsize)
-	e.gauge("pgfleet_member_disk_used_bytes", "Used space of the filesystem that holds the member's data directory.", float64(fs.Blocks-fs.Bfree)*bs, base)
-	e.gauge("pgfleet_member_disk_free_bytes", "Space of the data directory's filesystem that postgres can still use.", float64(fs.Bavail)*bs, base)
-	e.gauge("pgfleet_member_disk_size_bytes", "Size of the filesystem that holds the member's data directory.", float64(fs.Blocks)*bs, base)
+	e.gauge("pgfleet_member_disk_used_bytes", "Used space of the filesystem that holds the member's data directory.", float64(d.used), base)
+	e.gauge("pgfleet_member_disk_free_bytes", "Space of the data directory's filesystem that postgres can still use.", float64(d.free), base)
+	e.gauge("pgfleet_member_disk_size_bytes", "Size of the filesystem that holds the member's data directory.", float64(d.size), base)
+	ro := 0.0
+	if s.guarded() {
+		ro = 1
+	}
+	e.gauge("pgfleet_member_read_only", "1 while the disk guard keeps this primary from taking writes.", ro, base)
 }
 
 // backupMetrics reports, from the primary, the cluster's base backups: how

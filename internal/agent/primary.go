@@ -134,6 +134,12 @@ func (s *supervisor) servePrimary(ctx context.Context, kind, msg string) error {
 	}
 	s.set(fleet.StateRunning, fleet.RolePrimary, "")
 	s.event(ctx, kind, msg)
+	defer func() {
+		// The next term decides afresh, from its first tick.
+		s.mu.Lock()
+		s.readOnly = ""
+		s.mu.Unlock()
+	}()
 
 	tick := time.NewTicker(primaryTick)
 	defer tick.Stop()
@@ -193,6 +199,7 @@ func (s *supervisor) servePrimary(ctx context.Context, kind, msg string) error {
 			}
 		}
 		s.applyParams(ctx, c.Spec.Params)
+		s.guardDisk(ctx, c)
 		s.serveBackupRequest(ctx, c)
 		if time.Since(lastBackupCheck) > backupCheckEvery && s.checkingBackup.CompareAndSwap(false, true) {
 			lastBackupCheck = time.Now()

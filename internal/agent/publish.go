@@ -33,7 +33,15 @@ func (s *supervisor) publish(ctx context.Context) {
 		ID: s.spec.ID, Host: s.host.Name, Region: s.spec.Region, Role: s.role, State: s.state,
 		Addr: s.addr(), Message: s.message, Progress: s.progress, Restarted: s.restartedID(), Updated: time.Now().UTC(),
 	}
+	if st.Role == fleet.RolePrimary {
+		st.ReadOnly = s.readOnly
+	}
 	s.mu.Unlock()
+	// Measured whatever postgres is doing: a member that cannot start
+	// because its disk is full is the one the disk guard must see.
+	if d, err := s.diskSpace(); err == nil {
+		st.DiskFree, st.DiskSize = d.free, d.size
+	}
 	if st.Role == "" {
 		st.Role = s.spec.Role
 	}

@@ -90,6 +90,9 @@ type supervisor struct {
 	role     fleet.Role
 	message  string
 	progress string
+	// readOnly is, while this member is a primary the disk guard made
+	// read-only, why (disk.go); empty otherwise.
+	readOnly string
 
 	// Two connections: a status query must not wait behind (or hang with)
 	// the control loop's work, and pgx connections are not safe for
@@ -150,10 +153,15 @@ func (s *supervisor) set(state fleet.State, role fleet.Role, msg string) {
 		// A new role or state is published at once: the routing proxies
 		// wait for a promoted member to say it runs before sending it
 		// writes.
-		select {
-		case s.publishNow <- struct{}{}:
-		default:
-		}
+		s.publishSoon()
+	}
+}
+
+// publishSoon wakes the status publisher.
+func (s *supervisor) publishSoon() {
+	select {
+	case s.publishNow <- struct{}{}:
+	default:
 	}
 }
 
@@ -392,6 +400,7 @@ func (s *supervisor) settings(follow *postgres.ConnInfo, standby bool) postgres.
 		Follow: follow, Standby: standby, StayOnTimeline: standby && follow == nil && s.stayOnTimeline,
 		SlotName: postgres.SlotName(s.spec.ID), Params: s.cluster.Params,
 		SyncStandbys: s.syncApplied, Archive: s.archiveSettings(),
+		ReadOnly: !standby && follow == nil && s.guarded(),
 	}
 }
 

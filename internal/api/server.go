@@ -373,7 +373,7 @@ func (s *Server) createCluster(w http.ResponseWriter, r *http.Request) {
 		Name: req.Name, PrimaryRegion: req.PrimaryRegion, HA: 1,
 		Replicas: req.Replicas, Params: req.Params, Created: time.Now().UTC(),
 		LeaseTTL: req.LeaseTTL, MaxLagOnFailover: req.MaxLagOnFailover, Sync: req.Sync,
-		MaxReplicaLag: req.MaxReplicaLag,
+		MaxReplicaLag: req.MaxReplicaLag, DiskGuard: req.DiskGuard,
 	}
 	if req.HA != nil {
 		spec.HA = *req.HA
@@ -747,8 +747,12 @@ func (s *Server) updateCluster(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	if req.Sync == nil && req.BackupEvery == nil {
-		writeError(w, http.StatusBadRequest, "nothing to change: give sync (off, on or strict) or backup_every_s")
+	if req.Sync == nil && req.BackupEvery == nil && req.DiskGuard == nil {
+		writeError(w, http.StatusBadRequest, "nothing to change: give sync (off, on or strict), backup_every_s or disk_guard_pct")
+		return
+	}
+	if g := req.DiskGuard; g != nil && (*g == 0 || fleet.ValidateDiskGuard(*g) != nil) {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("disk guard %d %%: give a percentage of free space from 1 to %d, or -1 to turn the guard off", *g, fleet.MaxDiskGuard))
 		return
 	}
 	if req.Sync != nil {
@@ -776,6 +780,10 @@ func (s *Server) updateCluster(w http.ResponseWriter, r *http.Request) {
 			b.EverySeconds = *req.BackupEvery
 			spec.Backup = &b
 			msgs = append(msgs, "base backups every "+b.Every().String())
+		}
+		if req.DiskGuard != nil {
+			spec.DiskGuard = *req.DiskGuard
+			msgs = append(msgs, "disk guard set to "+fleet.FormatDiskGuard(*spec))
 		}
 		return nil
 	})

@@ -39,6 +39,10 @@ type CreateRequest struct {
 	BackupEvery int64 `json:"backup_every_s,omitempty"`
 	// Restore makes the cluster from another cluster's backups.
 	Restore *RestoreRequest `json:"restore,omitempty"`
+	// DiskGuard is the free space, in percent of a member's data
+	// filesystem, below which the cluster stops taking writes: 1 to 50,
+	// 0 for the default (10), -1 to turn the guard off.
+	DiskGuard int `json:"disk_guard_pct,omitempty"`
 }
 
 // RestoreRequest says which backups a new cluster is made from: those of
@@ -74,6 +78,9 @@ type UpdateRequest struct {
 	Sync *string `json:"sync,omitempty"`
 	// BackupEvery is the base backup interval in seconds, at least 60.
 	BackupEvery *int64 `json:"backup_every_s,omitempty"`
+	// DiskGuard is the disk guard's threshold in percent of free space;
+	// -1 turns it off (see CreateRequest.DiskGuard).
+	DiskGuard *int `json:"disk_guard_pct,omitempty"`
 }
 
 // SwitchoverRequest is the body of POST /v1/clusters/{name}/switchover.
@@ -106,9 +113,15 @@ type ClusterView struct {
 	Primary          string   `json:"primary"`                 // member id holding the leader key, "" if none
 	// PrimaryTerm changes with every new hold of the leader key, also when
 	// the same member takes it again.
-	PrimaryTerm int64        `json:"primary_term,omitempty"`
-	Created     time.Time    `json:"created"`
-	Members     []MemberView `json:"members"`
+	PrimaryTerm int64 `json:"primary_term,omitempty"`
+	// DiskGuard is the free space, in percent, below which the cluster
+	// stops taking writes; 0 when the guard is off.
+	DiskGuard int `json:"disk_guard_pct"`
+	// ReadOnly is why the cluster takes no writes now (the disk guard),
+	// as its primary published it; empty while it takes them.
+	ReadOnly string       `json:"read_only,omitempty"`
+	Created  time.Time    `json:"created"`
+	Members  []MemberView `json:"members"`
 }
 
 // MemberView is one member as the API shows it: its placement merged with
@@ -129,7 +142,11 @@ type MemberView struct {
 	Progress   string      `json:"progress,omitempty"`
 	Message    string      `json:"message,omitempty"`
 	Restarted  string      `json:"restarted,omitempty"` // the last restart order carried out
-	Updated    *time.Time  `json:"updated,omitempty"`
+	// DiskFree and DiskSize are the member's data filesystem's bytes
+	// postgres can still use and its size; 0 when not measured.
+	DiskFree int64      `json:"disk_free_bytes,omitempty"`
+	DiskSize int64      `json:"disk_size_bytes,omitempty"`
+	Updated  *time.Time `json:"updated,omitempty"`
 }
 
 // HostView is one live host with the members placed on it.
@@ -188,7 +205,7 @@ func viewCluster(c store.ClusterState, hosts map[string]fleet.Host) ClusterView 
 		Name: c.Spec.Name, PrimaryRegion: c.Spec.PrimaryRegion, HA: c.Spec.HA,
 		Replicas: c.Spec.Replicas, Port: c.Spec.Port, Primary: c.Leader, PrimaryTerm: c.LeaderTerm, Created: c.Spec.Created,
 		PrimaryProxyPort: c.Spec.PrimaryProxyPort(), ReplicaProxyPort: c.Spec.ReplicaProxyPort(), MaxReplicaLag: c.Spec.ReplicaLagLimit(),
-		LeaseTTL: int(c.Spec.TTL() / time.Second), Sync: c.Spec.SyncMode(),
+		LeaseTTL: int(c.Spec.TTL() / time.Second), Sync: c.Spec.SyncMode(), DiskGuard: c.Spec.DiskGuardPercent(),
 	}
 	if c.Sync != nil && c.Spec.SyncMode() != fleet.SyncOff {
 		v.SyncStandbys = c.Sync.Members
@@ -207,6 +224,10 @@ func viewCluster(c store.ClusterState, hosts map[string]fleet.Host) ClusterView 
 			mv.Timeline, mv.LagBytes, mv.Healthy = st.Timeline, st.LagBytes, st.Healthy
 			mv.WriteLSN, mv.ReceiveLSN, mv.ReplayLSN = st.WriteLSN, st.ReceiveLSN, st.ReplayLSN
 			mv.Progress, mv.Message, mv.Restarted = st.Progress, st.Message, st.Restarted
+			mv.DiskFree, mv.DiskSize = st.DiskFree, st.DiskSize
+			if m.ID == c.Leader && st.Role == fleet.RolePrimary {
+				v.ReadOnly = st.ReadOnly
+			}
 			u := st.Updated
 			mv.Updated = &u
 		}

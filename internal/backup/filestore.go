@@ -104,12 +104,21 @@ func (s *FileStore) put(ctx context.Context, key string, r io.Reader, size int64
 	if err := s.mkdirAll(dir); err != nil {
 		return err
 	}
+	if size >= 0 {
+		if err := checkRoom(dir, size); err != nil {
+			return err
+		}
+	}
 	f, err := os.CreateTemp(dir, tmpPrefix+filepath.Base(final)+"-*")
 	if err != nil {
 		return err
 	}
 	tmp := f.Name()
-	n, err := io.Copy(f, ctxReader{ctx, r})
+	var w io.Writer = f
+	if size < 0 {
+		w = &roomWriter{w: f, dir: dir}
+	}
+	n, err := io.Copy(w, ctxReader{ctx, r})
 	if err == nil && size >= 0 && n != size {
 		err = fmt.Errorf("read %d bytes, expected %d", n, size)
 	}

@@ -76,6 +76,10 @@ type ClusterSpec struct {
 	// Restore, on a cluster made by `pgfleet restore`, says where its data
 	// comes from; its first primary restores instead of running initdb.
 	Restore *RestoreSpec `json:"restore,omitempty"`
+	// DiskGuard is the free space, in percent of a member's data
+	// filesystem, below which the cluster stops taking writes; 0 means
+	// DefaultDiskGuard and DiskGuardOff turns the guard off.
+	DiskGuard int `json:"disk_guard_pct,omitempty"`
 }
 
 // BackupSpec is a cluster's backup policy.
@@ -340,8 +344,16 @@ type MemberStatus struct {
 	Message    string `json:"message,omitempty"`
 	// Restarted is the last restart order (ValidRestartID) this member
 	// carried out: postgres stopped and started again as a standby.
-	Restarted string    `json:"restarted,omitempty"`
-	Updated   time.Time `json:"updated"`
+	Restarted string `json:"restarted,omitempty"`
+	// DiskFree and DiskSize are the bytes postgres can still use, and the
+	// size, of the filesystem that holds the member's data directory; 0
+	// when not measured.
+	DiskFree int64 `json:"disk_free_bytes,omitempty"`
+	DiskSize int64 `json:"disk_size_bytes,omitempty"`
+	// ReadOnly, on a primary, is why it takes no writes (the disk guard);
+	// empty while it takes them.
+	ReadOnly string    `json:"read_only,omitempty"`
+	Updated  time.Time `json:"updated"`
 }
 
 // Event is something that happened to a cluster, for `pgfleet events`.

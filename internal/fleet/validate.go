@@ -376,6 +376,9 @@ func (s ClusterSpec) Validate() error {
 	if s.MaxReplicaLag < 0 {
 		return fmt.Errorf("max replica lag is %d bytes: it must not be negative", s.MaxReplicaLag)
 	}
+	if err := ValidateDiskGuard(s.DiskGuard); err != nil {
+		return err
+	}
 	if err := ValidateParameters(s.Params); err != nil {
 		return err
 	}
@@ -509,6 +512,8 @@ func (st MemberStatus) Validate(cluster string) error {
 		return fmt.Errorf("member %s: WAL positions %q, %q, %q are not all positions such as 0/3000060", st.ID, st.WriteLSN, st.ReceiveLSN, st.ReplayLSN)
 	case st.Restarted != "" && !ValidRestartID(st.Restarted):
 		return fmt.Errorf("member %s: restart %q is not a restart order's id", st.ID, st.Restarted)
+	case st.DiskFree < 0 || st.DiskSize < 0 || st.DiskFree > st.DiskSize:
+		return fmt.Errorf("member %s: disk free %d of %d bytes is not a measurement", st.ID, st.DiskFree, st.DiskSize)
 	}
 	return nil
 }

@@ -35,6 +35,12 @@ type Settings struct {
 	// archive_command, archive_timeout, restore_command). They are written
 	// after Params, which cannot override them.
 	Archive map[string]string
+	// ReadOnly makes every new transaction read-only
+	// (default_transaction_read_only, written after Params, which cannot
+	// undo it): the disk guard's way to stop a primary's writes without
+	// stopping its reads. Sessions pick it up on reload, from their next
+	// transaction.
+	ReadOnly bool
 	// Recovery, when set, makes the data directory recover from the archive
 	// up to a target (restore_command, recovery_target_*): recovery.signal
 	// is created and these settings written last.
@@ -311,6 +317,9 @@ func renderFleetConf(s Settings, passfile, cert, key string) ([]byte, error) {
 	set("ssl_key_file", key)
 	for _, p := range params {
 		set(p[0], p[1])
+	}
+	if s.ReadOnly {
+		set("default_transaction_read_only", "on")
 	}
 	if f := s.Follow; f != nil {
 		ci := []string{

@@ -338,6 +338,16 @@ func TestConfigure(t *testing.T) {
 		t.Errorf("postgresql.conf has %d include lines, want 1", n)
 	}
 
+	// The disk guard's read-only mode wins over the cluster's own value.
+	guarded := Settings{Name: "demo-2", ListenAddr: "127.0.0.1", Port: 6002, ReadOnly: true, Params: map[string]string{"default_transaction_read_only": "off"}}
+	if err := inst.Configure(guarded); err != nil {
+		t.Fatalf("Configure(read-only): %v", err)
+	}
+	conf = readFile(t, filepath.Join(data, "pgfleet.conf"))
+	if on, off := strings.LastIndex(conf, "default_transaction_read_only = 'on'"), strings.Index(conf, "default_transaction_read_only = 'off'"); on < 0 || on < off {
+		t.Errorf("read-only pgfleet.conf does not end with default_transaction_read_only on:\n%s", conf)
+	}
+
 	// A member waiting for an election whose data a newer timeline forked
 	// away from recovers along its own timeline.
 	if err := inst.Configure(Settings{Name: "demo-2", ListenAddr: "127.0.0.1", Port: 6002, Standby: true, StayOnTimeline: true}); err != nil {
