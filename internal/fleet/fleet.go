@@ -76,6 +76,9 @@ type ClusterSpec struct {
 	// Restore, on a cluster made by `pgfleet restore`, says where its data
 	// comes from; its first primary restores instead of running initdb.
 	Restore *RestoreSpec `json:"restore,omitempty"`
+	// Move is a change of the primary region under way (`pgfleet move`);
+	// nil when none is.
+	Move *Move `json:"move,omitempty"`
 	// DiskGuard is the free space, in percent of a member's data
 	// filesystem, below which the cluster stops taking writes; 0 means
 	// DefaultDiskGuard and DiskGuardOff turns the guard off.

@@ -392,6 +392,11 @@ func (s ClusterSpec) Validate() error {
 			return fmt.Errorf("restore: %w", err)
 		}
 	}
+	if s.Move != nil {
+		if err := s.Move.Validate(s.Name); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

@@ -22,9 +22,11 @@ const (
 )
 
 // Eligible reports whether m may ever be promoted: standbys in the primary
-// region. Read replicas in other regions are never promoted.
+// region, and while the cluster moves to another region (fleet.Move), in
+// both regions, so that at every step of a move the member with the newest
+// commits can be promoted wherever it is. Read replicas are never promoted.
 func Eligible(m fleet.MemberSpec, spec fleet.ClusterSpec) bool {
-	return m.Role != fleet.RoleReplica && m.Region == spec.PrimaryRegion
+	return m.Role != fleet.RoleReplica && (m.Region == spec.PrimaryRegion || spec.Moving(m.Region))
 }
 
 // SyncEligible reports whether the primary's commits may wait for m: an
