@@ -12,6 +12,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -130,37 +132,65 @@ func ParseSince(v string, now time.Time) (time.Time, error) {
 	return time.Time{}, fmt.Errorf("since %q is neither a duration nor a time: give how long ago, such as 10m or 2h30m, or a time such as 2026-01-02T15:04:05Z", v)
 }
 
+// logQuery is what GET /v1/clusters/{name}/logs asks for.
+type logQuery struct {
+	member string
+	since  time.Time
+	follow bool
+}
+
+// parseLogQuery reads the parameters of GET /v1/clusters/{name}/logs,
+// refusing unknown, repeated and malformed ones. A since given as a
+// duration is taken back from now.
+func parseLogQuery(rawQuery, cluster string, now time.Time) (logQuery, error) {
+	var lq logQuery
+	q, err := url.ParseQuery(rawQuery)
+	if err != nil {
+		return lq, fmt.Errorf("query %q is not valid: %v", rawQuery, err)
+	}
+	keys := make([]string, 0, len(q))
+	for k := range q {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		vs := q[k]
+		if len(vs) != 1 {
+			return lq, fmt.Errorf("parameter %s is given %d times: give it once", k, len(vs))
+		}
+		v := vs[0]
+		switch k {
+		case "member":
+			if err := fleet.ValidateMemberID(cluster, v); err != nil {
+				return lq, err
+			}
+			lq.member = v
+		case "since":
+			if lq.since, err = ParseSince(v, now); err != nil {
+				return lq, err
+			}
+		case "follow":
+			if lq.follow, err = strconv.ParseBool(v); err != nil {
+				return lq, fmt.Errorf("follow=%q is not valid: give true or false", v)
+			}
+		default:
+			return lq, fmt.Errorf("unknown parameter %q: give member, since or follow", k)
+		}
+	}
+	return lq, nil
+}
+
 func (s *Server) memberLogs(w http.ResponseWriter, r *http.Request) {
 	name, ok := clusterName(w, r)
 	if !ok {
 		return
 	}
-	q := r.URL.Query()
-	var since time.Time
-	if v := q.Get("since"); v != "" {
-		t, err := ParseSince(v, time.Now())
-		if err != nil {
-			writeError(w, http.StatusBadRequest, err.Error())
-			return
-		}
-		since = t
-	}
-	follow := false
-	switch v := q.Get("follow"); v {
-	case "", "0", "false":
-	case "1", "true":
-		follow = true
-	default:
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("follow %q: give true or false", v))
+	lq, err := parseLogQuery(r.URL.RawQuery, name, time.Now())
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	member := q.Get("member")
-	if member != "" {
-		if err := fleet.ValidateMemberID(name, member); err != nil {
-			writeError(w, http.StatusBadRequest, err.Error())
-			return
-		}
-	}
+	member, since, follow := lq.member, lq.since, lq.follow
 	hm, _, err := s.hostMap(r.Context())
 	if err != nil {
 		s.storeError(w, err)
