@@ -56,12 +56,23 @@ a postgres log can hold the text of statements and their data.`,
 				enc := json.NewEncoder(out)
 				print = func(_ io.Writer, l api.LogLine) error { return enc.Encode(l) }
 			}
-			err = c.Logs(cmd.Context(), name, o, func(l api.LogLine) error { return print(out, l) })
+			lines := 0
+			err = c.Logs(cmd.Context(), name, o, func(l api.LogLine) error { lines++; return print(out, l) })
 			if o.Follow && errors.Is(err, cmd.Context().Err()) && cmd.Context().Err() != nil {
 				return nil // interrupted, as --follow is meant to end
 			}
 			if err != nil {
 				return clusterGone(cmd.Context(), c, name, err)
+			}
+			if lines == 0 && !cf.json {
+				whose, since := "the primary", ""
+				if o.Member != "" {
+					whose = o.Member
+				}
+				if o.Since != "" {
+					since = " since " + o.Since
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "no lines in the log of %s%s\n", whose, since)
 			}
 			return nil
 		},

@@ -144,6 +144,9 @@ func TestLogs(t *testing.T) {
 	if strings.Contains(out, first) || strings.Contains(out, "postgres ready") {
 		t.Errorf("logs --since %s shows lines from before it:\n%s", cut.Format(time.RFC3339Nano), out)
 	}
+	if out, err = logs("lg", "--since", "2099-01-01T00:00:00Z"); err != nil || strings.TrimSpace(out) != "no lines in the log of the primary since 2099-01-01T00:00:00Z" {
+		t.Errorf("logs --since a time to come: %v, %q; want it to say there are no lines", err, out)
+	}
 	if out, err = logs("lg", "--since", "1h"); err != nil || !strings.Contains(out, first) || !strings.Contains(out, second) {
 		t.Errorf("logs --since 1h: %v; want both markers in:\n%s", err, lastLines(out, 5))
 	}

@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -144,21 +143,12 @@ type logQuery struct {
 // duration is taken back from now.
 func parseLogQuery(rawQuery, cluster string, now time.Time) (logQuery, error) {
 	var lq logQuery
-	q, err := url.ParseQuery(rawQuery)
+	keys, q, err := singleParams(rawQuery)
 	if err != nil {
-		return lq, fmt.Errorf("query %q is not valid: %v", rawQuery, err)
+		return lq, err
 	}
-	keys := make([]string, 0, len(q))
-	for k := range q {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
 	for _, k := range keys {
-		vs := q[k]
-		if len(vs) != 1 {
-			return lq, fmt.Errorf("parameter %s is given %d times: give it once", k, len(vs))
-		}
-		v := vs[0]
+		v := q[k]
 		switch k {
 		case "member":
 			if err := fleet.ValidateMemberID(cluster, v); err != nil {
@@ -384,12 +374,8 @@ func (s *Server) forwardLog(w http.ResponseWriter, r *http.Request, m fleet.Memb
 		return
 	}
 	sw := startStream(w, follow)
-	idle := time.Duration(0)
-	if follow {
-		idle = logIdleLimit
-	}
 	ended := false // the other agent ended the stream with its reason
-	err = readLogStream(resp.Body, idle, func(l LogLine) error {
+	err = readLogStream(resp.Body, logIdleLimit, func(l LogLine) error {
 		ended = ended || l.Error != ""
 		return sw.write(l)
 	})
@@ -515,12 +501,8 @@ func (c *Client) Logs(ctx context.Context, name string, o LogOptions, fn func(Lo
 			}
 			return &APIError{Status: resp.StatusCode, Message: ev.Error}
 		}
-		idle := time.Duration(0)
-		if o.Follow {
-			idle = logIdleLimit
-		}
 		var stop error // the stream's reason to end, or fn's failure
-		err = readLogStream(resp.Body, idle, func(l LogLine) error {
+		err = readLogStream(resp.Body, logIdleLimit, func(l LogLine) error {
 			switch {
 			case l.Error != "":
 				stop = errors.New(l.Error)

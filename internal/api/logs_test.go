@@ -1,8 +1,10 @@
 package api
 
 import (
+	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -51,8 +53,8 @@ func TestLogMember(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		leader, member, want string
-		code              int
-		msg               string
+		code                 int
+		msg                  string
 	}{
 		{leader: "demo-2", want: "demo-2"},
 		{leader: "demo-2", member: "demo-1", want: "demo-1"},
@@ -105,5 +107,45 @@ func TestReadLogStreamIdle(t *testing.T) {
 	})
 	if err != nil || got[len(got)-1] != "host gone" {
 		t.Errorf("readLogStream of an ended stream = %v, last %q; want nil after the error line", err, got[len(got)-1])
+	}
+}
+
+// TestFollowOutlivesServerTimeouts: a followed log is a request without
+// end, on a server whose timeouts end every other request; over HTTP/2, as
+// the CLI speaks to agents, and HTTP/1.1.
+func TestFollowOutlivesServerTimeouts(t *testing.T) {
+	for _, h2 := range []bool{true, false} {
+		t.Run(fmt.Sprintf("http2=%v", h2), func(t *testing.T) {
+			const n = 8
+			srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				sw := startStream(w, true)
+				tick := time.NewTicker(100 * time.Millisecond)
+				defer tick.Stop()
+				for i := range n {
+					<-tick.C
+					if err := sw.write(LogLine{Time: time.Now(), Text: fmt.Sprint(i)}); err != nil {
+						return
+					}
+				}
+			}))
+			srv.EnableHTTP2 = h2
+			srv.Config.ReadTimeout = 250 * time.Millisecond
+			srv.Config.WriteTimeout = 250 * time.Millisecond
+			srv.StartTLS()
+			defer srv.Close()
+			resp, err := srv.Client().Get(srv.URL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if got := resp.ProtoMajor == 2; got != h2 {
+				t.Fatalf("answered over %s", resp.Proto)
+			}
+			var got []string
+			err = readLogStream(resp.Body, 5*time.Second, func(l LogLine) error { got = append(got, l.Text); return nil })
+			if err != nil || len(got) != n {
+				t.Errorf("followed %d lines over %s in %s with timeouts of 250ms: %v, %v; want %d", len(got), resp.Proto, 800*time.Millisecond, got, err, n)
+			}
+		})
 	}
 }

@@ -81,21 +81,12 @@ func (o URLOptions) conflict(dash string) error {
 // refusing unknown, repeated and malformed ones.
 func parseURLQuery(rawQuery string) (URLOptions, error) {
 	var o URLOptions
-	q, err := url.ParseQuery(rawQuery)
+	keys, q, err := singleParams(rawQuery)
 	if err != nil {
-		return o, fmt.Errorf("query %q is not valid: %v", rawQuery, err)
+		return o, err
 	}
-	keys := make([]string, 0, len(q))
-	for k := range q {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
 	for _, k := range keys {
-		vs := q[k]
-		if len(vs) != 1 {
-			return o, fmt.Errorf("parameter %s is given %d times: give it once", k, len(vs))
-		}
-		v := vs[0]
+		v := q[k]
 		switch k {
 		case "member":
 			if v == "" {
@@ -122,6 +113,29 @@ func parseURLQuery(rawQuery string) (URLOptions, error) {
 		}
 	}
 	return o, o.conflict("")
+}
+
+// singleParams parses a query whose parameters may each be given once,
+// refusing a repeated one: its keys, sorted so that the same query always
+// gets the same first complaint, and their values.
+func singleParams(rawQuery string) ([]string, map[string]string, error) {
+	q, err := url.ParseQuery(rawQuery)
+	if err != nil {
+		return nil, nil, fmt.Errorf("query %q is not valid: %v", rawQuery, err)
+	}
+	keys := make([]string, 0, len(q))
+	for k := range q {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	vals := make(map[string]string, len(q))
+	for _, k := range keys {
+		if vs := q[k]; len(vs) != 1 {
+			return nil, nil, fmt.Errorf("parameter %s is given %d times: give it once", k, len(vs))
+		}
+		vals[k] = q[k][0]
+	}
+	return keys, vals, nil
 }
 
 // urlTarget is where a cluster URL points, before credentials are added.
