@@ -16,7 +16,7 @@ import (
 func newLogsCmd(cf *clientFlags) *cobra.Command {
 	var o api.LogOptions
 	cmd := &cobra.Command{
-		Use:   "logs NAME [--member M] [--since 10m] [--follow]",
+		Use:   "logs NAME",
 		Short: "Show a member's postgres log and the agent's lines about it",
 		Long: `Show the log of one member of cluster NAME: what its postgres wrote and
 what the agent of its host logged about it, oldest first, one line each:

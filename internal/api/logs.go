@@ -295,16 +295,21 @@ func (s *Server) serveLog(w http.ResponseWriter, r *http.Request, m fleet.Member
 		}
 	}()
 	sw := startStream(w, follow)
+	var writeErr error // the reader went away: nothing more to say to it
+	write := func(l LogLine) error {
+		writeErr = sw.write(l)
+		return writeErr
+	}
 	err := memberlog.Read(ctx, s.logs.dir(m.ID), memberlog.ReadOptions{
 		Since: since, Follow: follow, IdleEvery: logHeartbeat,
-		Idle: func() error { return sw.write(LogLine{}) },
+		Idle: func() error { return write(LogLine{}) },
 	}, func(l memberlog.Line) error {
-		return sw.write(LogLine{Time: l.Time, Member: m.ID, Source: l.Source, Level: l.Level, Text: l.Text})
+		return write(LogLine{Time: l.Time, Member: m.ID, Source: l.Source, Level: l.Level, Text: l.Text})
 	})
 	if errors.Is(context.Cause(ctx), errStopping) {
 		err = errStopping
 	}
-	if err != nil && r.Context().Err() == nil {
+	if err != nil && writeErr == nil && r.Context().Err() == nil {
 		if !errors.Is(err, errStopping) {
 			s.log.Warn("serve member log", "cluster", m.Cluster, "member", m.ID, "err", err)
 		}
@@ -470,10 +475,14 @@ func (c *Client) Logs(ctx context.Context, name string, o LogOptions, fn func(Lo
 		path += "?" + q.Encode()
 	}
 	var errs []string
-	for _, ep := range c.Endpoints {
+	var lastErr error
+	for i, ep := range c.Endpoints {
 		base := ep
 		if !strings.Contains(base, "://") {
 			base = "https://" + base
+		}
+		if !strings.HasPrefix(base, "https://") {
+			return fmt.Errorf("API address %s: agents serve the API over HTTPS only; give HOST:PORT or https://HOST:PORT", ep)
 		}
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
 		if err != nil {
@@ -499,7 +508,15 @@ func (c *Client) Logs(ctx context.Context, name string, o LogOptions, fn func(Lo
 			if json.Unmarshal(b, &ev) != nil || ev.Error == "" {
 				ev.Error = fmt.Sprintf("GET %s: %s", path, resp.Status)
 			}
-			return &APIError{Status: resp.StatusCode, Message: ev.Error}
+			apiErr := &APIError{Status: resp.StatusCode, Message: ev.Error}
+			// An agent cut off from the store's quorum answers 503;
+			// another may be on the majority side.
+			if resp.StatusCode == http.StatusServiceUnavailable && i < len(c.Endpoints)-1 {
+				errs = append(errs, fmt.Sprintf("%s: %s", ep, ev.Error))
+				lastErr = apiErr
+				continue
+			}
+			return apiErr
 		}
 		var stop error // the stream's reason to end, or fn's failure
 		err = readLogStream(resp.Body, logIdleLimit, func(l LogLine) error {
@@ -523,6 +540,9 @@ func (c *Client) Logs(ctx context.Context, name string, o LogOptions, fn func(Lo
 			return fmt.Errorf("the agent at %s ended the log stream: follow again", ep)
 		}
 		return nil
+	}
+	if lastErr != nil {
+		return lastErr
 	}
 	return fmt.Errorf("no agent answered (%s): is the fleet running? (`pgfleet dev up` starts a local one)", groupErrors(errs))
 }
