@@ -18,7 +18,7 @@ import (
 // its candidacy, wait the election window, and try to take the key if it is
 // the most advanced candidate. It reports whether this member won.
 func (s *supervisor) campaign(ctx context.Context, c store.ClusterState, since *time.Time) (bool, error) {
-	if !ha.Eligible(s.spec, c.Spec) || time.Now().Before(s.abstainUntil) {
+	if !s.eligible(c) || time.Now().Before(s.abstainUntil) {
 		return false, nil
 	}
 	// The clock watches the candidacies every round, not only at the

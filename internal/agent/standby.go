@@ -9,7 +9,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgfleet/pgfleet/internal/fleet"
-	"github.com/pgfleet/pgfleet/internal/ha"
 	"github.com/pgfleet/pgfleet/internal/postgres"
 	"github.com/pgfleet/pgfleet/internal/store"
 )
@@ -78,7 +77,7 @@ func (s *supervisor) runStandby(ctx context.Context) error {
 		s.restartWant = ""
 		s.event(ctx, "restarted", fmt.Sprintf("%s restarted postgres on order %s", s.spec.ID, id))
 	}
-	if ha.Eligible(s.spec, c.Spec) {
+	if s.eligible(c) {
 		s.prepareSlots(ctx, c)
 	}
 	s.set(fleet.StateCatchingUp, s.standbyRole(), followNote(following))
@@ -111,6 +110,7 @@ func (s *supervisor) runStandby(ctx context.Context) error {
 			tick = switchoverTick
 		}
 		s.cluster = c.Spec
+		s.followRole(ctx, c)
 		s.applyParams(ctx, c.Spec.Params)
 		if id := c.Restarts[s.spec.ID]; id != "" && id != s.restartedID() && c.Leader != s.spec.ID {
 			s.restartWant = id

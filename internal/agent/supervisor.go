@@ -93,6 +93,10 @@ type supervisor struct {
 	// readOnly is, while this member is a primary the disk guard made
 	// read-only, why (disk.go); empty otherwise.
 	readOnly string
+	// wantRole is the role this member's record asks for now, which a move
+	// of the primary region changes while the member runs (followRole);
+	// "" until first read, when spec.Role holds.
+	wantRole fleet.Role
 
 	// Two connections: a status query must not wait behind (or hang with)
 	// the control loop's work, and pgx connections are not safe for
@@ -376,7 +380,10 @@ func (s *supervisor) converge(ctx context.Context) error {
 }
 
 func (s *supervisor) standbyRole() fleet.Role {
-	if s.spec.Role == fleet.RoleReplica {
+	s.mu.Lock()
+	want := s.wantRole
+	s.mu.Unlock()
+	if want == fleet.RoleReplica || (want == "" && s.spec.Role == fleet.RoleReplica) {
 		return fleet.RoleReplica
 	}
 	return fleet.RoleStandby
