@@ -52,7 +52,7 @@ func newRootCmd() *cobra.Command {
 		newSwitchoverCmd(cf),
 		newFailoverCmd(cf),
 		newSetCmd(cf),
-		newReplicaCmd(cf), newHACmd(cf), newImportCmd(cf), newConfigCmd(cf), newRestartCmd(cf),
+		newReplicaCmd(cf), newHACmd(cf), newImportCmd(cf), newConfigCmd(cf), newRestartCmd(cf), newMoveCmd(cf),
 		newBackupCmd(cf),
 		newRestoreCmd(cf),
 		newLoginCmd(cf),

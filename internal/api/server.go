@@ -122,6 +122,7 @@ func (s *Server) Handler() http.Handler {
 	s.accessRoutes(mux)
 	s.consoleRoutes(mux)
 	s.logRoutes(mux)
+	s.moveRoutes(mux)
 	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})

@@ -33,25 +33,19 @@ type ShapeView struct {
 }
 
 // shapeInputs reads what placing new members needs: the cluster, the
-// live hosts and how many members each runs.
+// live hosts and how many members each runs. A cluster that is moving
+// changes shape only by the move's steps.
 func (s *Server) shapeInputs(ctx context.Context, name string) (store.ClusterState, []fleet.Host, map[string]int, error) {
-	c, err := s.store.Cluster(ctx, name)
-	if err != nil {
-		return c, nil, nil, err
+	c, hosts, load, err := s.clusterHosts(ctx, name)
+	if err == nil {
+		err = refuseDuringMove(c)
 	}
-	_, hosts, err := s.hostMap(ctx)
-	if err != nil {
-		return c, nil, nil, err
-	}
-	cs, err := s.store.Clusters(ctx)
-	if err != nil && !store.OnlyInvalid(err) {
-		return c, nil, nil, err
-	}
-	return c, hosts, memberLoad(cs), nil
+	return c, hosts, load, err
 }
 
-// addMembers places n new members of role in region and records them.
-func (s *Server) addMembers(ctx context.Context, c store.ClusterState, hosts []fleet.Host, load map[string]int, region string, role fleet.Role, n int, change func(*fleet.ClusterSpec)) ([]fleet.MemberSpec, error) {
+// placeMembers places n new members of role in region, under numbers no
+// member of the cluster had.
+func (s *Server) placeMembers(ctx context.Context, c store.ClusterState, hosts []fleet.Host, load map[string]int, region string, role fleet.Role, n int) ([]fleet.MemberSpec, error) {
 	removed, err := s.store.RemovedMembers(ctx, c)
 	if err != nil {
 		return nil, err
@@ -64,7 +58,12 @@ func (s *Server) addMembers(ctx context.Context, c store.ClusterState, hosts []f
 	if err != nil {
 		return nil, err
 	}
-	added, err := fleet.PlaceMore(c.Spec, c.Members, region, role, n, nums, hosts, load)
+	return fleet.PlaceMore(c.Spec, c.Members, region, role, n, nums, hosts, load)
+}
+
+// addMembers places n new members of role in region and records them.
+func (s *Server) addMembers(ctx context.Context, c store.ClusterState, hosts []fleet.Host, load map[string]int, region string, role fleet.Role, n int, change func(*fleet.ClusterSpec)) ([]fleet.MemberSpec, error) {
+	added, err := s.placeMembers(ctx, c, hosts, load, region, role, n)
 	if err != nil {
 		return nil, err
 	}
@@ -164,6 +163,10 @@ func (s *Server) removeMember(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	name, id := c.Spec.Name, m.ID
+	if err := refuseDuringMove(c); err != nil {
+		s.shapeError(w, err)
+		return
+	}
 	if err := fleet.CanRemove(c.Spec, c.Members, c.Leader, id); err != nil {
 		writeError(w, http.StatusConflict, err.Error())
 		return

@@ -263,7 +263,7 @@ func moveOn(in MoveInput, mv Move) (MoveStep, error) {
 		st, ok := in.Status[m.ID]
 		switch {
 		case !ok:
-			behind = append(behind, m.ID+" unknown")
+			behind = append(behind, m.ID+" pending")
 		case st.State != StateStreaming || !st.Healthy || st.LagBytes < 0:
 			note := string(st.State)
 			if st.Progress != "" {
