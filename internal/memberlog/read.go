@@ -180,6 +180,9 @@ func (t *tail) drain(fn func(Line) error) error {
 				line = append(t.partial, line...)
 				t.partial = nil
 			}
+			if before(line, t.since) {
+				continue
+			}
 			var l Line
 			// A line that does not parse was cut by a crash mid-write:
 			// skipped, as the lines around it are whole.
@@ -197,4 +200,24 @@ func (t *tail) drain(fn func(Line) error) error {
 			return fmt.Errorf("read log: %w", err)
 		}
 	}
+}
+
+// timePrefix is how every line the Writer writes starts: Line's first
+// field.
+var timePrefix = []byte(`{"time":"`)
+
+// before reports whether line was surely written before since, from its
+// time alone: reading a log since a minute ago then decodes only the
+// lines of the last minute.
+func before(line []byte, since time.Time) bool {
+	if since.IsZero() || !bytes.HasPrefix(line, timePrefix) {
+		return false
+	}
+	rest := line[len(timePrefix):]
+	end := bytes.IndexByte(rest, '"')
+	if end < 0 {
+		return false
+	}
+	ts, err := time.Parse(time.RFC3339Nano, string(rest[:end]))
+	return err == nil && ts.Before(since)
 }
