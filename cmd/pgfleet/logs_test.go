@@ -221,6 +221,15 @@ func TestLogs(t *testing.T) {
 		_, err := logs("lg", "--member", "lg-1")
 		return err != nil && strings.Contains(err.Error(), want), fmt.Sprint(err)
 	})
+
+	// Back, the host still has what was logged before postgres and its
+	// agent stopped, and goes on after it.
+	f.Start(memberHost, "")
+	labtest.WaitFor(t, time.Minute, "the log from before the stop, and after", func() (bool, string) {
+		out, err = logs("lg", "--member", "lg-1")
+		return err == nil && strings.Contains(out, first) && strings.Contains(out, "database system is shut down") &&
+			strings.Count(out, "database system is ready to accept connections") == 2, fmt.Sprintf("%v: %s", err, lastLines(out, 3))
+	})
 }
 
 // lastLines is the end of s, for a failure's message.
