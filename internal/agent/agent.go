@@ -406,6 +406,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	rt := &router{a: a, proxy: proxy.New(cfg.Advertise, a.log.With("component", "proxy"))}
 	defer rt.proxy.Close()
+	defer a.newPooler(rt.proxy).Close()
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /metrics", rt.metrics)
 	apiSrv := api.NewServer(st, a.host, a.log.With("component", "api"))

@@ -38,7 +38,8 @@ func routesFor(cs []store.ClusterState, hosts map[string]fleet.Host, self fleet.
 		if c.Spec.Port == 0 {
 			continue
 		}
-		cr := proxy.ClusterRoutes{Cluster: c.Spec.Name, PrimaryPort: c.Spec.PrimaryProxyPort(), ReplicaPort: c.Spec.ReplicaProxyPort()}
+		cr := proxy.ClusterRoutes{Cluster: c.Spec.Name, PrimaryPort: c.Spec.PrimaryProxyPort(), ReplicaPort: c.Spec.ReplicaProxyPort(),
+			PooledPort: c.Spec.PooledProxyPort(), PoolSize: c.Spec.Pool()}
 		var members []fleet.RouteMember
 		for _, m := range c.Members {
 			st, ok := c.Status[m.ID]

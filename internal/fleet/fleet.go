@@ -83,6 +83,9 @@ type ClusterSpec struct {
 	// filesystem, below which the cluster stops taking writes; 0 means
 	// DefaultDiskGuard and DiskGuardOff turns the guard off.
 	DiskGuard int `json:"disk_guard_pct,omitempty"`
+	// PoolSize is how many server connections the pooled port opens per
+	// user and database on each host; 0 means DefaultPoolSize.
+	PoolSize int `json:"pool_size,omitempty"`
 }
 
 // BackupSpec is a cluster's backup policy.
@@ -183,6 +186,30 @@ func (s ClusterSpec) PrimaryProxyPort() int { return s.Port + 1 }
 // ReplicaProxyPort is the port on every agent that routes to the nearest
 // member fit for reads.
 func (s ClusterSpec) ReplicaProxyPort() int { return s.Port + 2 }
+
+// PooledProxyPort is the port on every agent that pools transactions to
+// the cluster's primary. Blocks are PortStride (10) ports wide, so it is
+// free in every block ever handed out; 0 when it would not be a port.
+func (s ClusterSpec) PooledProxyPort() int {
+	if s.Port == 0 || s.Port+3 > 65535 {
+		return 0
+	}
+	return s.Port + 3
+}
+
+// Pool sizes.
+const (
+	DefaultPoolSize = 20
+	MaxPoolSize     = 1000
+)
+
+// Pool is the pooled port's server connections per user and database.
+func (s ClusterSpec) Pool() int {
+	if s.PoolSize == 0 {
+		return DefaultPoolSize
+	}
+	return s.PoolSize
+}
 
 // ReplicaLagLimit is the cluster's read routing lag limit in bytes.
 func (s ClusterSpec) ReplicaLagLimit() int64 {
@@ -453,7 +480,8 @@ func placementError(spec ClusterSpec, region string, n int, have []Host, byRegio
 }
 
 // PortStride is the gap between two clusters' port blocks: Port is Postgres,
-// Port+1 and Port+2 are kept for the routing proxy's primary and replica ports.
+// Port+1 and Port+2 are kept for the routing proxy's primary and replica
+// ports, Port+3 for the pooled port.
 const PortStride = 10
 
 // MaxPort is the last port a cluster's block may use.

@@ -348,6 +348,9 @@ func (s ClusterSpec) Validate() error {
 	if s.HA < 1 || s.HA > MaxHA {
 		return fmt.Errorf("ha is %d: a cluster needs 1 to %d members in its primary region (1 = a primary without standbys)", s.HA, MaxHA)
 	}
+	if s.PoolSize < 0 || s.PoolSize > MaxPoolSize {
+		return fmt.Errorf("pool size is %d: give 1 to %d server connections per user and database (0 for the default, %d)", s.PoolSize, MaxPoolSize, DefaultPoolSize)
+	}
 	if len(s.Replicas) > MaxReplicas {
 		return fmt.Errorf("%d replica regions requested: at most %d are allowed", len(s.Replicas), MaxReplicas)
 	}

@@ -86,6 +86,11 @@ type ClusterRoutes struct {
 	ReplicaPort int
 	Primary     Route
 	Replica     Route
+	// PooledPort, when not 0, is the cluster's transaction pooling port,
+	// which a follower (the pooler) serves on the Primary route with pools
+	// of PoolSize server connections per user and database.
+	PooledPort int
+	PoolSize   int
 }
 
 // Proxy runs the ports of every cluster on one listen address.
@@ -94,9 +99,19 @@ type Proxy struct {
 	log      *slog.Logger
 	maxConns int
 
-	mu    sync.Mutex
-	ports map[int]*port // by port number
-	stats Stats
+	mu       sync.Mutex
+	ports    map[int]*port // by port number
+	stats    Stats
+	follower func([]ClusterRoutes) error
+}
+
+// Follow has f take every set of routes Update takes, after the proxy's
+// own ports have: the pooler serves its ports on the same routes, so both
+// move to a new primary, hold and fail closed together.
+func (p *Proxy) Follow(f func([]ClusterRoutes) error) {
+	p.mu.Lock()
+	p.follower = f
+	p.mu.Unlock()
 }
 
 // Stats are the proxy's counters since it started.
@@ -192,6 +207,9 @@ func (p *Proxy) Update(routes []ClusterRoutes) error {
 			pt.close()
 			delete(p.ports, num)
 		}
+	}
+	if p.follower != nil {
+		errs = append(errs, p.follower(routes))
 	}
 	return errors.Join(errs...)
 }
