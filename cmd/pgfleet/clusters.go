@@ -278,6 +278,10 @@ func newStatusCmd(cf *clientFlags) *cobra.Command {
 			if v.ReadOnly != "" {
 				fmt.Fprintf(out, "READ-ONLY: %s\n\n", v.ReadOnly)
 			}
+			if mv := v.Move; mv != nil {
+				fmt.Fprintf(out, "MOVING from %s to %s since %s: resume with `pgfleet move %s --primary-region %s`, undo with `pgfleet move %s --reverse`\n\n",
+					mv.From, mv.To, mv.Started.Format(time.RFC3339), v.Name, mv.To, v.Name)
+			}
 			t := table(out)
 			fmt.Fprintln(t, "MEMBER\tHOST\tREGION\tROLE\tSTATE\tADDRESS\tTL\tLAG\tDISK FREE\tNOTE")
 			for _, m := range v.Members {
@@ -340,6 +344,7 @@ func (uf *urlFlags) add(cmd *cobra.Command) {
 	f.StringVar(&uf.Region, "region", "", "list the proxies of this region's hosts (default: the cluster's primary region)")
 	f.BoolVar(&uf.Replica, "replica", false, "route to the nearest member fit for reads instead of the primary")
 	f.BoolVar(&uf.Direct, "direct", false, "bypass the proxies: list every member's postgres, the primary first")
+	f.BoolVar(&uf.Pooled, "pooled", false, "the pooled port: each transaction runs on a pooled server connection to the primary")
 }
 
 // options checks the flags before anything is sent, naming them as flags.

@@ -25,6 +25,7 @@ type reconnectingApp struct {
 	mu      sync.Mutex
 	acked   []int
 	failed  []string
+	slowest time.Duration // the longest a transaction took, connection included: the write pause
 	stop    chan struct{}
 	stopped chan struct{}
 }
@@ -40,9 +41,11 @@ func startReconnectingApp(url string) *reconnectingApp {
 			case <-time.After(20 * time.Millisecond):
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			t0 := time.Now()
 			id, err := insertReturning(ctx, a.url)
 			cancel()
 			a.mu.Lock()
+			a.slowest = max(a.slowest, time.Since(t0))
 			if err != nil {
 				a.failed = append(a.failed, err.Error())
 			} else {
@@ -135,21 +138,44 @@ func TestMove(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// iad to ams, keeping iad's members as read replicas.
+	// A move interrupted while its standbys clone, then reversed: the
+	// members it placed in ams are removed, and iad is as it was.
+	out, _, err := inFleet(t, f, "move", "mv", "--primary-region", "ams", "--timeout", "2s")
+	if err == nil || !strings.Contains(err.Error(), "run the same command again to resume") {
+		t.Fatalf("move cut short by --timeout 2s: %v\n%s; want it to say how to resume", err, out)
+	}
+	if _, _, err := inFleet(t, f, "replica", "add", "mv", "--region", "ams"); err == nil || !strings.Contains(err.Error(), "a move of mv from iad to ams is under way") {
+		t.Errorf("replica add during a move: %v; want refused", err)
+	}
+	out, stderr, err := inFleet(t, f, "move", "mv", "--reverse")
+	t.Logf("move reversed:\n%s", out)
+	if err != nil {
+		t.Fatalf("move --reverse: %v\n%s", err, stderr)
+	}
+	ready("mv as before the reversed move", func(v api.ClusterView) (bool, string) {
+		return v.PrimaryRegion == "iad" && slices.Equal(memberIDs(v), iad) && healthyMembers(v) == 2 && regionOf(v, v.Primary) == "iad",
+			fmt.Sprintf("primary region %s, primary %s, members %v", v.PrimaryRegion, v.Primary, memberIDs(v))
+	})
+
+	// iad to ams, interrupted and resumed, keeping iad's members as read
+	// replicas.
 	app := startReconnectingApp(pu.URL)
 	start := time.Now()
-	out, stderr, err := inFleet(t, f, "move", "mv", "--primary-region", "ams")
+	if _, _, err := inFleet(t, f, "move", "mv", "--primary-region", "ams", "--timeout", "2s"); err == nil {
+		t.Fatalf("move cut short by --timeout 2s succeeded")
+	}
+	out, stderr, err = inFleet(t, f, "move", "mv", "--primary-region", "ams")
 	took := time.Since(start)
 	acked, failed := app.halt()
-	t.Logf("move to ams in %s:\n%s", took.Round(100*time.Millisecond), out)
+	t.Logf("move to ams, resumed, in %s:\n%s", took.Round(100*time.Millisecond), out)
 	if err != nil {
 		t.Fatalf("move --primary-region ams: %v\n%s", err, stderr)
 	}
-	t.Logf("the app committed %d transactions during the move, %d failed", len(acked), len(failed))
+	t.Logf("the app committed %d transactions during the move, %d failed; the slowest took %s", len(acked), len(failed), app.slowest.Round(time.Millisecond))
 	if len(failed) > 0 {
 		t.Errorf("%d of the app's transactions failed during the move; first: %s", len(failed), failed[0])
 	}
-	for _, step := range []string{"placed in ams", "switch over from", "ams is the primary region", "done"} {
+	for _, step := range []string{"switch over from", "ams is the primary region", "done"} {
 		if !strings.Contains(out, step) {
 			t.Errorf("move printed no step saying %q", step)
 		}
@@ -220,6 +246,7 @@ func TestMove(t *testing.T) {
 	if err != nil {
 		t.Fatalf("move --primary-region iad --drop-old: %v\n%s", err, stderr)
 	}
+	t.Logf("the app committed %d transactions during the move back, %d failed; the slowest took %s", len(acked2), len(failed2), app.slowest.Round(time.Millisecond))
 	if len(failed2) > 0 {
 		t.Errorf("%d of the app's transactions failed during the move back; first: %s", len(failed2), failed2[0])
 	}
@@ -305,4 +332,62 @@ func missingRows(t *testing.T, c *api.Client, member string, acked []int) []int 
 		}
 	}
 	return missing
+}
+
+// TestMoveSync moves a cluster in sync mode from iad to ams under an app
+// reconnecting per transaction: the old region's standbys leave the sync
+// set before they stop being electable, no transaction fails, no
+// acknowledged row is lost, and the sync set ends in ams.
+func TestMoveSync(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts four agents and four postgres instances")
+	}
+	f := labtest.StartFleet(t, "iad:2,ams:2")
+	ctx := context.Background()
+	c := f.Client
+	if _, err := c.Create(ctx, api.CreateRequest{Name: "mv", PrimaryRegion: "iad", HA: ptrInt(2), Sync: fleet.SyncOn, BackupStore: "none"}); err != nil {
+		t.Fatal(err)
+	}
+	var v api.ClusterView
+	labtest.WaitFor(t, 3*time.Minute, "cluster mv ready, in sync", func() (bool, string) {
+		var err error
+		if v, err = c.Cluster(ctx, "mv"); err != nil {
+			return false, err.Error()
+		}
+		return v.Primary != "" && healthyMembers(v) == 2 && len(v.SyncStandbys) == 1, fmt.Sprintf("primary %q, %d healthy, sync set %v", v.Primary, healthyMembers(v), v.SyncStandbys)
+	})
+	pu, err := c.ClusterURL(ctx, "mv", api.URLOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mustConnect(t, pu.URL).Exec(ctx, "CREATE TABLE w (id serial PRIMARY KEY, at timestamptz DEFAULT now())"); err != nil {
+		t.Fatal(err)
+	}
+	app := startReconnectingApp(pu.URL)
+	out, stderr, err := inFleet(t, f, "move", "mv", "--primary-region", "ams")
+	acked, failed := app.halt()
+	t.Logf("move to ams in sync mode:\n%s", out)
+	if err != nil {
+		t.Fatalf("move --primary-region ams: %v\n%s", err, stderr)
+	}
+	t.Logf("the app committed %d transactions during the move, %d failed; the slowest took %s", len(acked), len(failed), app.slowest.Round(time.Millisecond))
+	if len(failed) > 0 {
+		t.Errorf("%d of the app's transactions failed during the move; first: %s", len(failed), failed[0])
+	}
+	if !strings.Contains(out, "leave the sync set") {
+		t.Errorf("the move in sync mode printed no step taking iad's members out of the sync set")
+	}
+	labtest.WaitFor(t, time.Minute, "mv in ams, its sync set there", func() (bool, string) {
+		if v, err = c.Cluster(ctx, "mv"); err != nil {
+			return false, err.Error()
+		}
+		ok := v.PrimaryRegion == "ams" && regionOf(v, v.Primary) == "ams" && len(v.SyncStandbys) == 1 && healthyMembers(v) == 4
+		for _, id := range v.SyncStandbys {
+			ok = ok && regionOf(v, id) == "ams"
+		}
+		return ok, fmt.Sprintf("primary region %s, primary %s, sync set %v, %d healthy", v.PrimaryRegion, v.Primary, v.SyncStandbys, healthyMembers(v))
+	})
+	if missing := missingRows(t, c, v.Primary, acked); len(missing) > 0 {
+		t.Errorf("%d acknowledged rows missing after the move: %v", len(missing), missing[:min(10, len(missing))])
+	}
 }

@@ -119,9 +119,12 @@ type ClusterView struct {
 	DiskGuard int `json:"disk_guard_pct"`
 	// ReadOnly is why the cluster takes no writes now (the disk guard),
 	// as its primary published it; empty while it takes them.
-	ReadOnly string       `json:"read_only,omitempty"`
-	Created  time.Time    `json:"created"`
-	Members  []MemberView `json:"members"`
+	ReadOnly string `json:"read_only,omitempty"`
+	// Move is the change of primary region under way (`pgfleet move`);
+	// nil when none is.
+	Move    *fleet.Move  `json:"move,omitempty"`
+	Created time.Time    `json:"created"`
+	Members []MemberView `json:"members"`
 }
 
 // MemberView is one member as the API shows it: its placement merged with
@@ -205,7 +208,7 @@ func viewCluster(c store.ClusterState, hosts map[string]fleet.Host) ClusterView 
 		Name: c.Spec.Name, PrimaryRegion: c.Spec.PrimaryRegion, HA: c.Spec.HA,
 		Replicas: c.Spec.Replicas, Port: c.Spec.Port, Primary: c.Leader, PrimaryTerm: c.LeaderTerm, Created: c.Spec.Created,
 		PrimaryProxyPort: c.Spec.PrimaryProxyPort(), ReplicaProxyPort: c.Spec.ReplicaProxyPort(), MaxReplicaLag: c.Spec.ReplicaLagLimit(),
-		LeaseTTL: int(c.Spec.TTL() / time.Second), Sync: c.Spec.SyncMode(), DiskGuard: c.Spec.DiskGuardPercent(),
+		LeaseTTL: int(c.Spec.TTL() / time.Second), Sync: c.Spec.SyncMode(), DiskGuard: c.Spec.DiskGuardPercent(), Move: c.Spec.Move,
 	}
 	if c.Sync != nil && c.Spec.SyncMode() != fleet.SyncOff {
 		v.SyncStandbys = c.Sync.Members
