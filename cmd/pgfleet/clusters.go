@@ -344,7 +344,6 @@ func (uf *urlFlags) add(cmd *cobra.Command) {
 	f.StringVar(&uf.Region, "region", "", "list the proxies of this region's hosts (default: the cluster's primary region)")
 	f.BoolVar(&uf.Replica, "replica", false, "route to the nearest member fit for reads instead of the primary")
 	f.BoolVar(&uf.Direct, "direct", false, "bypass the proxies: list every member's postgres, the primary first")
-	f.BoolVar(&uf.Pooled, "pooled", false, "the pooled port: each transaction runs on a pooled server connection to the primary")
 }
 
 // options checks the flags before anything is sent, naming them as flags.
