@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -156,6 +157,41 @@ func (b *browser) shot(name string) {
 	}
 }
 
+// shots writes screenshots of the element sel at a desktop's width and
+// at a phone's: console-NAME.png and console-NAME-375.png.
+func (b *browser) shots(name, sel string) {
+	b.t.Helper()
+	for _, w := range []struct {
+		suffix        string
+		width, height int64
+	}{{"", 1440, 1000}, {"-375", 375, 812}} {
+		b.run("a width of "+fmt.Sprint(w.width), chromedp.EmulateViewport(w.width, w.height))
+		ctx, cancel := context.WithTimeout(b.ctx, 20*time.Second)
+		png, err := chromedp.Run(ctx, chromedp.Screenshot(chromedp.CSS(sel), chromedp.NodeVisible))
+		cancel()
+		if err != nil {
+			b.t.Errorf("screenshot %s of %s: %v", name, sel, err)
+			continue
+		}
+		if err := os.WriteFile(filepath.Join(b.out, "console-"+name+w.suffix+".png"), png, 0o644); err != nil {
+			b.t.Error(err)
+		}
+	}
+	b.run("a desktop's width", chromedp.EmulateViewport(1440, 1000))
+}
+
+// key focuses sel and presses key on it, as a person without a mouse
+// does.
+func (b *browser) key(sel, key string) {
+	b.t.Helper()
+	b.run("press "+key+" on "+sel, chromedp.Focus(chromedp.CSS(sel), chromedp.NodeVisible), chromedp.KeyEvent(key))
+}
+
+// leader is the member the members table marks as the leader, "" if none.
+func (b *browser) leader() string {
+	return b.eval(`(function(){var t=document.querySelector("#cluster-members tr[data-member] .tag");return t?t.closest("tr").getAttribute("data-member"):""})()`)
+}
+
 func (b *browser) open(url string) {
 	b.t.Helper()
 	b.run("open "+url, chromedp.Navigate(url))
@@ -165,7 +201,21 @@ func (b *browser) open(url string) {
 // page loads.
 func (b *browser) click(sel string) {
 	b.t.Helper()
-	b.run("click "+sel, chromedp.Click(chromedp.CSS(sel), chromedp.NodeVisible))
+	// A live region that the page's stream fills right after the page
+	// loads may replace the node between finding it and clicking it:
+	// find it again then.
+	for i := 0; ; i++ {
+		ctx, cancel := context.WithTimeout(b.ctx, time.Minute)
+		err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(sel), chromedp.NodeVisible))
+		cancel()
+		if err == nil {
+			return
+		}
+		if i == 2 || !strings.Contains(err.Error(), "Could not find node") {
+			b.shot("failed")
+			b.t.Fatalf("click %s: %v", sel, err)
+		}
+	}
 }
 
 func (b *browser) typeInto(sel, text string) {
@@ -302,7 +352,25 @@ func TestConsole(t *testing.T) {
 		t.Fatalf("current_user through the new user's URL: %q, %v", who, err)
 	}
 	uconn.Close(ctx)
+	// The password on its own, with the app URL's host: it logs in
+	// through the proxy.
+	pw := b.text("#new-user-password")
+	pu, err := url.Parse(shown)
+	if err != nil || pw == "" {
+		t.Fatalf("the URL %q or the password %q the page shows", shown, pw)
+	}
+	pu.User = url.UserPassword("reporting", pw)
+	if uconn, err = pgx.Connect(ctx, pgURL(pu.String())); err != nil {
+		t.Fatalf("connect as reporting with the password the console shows: %v", err)
+	}
+	uconn.Close(ctx)
 	b.waitText("tr[data-user=reporting]", "reporting", 5*time.Second)
+	b.shots("users", "#users")
+	b.click("#new-user-done")
+	b.waitPath("/clusters/shop", 10*time.Second)
+	if strings.Contains(b.eval("document.documentElement.outerHTML"), pw) {
+		t.Errorf("the password is still in the page after it was dismissed")
+	}
 
 	// Switchover by clicking: the page shows the new primary.
 	before := b.text("#primary")
@@ -335,6 +403,19 @@ func TestConsole(t *testing.T) {
 	at, err := time.Parse(time.RFC3339, b.text("#time"))
 	if err != nil {
 		t.Fatalf("the restore time field: %v", err)
+	}
+	if d := time.Since(at); d < 0 || d > time.Minute {
+		t.Errorf("the restore time field holds %s, not the page's load time", at)
+	}
+	// Its help gives an example an hour before the page, not a fixed date.
+	help := b.text("#time-help")
+	i := strings.Index(help, "was ")
+	if i < 0 {
+		t.Fatalf("the restore time's help: %q", help)
+	}
+	ex, err := time.Parse(time.RFC3339, strings.TrimRight(strings.Fields(help[i+len("was "):])[0], ");"))
+	if err != nil || ex.Sub(at.Add(-time.Hour)).Abs() > time.Minute {
+		t.Errorf("the restore time's help %q: want an example an hour before %s (%v)", help, at, err)
 	}
 	labtest.WaitFor(t, 10*time.Second, "the server's clock to pass "+at.String(), func() (bool, string) {
 		var now time.Time
@@ -392,6 +473,9 @@ func TestConsole(t *testing.T) {
 		}
 	}
 	destroy(base, "shop-pitr")
+	t.Logf("switchover, backup, restore: %s", time.Since(started).Round(time.Second))
+	manageInBrowser(t, b, base, shown, pgURL)
+	t.Logf("failover, members, settings, apps, rolling restart: %s", time.Since(started).Round(time.Second))
 
 	// The host the browser is on is killed: the page says it lost the
 	// host; the console goes on through another host, where the same
@@ -428,4 +512,131 @@ func TestConsole(t *testing.T) {
 	b.shot("fleet")
 	destroy(other, "shop")
 	t.Logf("the whole walk: %s", time.Since(started).Round(time.Second))
+}
+
+// manageInBrowser runs cluster shop's day-two actions by clicking and
+// typing: a failover, a read replica removed and added again, a setting
+// refused and one applied, a database, an app attached and detached, and a
+// rolling restart. Each is checked as a user would: on the page, and
+// through the cluster's URL (shown, with pgURL adding the CA).
+func manageInBrowser(t *testing.T, b *browser, base, shown string, pgURL func(string) string) {
+	ctx := context.Background()
+	b.open(base + "/clusters/shop")
+	b.waitText("#cluster-members", "leader", 10*time.Second)
+
+	// Failover by clicking: a new primary shows in the members table.
+	before := b.leader()
+	b.click("#failover")
+	b.waitText(".flash", "Failover requested", 10*time.Second)
+	labtest.WaitFor(t, time.Minute, "the members table to show a new leader", func() (bool, string) {
+		l := b.leader()
+		return l != "" && l != before && b.text("#primary") == l, l
+	})
+	t.Logf("failover: %s is the primary, was %s", b.leader(), before)
+
+	// The replica in ams, removed by keyboard: the box ticked with the
+	// space bar, the button pressed with Enter.
+	replica := b.eval(`document.querySelector("#cluster-members tr[data-role=replica]").getAttribute("data-member")`)
+	if replica == "" {
+		t.Fatal("no replica in the members table")
+	}
+	b.setValue("#remove-member", replica)
+	b.key("#remove-confirm", " ")
+	b.key("#member-remove", "\r")
+	b.waitText(".flash", "removed: "+replica, time.Minute)
+	labtest.WaitFor(t, 30*time.Second, replica+" to leave the members table", func() (bool, string) {
+		s := b.text("#cluster-members")
+		return !strings.Contains(s, replica), s
+	})
+	// And one added there again, which clones and streams.
+	b.setValue("#replica-region", "ams")
+	b.key("#replica-add", "\r")
+	b.waitText(".flash", "replica on ams-1 (ams)", 20*time.Second)
+	labtest.WaitFor(t, 2*time.Minute, "a new replica streaming in ams", func() (bool, string) {
+		s := b.eval(`(function(){var r=document.querySelector("#cluster-members tr[data-role=replica]");return r?r.innerText:""})()`)
+		return strings.Contains(s, "streaming") && !strings.Contains(s, replica+"\t"), s
+	})
+	b.shots("members", "#shape")
+
+	// A setting: a wrong value is refused with the API's words next to
+	// the field and changes nothing; a right one reaches the primary by a
+	// reload.
+	b.typeInto("#setting", "work_mem")
+	b.typeInto("#setting-value", "lots")
+	b.click("#config-set")
+	b.waitText("#config-error", "nothing changed: work_mem", 20*time.Second)
+	if got := b.text("#setting-value"); got != "lots" {
+		t.Errorf("the value field after a refusal holds %q, want what was typed", got)
+	}
+	b.typeInto("#setting-value", "7MB")
+	b.click("#config-set")
+	b.waitText(".flash", "Saved", 20*time.Second)
+	b.waitText("tr[data-setting=work_mem]", "7MB", 10*time.Second)
+	labtest.WaitFor(t, 30*time.Second, "SHOW work_mem on the primary to say 7MB", func() (bool, string) {
+		conn, err := pgx.Connect(ctx, pgURL(shown))
+		if err != nil {
+			return false, err.Error()
+		}
+		defer conn.Close(ctx)
+		var v string
+		err = conn.QueryRow(ctx, "SHOW work_mem").Scan(&v)
+		return err == nil && v == "7MB", fmt.Sprint(v, err)
+	})
+
+	// A database, and an app: its DATABASE_URL lines shown once, with a
+	// copy button, and working.
+	b.typeInto("#database", "reports")
+	b.click("#db-create")
+	b.waitText(".flash", "Database reports created", 20*time.Second)
+	b.waitText("#databases table", "reports", 5*time.Second)
+	b.typeInto("#app", "billing")
+	b.click("#app-attach")
+	b.waitText("#attached", "App billing attached", 20*time.Second)
+	env := b.eval(`document.getElementById("attached-env").value`)
+	var appURL string
+	for _, line := range strings.Split(env, "\n") {
+		if v, ok := strings.CutPrefix(line, "DATABASE_URL="); ok {
+			appURL = v
+		}
+	}
+	if appURL == "" || !strings.Contains(env, "DATABASE_REPLICA_URL=postgres://") {
+		t.Fatalf("the app's lines: %q", env)
+	}
+	b.click("button[data-copy-from=attached-env]")
+	b.waitText("#attached .copy-status", "Copied", 5*time.Second)
+	aconn, err := pgx.Connect(ctx, pgURL(appURL))
+	if err != nil {
+		t.Fatalf("connect with the app's DATABASE_URL: %v", err)
+	}
+	var db string
+	if err := aconn.QueryRow(ctx, "SELECT current_database()").Scan(&db); err != nil || db != "billing" {
+		t.Errorf("the app's database: %q, %v", db, err)
+	}
+	aconn.Close(ctx)
+	b.shots("apps", "#apps")
+	pw, _ := url.Parse(appURL)
+	secret, _ := pw.User.Password()
+	b.click("#attached-done")
+	b.waitPath("/clusters/shop", 10*time.Second)
+	if strings.Contains(b.eval("document.documentElement.outerHTML"), secret) {
+		t.Errorf("the app's password is still in the page after it was dismissed")
+	}
+	b.setValue("#detach-app", "billing")
+	b.click("#app-detach")
+	b.waitText(".flash", "App billing detached", 20*time.Second)
+	if c, err := pgx.Connect(ctx, pgURL(appURL)); err == nil {
+		c.Close(ctx)
+		t.Errorf("the app still logs in after it was detached")
+	}
+
+	// A rolling restart by clicking: every member restarts in turn, the
+	// primary after a switchover, and the page follows it.
+	b.click("#restart")
+	b.waitText(".flash", "Rolling restart started", 10*time.Second)
+	b.waitText("#restart-progress", "Restarted", 4*time.Minute)
+	progress := b.text("#restart-progress")
+	if !strings.Contains(progress, "switching over from") || strings.Count(progress, "restarted shop-") != 3 {
+		t.Errorf("the rolling restart's progress: %q", progress)
+	}
+	b.shots("settings", "#config")
 }

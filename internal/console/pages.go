@@ -67,6 +67,12 @@ var funcs = template.FuncMap{
 	// hourBefore is the restore form's example: a moment an hour before
 	// the page was made, in the form the field takes.
 	"hourBefore": func(t time.Time) string { return t.Add(-time.Hour).UTC().Format(time.RFC3339) },
+	"maxHA":      func() int { return fleet.MaxHA },
+	// deletable reports whether a database may be deleted by itself: an
+	// app's goes with the app.
+	"deletable": func(dbs []postgres.Database) bool {
+		return slices.ContainsFunc(dbs, func(d postgres.Database) bool { return !d.App })
+	},
 	"mkList":     func(s ...string) []string { return s },
 }
 
