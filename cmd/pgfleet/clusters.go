@@ -90,7 +90,7 @@ func newCreateCmd(cf *clientFlags) *cobra.Command {
 					req.Replicas = append(req.Replicas, r)
 				}
 			}
-			spec := fleet.ClusterSpec{Name: req.Name, PrimaryRegion: req.PrimaryRegion, HA: ha, Replicas: req.Replicas, LeaseTTL: req.LeaseTTL, MaxLagOnFailover: req.MaxLagOnFailover, Sync: req.Sync, MaxReplicaLag: req.MaxReplicaLag, DiskGuard: req.DiskGuard}
+			spec := fleet.ClusterSpec{Name: req.Name, PrimaryRegion: req.PrimaryRegion, HA: ha, Replicas: req.Replicas, LeaseTTL: req.LeaseTTL, MaxLagOnFailover: req.MaxLagOnFailover, Sync: req.Sync, MaxReplicaLag: req.MaxReplicaLag, DiskGuard: req.DiskGuard, PoolSize: req.PoolSize}
 			if req.PrimaryRegion == "" {
 				return usageError{fmt.Errorf("--primary-region is required: the region where the primary and its standbys run")}
 			}
@@ -127,6 +127,7 @@ func newCreateCmd(cf *clientFlags) *cobra.Command {
 	f.BoolVar(&req.BackupEncrypt, "backup-encrypt", false, "encrypt every backup object (AES-256-GCM) with a key generated for the cluster")
 	f.DurationVar(&backupEvery, "backup-every", 0, "base backup interval (default 24h)")
 	f.StringVar(&diskGuard, "disk-guard", strconv.Itoa(fleet.DefaultDiskGuard), "stop taking writes while a member's data disk has less than this percentage free (1 to 50), before postgres stops on a full disk; off to turn the guard off")
+	f.IntVar(&req.PoolSize, "pool-size", fleet.DefaultPoolSize, "server connections the pooled port (pgfleet url --pooled) opens per user and database on each host (1 to 1000)")
 	return cmd
 }
 
@@ -344,6 +345,7 @@ func (uf *urlFlags) add(cmd *cobra.Command) {
 	f.StringVar(&uf.Region, "region", "", "list the proxies of this region's hosts (default: the cluster's primary region)")
 	f.BoolVar(&uf.Replica, "replica", false, "route to the nearest member fit for reads instead of the primary")
 	f.BoolVar(&uf.Direct, "direct", false, "bypass the proxies: list every member's postgres, the primary first")
+	f.BoolVar(&uf.Pooled, "pooled", false, "the pooled port: each transaction runs on a pooled server connection to the primary")
 }
 
 // options checks the flags before anything is sent, naming them as flags.
@@ -507,8 +509,9 @@ func newEventsCmd(cf *clientFlags) *cobra.Command {
 
 func newSetCmd(cf *clientFlags) *cobra.Command {
 	var sync, diskGuard string
+	var poolSize int
 	cmd := &cobra.Command{
-		Use:   "set NAME [--sync off|on|strict] [--disk-guard PERCENT|off]",
+		Use:   "set NAME [--sync off|on|strict] [--disk-guard PERCENT|off] [--pool-size N]",
 		Short: "Change a live cluster's replication mode or disk guard",
 		Args:  exactArgs("a cluster NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -526,8 +529,14 @@ func newSetCmd(cf *clientFlags) *cobra.Command {
 				}
 				req.DiskGuard = &g
 			}
-			if req.Sync == nil && req.DiskGuard == nil {
-				return usageError{fmt.Errorf("nothing to change: give --sync off, on or strict, or --disk-guard PERCENT or off")}
+			if cmd.Flags().Changed("pool-size") {
+				if poolSize < 1 || poolSize > fleet.MaxPoolSize {
+					return usageError{fmt.Errorf("--pool-size %d: give 1 to %d server connections per user and database", poolSize, fleet.MaxPoolSize)}
+				}
+				req.PoolSize = &poolSize
+			}
+			if req.Sync == nil && req.DiskGuard == nil && req.PoolSize == nil {
+				return usageError{fmt.Errorf("nothing to change: give --sync off, on or strict, --disk-guard PERCENT or off, or --pool-size N")}
 			}
 			c, err := cf.client()
 			if err != nil {
@@ -541,12 +550,13 @@ func newSetCmd(cf *clientFlags) *cobra.Command {
 			if v.DiskGuard > 0 {
 				guard = fmt.Sprintf("writes stop below %d%% free disk", v.DiskGuard)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "cluster %s: sync mode %s, %s\n", v.Name, v.Sync, guard)
+			fmt.Fprintf(cmd.OutOrStdout(), "cluster %s: sync mode %s, %s, pool size %d\n", v.Name, v.Sync, guard, v.PoolSize)
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&sync, "sync", "", "replication mode: off, on or strict")
 	cmd.Flags().StringVar(&diskGuard, "disk-guard", "", "stop taking writes while a member's data disk has less than this percentage free (1 to 50); off to turn the guard off")
+	cmd.Flags().IntVar(&poolSize, "pool-size", 0, "server connections the pooled port opens per user and database on each host (1 to 1000)")
 	return cmd
 }
 

@@ -374,7 +374,7 @@ func (s *Server) createCluster(w http.ResponseWriter, r *http.Request) {
 		Name: req.Name, PrimaryRegion: req.PrimaryRegion, HA: 1,
 		Replicas: req.Replicas, Params: req.Params, Created: time.Now().UTC(),
 		LeaseTTL: req.LeaseTTL, MaxLagOnFailover: req.MaxLagOnFailover, Sync: req.Sync,
-		MaxReplicaLag: req.MaxReplicaLag, DiskGuard: req.DiskGuard,
+		MaxReplicaLag: req.MaxReplicaLag, DiskGuard: req.DiskGuard, PoolSize: req.PoolSize,
 	}
 	if req.HA != nil {
 		spec.HA = *req.HA
@@ -748,8 +748,12 @@ func (s *Server) updateCluster(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	if req.Sync == nil && req.BackupEvery == nil && req.DiskGuard == nil {
-		writeError(w, http.StatusBadRequest, "nothing to change: give sync (off, on or strict), backup_every_s or disk_guard_pct")
+	if req.Sync == nil && req.BackupEvery == nil && req.DiskGuard == nil && req.PoolSize == nil {
+		writeError(w, http.StatusBadRequest, "nothing to change: give sync (off, on or strict), backup_every_s, disk_guard_pct or pool_size")
+		return
+	}
+	if n := req.PoolSize; n != nil && (*n < 1 || *n > fleet.MaxPoolSize) {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("pool size %d: give 1 to %d server connections per user and database", *n, fleet.MaxPoolSize))
 		return
 	}
 	if g := req.DiskGuard; g != nil && (*g == 0 || fleet.ValidateDiskGuard(*g) != nil) {
@@ -785,6 +789,10 @@ func (s *Server) updateCluster(w http.ResponseWriter, r *http.Request) {
 		if req.DiskGuard != nil {
 			spec.DiskGuard = *req.DiskGuard
 			msgs = append(msgs, "disk guard set to "+fleet.FormatDiskGuard(*spec))
+		}
+		if req.PoolSize != nil {
+			spec.PoolSize = *req.PoolSize
+			msgs = append(msgs, fmt.Sprintf("pool size set to %d server connections per user and database", *req.PoolSize))
 		}
 		return nil
 	})

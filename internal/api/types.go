@@ -43,6 +43,9 @@ type CreateRequest struct {
 	// filesystem, below which the cluster stops taking writes: 1 to 50,
 	// 0 for the default (10), -1 to turn the guard off.
 	DiskGuard int `json:"disk_guard_pct,omitempty"`
+	// PoolSize is the pooled port's server connections per user and
+	// database on each host: 1 to 1000, 0 for the default (20).
+	PoolSize int `json:"pool_size,omitempty"`
 }
 
 // RestoreRequest says which backups a new cluster is made from: those of
@@ -81,6 +84,9 @@ type UpdateRequest struct {
 	// DiskGuard is the disk guard's threshold in percent of free space;
 	// -1 turns it off (see CreateRequest.DiskGuard).
 	DiskGuard *int `json:"disk_guard_pct,omitempty"`
+	// PoolSize is the pooled port's server connections per user and
+	// database on each host, 1 to 1000.
+	PoolSize *int `json:"pool_size,omitempty"`
 }
 
 // SwitchoverRequest is the body of POST /v1/clusters/{name}/switchover.
@@ -125,6 +131,10 @@ type ClusterView struct {
 	Move    *fleet.Move  `json:"move,omitempty"`
 	Created time.Time    `json:"created"`
 	Members []MemberView `json:"members"`
+	// PooledProxyPort is where every agent pools transactions to the
+	// primary, with PoolSize server connections per user and database.
+	PooledProxyPort int `json:"pooled_proxy_port,omitempty"`
+	PoolSize        int `json:"pool_size"`
 }
 
 // MemberView is one member as the API shows it: its placement merged with
@@ -207,7 +217,8 @@ func viewCluster(c store.ClusterState, hosts map[string]fleet.Host) ClusterView 
 	v := ClusterView{
 		Name: c.Spec.Name, PrimaryRegion: c.Spec.PrimaryRegion, HA: c.Spec.HA,
 		Replicas: c.Spec.Replicas, Port: c.Spec.Port, Primary: c.Leader, PrimaryTerm: c.LeaderTerm, Created: c.Spec.Created,
-		PrimaryProxyPort: c.Spec.PrimaryProxyPort(), ReplicaProxyPort: c.Spec.ReplicaProxyPort(), MaxReplicaLag: c.Spec.ReplicaLagLimit(),
+		PrimaryProxyPort: c.Spec.PrimaryProxyPort(), ReplicaProxyPort: c.Spec.ReplicaProxyPort(),
+		PooledProxyPort: c.Spec.PooledProxyPort(), PoolSize: c.Spec.Pool(), MaxReplicaLag: c.Spec.ReplicaLagLimit(),
 		LeaseTTL: int(c.Spec.TTL() / time.Second), Sync: c.Spec.SyncMode(), DiskGuard: c.Spec.DiskGuardPercent(), Move: c.Spec.Move,
 	}
 	if c.Sync != nil && c.Spec.SyncMode() != fleet.SyncOff {

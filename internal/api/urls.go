@@ -29,6 +29,9 @@ type URLOptions struct {
 	// Direct lists the members' own postgres instead of the proxies, the
 	// primary first, and lets libpq pick by target_session_attrs.
 	Direct bool
+	// Pooled asks for the proxies' pooled port, which runs each
+	// transaction on a pooled server connection to the primary.
+	Pooled bool
 }
 
 // query encodes the options as GET /v1/clusters/{name}/url parameters.
@@ -45,6 +48,9 @@ func (o URLOptions) query() url.Values {
 	}
 	if o.Direct {
 		q.Set("direct", "true")
+	}
+	if o.Pooled {
+		q.Set("pooled", "true")
 	}
 	return q
 }
@@ -66,9 +72,15 @@ func (o URLOptions) conflict(dash string) error {
 	if o.Direct {
 		others = append(others, dash+"direct")
 	}
+	if o.Pooled {
+		others = append(others, dash+"pooled")
+	}
 	if o.Member != "" && len(others) > 0 {
 		return fmt.Errorf("%smember cannot be combined with %s: %smember gives a direct URL of that one member, while %s choose among several hosts; drop one or the other",
 			dash, strings.Join(others, " or "), dash, strings.Join(others, " and "))
+	}
+	if o.Pooled && (o.Replica || o.Direct) {
+		return fmt.Errorf("%spooled cannot be combined with %sreplica or %sdirect: the pooled port runs transactions on the primary, through the proxies", dash, dash, dash)
 	}
 	if o.Direct && o.Region != "" {
 		return fmt.Errorf("%sdirect cannot be combined with %sregion: %sregion picks the hosts whose proxies the URL lists, while %sdirect lists the cluster's members wherever they are; for one member in a region use %smember",
@@ -98,18 +110,21 @@ func parseURLQuery(rawQuery string) (URLOptions, error) {
 				return o, err
 			}
 			o.Region = v
-		case "replica", "direct":
+		case "replica", "direct", "pooled":
 			b, err := strconv.ParseBool(v)
 			if err != nil {
 				return o, fmt.Errorf("%s=%q is not valid: give true or false", k, v)
 			}
-			if k == "replica" {
+			switch k {
+			case "replica":
 				o.Replica = b
-			} else {
+			case "direct":
 				o.Direct = b
+			default:
+				o.Pooled = b
 			}
 		default:
-			return o, fmt.Errorf("unknown parameter %q: give member, region, replica or direct", k)
+			return o, fmt.Errorf("unknown parameter %q: give member, region, replica, direct or pooled", k)
 		}
 	}
 	return o, o.conflict("")
@@ -213,6 +228,11 @@ func clusterURLTarget(c store.ClusterState, hosts []fleet.Host, o URLOptions) (u
 	t := urlTarget{Query: clientQuery, Via: "proxy", Region: region, Port: c.Spec.PrimaryProxyPort()}
 	if o.Replica {
 		t.Port = c.Spec.ReplicaProxyPort()
+	}
+	if o.Pooled {
+		// The pooler terminates TLS with the host's own certificate from
+		// the fleet's CA, which names that host: verify-full holds.
+		t.Port = c.Spec.PooledProxyPort()
 	}
 	// Every agent runs the proxies of every cluster, so every live host of
 	// the region is listed, also those without a member of this cluster.
