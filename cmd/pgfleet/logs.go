@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -51,14 +50,14 @@ a postgres log can hold the text of statements and their data.`,
 				return err
 			}
 			out := cmd.OutOrStdout()
-			print := printLogLine
+			show := printLogLine
 			if cf.json {
 				enc := json.NewEncoder(out)
-				print = func(_ io.Writer, l api.LogLine) error { return enc.Encode(l) }
+				show = func(_ io.Writer, l api.LogLine) error { return enc.Encode(l) }
 			}
 			lines := 0
-			err = c.Logs(cmd.Context(), name, o, func(l api.LogLine) error { lines++; return print(out, l) })
-			if o.Follow && errors.Is(err, cmd.Context().Err()) && cmd.Context().Err() != nil {
+			err = c.Logs(cmd.Context(), name, o, func(l api.LogLine) error { lines++; return show(out, l) })
+			if o.Follow && cmd.Context().Err() != nil {
 				return nil // interrupted, as --follow is meant to end
 			}
 			if err != nil {
