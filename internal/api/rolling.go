@@ -23,10 +23,18 @@ import (
 // API's handler, in the same process, with token: for the web console,
 // which runs the same client-side orchestrations as the CLI.
 func NewInProcessClient(h http.Handler, token string) *Client {
-	return &Client{Endpoints: []string{"https://in-process"}, Token: token, HTTP: &http.Client{Transport: inProcess{h}}}
+	return &Client{Endpoints: []string{InProcessURL}, Token: token, HTTP: &http.Client{Transport: InProcess(h)}}
 }
 
-// inProcess is a RoundTripper that serves a request with a handler.
+// InProcessURL is the base URL of requests that InProcess serves; its host
+// is never dialled.
+const InProcessURL = "https://in-process"
+
+// InProcess returns a RoundTripper that serves every request with h in the
+// same process: the request never crosses a network, and h sees it as
+// from a client whose address is "console".
+func InProcess(h http.Handler) http.RoundTripper { return inProcess{h} }
+
 type inProcess struct{ h http.Handler }
 
 func (t inProcess) RoundTrip(r *http.Request) (*http.Response, error) {

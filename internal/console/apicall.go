@@ -5,8 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
+
+	"github.com/pgfleet/pgfleet/internal/api"
 )
 
 // apiError is an answer of the API that was not a success, in its words.
@@ -21,29 +24,7 @@ func (e *apiError) Error() string { return e.Message }
 // token: the console reads and changes the fleet only as the CLI does,
 // through the same handlers, authorization and validation.
 type caller struct {
-	api http.Handler
-}
-
-// recorder is the http.ResponseWriter an in-process call answers into.
-type recorder struct {
-	header http.Header
-	code   int
-	body   bytes.Buffer
-}
-
-func (r *recorder) Header() http.Header { return r.header }
-
-func (r *recorder) WriteHeader(code int) {
-	if r.code == 0 {
-		r.code = code
-	}
-}
-
-func (r *recorder) Write(b []byte) (int, error) {
-	if r.code == 0 {
-		r.code = http.StatusOK
-	}
-	return r.body.Write(b)
+	api http.RoundTripper // api.InProcess of the agent's API handler
 }
 
 // raw calls method path with body (JSON-encoded unless nil) and answers the
@@ -56,23 +37,21 @@ func (c caller) raw(ctx context.Context, token, method, path string, body any) (
 			return 0, nil, fmt.Errorf("encode %s %s: %w", method, path, err)
 		}
 	}
-	req, err := http.NewRequestWithContext(ctx, method, path, bytes.NewReader(payload))
+	req, err := http.NewRequestWithContext(ctx, method, api.InProcessURL+path, bytes.NewReader(payload))
 	if err != nil {
 		return 0, nil, fmt.Errorf("%s %s: %w", method, path, err)
 	}
-	// The API's handlers see a request as from any client, except that it
-	// never crossed a network.
-	req.RemoteAddr = "console"
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set("Authorization", "Bearer "+token)
-	rec := &recorder{header: http.Header{}}
-	c.api.ServeHTTP(rec, req)
-	if rec.code == 0 {
-		rec.code = http.StatusOK
+	resp, err := c.api.RoundTrip(req)
+	if err != nil {
+		return 0, nil, fmt.Errorf("%s %s: %w", method, path, err)
 	}
-	return rec.code, rec.body.Bytes(), nil
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, b, err
 }
 
 // do calls the API and decodes a success into out (unless nil); a failure

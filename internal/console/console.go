@@ -71,7 +71,7 @@ func New(cfg Config) (*Console, error) {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	c := &Console{
-		cfg: cfg, call: caller{api: cfg.API}, hub: newHub(cfg.Etcd, cfg.Prefix, cfg.Log),
+		cfg: cfg, call: caller{api: api.InProcess(cfg.API)}, hub: newHub(cfg.Etcd, cfg.Prefix, cfg.Log),
 		log: cfg.Log, known: map[string]hostRow{}, restarts: map[string]*restartRun{},
 	}
 	var err error

@@ -73,7 +73,7 @@ var funcs = template.FuncMap{
 	"deletable": func(dbs []postgres.Database) bool {
 		return slices.ContainsFunc(dbs, func(d postgres.Database) bool { return !d.App })
 	},
-	"mkList":     func(s ...string) []string { return s },
+	"mkList": func(s ...string) []string { return s },
 }
 
 // parsePages parses each page with the layout it is shown in.
