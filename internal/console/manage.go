@@ -93,6 +93,10 @@ func (c *Console) manage(w http.ResponseWriter, r *http.Request, rq *req, action
 		back += "#databases"
 	case "db-delete":
 		db, typed := form("database"), form("confirm")
+		if db == "" {
+			fail("databases", errors.New("choose the database to delete"), nil)
+			return true
+		}
 		if typed != db {
 			fail("databases", fmt.Errorf("deleting database %s deletes all of its data: type its name to confirm; nothing was deleted", db), nil)
 			return true
