@@ -77,7 +77,7 @@ func (h *tee) line(r slog.Record) Line {
 	r.Attrs(func(a slog.Attr) bool { collect(a, h.prefix); return true })
 	if r.Message == "postgres" && pg != "" {
 		l.Source = SourcePostgres
-		l.Text = StripPostgresTime(pg)
+		l.Text = Redact(StripPostgresTime(pg))
 		if cmd != "" {
 			l.Text = cmd + ": " + l.Text
 		}
@@ -147,18 +147,37 @@ var (
 	kvPassword = regexp.MustCompile(`(?i)\b((?:password|passwd|secret|token)\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s,;&]+)`)
 	// apiToken is a pgfleet API token, read-only or not.
 	apiToken = regexp.MustCompile(`\bpgf(?:ro)?_[0-9a-f_]{8,}`)
+	// sqlPassword is the password of CREATE or ALTER ROLE ... PASSWORD
+	// 'x', which postgres logs with the statement when it fails.
+	sqlPassword = regexp.MustCompile(`(?i)\b(password\s+)'(?:[^']|'')*'`)
 )
 
 // Redact masks the passwords and tokens s might carry: a URL's password, a
-// keyword/value password and pgfleet tokens. The agent logs none of them;
-// this keeps a future log line from showing one to whoever reads the log.
+// keyword/value password, a role's password in SQL and pgfleet tokens. The
+// agent logs none of them, and pgfleet sends postgres only SCRAM verifiers;
+// this keeps a future agent line, or a statement someone typed that failed,
+// from showing one to whoever reads the log.
 func Redact(s string) string {
-	if !strings.ContainsAny(s, "@=:_") {
+	// The expressions are slow beside a log line's other costs; most
+	// lines need none of them.
+	if strings.Contains(s, "://") {
+		s = urlPassword.ReplaceAllString(s, "${1}"+redacted+"@")
+	}
+	if strings.Contains(s, "pgf") {
+		s = apiToken.ReplaceAllString(s, redacted)
+	}
+	if !strings.ContainsAny(s, "=' ") {
 		return s
 	}
-	s = urlPassword.ReplaceAllString(s, "${1}"+redacted+"@")
-	s = kvPassword.ReplaceAllString(s, "${1}"+redacted)
-	return apiToken.ReplaceAllString(s, redacted)
+	lower := strings.ToLower(s)
+	pw := strings.Contains(lower, "passw")
+	if strings.Contains(s, "=") && (pw || strings.Contains(lower, "secret") || strings.Contains(lower, "token")) {
+		s = kvPassword.ReplaceAllString(s, "${1}"+redacted)
+	}
+	if pw && strings.Contains(s, "'") {
+		s = sqlPassword.ReplaceAllString(s, "${1}'"+redacted+"'")
+	}
+	return s
 }
 
 // postgresTime is the timestamp log_line_prefix's %m puts first on a line:

@@ -157,6 +157,9 @@ func TestRedact(t *testing.T) {
 		{"read-only pgfro_0123abcd_00112233445566778899 sent", "read-only [redacted] sent"},
 		{"password authentication failed for user \"app\"", "password authentication failed for user \"app\""},
 		{"member demo-1 promoted", "member demo-1 promoted"},
+		{"[42] STATEMENT:  ALTER ROLE app PASSWORD 'it''s me' VALID UNTIL 'x'", "[42] STATEMENT:  ALTER ROLE app PASSWORD '[redacted]' VALID UNTIL 'x'"},
+		{"[42] STATEMENT:  create user bob with password 'hunter2';", "[42] STATEMENT:  create user bob with password '[redacted]';"},
+		{"[42] LOG:  statement: SELECT 'password' AS word", "[42] LOG:  statement: SELECT 'password' AS word"},
 	} {
 		if got := Redact(tc.in); got != tc.want {
 			t.Errorf("Redact(%q) = %q, want %q", tc.in, got, tc.want)
@@ -190,6 +193,7 @@ func TestTee(t *testing.T) {
 	next := slog.NewTextHandler(&agentLog, &slog.HandlerOptions{Level: slog.LevelWarn})
 	log := slog.New(Tee(next, w)).With("cluster", "demo", "member", "demo-1")
 	log.Info("postgres", "pg", "2026-11-28 00:45:30.123 UTC [42] LOG:  database system is ready")
+	log.Error("postgres", "pg", "2026-11-28 00:45:30.124 UTC [43] STATEMENT:  ALTER ROLE app PASSWORD 's3cret' LOGIN")
 	log.With("cmd", "pg_basebackup").Info("postgres", "pg", "waiting for checkpoint")
 	log.Info("promoted", "timeline", 2, "conninfo", "host=x password=y", "why", "leader key free")
 	log.Warn("connect", "err", "postgres://postgres:hunter2@h/db: refused")
@@ -205,6 +209,7 @@ func TestTee(t *testing.T) {
 	}
 	want := []string{
 		"postgres|INFO|[42] LOG:  database system is ready",
+		"postgres|ERROR|[43] STATEMENT:  ALTER ROLE app PASSWORD '[redacted]' LOGIN",
 		"postgres|INFO|pg_basebackup: waiting for checkpoint",
 		`agent|INFO|promoted timeline=2 conninfo=[redacted] why="leader key free"`,
 		`agent|WARN|connect err="postgres://postgres:[redacted]@h/db: refused"`,
@@ -212,7 +217,7 @@ func TestTee(t *testing.T) {
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("member log:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
-	if s := agentLog.String(); !strings.Contains(s, "msg=connect") || strings.Contains(s, "promoted") || strings.Contains(s, "tick") {
+	if s := agentLog.String(); !strings.Contains(s, "msg=connect") || strings.Contains(s, "promoted") || strings.Contains(s, "tick") || !strings.Contains(s, "STATEMENT") {
 		t.Errorf("the agent's own log (level warn) got:\n%s", s)
 	}
 }
