@@ -57,10 +57,17 @@ func startReconnectingApp(url string) *reconnectingApp {
 	return a
 }
 
-func (a *reconnectingApp) halt() (acked []int, failed []string) {
+// halt stops the app and checks what it saw during what: no failed
+// transaction. It returns the ids acknowledged.
+func (a *reconnectingApp) halt(t *testing.T, during string) []int {
+	t.Helper()
 	close(a.stop)
 	<-a.stopped
-	return a.acked, a.failed
+	t.Logf("the app committed %d transactions during %s, %d failed; the slowest took %s", len(a.acked), during, len(a.failed), a.slowest.Round(time.Millisecond))
+	if len(a.failed) > 0 {
+		t.Errorf("%d of the app's transactions failed during %s; first: %s", len(a.failed), during, a.failed[0])
+	}
+	return a.acked
 }
 
 func insertReturning(ctx context.Context, url string) (int, error) {
@@ -166,15 +173,12 @@ func TestMove(t *testing.T) {
 	}
 	out, stderr, err = inFleet(t, f, "move", "mv", "--primary-region", "ams")
 	took := time.Since(start)
-	acked, failed := app.halt()
+	acked := app.halt(t, "the move")
 	t.Logf("move to ams, resumed, in %s:\n%s", took.Round(100*time.Millisecond), out)
 	if err != nil {
 		t.Fatalf("move --primary-region ams: %v\n%s", err, stderr)
 	}
-	t.Logf("the app committed %d transactions during the move, %d failed; the slowest took %s", len(acked), len(failed), app.slowest.Round(time.Millisecond))
-	if len(failed) > 0 {
-		t.Errorf("%d of the app's transactions failed during the move; first: %s", len(failed), failed[0])
-	}
+	logEvents(t, c, "mv", start)
 	for _, step := range []string{"switch over from", "ams is the primary region", "done"} {
 		if !strings.Contains(out, step) {
 			t.Errorf("move printed no step saying %q", step)
@@ -241,14 +245,10 @@ func TestMove(t *testing.T) {
 	})
 	app = startReconnectingApp(pu.URL)
 	out, stderr, err = inFleet(t, f, "move", "mv", "--primary-region", "iad", "--drop-old")
-	acked2, failed2 := app.halt()
+	acked2 := app.halt(t, "the move back")
 	t.Logf("move back to iad with --drop-old:\n%s", out)
 	if err != nil {
 		t.Fatalf("move --primary-region iad --drop-old: %v\n%s", err, stderr)
-	}
-	t.Logf("the app committed %d transactions during the move back, %d failed; the slowest took %s", len(acked2), len(failed2), app.slowest.Round(time.Millisecond))
-	if len(failed2) > 0 {
-		t.Errorf("%d of the app's transactions failed during the move back; first: %s", len(failed2), failed2[0])
 	}
 	if strings.Contains(out, "placed in iad") {
 		t.Errorf("the move back placed new members in iad, where its replicas were:\n%s", out)
@@ -364,16 +364,14 @@ func TestMoveSync(t *testing.T) {
 		t.Fatal(err)
 	}
 	app := startReconnectingApp(pu.URL)
+	start := time.Now()
 	out, stderr, err := inFleet(t, f, "move", "mv", "--primary-region", "ams")
-	acked, failed := app.halt()
+	acked := app.halt(t, "the move")
 	t.Logf("move to ams in sync mode:\n%s", out)
 	if err != nil {
 		t.Fatalf("move --primary-region ams: %v\n%s", err, stderr)
 	}
-	t.Logf("the app committed %d transactions during the move, %d failed; the slowest took %s", len(acked), len(failed), app.slowest.Round(time.Millisecond))
-	if len(failed) > 0 {
-		t.Errorf("%d of the app's transactions failed during the move; first: %s", len(failed), failed[0])
-	}
+	logEvents(t, c, "mv", start)
 	if !strings.Contains(out, "leave the sync set") {
 		t.Errorf("the move in sync mode printed no step taking iad's members out of the sync set")
 	}
@@ -390,4 +388,23 @@ func TestMoveSync(t *testing.T) {
 	if missing := missingRows(t, c, v.Primary, acked); len(missing) > 0 {
 		t.Errorf("%d acknowledged rows missing after the move: %v", len(missing), missing[:min(10, len(missing))])
 	}
+}
+
+// logEvents logs cluster's events since start, for the record of what a
+// move did and how long each part took.
+func logEvents(t *testing.T, c *api.Client, cluster string, start time.Time) {
+	t.Helper()
+	events, err := c.Events(context.Background(), cluster, 500)
+	if err != nil {
+		t.Logf("events: %v", err)
+		return
+	}
+	var lines []string
+	for _, e := range events {
+		if e.Time.After(start) {
+			lines = append(lines, fmt.Sprintf("%6.2fs %-10s %s", e.Time.Sub(start).Seconds(), e.Kind, e.Message))
+		}
+	}
+	slices.Sort(lines)
+	t.Logf("events:\n%s", strings.Join(lines, "\n"))
 }

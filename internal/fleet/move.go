@@ -293,6 +293,11 @@ func moveOn(in MoveInput, mv Move) (MoveStep, error) {
 		}
 		return MoveStep{Action: MoveSwitchover, SwitchTo: best, Why: fmt.Sprintf("switch over from %s to %s (%s behind); clients through the proxies wait, they do not fail", in.Leader, best, FormatBytes(in.Status[best].LagBytes))}, nil
 	}
+	// Until the new primary runs, the old region's members may hold WAL
+	// that no other member of To has: they stay electable meanwhile.
+	if st := in.Status[in.Leader]; st.State != StateRunning {
+		return MoveStep{Action: MoveWait, Why: fmt.Sprintf("waiting for %s to run as primary (%s)", in.Leader, st.State)}, nil
+	}
 
 	// Every member outside To that is still electable must be out of the
 	// sync set before it stops being electable: an election in sync mode

@@ -116,6 +116,11 @@ func TestNextMoveStep(t *testing.T) {
 			return in
 		}, MoveWait, "switchover from db-1 to db-3", nil},
 		{"async: flip after the switchover", func() MoveInput { return switched("") }, MoveFlip, "b is the primary region", nil},
+		{"the new primary still promoting", func() MoveInput {
+			in := switched("")
+			in.Status["db-3"] = MemberStatus{ID: "db-3", Role: RoleStandby, State: StateCatchingUp}
+			return in
+		}, MoveWait, "waiting for db-3 to run as primary", nil},
 		{"sync: a leaves the sync set", func() MoveInput { return switched(SyncOn) }, MoveLeave, "db-1, db-2 leave", func(t *testing.T, s MoveStep) {
 			if !slices.Equal(s.Leave, []string{"db-1", "db-2"}) {
 				t.Errorf("leave %v; want db-1, db-2", s.Leave)
