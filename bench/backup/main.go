@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"time"
 
 	"github.com/pgfleet/pgfleet/internal/backup"
@@ -27,9 +28,22 @@ func main() {
 		id      = flag.String("id", "", "backup id (restore)")
 		dest    = flag.String("dest", "", "directory to restore into")
 		workDir = flag.String("work", "", "a directory the postgres OS user can write, for temporary files")
+		cpuProf = flag.String("cpuprofile", "", "write a CPU profile of the operation to this file")
 	)
 	flag.Parse()
+	if *cpuProf != "" {
+		f, err := os.Create(*cpuProf)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench/backup:", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	if err := run(*op, *host, *port, *user, *pass, *store, *id, *dest, *workDir); err != nil {
+		pprof.StopCPUProfile()
 		fmt.Fprintln(os.Stderr, "bench/backup:", err)
 		os.Exit(1)
 	}

@@ -17,7 +17,8 @@ import (
 // backups, under keys that start with the cluster's name:
 //
 //	<cluster>/wal/<timeline>/<WAL file name>.zst     e.g. demo/wal/00000001/000000010000000000000003.zst
-//	<cluster>/backups/<id>/base.tar.zst              the base backup's tar
+//	<cluster>/backups/<id>/base.tar.NNNNNN.zst       the base backup's tar, in parts (parts.go)
+//	<cluster>/backups/<id>/base.tar.zst              the same, in one object (manifest version 1)
 //	<cluster>/backups/<id>/manifest.json             written last: a backup without one is incomplete
 //
 // Every .zst object is in the object format (see object.go): zstd, a SHA-256
@@ -29,6 +30,8 @@ type Archive struct {
 	store   Store
 	cluster string
 	key     *Key
+	// partSize is the size of a base backup's parts; 0 is partSize.
+	partSize int
 
 	// Now is the clock; tests replace it.
 	Now func() time.Time

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -87,6 +88,7 @@ func TestBackupRoundTrip(t *testing.T) {
 			}
 			dir := t.TempDir()
 			a := testArchive(t, openStore(t, fileURL(dir+"/store")), key)
+			a.partSize = 1 << 20 // several parts, the last one short
 			ctx := context.Background()
 			rel := make([]byte, 3<<20)
 			rand.Read(rel)
@@ -106,17 +108,20 @@ func TestBackupRoundTrip(t *testing.T) {
 				m.RawBytes != int64(len(data)) || m.StoredBytes == 0 || m.Encrypted() != encrypted || m.StopTime.Before(m.StartTime) {
 				t.Errorf("PutBackup manifest = %+v", m)
 			}
+			if len(m.Parts) != 4 || m.Parts[3].RawBytes >= 1<<20 {
+				t.Errorf("PutBackup parts = %+v, want 4 of 1 MiB, the last shorter", m.Parts)
+			}
 			if _, err := a.PutBackup(ctx, "b1", bytes.NewReader(data), BackupInfo{}); err == nil || !strings.Contains(err.Error(), "exists") {
 				t.Errorf("PutBackup(same id) = %v, want an error saying it exists", err)
 			}
 			list, err := a.ListBackups(ctx)
-			if err != nil || len(list) != 1 || list[0] != m {
+			if err != nil || len(list) != 1 || !reflect.DeepEqual(list[0], m) {
 				t.Errorf("ListBackups = %+v, %v; want [%+v]", list, err, m)
 			}
 
 			dest := filepath.Join(dir, "restored")
 			got, err := a.GetBackup(ctx, "b1", dest, nil)
-			if err != nil || got != m {
+			if err != nil || !reflect.DeepEqual(got, m) {
 				t.Fatalf("GetBackup = %+v, %v", got, err)
 			}
 			for name, want := range fb.files {
@@ -219,6 +224,55 @@ func TestPutBackupRefusesBadStreams(t *testing.T) {
 	}
 }
 
+// TestRestoreVersion1 restores and verifies a backup stored as one object,
+// as pgfleet stored them before they came in parts, and checks that a
+// change to that object is found.
+func TestRestoreVersion1(t *testing.T) {
+	for _, encrypted := range []bool{false, true} {
+		t.Run(fmt.Sprintf("encrypted=%v", encrypted), func(t *testing.T) {
+			var key *Key
+			if encrypted {
+				key = testKey(t)
+			}
+			dir := t.TempDir()
+			a := testArchive(t, openStore(t, fileURL(dir+"/store")), key)
+			ctx := context.Background()
+			rel := make([]byte, 2<<20)
+			rand.Read(rel)
+			fb := fakeBackup{files: map[string][]byte{"PG_VERSION": []byte("15\n"), "base/1/1259": rel}}
+			storeTar(t, a, "old", fb.tar(t))
+			if rep, err := a.Verify(ctx, "old"); err != nil || len(rep.Backups) != 1 || rep.Backups[0].DataError != "" {
+				t.Fatalf("Verify(old) = %+v, %v", rep, err)
+			}
+			dest := filepath.Join(dir, "restored")
+			if m, err := a.GetBackup(ctx, "old", dest, nil); err != nil || m.Version != 1 {
+				t.Fatalf("GetBackup(old) = %+v, %v", m, err)
+			}
+			for name, want := range fb.files {
+				if b, err := os.ReadFile(filepath.Join(dest, name)); err != nil || !bytes.Equal(b, want) {
+					t.Errorf("restored %s: %d bytes, %v; want %d bytes", name, len(b), err, len(want))
+				}
+			}
+			p := filepath.Join(dir, "store", filepath.FromSlash(a.backupDataKey("old")))
+			b, _ := os.ReadFile(p)
+			b[len(b)/2] ^= 1
+			os.WriteFile(p, b, 0o600)
+			if _, err := a.GetBackup(ctx, "old", filepath.Join(dir, "again"), nil); !errors.Is(err, ErrCorrupt) {
+				t.Errorf("GetBackup(old, altered) = %v, want ErrCorrupt", err)
+			}
+			if _, err := os.Stat(filepath.Join(dir, "again.restoring")); err == nil {
+				t.Error("GetBackup(old, altered) left its directory behind")
+			}
+			if err := a.DeleteBackup(ctx, "old"); err != nil {
+				t.Fatal(err)
+			}
+			if objs, _ := a.Store().List(ctx, ""); len(objs) != 0 {
+				t.Errorf("objects left after DeleteBackup: %v", objs)
+			}
+		})
+	}
+}
+
 func TestGetBackupCorrupt(t *testing.T) {
 	dir := t.TempDir()
 	a := testArchive(t, openStore(t, fileURL(dir+"/store")), nil)
@@ -228,7 +282,7 @@ func TestGetBackupCorrupt(t *testing.T) {
 	if _, err := a.PutBackup(ctx, "b1", bytes.NewReader(fakeBackup{files: map[string][]byte{"base/1/1": rel}}.tar(t)), BackupInfo{}); err != nil {
 		t.Fatal(err)
 	}
-	p := filepath.Join(dir, "store", filepath.FromSlash(a.backupDataKey("b1")))
+	p := filepath.Join(dir, "store", filepath.FromSlash(a.partKey("b1", 0)))
 	b, _ := os.ReadFile(p)
 	b[len(b)/2] ^= 1
 	os.WriteFile(p, b, 0o600)

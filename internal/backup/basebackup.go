@@ -17,7 +17,10 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Manifest describes a complete base backup. It is stored as JSON beside the
@@ -42,13 +45,21 @@ type Manifest struct {
 	StartTime time.Time `json:"start_time"`
 	StopTime  time.Time `json:"stop_time"` // when the last byte was stored: recovery to any later time can start from this backup
 
-	RawBytes    int64  `json:"raw_bytes"`    // size of the tar
-	StoredBytes int64  `json:"stored_bytes"` // size of the stored object
-	SHA256      string `json:"sha256"`       // of the tar
-	KeyID       string `json:"key_id,omitempty"`
+	RawBytes    int64 `json:"raw_bytes"`    // size of the tar
+	StoredBytes int64 `json:"stored_bytes"` // size of the stored objects
+	// SHA256 is the tar's, for a version 1 backup (one object); a version
+	// 2 backup has one per part instead, which a restore checks as the
+	// parts come in, in parallel, rather than hash the whole tar in order.
+	SHA256 string `json:"sha256,omitempty"`
+	KeyID  string `json:"key_id,omitempty"`
+	// Parts are the objects a version 2 backup's tar is stored in, in
+	// order (parts.go).
+	Parts []Part `json:"parts,omitempty"`
 }
 
-const manifestVersion = 1
+// manifestVersion is what PutBackup writes: 2, the tar in parts. Version 1
+// backups, one object each, are still listed, restored and verified.
+const manifestVersion = 2
 
 // Encrypted reports whether the backup's data is encrypted.
 func (m Manifest) Encrypted() bool { return m.KeyID != "" }
@@ -128,57 +139,40 @@ func (a *Archive) putBackup(ctx context.Context, id string, r io.Reader, info Ba
 		return Manifest{}, err
 	}
 
-	dataKey := a.backupDataKey(id)
-	pr, pw := io.Pipe()
-	stored := &countingWriter{w: pw}
-	ow, err := newObjectWriter(stored, a.key, 0)
-	if err != nil {
-		return Manifest{}, err
-	}
-	var facts tarFacts
-	scanned := make(chan error, 1)
-	go func() {
-		err := func() error {
-			tee := io.TeeReader(bufio.NewReaderSize(r, 1<<20), ow)
-			var err error
-			if facts, err = scanTar(tee); err != nil {
-				return err
-			}
-			// What follows the end-of-archive marker (tar pads to a
-			// record size) is stored too, so the object is the stream.
-			if _, err := io.Copy(io.Discard, tee); err != nil {
-				return fmt.Errorf("read backup: %w", err)
-			}
-			return ow.Close()
-		}()
-		pw.CloseWithError(err)
-		scanned <- err
+	pw := newPartWriter(ctx, a, id)
+	facts, err := func() (tarFacts, error) {
+		tee := io.TeeReader(bufio.NewReaderSize(r, 1<<20), pw)
+		facts, err := scanTar(tee)
+		if err != nil {
+			return facts, err
+		}
+		// What follows the end-of-archive marker (tar pads to a record
+		// size) is stored too, so the parts are the stream.
+		if _, err := io.Copy(io.Discard, tee); err != nil {
+			return facts, fmt.Errorf("read backup: %w", err)
+		}
+		return facts, nil
 	}()
-	putErr := a.store.Put(ctx, dataKey, pr, -1, PutOptions{})
-	// Unblocks the writer side if Put gave up early.
-	pr.CloseWithError(errUploadEnded)
-	scanErr := <-scanned
-	if scanErr == nil && putErr == nil && info.Wait != nil {
-		if err := info.Wait(); err != nil {
-			scanErr = fmt.Errorf("the backup's producer failed: %w", err)
+	var parts []Part
+	if err != nil {
+		pw.Abort(err)
+	} else {
+		parts, err = pw.Close()
+	}
+	if err == nil && info.Wait != nil {
+		if werr := info.Wait(); werr != nil {
+			err = fmt.Errorf("the backup's producer failed: %w", werr)
 		}
 	}
-	if scanErr != nil || putErr != nil {
-		a.deleteQuietly(dataKey)
-		switch {
-		case scanErr != nil && !errors.Is(scanErr, errUploadEnded):
-			return Manifest{}, scanErr // the cause; Put only saw it
-		case putErr != nil:
-			return Manifest{}, putErr
-		default:
-			return Manifest{}, scanErr
-		}
+	if err != nil {
+		a.deleteData(id)
+		return Manifest{}, err
 	}
 	stop := a.Now()
 
 	m, err := facts.manifest(segSize)
 	if err != nil {
-		a.deleteQuietly(dataKey)
+		a.deleteData(id)
 		return Manifest{}, err
 	}
 	m.Version = manifestVersion
@@ -188,9 +182,11 @@ func (a *Archive) putBackup(ctx context.Context, id string, r io.Reader, info Ba
 	m.WALSegmentSize = segSize
 	m.StartTime = start.UTC()
 	m.StopTime = stop.UTC()
-	m.RawBytes = ow.Size()
-	m.StoredBytes = stored.n
-	m.SHA256 = ow.Sum()
+	m.Parts = parts
+	for _, p := range parts {
+		m.RawBytes += p.RawBytes
+		m.StoredBytes += p.StoredBytes
+	}
 	if a.key != nil {
 		m.KeyID = a.key.ID()
 	}
@@ -200,34 +196,29 @@ func (a *Archive) putBackup(ctx context.Context, id string, r io.Reader, info Ba
 	}
 	if err := a.store.Put(ctx, a.manifestKey(id), bytes.NewReader(b), int64(len(b)), PutOptions{CreateOnly: true}); err != nil {
 		if !errors.Is(err, ErrExists) {
-			a.deleteQuietly(dataKey)
+			a.deleteData(id)
 		}
 		return Manifest{}, err
 	}
 	return m, nil
 }
 
-// deleteQuietly removes what a failed operation left, with a context of its
-// own: the operation's may be what ended it.
-func (a *Archive) deleteQuietly(key string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+// deleteData removes the data a failed backup left (its parts), with a
+// context of its own: the backup's may be what ended it. Best effort: what
+// is left without a manifest is ignored, and ApplyRetention removes it.
+func (a *Archive) deleteData(id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	a.store.Delete(ctx, key)
+	objs, err := a.store.List(ctx, a.backupPrefix()+id+"/")
+	if err != nil {
+		return
+	}
+	for _, o := range objs {
+		if o.Key != a.manifestKey(id) {
+			a.store.Delete(ctx, o.Key)
+		}
+	}
 }
-
-type countingWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
-}
-
-// errUploadEnded stops the reading of a backup whose upload failed.
-var errUploadEnded = errors.New("upload ended")
 
 // tarFacts is what PutBackup learns from the tar's members.
 type tarFacts struct {
@@ -450,10 +441,39 @@ func (a *Archive) Manifest(ctx context.Context, id string) (Manifest, error) {
 	if err := dec.Decode(&m); err != nil {
 		return Manifest{}, fmt.Errorf("backup %s of %s: manifest: %w: %v", id, a.cluster, ErrCorrupt, err)
 	}
-	if m.Version != manifestVersion || m.ID != id || !validSegSize(m.WALSegmentSize) {
+	if (m.Version != 1 && m.Version != manifestVersion) || m.ID != id || !validSegSize(m.WALSegmentSize) {
 		return Manifest{}, fmt.Errorf("backup %s of %s: manifest: %w: version %d, id %q, segment size %d", id, a.cluster, ErrCorrupt, m.Version, m.ID, m.WALSegmentSize)
 	}
+	if err := m.checkParts(); err != nil {
+		return Manifest{}, fmt.Errorf("backup %s of %s: manifest: %w: %v", id, a.cluster, ErrCorrupt, err)
+	}
 	return m, nil
+}
+
+// checkParts refuses a manifest whose parts a restore could not read: a
+// version 2 backup has at least one part, none longer than partSize, and
+// they add up to the tar.
+func (m Manifest) checkParts() error {
+	if m.Version == 1 {
+		if len(m.Parts) > 0 {
+			return errors.New("a version 1 backup has no parts")
+		}
+		return nil
+	}
+	if len(m.Parts) == 0 || len(m.Parts) > maxParts {
+		return fmt.Errorf("%d parts", len(m.Parts))
+	}
+	var raw int64
+	for i, p := range m.Parts {
+		if p.RawBytes < 0 || p.RawBytes > maxPartSize {
+			return fmt.Errorf("part %d holds %d bytes, more than a part may (%d)", i, p.RawBytes, maxPartSize)
+		}
+		raw += p.RawBytes
+	}
+	if raw != m.RawBytes {
+		return fmt.Errorf("the parts hold %d bytes, the tar %d", raw, m.RawBytes)
+	}
+	return nil
 }
 
 // Owner is who restored files belong to.
@@ -495,30 +515,20 @@ func (a *Archive) getBackup(ctx context.Context, id, dest string, owner *Owner) 
 	if err := os.RemoveAll(tmp); err != nil {
 		return Manifest{}, err
 	}
-	dataKey := a.backupDataKey(id)
-	rc, err := a.store.Get(ctx, dataKey)
+	data, err := a.openBackupData(ctx, m)
 	if err != nil {
 		return Manifest{}, err
 	}
-	defer rc.Close()
-	or, err := openObject(rc, a.key, 0)
+	err = extractTar(ctx, data, tmp, owner)
+	if err == nil {
+		// The data is checked to its end, past the tar's end-of-archive
+		// marker.
+		err = data.finish()
+	}
+	data.Close()
 	if err != nil {
-		return Manifest{}, fmt.Errorf("store %s: %s: %w", a.store, dataKey, err)
-	}
-	defer or.Close()
-	if err := extractTar(ctx, or, tmp, owner); err != nil {
 		os.RemoveAll(tmp)
 		return Manifest{}, err
-	}
-	// The trailer is checked at the end of the object, after what follows
-	// the tar's end-of-archive marker.
-	if _, err := io.Copy(io.Discard, or); err != nil {
-		os.RemoveAll(tmp)
-		return Manifest{}, err
-	}
-	if or.Sum() != m.SHA256 {
-		os.RemoveAll(tmp)
-		return Manifest{}, fmt.Errorf("%w: the data's sha256 is %s, the manifest says %s", ErrCorrupt, or.Sum(), m.SHA256)
 	}
 	if err := os.Rename(tmp, dest); err != nil {
 		os.RemoveAll(tmp)
@@ -529,6 +539,82 @@ func (a *Archive) getBackup(ctx context.Context, id, dest string, owner *Owner) 
 	}
 	return m, nil
 }
+
+// backupData is a backup's tar as a restore reads it: decoded ahead of the
+// extraction, by another goroutine (version 1: one object) or several
+// (version 2: its parts), so that decompression, decryption and checksums
+// run beside the writing of files rather than in turn with it.
+type backupData struct {
+	io.Reader
+	// finish reads what is left and reports whether all of the data
+	// checked against its manifest.
+	finish func() error
+	close  func()
+}
+
+func (d *backupData) Close() { d.close() }
+
+// openBackupData starts reading the data of the backup m describes.
+func (a *Archive) openBackupData(ctx context.Context, m Manifest) (*backupData, error) {
+	if m.Version != 1 {
+		pr := newPartReader(ctx, a, m)
+		return &backupData{Reader: pr, close: func() { pr.Close() }, finish: func() error {
+			_, err := io.Copy(io.Discard, pr)
+			return err
+		}}, nil
+	}
+	dataKey := a.backupDataKey(m.ID)
+	rc, err := a.store.Get(ctx, dataKey)
+	if err != nil {
+		return nil, err
+	}
+	or, err := openObject(rc, a.key, 0)
+	if err != nil {
+		rc.Close()
+		return nil, fmt.Errorf("store %s: %s: %w", a.store, dataKey, err)
+	}
+	// A pipe hands the decoded data over in large pieces: the decoder
+	// fills the next while the extraction writes the last.
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		_, err := io.CopyBuffer(pw, or, make([]byte, 1<<20))
+		pw.CloseWithError(err)
+		done <- err
+	}()
+	stop := func() error {
+		pr.CloseWithError(errRestoreEnded)
+		err := <-done
+		or.Close()
+		rc.Close()
+		return err
+	}
+	d := &backupData{Reader: pr}
+	var stopped bool
+	var stopErr error
+	d.close = func() {
+		if !stopped {
+			stopped, stopErr = true, stop()
+		}
+	}
+	d.finish = func() error {
+		if _, err := io.Copy(io.Discard, pr); err != nil {
+			return err
+		}
+		d.close()
+		if stopErr != nil {
+			return stopErr
+		}
+		if or.Sum() != m.SHA256 {
+			return fmt.Errorf("%w: the data's sha256 is %s, the manifest says %s", ErrCorrupt, or.Sum(), m.SHA256)
+		}
+		return nil
+	}
+	return d, nil
+}
+
+// errRestoreEnded stops the decoding of a backup whose restore ended.
+var errRestoreEnded = errors.New("restore ended")
 
 // tarChecker judges a base backup's tar entries, in order. A base backup is
 // what pg_basebackup -Ft -D - writes (PutBackup stores its tar as it is):
@@ -568,8 +654,11 @@ func (c *tarChecker) check(h *tar.Header) (string, error) {
 }
 
 // extractTar writes a tar stream's members under dir, which it creates
-// (mode 0700: postgres requires it of a data directory). Every file is
-// fsynced as it is closed, and every directory at the end.
+// (mode 0700: postgres requires it of a data directory). Every file and
+// directory is durable when it returns nil: rather than fsync each file as
+// it is closed, which has the disk write one file at a time (and flush its
+// cache each time) while the next waits, it writes them all and then has
+// the kernel write the whole file system back at once (syncTree).
 //
 // Nothing is written outside dir. Entries are checked by tarChecker; then,
 // in case the directory changes under the restore, each directory on an
@@ -585,6 +674,13 @@ func extractTar(ctx context.Context, r io.Reader, dir string, owner *Owner) erro
 		return err
 	}
 	defer root.Close()
+	// Opened before anything is written, so that syncfs on it reports a
+	// write-back error of any file written after.
+	top, err := root.Open(".")
+	if err != nil {
+		return err
+	}
+	defer top.Close()
 	chown := func(name string) error {
 		if owner == nil {
 			return nil
@@ -645,6 +741,7 @@ func extractTar(ctx context.Context, r io.Reader, dir string, owner *Owner) erro
 		}
 	}
 	var entries tarChecker
+	var files []string
 	buf := make([]byte, 1<<20)
 	tr := tar.NewReader(r)
 	for {
@@ -686,10 +783,9 @@ func extractTar(ctx context.Context, r io.Reader, dir string, owner *Owner) erro
 			if err != nil {
 				return fmt.Errorf("extract %s: %w", name, err)
 			}
-			_, err = io.CopyBuffer(f, tr, buf)
-			if err == nil {
-				err = f.Sync()
-			}
+			// Through a plain Writer: os.File's ReadFrom would copy in
+			// 32 KiB writes.
+			_, err = io.CopyBuffer(struct{ io.Writer }{f}, tr, buf)
 			if cerr := f.Close(); err == nil {
 				err = cerr
 			}
@@ -699,14 +795,76 @@ func extractTar(ctx context.Context, r io.Reader, dir string, owner *Owner) erro
 			if err != nil {
 				return fmt.Errorf("extract %s: %w", name, err)
 			}
+			files = append(files, name)
 		}
 	}
-	for i := len(dirs) - 1; i >= 0; i-- {
-		if err := syncRootDir(root, dirs[i]); err != nil {
-			return err
-		}
+	return syncTree(top, root, files, dirs)
+}
+
+// syncTree makes files and directories under root durable with one
+// syncfs of its file system, through top, root's directory opened before
+// they were written. Since Linux 5.8 syncfs reports a write-back error of
+// any file of the file system since top was opened; before, it reports
+// none, so every file and directory is then fsynced too (in parallel: each
+// fsync flushes the disk's cache, and concurrent flushes are merged). The
+// file system's other dirty data is written back with the restore's, which
+// a checkpoint of the postgres instances there would do anyway.
+func syncTree(top *os.File, root *os.Root, files, dirs []string) error {
+	if err := unix.Syncfs(int(top.Fd())); err != nil {
+		return fmt.Errorf("syncfs: %w", err)
 	}
-	return nil
+	if syncfsReportsErrors() {
+		return nil
+	}
+	names := append(append([]string(nil), files...), dirs...)
+	work := make(chan string)
+	errc := make(chan error, 1)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for name := range work {
+				if err := syncRootFile(root, name); err != nil {
+					select {
+					case errc <- fmt.Errorf("fsync %s: %w", name, err):
+					default:
+					}
+				}
+			}
+		}()
+	}
+	for _, name := range names {
+		work <- name
+	}
+	close(work)
+	wg.Wait()
+	select {
+	case err := <-errc:
+		return err
+	default:
+		return nil
+	}
+}
+
+// syncfsReportsErrors reports whether the running kernel's syncfs returns
+// write-back errors (Linux 5.8 and later).
+func syncfsReportsErrors() bool {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return false
+	}
+	return kernelAtLeast(unix.ByteSliceToString(u.Release[:]), 5, 8)
+}
+
+// kernelAtLeast reports whether a kernel release ("6.1.0-18-amd64")
+// is major.minor or later.
+func kernelAtLeast(release string, major, minor int) bool {
+	var ma, mi int
+	if n, _ := fmt.Sscanf(release, "%d.%d", &ma, &mi); n != 2 {
+		return false
+	}
+	return ma > major || ma == major && mi >= minor
 }
 
 // makeRoot creates directory dir (mode 0700) and opens it as an os.Root.
@@ -743,8 +901,8 @@ func makeRoot(dir string) (*os.Root, error) {
 	return root, nil
 }
 
-// syncRootDir fsyncs directory name under root.
-func syncRootDir(root *os.Root, name string) error {
+// syncRootFile fsyncs file or directory name under root.
+func syncRootFile(root *os.Root, name string) error {
 	d, err := root.Open(name)
 	if err != nil {
 		return err
@@ -758,7 +916,7 @@ func syncRootDir(root *os.Root, name string) error {
 
 // DeleteBackup deletes backup id: its manifest first, so that a deletion
 // cut short leaves an incomplete backup, which is ignored, rather than a
-// listed one without data.
+// listed one without data; then its data, whatever its version.
 func (a *Archive) DeleteBackup(ctx context.Context, id string) error {
 	if err := checkBackupID(id); err != nil {
 		return err
@@ -766,8 +924,14 @@ func (a *Archive) DeleteBackup(ctx context.Context, id string) error {
 	if err := a.store.Delete(ctx, a.manifestKey(id)); err != nil {
 		return fmt.Errorf("delete backup %s of %s: %w", id, a.cluster, err)
 	}
-	if err := a.store.Delete(ctx, a.backupDataKey(id)); err != nil {
+	objs, err := a.store.List(ctx, a.backupPrefix()+id+"/")
+	if err != nil {
 		return fmt.Errorf("delete backup %s of %s: %w", id, a.cluster, err)
+	}
+	for _, o := range objs {
+		if err := a.store.Delete(ctx, o.Key); err != nil {
+			return fmt.Errorf("delete backup %s of %s: %w", id, a.cluster, err)
+		}
 	}
 	return nil
 }

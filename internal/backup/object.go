@@ -260,6 +260,26 @@ type objectReader struct {
 // bounds zstd's parallel block decoding; 0 means GOMAXPROCS. The error does
 // not name the object: the caller, who knows its key, does.
 func openObject(src io.Reader, key *Key, concurrency int) (*objectReader, error) {
+	inner, err := objectStream(src, key)
+	if err != nil {
+		return nil, err
+	}
+	r := &objectReader{tail: newHoldBack(inner, trailerLen), sha: sha256.New()}
+	// The trailer is held back from the decoder, which would otherwise skip
+	// it (and print a debug line to stderr as it does). The frames'
+	// xxhash checksums are not checked: the trailer's SHA-256 covers the
+	// same bytes, and hashing them twice slows a restore.
+	r.zr, err = zstd.NewReader(r.tail, zstd.WithDecoderConcurrency(concurrency), zstd.IgnoreChecksum(true))
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// objectStream returns the compressed stream of an object read from src,
+// trailer included: src itself, or, with a key, src decrypted. It refuses
+// what openObject refuses before reading any of it.
+func objectStream(src io.Reader, key *Key) (io.Reader, error) {
 	br := bufio.NewReaderSize(src, 64<<10)
 	head, err := br.Peek(8)
 	if len(head) < 4 {
@@ -289,15 +309,68 @@ func openObject(src io.Reader, key *Key, concurrency int) (*objectReader, error)
 	default:
 		return nil, fmt.Errorf("%w: not an object written by pgfleet (starts with %x)", ErrCorrupt, head)
 	}
-	r := &objectReader{tail: newHoldBack(inner, trailerLen), sha: sha256.New()}
-	// The trailer is held back from the decoder, which would otherwise skip
-	// it (and print a debug line to stderr as it does).
-	r.zr, err = zstd.NewReader(r.tail, zstd.WithDecoderConcurrency(concurrency))
+	return inner, nil
+}
+
+// blockDecoder decodes whole objects held in memory, as a restore reads a
+// backup's parts: zstd then writes straight into the output buffer, where
+// a streaming reader copies every block through its window and out again.
+// It is not safe for concurrent use.
+type blockDecoder struct {
+	key *Key
+	zd  *zstd.Decoder
+	in  bytes.Buffer
+}
+
+// newBlockDecoder returns a decoder of objects whose plaintext is at most
+// maxSize bytes (a frame's window may not be larger either, nor smaller
+// than the 8 MiB the encoder asks for).
+func newBlockDecoder(key *Key, maxSize int) (*blockDecoder, error) {
+	zd, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.IgnoreChecksum(true),
+		zstd.WithDecoderMaxMemory(uint64(max(maxSize, 8<<20))))
 	if err != nil {
 		return nil, err
 	}
-	return r, nil
+	return &blockDecoder{key: key, zd: zd}, nil
 }
+
+// decode reads the object src whole and decodes its plaintext into dst
+// (appending to dst[:0]), checking its trailer, and returns it and its
+// SHA-256 in hex. A plaintext longer than the decoder's maximum size is
+// an error wrapping ErrCorrupt. Errors do not name the object.
+func (d *blockDecoder) decode(src io.Reader, dst []byte) ([]byte, string, error) {
+	inner, err := objectStream(src, d.key)
+	if err != nil {
+		return dst, "", err
+	}
+	d.in.Reset()
+	if _, err := d.in.ReadFrom(inner); err != nil {
+		return dst, "", err
+	}
+	b := d.in.Bytes()
+	if len(b) < trailerLen {
+		return dst, "", fmt.Errorf("%w: checksum trailer missing: the object is truncated", ErrCorrupt)
+	}
+	t := b[len(b)-trailerLen:]
+	if binary.LittleEndian.Uint32(t) != skippableMagic || binary.LittleEndian.Uint32(t[4:]) != trailerLen-8 || string(t[8:16]) != trailerMagic {
+		return dst, "", fmt.Errorf("%w: checksum trailer missing: the object is truncated", ErrCorrupt)
+	}
+	out, err := d.zd.DecodeAll(b[:len(b)-trailerLen], dst[:0])
+	if err != nil {
+		return dst, "", fmt.Errorf("%w: decompress: %v", ErrCorrupt, err)
+	}
+	if size := binary.LittleEndian.Uint64(t[16:]); size != uint64(len(out)) {
+		return out, "", fmt.Errorf("%w: %d bytes stored, %d read back", ErrCorrupt, size, len(out))
+	}
+	sum := sha256.Sum256(out)
+	if !bytes.Equal(t[24:], sum[:]) {
+		return out, "", fmt.Errorf("%w: checksum mismatch (stored sha256 %x, read back %x)", ErrCorrupt, t[24:], sum)
+	}
+	return out, hex.EncodeToString(sum[:]), nil
+}
+
+// Close releases the decoder.
+func (d *blockDecoder) Close() { d.zd.Close() }
 
 func (r *objectReader) Read(p []byte) (int, error) {
 	if r.err != nil {

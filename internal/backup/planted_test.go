@@ -83,7 +83,7 @@ func testPlantedObjects(t *testing.T, s Store) {
 	// A base backup: refused before anything is extracted.
 	restore := t.TempDir()
 	_, err = enc.GetBackup(ctx, "planted", filepath.Join(restore, "data"), nil)
-	wantText("GetBackup(planted)", err, "demo/backups/planted/base.tar.zst")
+	wantText("GetBackup(planted)", err, "demo/backups/planted/base.tar.000000.zst")
 	if ents, _ := os.ReadDir(restore); len(ents) != 0 {
 		t.Errorf("GetBackup(planted) left %v", ents)
 	}
@@ -96,7 +96,7 @@ func testPlantedObjects(t *testing.T, s Store) {
 	if rep.OK() || len(rep.Backups) != 1 {
 		t.Fatalf("Verify = %+v, want the planted backup reported", rep)
 	}
-	mustContain(t, "Verify data error", rep.Backups[0].DataError, "demo/backups/planted/base.tar.zst: the archive is encrypted and the object is not")
+	mustContain(t, "Verify data error", rep.Backups[0].DataError, "demo/backups/planted/base.tar.000000.zst: the archive is encrypted and the object is not")
 	mustContain(t, "Verify problems", strings.Join(rep.Problems, "\n"), "history file 00000002.history: demo/wal/00000002/00000002.history.zst: the archive is encrypted and the object is not")
 
 	// Without a key the same objects are an unencrypted archive, read as
@@ -143,7 +143,9 @@ func craftTar(t *testing.T, entries ...tarEntry) []byte {
 
 // storeTar puts tarball into the archive as backup id, in the object format
 // with the archive's key and with a manifest that matches it, as if
-// PutBackup had stored it: PutBackup itself refuses such tars.
+// PutBackup had stored it: PutBackup itself refuses such tars. It stores
+// the tar as one object with a version 1 manifest, as pgfleet did before
+// backups came in parts.
 func storeTar(t *testing.T, a *Archive, id string, tarball []byte) {
 	t.Helper()
 	ctx := context.Background()
@@ -159,7 +161,7 @@ func storeTar(t *testing.T, a *Archive, id string, tarball []byte) {
 	if err := a.store.Put(ctx, a.backupDataKey(id), bytes.NewReader(obj.Bytes()), int64(obj.Len()), PutOptions{}); err != nil {
 		t.Fatalf("put %s: %v", id, err)
 	}
-	m := Manifest{Version: manifestVersion, ID: id, Cluster: a.cluster, Timeline: 1, StopTimeline: 1,
+	m := Manifest{Version: 1, ID: id, Cluster: a.cluster, Timeline: 1, StopTimeline: 1,
 		StartLSN: 0x2000028, StopLSN: 0x2000138, StartWAL: seg(1, 2), WALSegmentSize: DefaultWALSegmentSize,
 		StartTime: time.Now().UTC(), StopTime: time.Now().UTC(), RawBytes: w.Size(), StoredBytes: int64(obj.Len()), SHA256: w.Sum()}
 	if a.key != nil {

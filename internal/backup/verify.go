@@ -332,18 +332,40 @@ func (a *Archive) Verify(ctx context.Context, id string) (VerifyReport, error) {
 	}
 	for _, m := range backups {
 		br := BackupReport{Manifest: m, WAL: CheckWAL(m, wal, histories)}
-		sum, size, err := a.objectSum(ctx, a.backupDataKey(m.ID))
-		switch {
-		case err != nil && ctx.Err() != nil:
+		br.DataError = a.checkBackupData(ctx, m)
+		if ctx.Err() != nil {
 			return rep, ctx.Err()
-		case errors.Is(err, ErrNotFound):
-			br.DataError = "its data is missing from the store"
-		case err != nil:
-			br.DataError = err.Error()
-		case sum != m.SHA256 || size != m.RawBytes:
-			br.DataError = fmt.Sprintf("its data (sha256 %s, %d bytes) does not match its manifest (sha256 %s, %d bytes)", sum, size, m.SHA256, m.RawBytes)
 		}
 		rep.Backups = append(rep.Backups, br)
 	}
 	return rep, nil
+}
+
+// checkBackupData reads the data of backup m back and returns what is wrong
+// with it, or "".
+func (a *Archive) checkBackupData(ctx context.Context, m Manifest) string {
+	type object struct {
+		key  string
+		sum  string
+		size int64
+	}
+	objs := []object{{a.backupDataKey(m.ID), m.SHA256, m.RawBytes}}
+	if m.Version != 1 {
+		objs = objs[:0]
+		for i, p := range m.Parts {
+			objs = append(objs, object{a.partKey(m.ID, i), p.SHA256, p.RawBytes})
+		}
+	}
+	for _, o := range objs {
+		sum, size, err := a.objectSum(ctx, o.key)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			return fmt.Sprintf("its data is missing from the store (%s)", o.key)
+		case err != nil:
+			return err.Error()
+		case sum != o.sum || size != o.size:
+			return fmt.Sprintf("its data (%s: sha256 %s, %d bytes) does not match its manifest (sha256 %s, %d bytes)", o.key, sum, size, o.sum, o.size)
+		}
+	}
+	return ""
 }
