@@ -99,6 +99,10 @@ func TestLogs(t *testing.T) {
 		}
 		return m
 	}
+	// A failed statement postgres logs with a password in it.
+	if _, err := conn.Exec(ctx, "ALTER ROLE no_such_role PASSWORD 'typed-secret-42'"); err == nil {
+		t.Fatal("ALTER ROLE of a role that does not exist succeeded")
+	}
 	first := marker()
 	var out string
 	labtest.WaitFor(t, 30*time.Second, "the marker in `pgfleet logs lg` through "+other, func() (bool, string) {
@@ -123,6 +127,10 @@ func TestLogs(t *testing.T) {
 	pw, _ := pu.User.Password()
 	if pw == "" || strings.Contains(out, pw) || strings.Contains(out, f.Token) {
 		t.Errorf("pgfleet logs lg shows a password or the token (or the URL had no password: %q)", pw)
+	}
+	if !strings.Contains(out, `ERROR:  role "no_such_role" does not exist`) || strings.Contains(out, "typed-secret-42") ||
+		!strings.Contains(out, "STATEMENT:  ALTER ROLE no_such_role PASSWORD '[redacted]'") {
+		t.Errorf("pgfleet logs lg: want the failed ALTER ROLE's error and statement with its password masked:\n%s", lastLines(out, 12))
 	}
 	// The log is the agent's: a postgres session cannot read it.
 	logDir := filepath.Join(f.DataDir(memberHost), "members", "lg-1", "log")
