@@ -238,10 +238,11 @@ func (c *Client) Move(ctx context.Context, name string, req MoveRequest, out io.
 			}
 			return nil
 		}
-		// From the first step on, the move is the one under way: a
+		// From its first step on, the move is the one under way: a
 		// reverse is not asked twice, and a move someone else reversed
-		// meanwhile is refused rather than followed.
-		if v.Move != nil {
+		// meanwhile is refused rather than followed. A reverse whose first
+		// step has not been written yet is asked again as a reverse.
+		if v.Move != nil && (!req.Reverse || v.Action == fleet.MoveBegin) {
 			req = MoveRequest{Region: v.Move.To}
 		}
 		if v.Action == fleet.MoveWait {
