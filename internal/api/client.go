@@ -84,12 +84,9 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	var errs []string
 	var lastErr error
 	for _, ep := range c.Endpoints {
-		base := ep
-		if !strings.Contains(base, "://") {
-			base = "https://" + base
-		}
-		if !strings.HasPrefix(base, "https://") {
-			return fmt.Errorf("API address %s: agents serve the API over HTTPS only; give HOST:PORT or https://HOST:PORT", ep)
+		base, err := endpointBase(ep)
+		if err != nil {
+			return err
 		}
 		req, err := http.NewRequestWithContext(ctx, method, base+path, bytes.NewReader(payload))
 		if err != nil {
@@ -153,6 +150,19 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		return lastErr
 	}
 	return fmt.Errorf("no agent answered (%s): is the fleet running? (`pgfleet dev up` starts a local one)", groupErrors(errs))
+}
+
+// endpointBase is the URL an endpoint's paths go after: HOST:PORT means
+// https://HOST:PORT, and nothing but HTTPS is taken.
+func endpointBase(ep string) (string, error) {
+	base := ep
+	if !strings.Contains(base, "://") {
+		base = "https://" + base
+	}
+	if !strings.HasPrefix(base, "https://") {
+		return "", fmt.Errorf("API address %s: agents serve the API over HTTPS only; give HOST:PORT or https://HOST:PORT", ep)
+	}
+	return base, nil
 }
 
 // dialReason is why a request got no answer, without the address the

@@ -477,12 +477,9 @@ func (c *Client) Logs(ctx context.Context, name string, o LogOptions, fn func(Lo
 	var errs []string
 	var lastErr error
 	for i, ep := range c.Endpoints {
-		base := ep
-		if !strings.Contains(base, "://") {
-			base = "https://" + base
-		}
-		if !strings.HasPrefix(base, "https://") {
-			return fmt.Errorf("API address %s: agents serve the API over HTTPS only; give HOST:PORT or https://HOST:PORT", ep)
+		base, err := endpointBase(ep)
+		if err != nil {
+			return err
 		}
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
 		if err != nil {
