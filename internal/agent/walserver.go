@@ -100,6 +100,8 @@ type walServer struct {
 	// runs itself.
 	postmasters func() map[int]memberRef
 
+	ahead *walAhead // pushes of files ready after the one asked for (walahead.go)
+
 	srv  *http.Server
 	done chan struct{}
 }
@@ -126,7 +128,7 @@ func newWALServer(clusters walClusters, host, dataDir string, pgUser postgres.OS
 	return &walServer{
 		clusters: clusters, host: host, dataDir: dataDir, pgUser: pgUser, log: log,
 		socket: socket, spool: filepath.Join(filepath.Dir(socket), "spool"),
-		known: map[walKey]walTarget{}, done: make(chan struct{}),
+		known: map[walKey]walTarget{}, ahead: newWALAhead(), done: make(chan struct{}),
 	}
 }
 
@@ -164,6 +166,7 @@ func (w *walServer) Close() error {
 	defer cancel()
 	err := w.srv.Shutdown(ctx)
 	<-w.done
+	w.ahead.close()
 	os.RemoveAll(w.spool)
 	return err
 }
@@ -498,29 +501,12 @@ func (w *walServer) pushWAL(ctx context.Context, req WALRequest, path string) er
 	if err != nil {
 		return err
 	}
-	f, err := openWALFile(p, w.pgUser.UID)
-	if err != nil {
-		return err
+	w.scheduleAhead(t, filepath.Base(p))
+	if w.pushedAhead(ctx, p) {
+		return nil
 	}
-	defer f.Close()
-	a, err := backup.OpenArchiveKey(ctx, t.store, t.archive, t.key)
-	if err != nil {
-		return err
-	}
-	// PushWAL reads a path and names the object after its last element.
-	// A link in a directory of the agent's own, named as the file and
-	// pointing at the descriptor opened and checked above, has it read
-	// exactly that file, whatever happens in pg_wal meanwhile.
-	dir, err := os.MkdirTemp(w.spool, "push-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	link := filepath.Join(dir, filepath.Base(p))
-	if err := os.Symlink("/proc/self/fd/"+strconv.Itoa(int(f.Fd())), link); err != nil {
-		return err
-	}
-	return a.PushWAL(ctx, link)
+	_, err = w.pushFile(ctx, t, p)
+	return err
 }
 
 // fetch sends a WAL file from the archive, once it is whole and its

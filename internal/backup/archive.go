@@ -118,43 +118,69 @@ func (a *Archive) PushWAL(ctx context.Context, path string) error {
 }
 
 func (a *Archive) pushWAL(ctx context.Context, path, name string) error {
-	f, err := parseWALName(name)
-	if err != nil {
-		return err
-	}
 	src, err := os.Open(path)
 	if err != nil {
 		return err
 	}
 	defer src.Close()
+	_, err = a.pushWALFrom(ctx, name, src)
+	return err
+}
+
+// PushedWAL is what PushWALFrom archived.
+type PushedWAL struct {
+	SHA256 string // of the content, in hex
+	Size   int64
+}
+
+// PushWALFrom archives the WAL file name with the content read from src,
+// as PushWAL does, and says what content is now archived under name: the
+// caller can tell later, by comparing, whether a file is the one archived.
+func (a *Archive) PushWALFrom(ctx context.Context, name string, src io.Reader) (PushedWAL, error) {
+	p, err := a.pushWALFrom(ctx, name, src)
+	if err != nil {
+		return PushedWAL{}, fmt.Errorf("archive %s: %w", name, err)
+	}
+	return p, nil
+}
+
+func (a *Archive) pushWALFrom(ctx context.Context, name string, src io.Reader) (PushedWAL, error) {
+	f, err := parseWALName(name)
+	if err != nil {
+		return PushedWAL{}, err
+	}
 	// A segment is 16 MiB by default and compresses well, so the object is
 	// built in memory: its size is then known, and the store can create it
 	// with one conditional request.
 	var buf bytes.Buffer
 	w, err := newObjectWriter(&buf, a.key, 1)
 	if err != nil {
-		return err
+		return PushedWAL{}, err
 	}
 	if _, err := io.Copy(w, src); err != nil {
-		return fmt.Errorf("read %s: %w", path, err)
+		return PushedWAL{}, fmt.Errorf("read %s: %w", name, err)
 	}
 	if err := w.Close(); err != nil {
-		return err
+		return PushedWAL{}, err
 	}
+	pushed := PushedWAL{SHA256: w.Sum(), Size: w.Size()}
 	key := a.walKey(f)
 	err = a.store.Put(ctx, key, bytes.NewReader(buf.Bytes()), int64(buf.Len()), PutOptions{CreateOnly: true})
-	if !errors.Is(err, ErrExists) {
-		return err
+	switch {
+	case err == nil:
+		return pushed, nil
+	case !errors.Is(err, ErrExists):
+		return PushedWAL{}, err
 	}
 	have, _, err := a.objectSum(ctx, key)
 	if err != nil {
-		return fmt.Errorf("already archived, and reading the archived copy back to compare failed: %w", err)
+		return PushedWAL{}, fmt.Errorf("already archived, and reading the archived copy back to compare failed: %w", err)
 	}
 	if have != w.Sum() {
-		return fmt.Errorf("%w: %s holds a different %s (sha256 %.12s…, this one %.12s…) and it is never overwritten; is another cluster archiving under the name %q?",
+		return PushedWAL{}, fmt.Errorf("%w: %s holds a different %s (sha256 %.12s…, this one %.12s…) and it is never overwritten; is another cluster archiving under the name %q?",
 			ErrConflict, a.store, name, have, w.Sum(), a.cluster)
 	}
-	return nil
+	return pushed, nil
 }
 
 // objectSum reads an object to its end and returns its plaintext's SHA-256

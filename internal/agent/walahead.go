@@ -1,0 +1,197 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/pgfleet/pgfleet/internal/backup"
+)
+
+// Archiving ahead. Postgres runs archive_command for one WAL file at a
+// time, oldest first, each a process of its own that waits for the upload:
+// when WAL piles up (a burst of writes, a store that was away), the archive
+// falls behind at one upload per round trip. So when a push comes for a
+// member, the agent also starts pushing, in the background and a few at a
+// time, the files postgres has marked ready to archive after it
+// (pg_wal/archive_status/*.ready), as pgBackRest's asynchronous archive-push
+// does. When archive_command then comes for one of them, the upload is done
+// or under way, and the answer waits only for it.
+//
+// The answer is still exact: success only once that file, with that
+// content, is durable in the store. The agent hashes the file postgres
+// names when it asks and compares it with what the background push stored;
+// anything else (a failed push, a file that changed) is pushed again, in the
+// ordinary way, which also decides between an identical object already
+// archived and a conflicting one.
+
+// aheadMax bounds the files pushed ahead per member, and aheadWorkers the
+// uploads under way at once across members (each holds a compressed
+// segment in memory).
+const (
+	aheadMax     = 8
+	aheadWorkers = 2
+)
+
+// aheadPush is one file pushed ahead.
+type aheadPush struct {
+	done   chan struct{}
+	pushed backup.PushedWAL
+	err    error
+}
+
+// walAhead holds the pushes ahead of a WAL server.
+type walAhead struct {
+	ctx    context.Context // ends with the server
+	cancel context.CancelFunc
+	sem    chan struct{}
+	wg     sync.WaitGroup
+
+	mu     sync.Mutex
+	pushes map[string]*aheadPush // by the file's path
+}
+
+func newWALAhead() *walAhead {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &walAhead{ctx: ctx, cancel: cancel, sem: make(chan struct{}, aheadWorkers), pushes: map[string]*aheadPush{}}
+}
+
+// close stops the pushes under way and waits for them.
+func (h *walAhead) close() {
+	h.cancel()
+	h.wg.Wait()
+}
+
+// take returns and forgets the push ahead of the file at path, if there is
+// one.
+func (h *walAhead) take(path string) *aheadPush {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	p := h.pushes[path]
+	delete(h.pushes, path)
+	return p
+}
+
+// readyAfter lists the WAL files of pg_wal that postgres has marked ready
+// to archive, in the order it archives them, other than current.
+func readyAfter(pgwal, current string) []string {
+	ents, err := os.ReadDir(filepath.Join(pgwal, "archive_status"))
+	if err != nil {
+		return nil
+	}
+	var names []string
+	for _, e := range ents {
+		name, ok := strings.CutSuffix(e.Name(), ".ready")
+		if ok && name != current && name == filepath.Base(name) && !strings.HasPrefix(name, ".") {
+			names = append(names, name)
+		}
+	}
+	// Postgres archives history files first, then the oldest segment:
+	// sorting by name puts a timeline's segments in order.
+	sort.Strings(names)
+	return names
+}
+
+// schedule starts pushing ahead the files ready after current in the
+// member's pg_wal (at most aheadMax per member), and forgets finished pushes
+// of files no longer ready (archived meanwhile, or removed).
+func (w *walServer) scheduleAhead(t walTarget, current string) {
+	pgwal := filepath.Join(t.pgdata, "pg_wal")
+	ready := readyAfter(pgwal, current)
+	h := w.ahead
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	isReady := map[string]bool{}
+	for _, name := range ready {
+		isReady[filepath.Join(pgwal, name)] = true
+	}
+	n := 0
+	for path, p := range h.pushes {
+		if filepath.Dir(path) != pgwal {
+			continue
+		}
+		select {
+		case <-p.done:
+			if !isReady[path] {
+				delete(h.pushes, path)
+				continue
+			}
+		default:
+		}
+		n++
+	}
+	for _, name := range ready {
+		path := filepath.Join(pgwal, name)
+		if n >= aheadMax {
+			break
+		}
+		if _, ok := h.pushes[path]; ok {
+			continue
+		}
+		p := &aheadPush{done: make(chan struct{})}
+		h.pushes[path] = p
+		n++
+		h.wg.Add(1)
+		go func() {
+			defer h.wg.Done()
+			defer close(p.done)
+			select {
+			case h.sem <- struct{}{}:
+				defer func() { <-h.sem }()
+			case <-h.ctx.Done():
+				p.err = h.ctx.Err()
+				return
+			}
+			p.pushed, p.err = w.pushFile(h.ctx, t, path)
+			if p.err != nil {
+				w.log.Debug("push WAL ahead", "path", path, "err", p.err)
+			}
+		}()
+	}
+}
+
+// pushFile archives the WAL file at path (in the member's pg_wal) to t's
+// archive.
+func (w *walServer) pushFile(ctx context.Context, t walTarget, path string) (backup.PushedWAL, error) {
+	f, err := openWALFile(path, w.pgUser.UID)
+	if err != nil {
+		return backup.PushedWAL{}, err
+	}
+	defer f.Close()
+	a, err := backup.OpenArchiveKey(ctx, t.store, t.archive, t.key)
+	if err != nil {
+		return backup.PushedWAL{}, err
+	}
+	return a.PushWALFrom(ctx, filepath.Base(path), f)
+}
+
+// pushedAhead reports whether the file at path was pushed ahead with the
+// content it has now, waiting for a push under way.
+func (w *walServer) pushedAhead(ctx context.Context, path string) bool {
+	p := w.ahead.take(path)
+	if p == nil {
+		return false
+	}
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		return false
+	}
+	if p.err != nil {
+		return false
+	}
+	f, err := openWALFile(path, w.pgUser.UID)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	return err == nil && n == p.pushed.Size && hex.EncodeToString(h.Sum(nil)) == p.pushed.SHA256
+}
