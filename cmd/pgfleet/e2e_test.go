@@ -410,12 +410,16 @@ func noSecretsShown(t *testing.T, c cli, dir, events string) {
 	}
 	places := map[string]string{"events": events, "ps": string(ps)}
 	logs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
-	for _, l := range logs {
+	memberLogs, _ := filepath.Glob(filepath.Join(dir, "*", "members", "*", "log", "member.log*")) // what `pgfleet logs` shows
+	if len(memberLogs) == 0 {
+		t.Error("no member logs under " + dir)
+	}
+	for _, l := range append(logs, memberLogs...) {
 		b, err := os.ReadFile(l)
 		if err != nil {
 			t.Fatal(err)
 		}
-		places[filepath.Base(l)] = string(b)
+		places[strings.TrimPrefix(l, dir+"/")] = string(b)
 	}
 	for what, secret := range secrets {
 		if len(secret) < 8 {
