@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -18,8 +19,12 @@ const dialTimeout = 5 * time.Second
 // server is one connection to PostgreSQL, logged in as one role to one
 // database, that serves one client transaction at a time.
 type server struct {
-	conn   net.Conn
-	fe     *pgproto3.Frontend
+	conn net.Conn
+	fe   *pgproto3.Frontend
+	// wmu is held by the session writing to fe, from its first Send to
+	// its Flush: the server is released only once the writing is done, so
+	// the next session never shares fe's buffer with it.
+	wmu    sync.Mutex
 	addr   string            // host:port, for cancel requests
 	member string            // the member it reaches
 	login  map[string]string // the settings it logged in with

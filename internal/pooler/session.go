@@ -444,14 +444,16 @@ func (s *session) loop() {
 			s.mu.Lock()
 			s.bind(srv)
 		}
-		flush := s.send(msg)
 		srv := s.srv
+		srv.wmu.Lock()
+		flush := s.send(msg)
 		s.mu.Unlock()
 		if flush {
 			if err := srv.fe.Flush(); err != nil {
 				srv.conn.Close()
 			}
 		}
+		srv.wmu.Unlock()
 	}
 }
 
@@ -661,6 +663,9 @@ func (s *session) answer(srv *server) {
 // release returns srv to the pool after a transaction, reset first if
 // the client changed its session.
 func (s *session) release(srv *server) {
+	// Wait for the client's last write to the server to end.
+	srv.wmu.Lock()
+	srv.wmu.Unlock()
 	if srv.dirty && !srv.broken {
 		sql := resetSQL
 		if srv.discard {
