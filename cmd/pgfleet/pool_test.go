@@ -74,6 +74,12 @@ func TestPooledPort(t *testing.T) {
 		t.Fatal(err)
 	}
 	appURL := asUser(t, pooled, "app", "app-secret-1")
+	if _, stderr, code := c.run("set", "db", "--pool-size", "0"); code == 0 || !strings.Contains(stderr, "--pool-size 0: give 1 to 1000") {
+		t.Errorf("set --pool-size 0: exit %d, %s; want a usage error", code, stderr)
+	}
+	if _, stderr, code := c.run("url", "db", "--pooled", "--replica"); code == 0 || !strings.Contains(stderr, "--pooled cannot be combined with --replica") {
+		t.Errorf("url --pooled --replica: exit %d, %s; want a usage error", code, stderr)
+	}
 
 	t.Run("SCRAM logins", func(t *testing.T) {
 		conn, err := pgx.Connect(ctx, pooled)
@@ -168,7 +174,7 @@ func TestPooledPort(t *testing.T) {
 		start := time.Now()
 		_, err = conn.Exec(ctx, "SELECT 1")
 		took := time.Since(start)
-		if sqlState(err) != "53300" || !strings.Contains(err.Error(), "pool size") || took < 4*time.Second {
+		if sqlState(err) != "53300" || !strings.Contains(err.Error(), "pgfleet set db --pool-size") || took < 4*time.Second {
 			t.Errorf("a transaction on a full pool: %v after %s, want 53300 naming the pool size after the 5 s queue timeout", err, took)
 		}
 		// The session goes on once a server is free.

@@ -31,6 +31,9 @@ func TestParseURLQuery(t *testing.T) {
 		{name: "member with replica and direct", query: "member=db-2&replica=true&direct=true", err: "with replica or direct"},
 		{name: "direct with region", query: "direct=true&region=ams", err: "direct cannot be combined with region"},
 		{name: "malformed", query: "region=%zz", err: "not valid"},
+		{name: "pooled in a region", query: "pooled=true&region=ams", want: URLOptions{Pooled: true, Region: "ams"}},
+		{name: "pooled replica", query: "pooled=true&replica=true", err: "pooled cannot be combined with replica or direct"},
+		{name: "pooled member", query: "pooled=true&member=db-2", err: "member cannot be combined with pooled"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 // at most size of them, idle ones kept for the next transaction, and
 // clients waiting, first come first served, when all are busy.
 type pool struct {
+	cluster  string
 	user, db string
 
 	mu      sync.Mutex
@@ -35,20 +36,21 @@ type grant struct {
 
 // errPoolFull is a pool whose servers stayed busy for the queue timeout.
 type errPoolFull struct {
+	cluster  string
 	user, db string
 	size     int
 	waited   time.Duration
 }
 
 func (e *errPoolFull) Error() string {
-	return fmt.Sprintf("pool for user %q on database %q is full: its %d server connections stayed busy for %s; raise the cluster's pool size (pgfleet create --pool-size, or pgfleet pool-size), or make transactions shorter",
-		e.user, e.db, e.size, e.waited)
+	return fmt.Sprintf("the pool of user %q on database %q is full: its %d server connections stayed busy for %s; raise the pool size (pgfleet set %s --pool-size N), or make transactions shorter",
+		e.user, e.db, e.size, e.waited, e.cluster)
 }
 
 var errClosing = errors.New("the pooler is closing")
 
-func newPool(user, db string, size int) *pool {
-	return &pool{user: user, db: db, size: size, busy: map[*server]struct{}{}}
+func newPool(cluster, user, db string, size int) *pool {
+	return &pool{cluster: cluster, user: user, db: db, size: size, busy: map[*server]struct{}{}}
 }
 
 // take returns an idle server, or nil with leave to open one, waiting
@@ -90,7 +92,7 @@ func (p *pool) take(deadline time.Time, stop <-chan struct{}) (*server, error) {
 				return nil, errClosing
 			default:
 			}
-			return nil, &errPoolFull{user: p.user, db: p.db, size: size, waited: time.Since(start).Round(100 * time.Millisecond)}
+			return nil, &errPoolFull{cluster: p.cluster, user: p.user, db: p.db, size: size, waited: time.Since(start).Round(100 * time.Millisecond)}
 		}
 	}
 	p.mu.Unlock()

@@ -366,7 +366,7 @@ func (c *cluster) pool(user, db string) *pool {
 	k := [2]string{user, db}
 	pl := c.pools[k]
 	if pl == nil {
-		pl = newPool(user, db, c.size)
+		pl = newPool(c.name, user, db, c.size)
 		c.pools[k] = pl
 	}
 	return pl
