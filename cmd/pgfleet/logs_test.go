@@ -245,3 +245,71 @@ func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
+
+// TestLogsHostCutOff follows a member's log through another host while
+// the member's host drops off the network (its namespace's link goes
+// down, so nothing resets the connection): the follow ends within the
+// forwarding agent's idle limit, naming the host that went silent, and the
+// log is then refused as that of a host that is down.
+func TestLogsHostCutOff(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a three-host fleet in network namespaces")
+	}
+	f := startNamespacedFleet(t, "iad:3")
+	ctx := context.Background()
+	one := 1
+	if _, err := f.client.Create(ctx, api.CreateRequest{Name: "cut", PrimaryRegion: "iad", HA: &one, BackupStore: "none"}); err != nil {
+		t.Fatal(err)
+	}
+	var v api.ClusterView
+	labtest.WaitFor(t, 3*time.Minute, "cluster cut ready", func() (bool, string) {
+		var err error
+		if v, err = f.client.Cluster(ctx, "cut"); err != nil {
+			return false, err.Error()
+		}
+		return v.Primary == "cut-1" && v.Members[0].Healthy, fmt.Sprintf("%+v", v.Members)
+	})
+	memberHost := v.Members[0].Host
+	var through string
+	for _, h := range f.plan.Hosts {
+		if h.Name != memberHost {
+			through = h.API()
+			break
+		}
+	}
+	c := api.NewClient([]string{through}, f.token, f.client.CA())
+
+	var mu sync.Mutex
+	lines := 0
+	followed := make(chan error, 1)
+	go func() {
+		followed <- c.Logs(ctx, "cut", api.LogOptions{Member: "cut-1", Follow: true}, func(api.LogLine) error {
+			mu.Lock()
+			lines++
+			mu.Unlock()
+			return nil
+		})
+	}()
+	labtest.WaitFor(t, 30*time.Second, "the followed log's first lines", func() (bool, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		return lines > 0, fmt.Sprintf("%d lines", lines)
+	})
+	cut := time.Now()
+	f.ns.Cut(memberHost)
+	select {
+	case err := <-followed:
+		want := fmt.Sprintf("lost the log of member cut-1 from host %s: no answer for 15s", memberHost)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("logs -f when the member's host is cut off: %v; want an error with %q", err, want)
+		}
+		t.Logf("the follow ended %s after the cut: %v", time.Since(cut).Round(100*time.Millisecond), err)
+	case <-time.After(time.Minute):
+		t.Fatal("logs -f still running a minute after the member's host was cut off")
+	}
+	want := fmt.Sprintf("member cut-1 is on host %s, which is down", memberHost)
+	labtest.WaitFor(t, time.Minute, "logs of a member whose host is cut off", func() (bool, string) {
+		err := c.Logs(ctx, "cut", api.LogOptions{Member: "cut-1"}, func(api.LogLine) error { return nil })
+		return err != nil && strings.Contains(err.Error(), want), fmt.Sprint(err)
+	})
+}

@@ -37,11 +37,14 @@ import (
 // logHeartbeat, and an object with Error when the stream must end.
 
 // logHeartbeat is how often a followed log with nothing new says it is
-// still there; logIdleLimit is how long a reader waits for a line or a
-// heartbeat before it takes the host for lost.
+// still there. An agent forwarding a log takes the member's host for lost
+// after forwardIdleLimit without a line or a heartbeat from it, and says so;
+// a client waits longer, clientIdleLimit, so that it hears which host went
+// silent from the agent in between rather than blaming that agent.
 const (
-	logHeartbeat = 5 * time.Second
-	logIdleLimit = 20 * time.Second
+	logHeartbeat     = 5 * time.Second
+	forwardIdleLimit = 15 * time.Second
+	clientIdleLimit  = 30 * time.Second
 )
 
 // forwardedHeader marks a request one agent forwarded to another: the
@@ -380,7 +383,7 @@ func (s *Server) forwardLog(w http.ResponseWriter, r *http.Request, m fleet.Memb
 	}
 	sw := startStream(w, follow)
 	ended := false // the other agent ended the stream with its reason
-	err = readLogStream(resp.Body, logIdleLimit, func(l LogLine) error {
+	err = readLogStream(resp.Body, forwardIdleLimit, func(l LogLine) error {
 		ended = ended || l.Error != ""
 		return sw.write(l)
 	})
@@ -516,7 +519,7 @@ func (c *Client) Logs(ctx context.Context, name string, o LogOptions, fn func(Lo
 			return apiErr
 		}
 		var stop error // the stream's reason to end, or fn's failure
-		err = readLogStream(resp.Body, logIdleLimit, func(l LogLine) error {
+		err = readLogStream(resp.Body, clientIdleLimit, func(l LogLine) error {
 			switch {
 			case l.Error != "":
 				stop = errors.New(l.Error)
