@@ -107,7 +107,9 @@ func (w *walServer) scheduleAhead(t walTarget, current string) {
 	h := w.ahead
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	isReady := map[string]bool{}
+	// The current file is ready too: its push ahead, if any, is what
+	// answers this request.
+	isReady := map[string]bool{filepath.Join(pgwal, current): true}
 	for _, name := range ready {
 		isReady[filepath.Join(pgwal, name)] = true
 	}

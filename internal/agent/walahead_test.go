@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -113,4 +114,72 @@ func TestWALPushAhead(t *testing.T) {
 	if got := w.ahead.pushes; len(got) != 0 {
 		t.Errorf("pushes ahead left after every file was asked for: %v", got)
 	}
+}
+
+// BenchmarkWALPushThroughAgent archives the WAL segments in
+// $PGFLEET_BENCH_WAL_DIR as postgres' archiver does with a backlog: all
+// marked ready, then one `pgfleet wal-push --socket` process per segment,
+// oldest first, each marked done once it succeeds, with the pgfleet binary
+// $PGFLEET_BENCH_BIN. It reports the time per segment (ms/segment), process
+// start included. bench/backup/run.sh runs it beside pgBackRest.
+func BenchmarkWALPushThroughAgent(b *testing.B) {
+	src, bin := os.Getenv("PGFLEET_BENCH_WAL_DIR"), os.Getenv("PGFLEET_BENCH_BIN")
+	if src == "" || bin == "" {
+		b.Skip("set PGFLEET_BENCH_WAL_DIR (WAL segments) and PGFLEET_BENCH_BIN (the pgfleet binary)")
+	}
+	ents, err := os.ReadDir(src)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var segs []string
+	for _, e := range ents {
+		segs = append(segs, e.Name())
+	}
+	me := postgres.OSUser{Name: "me", UID: os.Geteuid(), GID: os.Getegid()}
+	var total time.Duration
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		dataDir, storeDir := b.TempDir(), b.TempDir()
+		clusters := &fakeClusters{c: store.ClusterState{
+			Spec:    fleet.ClusterSpec{Name: "bench", Backup: &fleet.BackupSpec{Store: "file://" + storeDir}},
+			Members: []fleet.MemberSpec{{ID: "bench-1", Cluster: "bench", Host: "h"}},
+		}}
+		w := newWALServer(clusters, "h", dataDir, me, slog.New(slog.DiscardHandler))
+		if err := w.start(); err != nil {
+			b.Fatal(err)
+		}
+		pgwal := filepath.Join(dataDir, "members", "bench-1", "pgdata", "pg_wal")
+		if err := os.MkdirAll(filepath.Join(pgwal, "archive_status"), 0o700); err != nil {
+			b.Fatal(err)
+		}
+		for _, name := range segs {
+			data, err := os.ReadFile(filepath.Join(src, name))
+			if err == nil {
+				err = os.WriteFile(filepath.Join(pgwal, name), data, 0o600)
+			}
+			if err == nil {
+				err = os.WriteFile(filepath.Join(pgwal, "archive_status", name+".ready"), nil, 0o600)
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StartTimer()
+		start := time.Now()
+		for _, name := range segs {
+			out, err := exec.Command(bin, "wal-push", "--socket", w.socket, "--cluster", "bench", "--member", "bench-1", "pg_wal/"+name).CombinedOutput()
+			if err != nil {
+				b.Fatalf("wal-push %s: %v: %s", name, err, out)
+			}
+			st := filepath.Join(pgwal, "archive_status", name)
+			if err := os.Rename(st+".ready", st+".done"); err != nil {
+				b.Fatal(err)
+			}
+		}
+		total += time.Since(start)
+		b.StopTimer()
+		w.Close()
+	}
+	b.ReportMetric(float64(total.Milliseconds())/float64(b.N*len(segs)), "ms/segment")
+	b.ReportMetric(float64(len(segs)), "segments")
 }
