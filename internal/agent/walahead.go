@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -53,13 +54,18 @@ type walAhead struct {
 	sem    chan struct{}
 	wg     sync.WaitGroup
 
-	mu     sync.Mutex
-	pushes map[string]*aheadPush // by the file's path
+	fetchSem chan struct{}
+
+	mu      sync.Mutex
+	pushes  map[string]*aheadPush // by the file's path
+	fetches map[fetchKey]*aheadFetch
+	seq     int // names files fetched ahead
 }
 
 func newWALAhead() *walAhead {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &walAhead{ctx: ctx, cancel: cancel, sem: make(chan struct{}, aheadWorkers), pushes: map[string]*aheadPush{}}
+	return &walAhead{ctx: ctx, cancel: cancel, sem: make(chan struct{}, aheadWorkers), fetchSem: make(chan struct{}, fetchAheadWorkers),
+		pushes: map[string]*aheadPush{}, fetches: map[fetchKey]*aheadFetch{}}
 }
 
 // close stops the pushes under way and waits for them.
@@ -196,4 +202,142 @@ func (w *walServer) pushedAhead(ctx context.Context, path string) bool {
 	h := sha256.New()
 	n, err := io.Copy(h, f)
 	return err == nil && n == p.pushed.Size && hex.EncodeToString(h.Sum(nil)) == p.pushed.SHA256
+}
+
+// Fetching ahead. A recovery (a restore, a standby catching up from the
+// archive) runs restore_command for one segment at a time and replays it
+// before it asks for the next, so each segment's download, decryption and
+// check is on its critical path. When a fetch of a segment succeeds, the
+// agent also fetches the next few segments of its timeline into its spool,
+// a few at a time, as pgBackRest's archive-get queue does; a later fetch of
+// one of them is answered from the spool. What is in the spool was checked
+// (checksum, and the key's authentication) as any fetch is, before it was
+// written there. The spool is on the agent's own disk, which members' data
+// may share: it holds at most fetchAheadMax segments per member and
+// archive, and none is fetched ahead that would leave less than
+// backup.FileStoreReserve of the filesystem free.
+const (
+	fetchAheadMax     = 8
+	fetchAheadWorkers = 2
+)
+
+// fetchKey names a segment fetched ahead for a request's member and
+// archive.
+type fetchKey struct {
+	req  WALRequest
+	name string
+}
+
+// aheadFetch is one segment fetched ahead into the spool.
+type aheadFetch struct {
+	done    chan struct{}
+	target  walTarget
+	path    string
+	err     error
+	dropped bool // no longer wanted: its file is removed once fetched
+}
+
+// scheduleFetchAhead starts fetching the segments that follow name for
+// req into the spool, and drops those fetched ahead for req that a
+// recovery at name no longer asks for.
+func (w *walServer) scheduleFetchAhead(t walTarget, req WALRequest, name string) {
+	next := backup.NextSegments(name, backup.DefaultWALSegmentSize, fetchAheadMax)
+	wanted := map[string]bool{}
+	for _, n := range next {
+		wanted[n] = true
+	}
+	h := w.ahead
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for k, f := range h.fetches {
+		if k.req == req && (!wanted[k.name] || f.target != t) {
+			h.dropFetch(k, f)
+		}
+	}
+	for _, n := range next {
+		k := fetchKey{req: req, name: n}
+		if _, ok := h.fetches[k]; ok {
+			continue
+		}
+		h.seq++
+		f := &aheadFetch{done: make(chan struct{}), target: t, path: filepath.Join(w.spool, fmt.Sprintf("ahead-%d-%s", h.seq, n))}
+		h.fetches[k] = f
+		h.wg.Add(1)
+		go func() {
+			defer h.wg.Done()
+			select {
+			case h.fetchSem <- struct{}{}:
+				f.err = w.fetchFile(h.ctx, t, n, f.path)
+				<-h.fetchSem
+			case <-h.ctx.Done():
+				f.err = h.ctx.Err()
+			}
+			h.mu.Lock()
+			if f.dropped || f.err != nil {
+				os.Remove(f.path)
+			}
+			close(f.done)
+			h.mu.Unlock()
+		}()
+	}
+}
+
+// dropFetch forgets a segment fetched ahead and removes its file, now or
+// once its fetch ends. h.mu is held.
+func (h *walAhead) dropFetch(k fetchKey, f *aheadFetch) {
+	delete(h.fetches, k)
+	f.dropped = true
+	select {
+	case <-f.done:
+		os.Remove(f.path)
+	default:
+	}
+}
+
+// fetchFile fetches the WAL file name from t's archive to path, checked,
+// unless that would leave too little of the spool's filesystem free: a
+// fetch ahead may wait, where the fetch postgres asks for is not held back.
+func (w *walServer) fetchFile(ctx context.Context, t walTarget, name, path string) error {
+	if err := backup.CheckRoom(filepath.Dir(path), maxWALFile); err != nil {
+		return err
+	}
+	a, err := backup.OpenArchiveKey(ctx, t.store, t.archive, t.key)
+	if err != nil {
+		return err
+	}
+	return a.FetchWAL(ctx, name, path)
+}
+
+// fetchedAhead returns the segment name fetched ahead for req from t's
+// archive, opened (and already removed from the spool), or nil if there is
+// none: not fetched ahead, failed (not archived then, perhaps archived
+// since), or from another archive than t.
+func (w *walServer) fetchedAhead(ctx context.Context, t walTarget, req WALRequest, name string) *os.File {
+	h := w.ahead
+	k := fetchKey{req: req, name: name}
+	h.mu.Lock()
+	f := h.fetches[k]
+	delete(h.fetches, k)
+	h.mu.Unlock()
+	if f == nil {
+		return nil
+	}
+	select {
+	case <-f.done:
+	case <-ctx.Done():
+		h.mu.Lock()
+		h.dropFetch(k, f)
+		h.mu.Unlock()
+		return nil
+	}
+	if f.err != nil || f.target != t {
+		os.Remove(f.path)
+		return nil
+	}
+	file, err := os.Open(f.path)
+	os.Remove(f.path)
+	if err != nil {
+		return nil
+	}
+	return file
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -182,4 +183,114 @@ func BenchmarkWALPushThroughAgent(b *testing.B) {
 	}
 	b.ReportMetric(float64(total.Milliseconds())/float64(b.N*len(segs)), "ms/segment")
 	b.ReportMetric(float64(len(segs)), "segments")
+}
+
+// TestWALFetchAhead: a fetch also fetches the segments after it into the
+// spool, and later fetches are answered from there with the archived
+// content; a segment that fails its check is never put in the spool, and
+// its fetch fails as before; nothing is left in the spool once recovery
+// has asked for everything.
+func TestWALFetchAhead(t *testing.T) {
+	dataDir := t.TempDir()
+	storeDir := t.TempDir()
+	clusters := &fakeClusters{c: store.ClusterState{
+		Spec:    fleet.ClusterSpec{Name: "demo", Backup: &fleet.BackupSpec{Store: "file://" + storeDir}},
+		Members: []fleet.MemberSpec{{ID: "demo-1", Cluster: "demo", Host: "iad-1"}},
+	}}
+	me := postgres.OSUser{Name: "me", UID: os.Geteuid(), GID: os.Getegid()}
+	w := newWALServer(clusters, "iad-1", dataDir, me, slog.New(slog.DiscardHandler))
+	if err := w.start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	a, err := backup.OpenArchiveKey(ctx, "file://"+storeDir, "demo", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := t.TempDir()
+	names := backup.NextSegments("000000010000000000000000", backup.DefaultWALSegmentSize, 5)
+	content := map[string][]byte{}
+	for _, name := range names {
+		b := make([]byte, 128<<10)
+		rand.Read(b)
+		content[name] = b
+		p := filepath.Join(src, name)
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.PushWAL(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The fourth is damaged in the store.
+	obj := filepath.Join(storeDir, "demo", "wal", "00000001", names[3]+".zst")
+	b, _ := os.ReadFile(obj)
+	b[len(b)/2] ^= 1
+	os.WriteFile(obj, b, 0o600)
+
+	spooled := func() []string {
+		ents, _ := os.ReadDir(w.spool)
+		var out []string
+		for _, e := range ents {
+			out = append(out, e.Name())
+		}
+		return out
+	}
+	idle := func() bool {
+		w.ahead.mu.Lock()
+		defer w.ahead.mu.Unlock()
+		for _, f := range w.ahead.fetches {
+			select {
+			case <-f.done:
+			default:
+				return false
+			}
+		}
+		return true
+	}
+	waitIdle := func(what string) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); !idle(); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: fetches ahead still under way; spool %v", what, spooled())
+			}
+		}
+	}
+
+	cl := NewWALClient(w.socket)
+	req := WALRequest{Cluster: "demo", Member: "demo-1"}
+	fetch := func(name string) ([]byte, error) {
+		dest := filepath.Join(t.TempDir(), "RECOVERYXLOG")
+		if err := cl.Fetch(ctx, req, name, dest); err != nil {
+			return nil, err
+		}
+		return os.ReadFile(dest)
+	}
+	if got, err := fetch(names[0]); err != nil || string(got) != string(content[names[0]]) {
+		t.Fatalf("Fetch(%s) = %d bytes, %v", names[0], len(got), err)
+	}
+	waitIdle("after the first fetch")
+	if got := spooled(); len(got) != 3 {
+		t.Errorf("spool after fetching %s = %v, want the 2nd, 3rd and 5th segments (the 4th fails its check)", names[0], got)
+	}
+	for _, i := range []int{1, 2} {
+		if got, err := fetch(names[i]); err != nil || string(got) != string(content[names[i]]) {
+			t.Errorf("Fetch(%s), fetched ahead = %d bytes, %v; want the archived %d", names[i], len(got), err, len(content[names[i]]))
+		}
+	}
+	if _, err := fetch(names[3]); err == nil || errors.Is(err, ErrNotArchived) || !strings.Contains(err.Error(), "corrupt") {
+		t.Errorf("Fetch(%s), damaged = %v, want it refused as corrupt", names[3], err)
+	}
+	if got, err := fetch(names[4]); err != nil || string(got) != string(content[names[4]]) {
+		t.Errorf("Fetch(%s) = %d bytes, %v", names[4], len(got), err)
+	}
+	if _, err := fetch(backup.NextSegments(names[4], backup.DefaultWALSegmentSize, 1)[0]); !errors.Is(err, ErrNotArchived) {
+		t.Errorf("Fetch(after the last) = %v, want ErrNotArchived", err)
+	}
+	waitIdle("at the end")
+	if got := spooled(); len(got) != 0 {
+		t.Errorf("spool at the end = %v, want it empty", got)
+	}
 }

@@ -566,6 +566,10 @@ func (w *walServer) fetchWAL(ctx context.Context, req WALRequest, name, dir stri
 	if err != nil {
 		return nil, err
 	}
+	if f := w.fetchedAhead(ctx, t, req, name); f != nil {
+		w.scheduleFetchAhead(t, req, name)
+		return f, nil
+	}
 	a, err := backup.OpenArchiveKey(ctx, t.store, t.archive, t.key)
 	if err != nil {
 		return nil, err
@@ -574,6 +578,7 @@ func (w *walServer) fetchWAL(ctx context.Context, req WALRequest, name, dir stri
 	if err := a.FetchWAL(ctx, name, dest); err != nil {
 		return nil, err
 	}
+	w.scheduleFetchAhead(t, req, name)
 	return os.Open(dest)
 }
 

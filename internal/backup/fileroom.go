@@ -26,6 +26,12 @@ var ErrNoRoom = errors.New("no room")
 // filesystem; each look asks for that much room above the reserve.
 const roomCheckEvery = 32 << 20
 
+// CheckRoom refuses a write of n more bytes into dir when it would leave
+// less than FileStoreReserve of the filesystem free, with an error wrapping
+// ErrNoRoom: for files that, like a file store's objects, share a
+// filesystem with members' data (the agent's spool of WAL fetched ahead).
+func CheckRoom(dir string, n int64) error { return checkRoom(dir, n) }
+
 // checkRoom refuses a write of n more bytes into dir when it would leave
 // less than FileStoreReserve of the filesystem free.
 func checkRoom(dir string, n int64) error {

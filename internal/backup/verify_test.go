@@ -186,6 +186,27 @@ func TestSegmentNames(t *testing.T) {
 	}
 }
 
+func TestNextSegments(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		segSize uint64
+		n       int
+		want    string
+	}{
+		{"000000010000000000000003", 16 << 20, 2, "000000010000000000000004 000000010000000000000005"},
+		{"0000000100000000000000FF", 16 << 20, 2, "000000010000000100000000 000000010000000100000001"},
+		{"000000020000000000000FFF", 1 << 20, 1, "000000020000000100000000"},
+		{"00000002.history", 16 << 20, 2, ""},
+		{"000000010000000000000003.partial", 16 << 20, 2, ""},
+		{"RECOVERYXLOG", 16 << 20, 2, ""},
+		{"000000010000000000000003", 3, 2, ""},
+	} {
+		if got := strings.Join(NextSegments(c.name, c.segSize, c.n), " "); got != c.want {
+			t.Errorf("NextSegments(%s, %d, %d) = %q, want %q", c.name, c.segSize, c.n, got, c.want)
+		}
+	}
+}
+
 func TestLSN(t *testing.T) {
 	for s, want := range map[string]LSN{"0/0": 0, "0/3000060": 0x3000060, "16/B374D848": 0x16B374D848, "FFFFFFFF/FFFFFFFF": 1<<64 - 1} {
 		got, err := ParseLSN(s)

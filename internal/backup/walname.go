@@ -105,3 +105,21 @@ func lsnSegNo(lsn LSN, segSize uint64) uint64 { return uint64(lsn) / segSize }
 func validSegSize(n uint64) bool {
 	return n >= 1<<20 && n <= 1<<30 && n&(n-1) == 0
 }
+
+// NextSegments returns the names of the n WAL segments that follow the
+// segment name on its timeline, with segments of segSize bytes: what a
+// recovery that asked for name asks for next, unless it switches timeline.
+// For a name that is not a segment (a history file, a partial segment) it
+// returns nil.
+func NextSegments(name string, segSize uint64, n int) []string {
+	f, err := parseWALName(name)
+	if err != nil || f.kind != walSegment || !validSegSize(segSize) {
+		return nil
+	}
+	no := f.segNo(segSize)
+	names := make([]string, 0, n)
+	for i := range n {
+		names = append(names, segmentName(f.tli, no+uint64(i)+1, segSize))
+	}
+	return names
+}
