@@ -16,6 +16,8 @@ names = {
     "pgfleet": "pgfleet proxy",
     "haproxy": "HAProxy 2.6, tcp mode",
     "pgbouncer": "PgBouncer 1.18, session pooling",
+    "pooled": "pgfleet pooled port, transaction pooling",
+    "pgbouncer-tx": "PgBouncer 1.18, transaction pooling",
 }
 print("# Routing proxy overhead, beside HAProxy and PgBouncer")
 print()
@@ -24,20 +26,26 @@ print("proxy and Postgres share the cores, so every proxy costs throughput; comp
 print(f"within the run. `pgbench -n -S -c 8 -j 2` on scale 10, {rounds} interleaved rounds")
 print(f"({t_select} s each for `-S`, {t_connect} s for `-S -C`, a new connection per transaction),")
 print("medians. TLS from the client on every path: pgfleet and HAProxy pass it through,")
-print("PgBouncer ends it and opens its own TLS connections to Postgres.")
+print("PgBouncer ends it and opens its own TLS connections to Postgres. The transaction")
+print("poolers (pgfleet's pooled port, PgBouncer in transaction pooling) end TLS and check a")
+print("SCRAM login for every client connection, and keep their server connections open.")
 print()
 print("CPU per transaction is the proxy process's user+system time over the run divided by")
 print("the transactions; pgfleet's proxy runs inside the agent, so its figure also holds")
 print("the agent's background work (etcd, supervision) during the run.")
 print()
-for test, title in (("select", "`pgbench -S`"), ("connect", "`pgbench -S -C`")):
+for test, title in (("select", "`pgbench -S`"), ("connect", "`pgbench -S -C`"), ("prepared", "`pgbench -S -M prepared`")):
     print(f"## {title}")
     print()
     print("| path | TPS (median) | ratio to direct | latency ms (median) | CPU µs per transaction | TPS, every round |")
     print("|---|---|---|---|---|---|")
     direct = None
-    for t in ("direct", "pgfleet", "haproxy", "pgbouncer"):
+    for t in ("direct", "pgfleet", "haproxy", "pgbouncer", "pooled", "pgbouncer-tx"):
+        failed = [r for r in rows if r["test"] == test and r["target"] == t and not r["tps"]]
         rs = [r for r in rows if r["test"] == test and r["target"] == t and r["tps"]]
+        if failed and not rs:
+            print(f"| {names[t]} | fails: {failed[0].get('error') or 'no result'} | | | | {len(failed)} of {len(failed)} rounds failed |")
+            continue
         if not rs:
             continue
         tps = statistics.median(float(r["tps"]) for r in rs)

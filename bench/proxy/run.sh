@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Proxy benchmark: pgbench -S (scale 10, 8 clients) and pgbench -S -C (a new
-# connection per transaction) straight to Postgres, through pgfleet's routing
-# proxy, through HAProxy (tcp mode) and through PgBouncer (session pooling),
-# in interleaved rounds on one dev fleet; then the pause a client that
-# connects per transaction sees through the proxy during a switchover.
-# Writes bench/results/proxy.md. ROUNDS (default 3), T_SELECT and T_CONNECT
-# (seconds per pgbench run, default 15 and 10), SWITCHOVERS (default 10).
+# Proxy benchmark: pgbench -S (scale 10, 8 clients), pgbench -S -C (a new
+# connection per transaction) and pgbench -S -M prepared straight to
+# Postgres, through pgfleet's routing proxy, through HAProxy (tcp mode),
+# through PgBouncer (session pooling), and, for the poolers, through
+# pgfleet's pooled port and PgBouncer in transaction pooling, in interleaved
+# rounds on one dev fleet; then the pause a client that connects per
+# transaction sees through the proxy during a switchover. Writes
+# bench/tmp/proxy/proxy.md (bench/results/proxy.md keeps the runs worth
+# keeping). ROUNDS (default 3), T_SELECT and T_CONNECT (seconds per pgbench
+# run, default 15 and 10), SWITCHOVERS (default 10).
 #
 # Every path carries TLS from the client: Postgres (direct), pgfleet and
 # HAProxy pass it through to Postgres; PgBouncer ends it and opens its own
@@ -67,7 +70,7 @@ export PGUSER=postgres PGSSLMODE=require PGDATABASE=postgres
 AGENT_PID="$(cat "$FLEET/$("$PGF" status bench --json | python3 -c 'import json,sys; v=json.load(sys.stdin); print([m for m in v["members"] if m["id"]==v["primary"]][0]["host"])').pid")"
 pgbench -h "$PHOST" -p "$PPORT" -i -s 10 -q 2>&1 | tail -1
 
-HAPORT=$((PPORT + 7)) BOUNCERPORT=$((PPORT + 8))
+HAPORT=$((PPORT + 7)) BOUNCERPORT=$((PPORT + 8)) POOLEDPORT=$((PPORT + 3))
 cat >"$TMP/haproxy.cfg" <<CFG
 global
     maxconn 2000
@@ -87,6 +90,7 @@ printf '"postgres" "%s"\n' "$PGPASSWORD" >"$TMP/userlist.txt"
 cat >"$TMP/pgbouncer.ini" <<CFG
 [databases]
 postgres = host=$PHOST port=$PPORT dbname=postgres
+postgres_tx = host=$PHOST port=$PPORT dbname=postgres pool_mode=transaction
 [pgbouncer]
 listen_addr = $PHOST
 listen_port = $BOUNCERPORT
@@ -113,15 +117,23 @@ fi
 for _ in $(seq 50); do
 	psql -h "$PHOST" -p "$BOUNCERPORT" -Atqc 'select 1' >/dev/null 2>&1 &&
 		psql -h "$PHOST" -p "$HAPORT" -Atqc 'select 1' >/dev/null 2>&1 &&
-		psql -h "$PHOST" -p "$PROXYPORT" -Atqc 'select 1' >/dev/null 2>&1 && break
+		psql -h "$PHOST" -p "$PROXYPORT" -Atqc 'select 1' >/dev/null 2>&1 &&
+		psql -h "$PHOST" -p "$POOLEDPORT" -Atqc 'select 1' >/dev/null 2>&1 && break
 	sleep 0.2
 done
 
-declare -A PORT=([direct]=$PPORT [pgfleet]=$PROXYPORT [haproxy]=$HAPORT [pgbouncer]=$BOUNCERPORT)
-declare -A PIDF=([direct]="" [pgfleet]="agent" [haproxy]="$TMP/haproxy.pid" [pgbouncer]="$TMP/pgbouncer.pid")
-TARGETS=(direct pgfleet haproxy pgbouncer)
+declare -A PORT=([direct]=$PPORT [pgfleet]=$PROXYPORT [haproxy]=$HAPORT [pgbouncer]=$BOUNCERPORT [pooled]=$POOLEDPORT [pgbouncer-tx]=$BOUNCERPORT)
+declare -A DB=([pgbouncer-tx]=postgres_tx)
+declare -A PIDF=([direct]="" [pgfleet]="agent" [haproxy]="$TMP/haproxy.pid" [pgbouncer]="$TMP/pgbouncer.pid" [pooled]="agent" [pgbouncer-tx]="$TMP/pgbouncer.pid")
+# The paths each test runs through, in the order of the first round; later
+# rounds rotate it.
+declare -A TARGETS=(
+	[select]="direct pgfleet haproxy pgbouncer"
+	[connect]="direct pgfleet haproxy pgbouncer pooled pgbouncer-tx"
+	[prepared]="direct pgfleet pooled pgbouncer-tx"
+)
 CSV="$TMP/runs.csv"
-echo "round,test,target,tps,latency_ms,transactions,proxy_cpu_s" >"$CSV"
+echo "round,test,target,tps,latency_ms,transactions,proxy_cpu_s,error" >"$CSV"
 
 cpu_of() { # pid -> utime+stime in clock ticks
 	awk '{print $14 + $15}' "/proc/$1/stat"
@@ -129,31 +141,43 @@ cpu_of() { # pid -> utime+stime in clock ticks
 proxy_pid() {
 	case "$1" in
 	direct) echo "" ;;
-	pgfleet) echo "$AGENT_PID" ;;
+	pgfleet | pooled) echo "$AGENT_PID" ;;
 	*) head -1 "${PIDF[$1]}" ;;
 	esac
 }
 
 run() { # test target round
-	local test=$1 target=$2 round=$3 out tps lat n pid c0 c1 cpu extra
-	if [ "$test" = select ]; then extra=(-T "$T_SELECT"); else extra=(-C -T "$T_CONNECT"); fi
+	local test=$1 target=$2 round=$3 out tps lat n pid c0 c1 cpu extra err
+	case "$test" in
+	select) extra=(-T "$T_SELECT") ;;
+	connect) extra=(-C -T "$T_CONNECT") ;;
+	prepared) extra=(-M prepared -T "$T_SELECT") ;;
+	esac
 	pid="$(proxy_pid "$target")"
 	c0=0; [ -n "$pid" ] && c0="$(cpu_of "$pid")"
-	out="$(pgbench -h "$PHOST" -p "${PORT[$target]}" -n -S -c 8 -j 2 "${extra[@]}" 2>&1)"
+	out="$(PGDATABASE="${DB[$target]:-postgres}" pgbench -h "$PHOST" -p "${PORT[$target]}" -n -S -c 8 -j 2 "${extra[@]}" 2>&1)" || true
 	c1=0; [ -n "$pid" ] && c1="$(cpu_of "$pid")"
 	cpu="$(python3 -c "print(($c1 - $c0) / $(getconf CLK_TCK))")"
 	tps="$(awk '/^tps = /{print $3; exit}' <<<"$out")"
 	lat="$(awk '/^latency average = /{print $4; exit}' <<<"$out")"
 	n="$(awk '/^number of transactions actually processed:/{print $6; exit}' <<<"$out")"
-	echo "$round,$test,$target,$tps,$lat,$n,$cpu" | tee -a "$CSV" >&2
+	# A run that aborts (PgBouncer 1.18 in transaction pooling loses
+	# prepared statements) counts as failed, with pgbench's first error.
+	err=""
+	if grep -q 'aborted' <<<"$out"; then
+		err="$(grep -m1 'error' <<<"$out" | tr ',' ';' | cut -c1-160)"
+		tps="" lat=""
+	fi
+	echo "$round,$test,$target,$tps,$lat,$n,$cpu,$err" | tee -a "$CSV" >&2
 }
 
 say "warm-up"
 pgbench -h "$PHOST" -p "$PPORT" -n -S -c 8 -j 2 -T 5 >/dev/null 2>&1
-for test in select connect; do
+for test in select connect prepared; do
+	read -r -a ts <<<"${TARGETS[$test]}"
 	for r in $(seq "$ROUNDS"); do
-		for k in 0 1 2 3; do
-			run "$test" "${TARGETS[$(((k + r - 1) % 4))]}" "$r"
+		for k in "${!ts[@]}"; do
+			run "$test" "${ts[$(((k + r - 1) % ${#ts[@]}))]}" "$r"
 		done
 	done
 done
@@ -163,5 +187,5 @@ PROXYURL="postgres://postgres:$(python3 -c 'import sys,urllib.parse as u; print(
 go run ./bench/proxy -url "$PROXYURL" -pgfleet "$PGF" -cluster bench -n "$SWITCHOVERS" >"$TMP/pause.txt"
 cat "$TMP/pause.txt" >&2
 
-python3 bench/proxy/report.py "$CSV" "$TMP/pause.txt" "$ROUNDS" "$T_SELECT" "$T_CONNECT" >bench/results/proxy.md
-cat bench/results/proxy.md
+python3 bench/proxy/report.py "$CSV" "$TMP/pause.txt" "$ROUNDS" "$T_SELECT" "$T_CONNECT" >"$TMP/proxy.md"
+cat "$TMP/proxy.md"
