@@ -301,11 +301,30 @@ func (w *walServer) fetchFile(ctx context.Context, t walTarget, name, path strin
 	if err := backup.CheckRoom(filepath.Dir(path), maxWALFile); err != nil {
 		return err
 	}
+	return w.fetchInto(ctx, t, name, path)
+}
+
+// fetchInto fetches the WAL file name from t's archive into a new file at
+// path in the spool, which holds it only once it is whole and checked. It
+// is not fsynced: the spool is emptied when the agent starts, and what
+// postgres keeps of a restored file it makes durable itself.
+func (w *walServer) fetchInto(ctx context.Context, t walTarget, name, path string) error {
 	a, err := backup.OpenArchiveKey(ctx, t.store, t.archive, t.key)
 	if err != nil {
 		return err
 	}
-	return a.FetchWAL(ctx, name, path)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	err = a.ReadWAL(ctx, name, f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+	}
+	return err
 }
 
 // fetchedAhead returns the segment name fetched ahead for req from t's

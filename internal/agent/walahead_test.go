@@ -294,3 +294,58 @@ func TestWALFetchAhead(t *testing.T) {
 		t.Errorf("spool at the end = %v, want it empty", got)
 	}
 }
+
+// BenchmarkWALFetchThroughAgent restores the WAL segments in
+// $PGFLEET_BENCH_WAL_DIR, archived first, as a recovery does: one `pgfleet
+// wal-fetch --socket` process per segment, in order, with the pgfleet binary
+// $PGFLEET_BENCH_BIN. It reports the time per segment (ms/segment).
+func BenchmarkWALFetchThroughAgent(b *testing.B) {
+	src, bin := os.Getenv("PGFLEET_BENCH_WAL_DIR"), os.Getenv("PGFLEET_BENCH_BIN")
+	if src == "" || bin == "" {
+		b.Skip("set PGFLEET_BENCH_WAL_DIR (WAL segments) and PGFLEET_BENCH_BIN (the pgfleet binary)")
+	}
+	ents, err := os.ReadDir(src)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	storeDir := b.TempDir()
+	a, err := backup.OpenArchiveKey(ctx, "file://"+storeDir, "bench", "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var segs []string
+	for _, e := range ents {
+		segs = append(segs, e.Name())
+		if err := a.PushWAL(ctx, filepath.Join(src, e.Name())); err != nil {
+			b.Fatal(err)
+		}
+	}
+	me := postgres.OSUser{Name: "me", UID: os.Geteuid(), GID: os.Getegid()}
+	clusters := &fakeClusters{c: store.ClusterState{
+		Spec:    fleet.ClusterSpec{Name: "bench", Backup: &fleet.BackupSpec{Store: "file://" + storeDir}},
+		Members: []fleet.MemberSpec{{ID: "bench-1", Cluster: "bench", Host: "h"}},
+	}}
+	var total time.Duration
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		dataDir, dest := b.TempDir(), b.TempDir()
+		w := newWALServer(clusters, "h", dataDir, me, slog.New(slog.DiscardHandler))
+		if err := w.start(); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		start := time.Now()
+		for _, name := range segs {
+			out, err := exec.Command(bin, "wal-fetch", "--socket", w.socket, "--cluster", "bench", "--member", "bench-1", name, filepath.Join(dest, "RECOVERYXLOG")).CombinedOutput()
+			if err != nil {
+				b.Fatalf("wal-fetch %s: %v: %s", name, err, out)
+			}
+		}
+		total += time.Since(start)
+		b.StopTimer()
+		w.Close()
+	}
+	b.ReportMetric(float64(total.Milliseconds())/float64(b.N*len(segs)), "ms/segment")
+	b.ReportMetric(float64(len(segs)), "segments")
+}

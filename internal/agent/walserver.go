@@ -570,12 +570,8 @@ func (w *walServer) fetchWAL(ctx context.Context, req WALRequest, name, dir stri
 		w.scheduleFetchAhead(t, req, name)
 		return f, nil
 	}
-	a, err := backup.OpenArchiveKey(ctx, t.store, t.archive, t.key)
-	if err != nil {
-		return nil, err
-	}
 	dest := filepath.Join(dir, name)
-	if err := a.FetchWAL(ctx, name, dest); err != nil {
+	if err := w.fetchInto(ctx, t, name, dest); err != nil {
 		return nil, err
 	}
 	w.scheduleFetchAhead(t, req, name)
@@ -676,11 +672,27 @@ func (c *WALClient) Fetch(ctx context.Context, r WALRequest, name, dest string) 
 	return nil
 }
 
-// writeWALFile writes size bytes of r to a temporary file beside path,
-// fsyncs it and renames it to path. Fewer bytes (the agent failed midway)
-// is an error, and path is left as it was.
+// writeWALFile writes size bytes of r to a temporary file beside path and
+// renames it to path. Fewer bytes (the agent failed midway) is an error,
+// and path is left as it was. It does not fsync: postgres reads the file
+// restore_command restored and removes it, or keeps it with a
+// durable_rename of its own, and after a crash it fetches it again.
 func writeWALFile(path string, r io.Reader, size int64) error {
-	return backup.WriteFileAtomic(path, &sizedReader{r: r, size: size})
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".pgfleet-"+filepath.Base(path)+"-*")
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(tmp, &sizedReader{r: r, size: size})
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+	}
+	return err
 }
 
 // sizedReader ends in an error instead of io.EOF unless exactly size bytes

@@ -243,6 +243,40 @@ func (a *Archive) fetchWAL(ctx context.Context, name, dest string) error {
 	return err
 }
 
+// ReadWAL writes the content of the archived WAL file name to dst, and
+// returns nil only once all of it was written and checked, as FetchWAL
+// checks it. On an error, what was written to dst is not the file and must
+// be discarded. It is for a caller that keeps the file where a crash
+// removes it anyway (the agent's spool), and so needs no fsync.
+func (a *Archive) ReadWAL(ctx context.Context, name string, dst io.Writer) error {
+	if err := a.readWAL(ctx, name, dst); err != nil {
+		return fmt.Errorf("fetch %s: %w", name, err)
+	}
+	return nil
+}
+
+func (a *Archive) readWAL(ctx context.Context, name string, dst io.Writer) error {
+	f, err := parseWALName(name)
+	if err != nil {
+		return err
+	}
+	key := a.walKey(f)
+	rc, err := a.store.Get(ctx, key)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	or, err := openObject(rc, a.key, 1)
+	if err == nil {
+		defer or.Close()
+		_, err = io.Copy(dst, or)
+	}
+	if errors.Is(err, ErrCorrupt) || errors.Is(err, ErrWrongKey) || errors.Is(err, ErrNotEncrypted) {
+		return fmt.Errorf("store %s: %s: %w", a.store, key, err)
+	}
+	return err
+}
+
 // WriteFileAtomic writes r to a temporary file beside path, fsyncs it and
 // renames it to path: a crash or a failing r leaves path as it was.
 func WriteFileAtomic(path string, r io.Reader) error {
