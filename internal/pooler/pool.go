@@ -141,15 +141,25 @@ func (p *pool) drop(s *server) {
 	p.open--
 }
 
-// closeAll closes every idle server and cuts the busy ones, whose
-// sessions then end: the member they reach is no longer the primary.
-func (p *pool) closeAll() int {
+// closeOthers closes the idle servers that reach another member than
+// keep (all of them when keep is "") and cuts such busy ones, whose
+// sessions then end: that member is no longer the primary.
+func (p *pool) closeOthers(keep string) int {
 	p.mu.Lock()
-	idle := p.idle
-	p.idle = nil
-	var busy []*server
+	var idle, busy []*server
+	kept := p.idle[:0]
+	for _, s := range p.idle {
+		if keep != "" && s.member == keep {
+			kept = append(kept, s)
+		} else {
+			idle = append(idle, s)
+		}
+	}
+	p.idle = kept
 	for s := range p.busy {
-		busy = append(busy, s)
+		if keep == "" || s.member != keep {
+			busy = append(busy, s)
+		}
 	}
 	p.mu.Unlock()
 	for _, s := range idle {

@@ -40,8 +40,9 @@ const (
 	// server connection of a full pool before it fails with SQLSTATE 53300.
 	DefaultQueueTimeout = 5 * time.Second
 	// verifierTTL is how long a role's verifier is used before it is read
-	// again; a failed login reads it again at once.
-	verifierTTL = 30 * time.Second
+	// again, so a changed password or a dropped role takes effect within
+	// it; a failed login reads it again at once.
+	verifierTTL = 10 * time.Second
 	// maxClients caps the clients one port serves at once.
 	maxClients = 5000
 	// resetTimeout bounds the reset of a server between clients.
@@ -235,13 +236,16 @@ func (c *cluster) set(r proxy.Route, size int) {
 	c.changed = make(chan struct{})
 	c.mu.Unlock()
 	c.log.Info("pooler route", "mode", r.Mode, "member", r.Backend.Member, "why", r.Why)
-	if r.Mode == proxy.Refuse || (r.Mode == proxy.Forward && r.Backend.Member != old.Backend.Member && old.Backend.Member != "") {
+	// As on the proxy's primary port, what counts is the member each
+	// server reaches, not the last route: Forward(a), Hold, Forward(b)
+	// is an election that a may still be running through, cut off.
+	if r.Mode == proxy.Refuse || r.Mode == proxy.Forward {
 		n := 0
 		for _, pl := range pools {
-			n += pl.closeAll()
+			n += pl.closeOthers(r.Backend.Member)
 		}
 		if n > 0 {
-			c.log.Info("closed server connections to a member that is no longer the primary", "count", n, "member_was", old.Backend.Member)
+			c.log.Info("closed server connections to a member that is no longer the primary", "count", n, "primary", r.Backend.Member)
 		}
 	}
 }
@@ -271,7 +275,7 @@ func (c *cluster) close() {
 		s.conn.Close()
 	}
 	for _, pl := range pools {
-		pl.closeAll()
+		pl.closeOthers("")
 	}
 	c.wg.Wait()
 }
