@@ -46,6 +46,7 @@ var funcs = template.FuncMap{
 	"up":       up,
 	"worstLag": worstLag,
 	"lag":      lag,
+	"diskFree": diskFree,
 	"join":     strings.Join,
 	"ready":    ready,
 	"ago":      ago,

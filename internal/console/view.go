@@ -14,7 +14,7 @@ import (
 // Health is how a cluster is doing, in one word and the reason for it.
 // Pages show the word and a symbol, never a color alone.
 type Health struct {
-	State  string // healthy, degraded, electing, starting or down
+	State  string // healthy, degraded, read-only, electing, starting or down
 	Reason string
 }
 
@@ -24,7 +24,7 @@ func (h Health) Symbol() string {
 	switch h.State {
 	case "healthy":
 		return "✓"
-	case "degraded", "starting":
+	case "degraded", "starting", "read-only":
 		return "!"
 	case "electing":
 		return "…"
@@ -70,6 +70,11 @@ func judge(v api.ClusterView) Health {
 		return Health{"down", fmt.Sprintf("primary %s on %s stopped reporting: its host is down; a standby takes over once its lease expires", p.ID, p.Host)}
 	case p.State != fleet.StateRunning || !p.Healthy:
 		return Health{"down", "primary " + describeMember(p)}
+	}
+	if v.ReadOnly != "" {
+		// Before any lag: the disk guard stopping the writes is what an
+		// app notices.
+		return Health{"read-only", "takes no writes: " + v.ReadOnly}
 	}
 	if len(notReady) > 0 {
 		return Health{"degraded", strings.Join(notReady, "; ")}
@@ -172,6 +177,15 @@ func lag(m api.MemberView) string {
 		return "?"
 	}
 	return fleet.FormatBytes(m.LagBytes)
+}
+
+// diskFree formats a member's free disk for the members table, with the
+// share of the disk it is: the disk guard's measure.
+func diskFree(m api.MemberView) string {
+	if m.DiskSize <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%s (%d %%)", fleet.FormatBytes(m.DiskFree), 100*m.DiskFree/m.DiskSize)
 }
 
 // ago says how long before now t was, in the largest unit that fits.
