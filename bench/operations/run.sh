@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Rolling restart benchmark: a 3-member pgfleet cluster (`pgfleet restart`)
+# beside a 3-member Patroni cluster (each replica with `patronictl restart`,
+# `patronictl switchover`, then the old leader; and `patronictl restart`
+# of the whole cluster as it comes), in interleaved rounds on one machine,
+# while writers open a new connection for every INSERT through pgfleet's
+# proxy or through HAProxy in front of Patroni. Writes
+# bench/tmp/operations/operations.md (bench/results/operations.md keeps the
+# runs worth keeping). ROUNDS (default 3); PATRONI_ALL=0 leaves out the
+# whole-cluster `patronictl restart`.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source scripts/setup.sh
+ROUNDS="${ROUNDS:-3}"
+PATRONI_ALL="${PATRONI_ALL:-1}"
+NET="${NET:-197}"
+PEERS_DIR="${PEERS_DIR:-$PWD/../shared/peers}"
+export PEERS_DIR
+
+if ! command -v patroni >/dev/null || ! command -v etcd >/dev/null || ! command -v haproxy >/dev/null; then
+	as_root apt-get update -qq
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq patroni etcd-server haproxy >/dev/null
+fi
+
+TMP="$PWD/bench/tmp/operations"
+FLEET="$TMP/fleet"
+export PGFLEET_HOME="$TMP/home"
+PGF="$PWD/bin/pgfleet"
+PATRONI=(/usr/bin/python3 "$PWD/bench/operations/patroni.py")
+cleanup() {
+	"${PATRONI[@]}" down >/dev/null 2>&1 || true
+	"$PGF" dev down --dir "$FLEET" --purge >/dev/null 2>&1 || true
+}
+trap cleanup EXIT INT TERM
+go build -o bin/pgfleet ./cmd/pgfleet
+go build -o "$TMP/operations.bin" ./bench/operations
+cleanup
+rm -rf "$FLEET" "$PGFLEET_HOME"
+mkdir -p "$TMP" "$PGFLEET_HOME"
+RUNS="$TMP/runs.jsonl"
+: >"$RUNS"
+load() { cut -d' ' -f1-3 /proc/loadavg; }
+echo "start $(date -u +%FT%TZ) load $(load)" >"$TMP/load.txt"
+
+say "pgfleet dev fleet (iad:3) and cluster bench (primary and two standbys)"
+t0=$SECONDS
+"$PGF" dev up --dir "$FLEET" --regions iad:3 --net "$NET" >/dev/null
+"$PGF" create bench --primary-region iad --ha 3 --wait >/dev/null
+echo "pgfleet up in $((SECONDS - t0)) s" >>"$TMP/load.txt"
+read -r PRIMARY PHOST PPORT < <("$PGF" status bench --json | python3 -c '
+import json,sys
+v=json.load(sys.stdin)
+m=[m for m in v["members"] if m["id"]==v["primary"]][0]
+h,p=m["addr"].rsplit(":",1)
+print(m["id"], h, p)')
+# The primary port of the proxy on the first primary's host: it routes to
+# whichever member is primary, and stays up while that host's postgres
+# restarts.
+PGFURL="$(python3 -c '
+import sys, urllib.parse as u
+p = u.urlparse(sys.argv[1])
+host, port = sys.argv[2], int(sys.argv[3]) + 1
+print(p._replace(netloc=f"{p.username}:{u.quote(u.unquote(p.password), safe="")}@{host}:{port}").geturl())
+' "$("$PGF" url bench --member "$PRIMARY")" "$PHOST" "$PPORT")"
+
+say "Patroni (3 members, etcd, HAProxy)"
+t0=$SECONDS
+PATRONIURL="$("${PATRONI[@]}" up)"
+echo "Patroni up in $((SECONDS - t0)) s" >>"$TMP/load.txt"
+
+OPS=("$TMP/operations.bin" -out "$RUNS")
+variants=(pgfleet patroni-rolling)
+[ "$PATRONI_ALL" = 1 ] && variants+=(patroni-all)
+measure() { # variant round
+	case "$1" in
+	pgfleet) "${OPS[@]}" -tool "$1" -round "$2" -url "$PGFURL" -- "$PGF" restart bench ;;
+	patroni-rolling) "${OPS[@]}" -tool "$1" -round "$2" -url "$PATRONIURL" -- "${PATRONI[@]}" rolling ;;
+	patroni-all) "${OPS[@]}" -tool "$1" -round "$2" -url "$PATRONIURL" -- "${PATRONI[@]}" restart-all ;;
+	esac
+}
+for r in $(seq "$ROUNDS"); do
+	for k in "${!variants[@]}"; do
+		v="${variants[$(((k + r - 1) % ${#variants[@]}))]}"
+		say "round $r: $v"
+		measure "$v" "$r" || say "round $r: $v failed"
+		sleep 2
+	done
+done
+echo "end $(date -u +%FT%TZ) load $(load)" >>"$TMP/load.txt"
+"$PGF" events bench >"$TMP/events.txt" 2>&1 || true
+
+python3 bench/operations/report.py "$RUNS" "$TMP/load.txt" "$ROUNDS" >"$TMP/operations.md"
+cat "$TMP/operations.md"
