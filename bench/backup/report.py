@@ -4,9 +4,10 @@ import datetime
 import statistics
 import sys
 
-runs, rpo_file, scale, dbsize, rounds = sys.argv[1:6]
+runs, rpo_file, scale, dbsize, rounds, load_file = sys.argv[1:7]
 rows = list(csv.DictReader(open(runs)))
 rpo = [float(x) for x in open(rpo_file).read().strip().split(",", 1)[1].split()]
+load = dict(line.split(" ", 1) for line in open(load_file).read().strip().splitlines())
 
 
 def med(op, tool, field="seconds"):
@@ -17,16 +18,22 @@ def med(op, tool, field="seconds"):
 print("# Backups beside pgBackRest")
 print()
 print(f"One run of `bench/backup/run.sh` on {datetime.date.today()}, this 2-core machine, one")
-print(f"PostgreSQL 15 filled by `pgbench -i -s {scale}` ({dbsize}), {rounds} interleaved rounds,")
-print("medians. Both tools compress with zstd level 3 into a local directory. pgfleet's")
-print("backup is what its agent runs: `pg_basebackup -Ft -X none` streamed through zstd into")
-print("the store (one stream, like `process-max=1`); its restore fetches, checks and")
-print("extracts the tar. pgBackRest 2.45 (Debian), full backups, `process-max` 1 and 2.")
+print(f"PostgreSQL 15 filled by `pgbench -i -s {scale}` ({dbsize}), {rounds} interleaved rounds")
+print("(the order of the tools alternates between rounds), medians. Both tools compress with")
+print("zstd level 3 into a local directory. pgfleet's backup is what its agent runs:")
+print("`pg_basebackup -Ft -X none` streamed into the store in 16 MiB parts, each compressed")
+print("and uploaded by one of two workers; its restore fetches, decrypts, decompresses and")
+print("checks the parts with two workers while it extracts the tar in order, and makes the")
+print("files durable with one syncfs. pgBackRest 2.45 (Debian), full backups, `process-max`")
+print("1 and 2.")
 print()
-print("| | seconds (median) | ratio to pgfleet | stored | every round |")
+print(f"The machine is shared: load average (1, 5, 15 min) {load.get('start', '?')} at the start of the")
+print(f"run, {load.get('end', '?')} at its end. Single rounds vary by the spread shown.")
+print()
+print("| | seconds (median) | ratio to pgBackRest pm2 | stored | every round |")
 print("|---|---|---|---|---|")
 for op, title in (("backup", "full backup"), ("restore", "restore")):
-    base, _ = med(op, "pgfleet")
+    base, _ = med(op, "pgbackrest-pm2")
     for tool in ("pgfleet", "pgbackrest-pm1", "pgbackrest-pm2"):
         m, vs = med(op, tool)
         if m is None:
@@ -35,16 +42,48 @@ for op, title in (("backup", "full backup"), ("restore", "restore")):
         stored = f"{st / 2**20:.0f} MB" if st else "-"
         print(f"| {title}, {tool} | {m:.1f} | {m / base:.2f} | {stored} | {' '.join(f'{v:.1f}' for v in vs)} |")
 print()
-print("A ratio above 1 means pgBackRest took longer than pgfleet.")
+print("A ratio below 1 means the tool took less time than pgBackRest with `process-max=2`.")
+
+
+def wal_table(op, tools):
+    print("| tool | segments | seconds | per segment | ratio to pgBackRest |")
+    print("|---|---|---|---|---|")
+    per = {}
+    for tool, _ in tools:
+        r = [x for x in rows if x["op"] == op and x["tool"] == tool]
+        if r:
+            per[tool] = (int(r[0]["stored_bytes"]), float(r[0]["seconds"]))
+    base = per["pgbackrest"][1] / per["pgbackrest"][0]
+    for tool, cmd in tools:
+        if tool not in per:
+            continue
+        n, s = per[tool]
+        print(f"| {cmd} | {n} | {s:.1f} | {s / n * 1000:.0f} ms | {s / n / base:.2f} |")
+
+
 print()
 print("## WAL archiving, one process per segment (as `archive_command` runs it)")
 print()
-print("| tool | segments | seconds | per segment |")
-print("|---|---|---|---|")
-for tool, cmd in (("pgfleet", "pgfleet wal-push"), ("pgbackrest", "pgbackrest archive-push")):
-    r = [x for x in rows if x["op"] == "wal-push" and x["tool"] == tool][0]
-    n, s = int(r["stored_bytes"]), float(r["seconds"])
-    print(f"| `{cmd}` | {n} | {s:.1f} | {s / n * 1000:.0f} ms |")
+wal_table("wal-push", (
+    ("pgfleet", "`pgfleet wal-push --store` (directly to the store, no agent)"),
+    ("pgfleet-agent", "`pgfleet wal-push --socket` (through the agent, as members run it)"),
+    ("pgbackrest", "`pgbackrest archive-push`"),
+))
+print()
+print("Through the agent the segments are marked ready in a `pg_wal` as postgres leaves a")
+print("backlog, and the agent archives ahead: the first push also starts uploading the")
+print("segments ready after it, two at a time, and each later `wal-push` answers once its")
+print("segment's upload is durable and the file still hashes to what was stored")
+print("(`internal/agent/walahead.go`). What is left per segment is mostly the start of the")
+print("`pgfleet` process (about 25 to 50 ms of package initialisation in a binary that embeds")
+print("etcd) and the hash.")
+print()
+print("## WAL restore, one process per segment (as `restore_command` runs it)")
+print()
+wal_table("wal-fetch", (
+    ("pgfleet-agent", "`pgfleet wal-fetch --socket` (through the agent, fetching ahead)"),
+    ("pgbackrest", "`pgbackrest archive-get`"),
+))
 print()
 print("## RPO bound")
 print()

@@ -4,8 +4,11 @@
 # one run, rounds interleaved: full base backup time and bytes stored (zstd
 # level 3 for both; pgBackRest with process-max 1 and 2), restore time, the
 # time to archive WAL segments one process per segment as archive_command
-# does, and pgfleet's RPO bound: how long a commit waits until the WAL
-# holding it is in the store. Writes bench/results/backup.md.
+# does (pgfleet directly to the store, and through its agent's WAL socket
+# with a backlog marked ready, as postgres leaves it), the time to restore
+# them one process per segment as restore_command does, and pgfleet's RPO
+# bound: how long a commit waits until the WAL holding it is in the store.
+# Writes bench/results/backup.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/setup.sh
@@ -74,6 +77,8 @@ PGBR=("${ASPG[@]}" pgbackrest --config="$BASE/pgbackrest.conf" --stanza=bench)
 
 CSV="$BASE/runs.csv"
 echo "round,op,tool,seconds,stored_bytes" >"$CSV"
+# How busy the shared machine was, for the report.
+echo "start $(cut -d' ' -f1-3 /proc/loadavg)" >"$BASE/load.txt"
 secs() { python3 -c "import time; print(time.time())"; }
 last_label() { "${PGBR[@]}" info --output=json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["backup"][-1]["label"])'; }
 
@@ -117,7 +122,11 @@ for r in $(seq "$ROUNDS"); do
 		pgbr_backup "$r" 2; pgbr_backup "$r" 1; pgfleet_backup "$r"
 	fi
 	say "round $r of $ROUNDS: restores"
-	pgfleet_restore "$r"; pgbr_restore "$r" 1; pgbr_restore "$r" 2
+	if [ $((r % 2)) -eq 1 ]; then
+		pgfleet_restore "$r"; pgbr_restore "$r" 1; pgbr_restore "$r" 2
+	else
+		pgbr_restore "$r" 2; pgbr_restore "$r" 1; pgfleet_restore "$r"
+	fi
 done
 rm -rf "$BASE/restore"
 
@@ -137,6 +146,24 @@ t0="$(secs)"
 for f in "$BASE"/walsrc/*; do "${PGBR[@]}" archive-push "$f"; done
 t1="$(secs)"
 echo "1,wal-push,pgbackrest,$(python3 -c "print(round($t1-$t0,2))"),$N" >>"$CSV"
+# Through the agent, as a member's postgres archives and restores: the
+# benchmark serves the WAL socket with a file store, marks the segments
+# ready in a pg_wal as postgres does, and runs bin/pgfleet once per segment.
+agent_bench() {
+	PGFLEET_BENCH_WAL_DIR="$BASE/walsrc" PGFLEET_BENCH_BIN="$PWD/bin/pgfleet" \
+		go test -count=1 -run '^$' -bench "$1" -benchtime 1x ./internal/agent | awk '$1 ~ /^Benchmark/ {for (i = 1; i <= NF; i++) if ($(i+1) == "ms/segment") print $i}'
+}
+MS="$(agent_bench BenchmarkWALPushThroughAgent)"
+echo "1,wal-push,pgfleet-agent,$(python3 -c "print(round($MS*$N/1000,2))"),$N" >>"$CSV"
+say "WAL: $N segments restored, one process each"
+mkdir -p "$BASE/walget"
+chown postgres:postgres "$BASE/walget"
+t0="$(secs)"
+for f in "$BASE"/walsrc/*; do "${PGBR[@]}" archive-get "$(basename "$f")" "$BASE/walget/RECOVERYXLOG"; done
+t1="$(secs)"
+echo "1,wal-fetch,pgbackrest,$(python3 -c "print(round($t1-$t0,2))"),$N" >>"$CSV"
+MS="$(agent_bench BenchmarkWALFetchThroughAgent)"
+echo "1,wal-fetch,pgfleet-agent,$(python3 -c "print(round($MS*$N/1000,2))"),$N" >>"$CSV"
 
 say "RPO bound: archive_command = pgfleet wal-push, archive_timeout = 5s"
 "${PSQL[@]}" -c "alter system set archive_command = '$PWD/bin/pgfleet wal-push --store file://$BASE/store --cluster rpo %p'" -c "alter system set archive_timeout = '5s'" -c "select pg_reload_conf()" >/dev/null
@@ -151,6 +178,7 @@ for i in 1 2 3 4 5; do
 	sleep 1
 done
 echo "rpo,${RPO[*]}" >"$BASE/rpo.txt"
+echo "end $(cut -d' ' -f1-3 /proc/loadavg)" >>"$BASE/load.txt"
 
-python3 bench/backup/report.py "$CSV" "$BASE/rpo.txt" "$SCALE" "$DBSIZE" "$ROUNDS" >bench/results/backup.md
+python3 bench/backup/report.py "$CSV" "$BASE/rpo.txt" "$SCALE" "$DBSIZE" "$ROUNDS" "$BASE/load.txt" >bench/results/backup.md
 cat bench/results/backup.md

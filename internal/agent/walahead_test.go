@@ -124,31 +124,12 @@ func TestWALPushAhead(t *testing.T) {
 // $PGFLEET_BENCH_BIN. It reports the time per segment (ms/segment), process
 // start included. bench/backup/run.sh runs it beside pgBackRest.
 func BenchmarkWALPushThroughAgent(b *testing.B) {
-	src, bin := os.Getenv("PGFLEET_BENCH_WAL_DIR"), os.Getenv("PGFLEET_BENCH_BIN")
-	if src == "" || bin == "" {
-		b.Skip("set PGFLEET_BENCH_WAL_DIR (WAL segments) and PGFLEET_BENCH_BIN (the pgfleet binary)")
-	}
-	ents, err := os.ReadDir(src)
-	if err != nil {
-		b.Fatal(err)
-	}
-	var segs []string
-	for _, e := range ents {
-		segs = append(segs, e.Name())
-	}
-	me := postgres.OSUser{Name: "me", UID: os.Geteuid(), GID: os.Getegid()}
+	src, bin, segs := benchSegments(b)
 	var total time.Duration
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		dataDir, storeDir := b.TempDir(), b.TempDir()
-		clusters := &fakeClusters{c: store.ClusterState{
-			Spec:    fleet.ClusterSpec{Name: "bench", Backup: &fleet.BackupSpec{Store: "file://" + storeDir}},
-			Members: []fleet.MemberSpec{{ID: "bench-1", Cluster: "bench", Host: "h"}},
-		}}
-		w := newWALServer(clusters, "h", dataDir, me, slog.New(slog.DiscardHandler))
-		if err := w.start(); err != nil {
-			b.Fatal(err)
-		}
+		dataDir := b.TempDir()
+		w := benchWALServer(b, dataDir, b.TempDir())
 		pgwal := filepath.Join(dataDir, "members", "bench-1", "pgdata", "pg_wal")
 		if err := os.MkdirAll(filepath.Join(pgwal, "archive_status"), 0o700); err != nil {
 			b.Fatal(err)
@@ -300,40 +281,23 @@ func TestWALFetchAhead(t *testing.T) {
 // wal-fetch --socket` process per segment, in order, with the pgfleet binary
 // $PGFLEET_BENCH_BIN. It reports the time per segment (ms/segment).
 func BenchmarkWALFetchThroughAgent(b *testing.B) {
-	src, bin := os.Getenv("PGFLEET_BENCH_WAL_DIR"), os.Getenv("PGFLEET_BENCH_BIN")
-	if src == "" || bin == "" {
-		b.Skip("set PGFLEET_BENCH_WAL_DIR (WAL segments) and PGFLEET_BENCH_BIN (the pgfleet binary)")
-	}
-	ents, err := os.ReadDir(src)
-	if err != nil {
-		b.Fatal(err)
-	}
+	src, bin, segs := benchSegments(b)
 	ctx := context.Background()
 	storeDir := b.TempDir()
 	a, err := backup.OpenArchiveKey(ctx, "file://"+storeDir, "bench", "")
 	if err != nil {
 		b.Fatal(err)
 	}
-	var segs []string
-	for _, e := range ents {
-		segs = append(segs, e.Name())
-		if err := a.PushWAL(ctx, filepath.Join(src, e.Name())); err != nil {
+	for _, name := range segs {
+		if err := a.PushWAL(ctx, filepath.Join(src, name)); err != nil {
 			b.Fatal(err)
 		}
 	}
-	me := postgres.OSUser{Name: "me", UID: os.Geteuid(), GID: os.Getegid()}
-	clusters := &fakeClusters{c: store.ClusterState{
-		Spec:    fleet.ClusterSpec{Name: "bench", Backup: &fleet.BackupSpec{Store: "file://" + storeDir}},
-		Members: []fleet.MemberSpec{{ID: "bench-1", Cluster: "bench", Host: "h"}},
-	}}
 	var total time.Duration
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		dataDir, dest := b.TempDir(), b.TempDir()
-		w := newWALServer(clusters, "h", dataDir, me, slog.New(slog.DiscardHandler))
-		if err := w.start(); err != nil {
-			b.Fatal(err)
-		}
+		dest := b.TempDir()
+		w := benchWALServer(b, b.TempDir(), storeDir)
 		b.StartTimer()
 		start := time.Now()
 		for _, name := range segs {
@@ -348,4 +312,36 @@ func BenchmarkWALFetchThroughAgent(b *testing.B) {
 	}
 	b.ReportMetric(float64(total.Milliseconds())/float64(b.N*len(segs)), "ms/segment")
 	b.ReportMetric(float64(len(segs)), "segments")
+}
+
+// benchSegments returns the WAL segments and the pgfleet binary the WAL
+// benchmarks are given, or skips the benchmark.
+func benchSegments(b *testing.B) (src, bin string, segs []string) {
+	src, bin = os.Getenv("PGFLEET_BENCH_WAL_DIR"), os.Getenv("PGFLEET_BENCH_BIN")
+	if src == "" || bin == "" {
+		b.Skip("set PGFLEET_BENCH_WAL_DIR (WAL segments) and PGFLEET_BENCH_BIN (the pgfleet binary)")
+	}
+	ents, err := os.ReadDir(src)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, e := range ents {
+		segs = append(segs, e.Name())
+	}
+	return src, bin, segs
+}
+
+// benchWALServer serves the WAL socket of host h in dataDir for member
+// bench-1 of cluster bench, whose archive is the file store storeDir.
+func benchWALServer(b *testing.B, dataDir, storeDir string) *walServer {
+	clusters := &fakeClusters{c: store.ClusterState{
+		Spec:    fleet.ClusterSpec{Name: "bench", Backup: &fleet.BackupSpec{Store: "file://" + storeDir}},
+		Members: []fleet.MemberSpec{{ID: "bench-1", Cluster: "bench", Host: "h"}},
+	}}
+	me := postgres.OSUser{Name: "me", UID: os.Geteuid(), GID: os.Getegid()}
+	w := newWALServer(clusters, "h", dataDir, me, slog.New(slog.DiscardHandler))
+	if err := w.start(); err != nil {
+		b.Fatal(err)
+	}
+	return w
 }

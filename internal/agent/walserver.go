@@ -678,21 +678,7 @@ func (c *WALClient) Fetch(ctx context.Context, r WALRequest, name, dest string) 
 // restore_command restored and removes it, or keeps it with a
 // durable_rename of its own, and after a crash it fetches it again.
 func writeWALFile(path string, r io.Reader, size int64) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".pgfleet-"+filepath.Base(path)+"-*")
-	if err != nil {
-		return err
-	}
-	_, err = io.Copy(tmp, &sizedReader{r: r, size: size})
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-	}
-	return err
+	return backup.WriteFileRenamed(path, &sizedReader{r: r, size: size})
 }
 
 // sizedReader ends in an error instead of io.EOF unless exactly size bytes

@@ -222,25 +222,7 @@ func (a *Archive) FetchWAL(ctx context.Context, name, dest string) error {
 }
 
 func (a *Archive) fetchWAL(ctx context.Context, name, dest string) error {
-	f, err := parseWALName(name)
-	if err != nil {
-		return err
-	}
-	key := a.walKey(f)
-	rc, err := a.store.Get(ctx, key)
-	if err != nil {
-		return err
-	}
-	defer rc.Close()
-	or, err := openObject(rc, a.key, 1)
-	if err == nil {
-		defer or.Close()
-		err = WriteFileAtomic(dest, or)
-	}
-	if errors.Is(err, ErrCorrupt) || errors.Is(err, ErrWrongKey) || errors.Is(err, ErrNotEncrypted) {
-		return fmt.Errorf("store %s: %s: %w", a.store, key, err)
-	}
-	return err
+	return writeFile(dest, true, func(w io.Writer) error { return a.readWAL(ctx, name, w) })
 }
 
 // ReadWAL writes the content of the archived WAL file name to dst, and
@@ -280,13 +262,33 @@ func (a *Archive) readWAL(ctx context.Context, name string, dst io.Writer) error
 // WriteFileAtomic writes r to a temporary file beside path, fsyncs it and
 // renames it to path: a crash or a failing r leaves path as it was.
 func WriteFileAtomic(path string, r io.Reader) error {
+	return writeFile(path, true, func(w io.Writer) error {
+		_, err := io.Copy(w, r)
+		return err
+	})
+}
+
+// WriteFileRenamed is WriteFileAtomic without the fsyncs: a failing r
+// leaves path as it was, and path never holds part of r, but a crash may
+// lose it. It is for files whose reader makes durable what it keeps
+// (restore_command's, which postgres keeps with a durable_rename).
+func WriteFileRenamed(path string, r io.Reader) error {
+	return writeFile(path, false, func(w io.Writer) error {
+		_, err := io.Copy(w, r)
+		return err
+	})
+}
+
+// writeFile has write fill a temporary file beside path, then renames it
+// to path; with sync, the file is fsynced before and its directory after.
+func writeFile(path string, sync bool, write func(io.Writer) error) error {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, ".pgfleet-"+filepath.Base(path)+"-*")
 	if err != nil {
 		return err
 	}
-	_, err = io.Copy(tmp, r)
-	if err == nil {
+	err = write(tmp)
+	if err == nil && sync {
 		err = tmp.Sync()
 	}
 	if cerr := tmp.Close(); err == nil {
@@ -298,6 +300,9 @@ func WriteFileAtomic(path string, r io.Reader) error {
 	if err != nil {
 		os.Remove(tmp.Name())
 		return err
+	}
+	if !sync {
+		return nil
 	}
 	return syncDir(dir)
 }
