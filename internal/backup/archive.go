@@ -11,6 +11,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
 )
 
 // Archive is one cluster's backups in a store: its archived WAL and its base
@@ -151,9 +153,11 @@ func (a *Archive) pushWALFrom(ctx context.Context, name string, src io.Reader) (
 	}
 	// A segment is 16 MiB by default and compresses well, so the object is
 	// built in memory: its size is then known, and the store can create it
-	// with one conditional request.
+	// with one conditional request. zstd's fastest level: WAL compresses
+	// as small with it as with the default, in four fifths of the time,
+	// and archive_command waits for it.
 	var buf bytes.Buffer
-	w, err := newObjectWriter(&buf, a.key, 1)
+	w, err := newObjectWriterLevel(&buf, a.key, 1, zstd.SpeedFastest)
 	if err != nil {
 		return PushedWAL{}, err
 	}

@@ -94,6 +94,12 @@ type objectWriter struct {
 // when it is not nil. concurrency is the number of zstd encoders run in
 // parallel; 0 means GOMAXPROCS.
 func newObjectWriter(dst io.Writer, key *Key, concurrency int) (*objectWriter, error) {
+	return newObjectWriterLevel(dst, key, concurrency, zstd.SpeedDefault)
+}
+
+// newObjectWriterLevel is newObjectWriter with zstd compressing at level
+// (the format does not depend on it).
+func newObjectWriterLevel(dst io.Writer, key *Key, concurrency int, level zstd.EncoderLevel) (*objectWriter, error) {
 	w := &objectWriter{dst: dst, sha: sha256.New()}
 	if key != nil {
 		s, err := newSealer(dst, key)
@@ -104,7 +110,7 @@ func newObjectWriter(dst io.Writer, key *Key, concurrency int) (*objectWriter, e
 		w.dst = s
 	}
 	zw, err := zstd.NewWriter(w.dst,
-		zstd.WithEncoderLevel(zstd.SpeedDefault),
+		zstd.WithEncoderLevel(level),
 		zstd.WithEncoderConcurrency(concurrency),
 		zstd.WithZeroFrames(true))
 	if err != nil {
