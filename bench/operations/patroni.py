@@ -167,10 +167,15 @@ def rolling():
 def restart_all():
     t0 = time.monotonic()
     leader = leader_now()
-    out = patronictl('restart', h.SCOPE, '--force')
-    for line in out.splitlines():
-        if line.startswith('Success'):
-            step(line)
+    # patronictl posts /restart to one member after the other and prints a
+    # line as each returns: passed on as it comes, so the steps are timed.
+    p = subprocess.Popen(['/usr/bin/patronictl', '-c', h.conf_path('n1'), 'restart', h.SCOPE, '--force'],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in p.stdout:
+        if line.strip():
+            step(line.strip())
+    if p.wait(TIMEOUT) != 0:
+        raise SystemExit(f'patronictl restart: rc {p.returncode}')
     new = None
     while time.monotonic() - t0 < TIMEOUT:
         new = leader_now()
@@ -219,6 +224,9 @@ def down():
         if name in pids and ours(pids[name], word):
             os.kill(pids[name], 15)
     time.sleep(0.5)
+    if os.environ.get('KEEP_LOGS') and os.path.isdir(f'{h.BASE}/logs'):
+        subprocess.run(['rm', '-rf', os.environ['KEEP_LOGS']])
+        subprocess.run(['cp', '-r', f'{h.BASE}/logs', os.environ['KEEP_LOGS']])
     subprocess.run(['rm', '-rf', h.BASE])
 
 

@@ -28,7 +28,7 @@ export PGFLEET_HOME="$TMP/home"
 PGF="$PWD/bin/pgfleet"
 PATRONI=(/usr/bin/python3 "$PWD/bench/operations/patroni.py")
 cleanup() {
-	"${PATRONI[@]}" down >/dev/null 2>&1 || true
+	KEEP_LOGS="$TMP/patroni-logs" "${PATRONI[@]}" down >/dev/null 2>&1 || true
 	"$PGF" dev down --dir "$FLEET" --purge >/dev/null 2>&1 || true
 }
 trap cleanup EXIT INT TERM
@@ -60,7 +60,8 @@ PGFURL="$(python3 -c '
 import sys, urllib.parse as u
 p = u.urlparse(sys.argv[1])
 host, port = sys.argv[2], int(sys.argv[3]) + 1
-print(p._replace(netloc=f"{p.username}:{u.quote(u.unquote(p.password), safe="")}@{host}:{port}").geturl())
+pw = u.quote(u.unquote(p.password), safe="")
+print(p._replace(netloc=f"{p.username}:{pw}@{host}:{port}").geturl())
 ' "$("$PGF" url bench --member "$PRIMARY")" "$PHOST" "$PPORT")"
 
 say "Patroni (3 members, etcd, HAProxy)"
