@@ -488,3 +488,22 @@ func TestApplyRetentionAndVerify(t *testing.T) {
 		t.Errorf("Verify(missing) = %v, want ErrNotFound", err)
 	}
 }
+
+func TestKernelAtLeast(t *testing.T) {
+	for _, c := range []struct {
+		release string
+		want    bool
+	}{
+		{"5.8.0", true},
+		{"5.10.0-28-amd64", true},
+		{"6.1.0-18-cloud-amd64", true},
+		{"5.7.19", false},
+		{"4.19.0-26-amd64", false},
+		{"", false},
+		{"x.y", false},
+	} {
+		if got := kernelAtLeast(c.release, 5, 8); got != c.want {
+			t.Errorf("kernelAtLeast(%q, 5, 8) = %v, want %v", c.release, got, c.want)
+		}
+	}
+}
