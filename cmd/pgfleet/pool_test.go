@@ -282,8 +282,20 @@ func TestPooledPort(t *testing.T) {
 			}
 			clients = append(clients, conn)
 		}
+		// One client is inside a transaction when the switchover comes.
+		inTx, err := pgx.Connect(ctx, appURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer inTx.Close(ctx)
+		if _, err := inTx.Exec(ctx, "BEGIN; INSERT INTO t VALUES (-1, 'in flight')"); err != nil {
+			t.Fatal(err)
+		}
 		c.ok("switchover", "db")
 		now := status(t, c, "db").Primary
+		if _, err := inTx.Exec(ctx, "COMMIT"); err == nil {
+			t.Error("COMMIT of a transaction open on the old primary through the switchover succeeded, want an error")
+		}
 		if now == old {
 			t.Fatalf("the switchover left %s the primary", old)
 		}
