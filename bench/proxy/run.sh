@@ -8,7 +8,8 @@
 # transaction sees through the proxy during a switchover. Writes
 # bench/tmp/proxy/proxy.md (bench/results/proxy.md keeps the runs worth
 # keeping). ROUNDS (default 3), T_SELECT and T_CONNECT (seconds per pgbench
-# run, default 15 and 10), SWITCHOVERS (default 10).
+# run, default 15 and 10), SWITCHOVERS (default 10; 0 skips them), TESTS
+# (default "select connect prepared").
 #
 # Every path carries TLS from the client: Postgres (direct), pgfleet and
 # HAProxy pass it through to Postgres; PgBouncer ends it and opens its own
@@ -20,6 +21,7 @@ ROUNDS="${ROUNDS:-3}"
 T_SELECT="${T_SELECT:-15}"
 T_CONNECT="${T_CONNECT:-10}"
 SWITCHOVERS="${SWITCHOVERS:-10}"
+TESTS="${TESTS:-select connect prepared}"
 NET="${NET:-199}"
 
 need=()
@@ -173,7 +175,7 @@ run() { # test target round
 
 say "warm-up"
 pgbench -h "$PHOST" -p "$PPORT" -n -S -c 8 -j 2 -T 5 >/dev/null 2>&1
-for test in select connect prepared; do
+for test in $TESTS; do
 	read -r -a ts <<<"${TARGETS[$test]}"
 	for r in $(seq "$ROUNDS"); do
 		for k in "${!ts[@]}"; do
@@ -182,10 +184,13 @@ for test in select connect prepared; do
 	done
 done
 
-say "switchover pause through the proxy, $SWITCHOVERS switchovers"
+: >"$TMP/pause.txt"
+[ "$SWITCHOVERS" -gt 0 ] && say "switchover pause through the proxy, $SWITCHOVERS switchovers"
 PROXYURL="postgres://postgres:$(python3 -c 'import sys,urllib.parse as u; print(u.quote(sys.argv[1], safe=""))' "$PGPASSWORD")@$PHOST:$PROXYPORT/postgres?sslmode=require"
-go run ./bench/proxy -url "$PROXYURL" -pgfleet "$PGF" -cluster bench -n "$SWITCHOVERS" >"$TMP/pause.txt"
-cat "$TMP/pause.txt" >&2
+if [ "$SWITCHOVERS" -gt 0 ]; then
+	go run ./bench/proxy -url "$PROXYURL" -pgfleet "$PGF" -cluster bench -n "$SWITCHOVERS" >"$TMP/pause.txt"
+	cat "$TMP/pause.txt" >&2
+fi
 
 python3 bench/proxy/report.py "$CSV" "$TMP/pause.txt" "$ROUNDS" "$T_SELECT" "$T_CONNECT" >"$TMP/proxy.md"
 cat "$TMP/proxy.md"
