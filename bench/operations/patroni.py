@@ -26,13 +26,14 @@ sys.path.insert(0, os.environ.get('PEERS_DIR', os.path.join(HERE, '../../../shar
 os.environ.setdefault('PEERS_BASE', '/tmp/pgfleet-bench-operations-patroni')
 import patroni_harness as h  # noqa: E402
 
-# Ports of our own: the peers' failover script uses 5441-5443, 8441-8443
-# and 23791/23801 on 127.0.0.1.
-h.PG_PORT = {'n1': 5461, 'n2': 5462, 'n3': 5463}
-h.API_PORT = {'n1': 8461, 'n2': 8462, 'n3': 8463}
+# Ports of our own on 127.0.0.1, away from the 54xx that other benchmarks'
+# postgres take: the peers' failover script uses 5441-5443, 8441-8443 and
+# 23791/23801.
+h.PG_PORT = {'n1': 15461, 'n2': 15462, 'n3': 15463}
+h.API_PORT = {'n1': 18461, 'n2': 18462, 'n3': 18463}
 h.ETCD_CLIENT, h.ETCD_PEER = 23796, 23806
 h.SCOPE = 'opsbench'
-HAPROXY_PORT = 5460
+HAPROXY_PORT = 15460
 # Patroni's defaults, as a user gets them.
 TTL, LOOP_WAIT, RETRY_TIMEOUT = 30, 10, 10
 TIMEOUT = 180
