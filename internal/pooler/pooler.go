@@ -272,7 +272,7 @@ func (c *cluster) close() {
 	pools := c.pools
 	c.mu.Unlock()
 	for _, s := range sessions {
-		s.conn.Close()
+		s.raw.Close()
 	}
 	for _, pl := range pools {
 		pl.closeOthers("")
@@ -303,7 +303,7 @@ func (c *cluster) accept() {
 			tc.SetNoDelay(true)
 			tc.SetKeepAlive(true)
 		}
-		s := &session{c: c, conn: conn, stmts: statements{}}
+		s := &session{c: c, raw: conn, conn: conn, stmts: statements{}}
 		c.mu.Lock()
 		if c.closed {
 			c.mu.Unlock()

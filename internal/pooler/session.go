@@ -32,7 +32,8 @@ var sessionTags = []string{"SET", "RESET", "LISTEN", "PREPARE", "DECLARE CURSOR"
 // session is one client connection.
 type session struct {
 	c      *cluster
-	conn   net.Conn
+	raw    net.Conn // the TCP connection, which ends the session when closed
+	conn   net.Conn // raw, or the TLS connection over it
 	be     *pgproto3.Backend
 	user   string
 	db     string
@@ -133,6 +134,10 @@ func (s *session) startup() bool {
 	s.be = pgproto3.NewBackend(tc, tc)
 	msg, err = s.be.ReceiveStartupMessage()
 	if err != nil {
+		return false
+	}
+	if m, ok := msg.(*pgproto3.CancelRequest); ok {
+		s.cancel(m)
 		return false
 	}
 	sm, ok := msg.(*pgproto3.StartupMessage)
