@@ -46,19 +46,15 @@ print("A ratio below 1 means the tool took less time than pgBackRest with `proce
 
 
 def wal_table(op, tools):
-    print("| tool | segments | seconds | per segment | ratio to pgBackRest |")
-    print("|---|---|---|---|---|")
-    per = {}
-    for tool, _ in tools:
-        r = [x for x in rows if x["op"] == op and x["tool"] == tool]
-        if r:
-            per[tool] = (int(r[0]["stored_bytes"]), float(r[0]["seconds"]))
-    base = per["pgbackrest"][1] / per["pgbackrest"][0]
+    print("| tool | segments | seconds (median) | per segment | ratio to pgBackRest | every round |")
+    print("|---|---|---|---|---|---|")
+    base, _ = med(op, "pgbackrest")
     for tool, cmd in tools:
-        if tool not in per:
+        m, vs = med(op, tool)
+        if m is None:
             continue
-        n, s = per[tool]
-        print(f"| {cmd} | {n} | {s:.1f} | {s / n * 1000:.0f} ms | {s / n / base:.2f} |")
+        n = int([x for x in rows if x["op"] == op and x["tool"] == tool][0]["stored_bytes"])
+        print(f"| {cmd} | {n} | {m:.1f} | {m / n * 1000:.0f} ms | {m / base:.2f} | {' '.join(f'{v:.1f}' for v in vs)} |")
 
 
 print()

@@ -138,32 +138,59 @@ for i in $(seq "$SEGMENTS"); do
 done
 chown -R postgres:postgres "$BASE/walsrc"
 N="$(ls "$BASE/walsrc" | wc -l)"
-t0="$(secs)"
-for f in "$BASE"/walsrc/*; do "${ASPG[@]}" bin/pgfleet wal-push --store "file://$BASE/store" --cluster bench "$f"; done
-t1="$(secs)"
-echo "1,wal-push,pgfleet,$(python3 -c "print(round($t1-$t0,2))"),$N" >>"$CSV"
-t0="$(secs)"
-for f in "$BASE"/walsrc/*; do "${PGBR[@]}" archive-push "$f"; done
-t1="$(secs)"
-echo "1,wal-push,pgbackrest,$(python3 -c "print(round($t1-$t0,2))"),$N" >>"$CSV"
 # Through the agent, as a member's postgres archives and restores: the
 # benchmark serves the WAL socket with a file store, marks the segments
 # ready in a pg_wal as postgres does, and runs bin/pgfleet once per segment.
 agent_bench() {
-	PGFLEET_BENCH_WAL_DIR="$BASE/walsrc" PGFLEET_BENCH_BIN="$PWD/bin/pgfleet" \
-		go test -count=1 -run '^$' -bench "$1" -benchtime 1x ./internal/agent | awk '$1 ~ /^Benchmark/ {for (i = 1; i <= NF; i++) if ($(i+1) == "ms/segment") print $i}'
+	local ms
+	ms="$(PGFLEET_BENCH_WAL_DIR="$BASE/walsrc" PGFLEET_BENCH_BIN="$PWD/bin/pgfleet" \
+		go test -count=1 -run '^$' -bench "$1" -benchtime 1x ./internal/agent | awk '$1 ~ /^Benchmark/ {for (i = 1; i <= NF; i++) if ($(i+1) == "ms/segment") print $i}')"
+	python3 -c "print(round($ms*$N/1000,2))"
 }
-MS="$(agent_bench BenchmarkWALPushThroughAgent)"
-echo "1,wal-push,pgfleet-agent,$(python3 -c "print(round($MS*$N/1000,2))"),$N" >>"$CSV"
-say "WAL: $N segments restored, one process each"
+# Each round archives into an empty archive: a segment already archived
+# is only compared, which would flatter the second round.
+wal_push() {
+	local r=$1 tool=$2 t0 t1 s
+	case "$tool" in
+	pgfleet)
+		t0="$(secs)"
+		for f in "$BASE"/walsrc/*; do "${ASPG[@]}" bin/pgfleet wal-push --store "file://$BASE/walstore-$r" --cluster bench "$f"; done
+		t1="$(secs)"
+		s="$(python3 -c "print(round($t1-$t0,2))")" ;;
+	pgbackrest)
+		rm -rf "$BASE"/repo/archive/bench/*-*/
+		t0="$(secs)"
+		for f in "$BASE"/walsrc/*; do "${PGBR[@]}" archive-push "$f"; done
+		t1="$(secs)"
+		s="$(python3 -c "print(round($t1-$t0,2))")" ;;
+	pgfleet-agent) s="$(agent_bench BenchmarkWALPushThroughAgent)" ;;
+	esac
+	echo "$r,wal-push,$tool,$s,$N" >>"$CSV"
+}
+wal_fetch() {
+	local r=$1 tool=$2 t0 t1 s
+	case "$tool" in
+	pgbackrest)
+		t0="$(secs)"
+		for f in "$BASE"/walsrc/*; do "${PGBR[@]}" archive-get "$(basename "$f")" "$BASE/walget/RECOVERYXLOG"; done
+		t1="$(secs)"
+		s="$(python3 -c "print(round($t1-$t0,2))")" ;;
+	pgfleet-agent) s="$(agent_bench BenchmarkWALFetchThroughAgent)" ;;
+	esac
+	echo "$r,wal-fetch,$tool,$s,$N" >>"$CSV"
+}
 mkdir -p "$BASE/walget"
 chown postgres:postgres "$BASE/walget"
-t0="$(secs)"
-for f in "$BASE"/walsrc/*; do "${PGBR[@]}" archive-get "$(basename "$f")" "$BASE/walget/RECOVERYXLOG"; done
-t1="$(secs)"
-echo "1,wal-fetch,pgbackrest,$(python3 -c "print(round($t1-$t0,2))"),$N" >>"$CSV"
-MS="$(agent_bench BenchmarkWALFetchThroughAgent)"
-echo "1,wal-fetch,pgfleet-agent,$(python3 -c "print(round($MS*$N/1000,2))"),$N" >>"$CSV"
+for r in $(seq "$ROUNDS"); do
+	say "round $r of $ROUNDS: $N WAL segments archived, then restored, one process each"
+	if [ $((r % 2)) -eq 1 ]; then
+		wal_push "$r" pgfleet; wal_push "$r" pgfleet-agent; wal_push "$r" pgbackrest
+		wal_fetch "$r" pgfleet-agent; wal_fetch "$r" pgbackrest
+	else
+		wal_push "$r" pgbackrest; wal_push "$r" pgfleet-agent; wal_push "$r" pgfleet
+		wal_fetch "$r" pgbackrest; wal_fetch "$r" pgfleet-agent
+	fi
+done
 
 say "RPO bound: archive_command = pgfleet wal-push, archive_timeout = 5s"
 "${PSQL[@]}" -c "alter system set archive_command = '$PWD/bin/pgfleet wal-push --store file://$BASE/store --cluster rpo %p'" -c "alter system set archive_timeout = '5s'" -c "select pg_reload_conf()" >/dev/null

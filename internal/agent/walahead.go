@@ -43,6 +43,7 @@ const (
 // aheadPush is one file pushed ahead.
 type aheadPush struct {
 	done   chan struct{}
+	target walTarget
 	pushed backup.PushedWAL
 	err    error
 }
@@ -142,7 +143,7 @@ func (w *walServer) scheduleAhead(t walTarget, current string) {
 		if _, ok := h.pushes[path]; ok {
 			continue
 		}
-		p := &aheadPush{done: make(chan struct{})}
+		p := &aheadPush{done: make(chan struct{}), target: t}
 		h.pushes[path] = p
 		n++
 		h.wg.Add(1)
@@ -179,9 +180,9 @@ func (w *walServer) pushFile(ctx context.Context, t walTarget, path string) (bac
 	return a.PushWALFrom(ctx, filepath.Base(path), f)
 }
 
-// pushedAhead reports whether the file at path was pushed ahead with the
-// content it has now, waiting for a push under way.
-func (w *walServer) pushedAhead(ctx context.Context, path string) bool {
+// pushedAhead reports whether the file at path was pushed ahead to t's
+// archive with the content it has now, waiting for a push under way.
+func (w *walServer) pushedAhead(ctx context.Context, t walTarget, path string) bool {
 	p := w.ahead.take(path)
 	if p == nil {
 		return false
@@ -191,7 +192,7 @@ func (w *walServer) pushedAhead(ctx context.Context, path string) bool {
 	case <-ctx.Done():
 		return false
 	}
-	if p.err != nil {
+	if p.err != nil || p.target != t {
 		return false
 	}
 	f, err := openWALFile(path, w.pgUser.UID)

@@ -502,7 +502,7 @@ func (w *walServer) pushWAL(ctx context.Context, req WALRequest, path string) er
 		return err
 	}
 	w.scheduleAhead(t, filepath.Base(p))
-	if w.pushedAhead(ctx, p) {
+	if w.pushedAhead(ctx, t, p) {
 		return nil
 	}
 	_, err = w.pushFile(ctx, t, p)

@@ -451,8 +451,8 @@ func (a *Archive) Manifest(ctx context.Context, id string) (Manifest, error) {
 }
 
 // checkParts refuses a manifest whose parts a restore could not read: a
-// version 2 backup has at least one part, none longer than partSize, and
-// they add up to the tar.
+// version 2 backup has at least one part, none longer than maxPartSize,
+// and they add up to the tar.
 func (m Manifest) checkParts() error {
 	if m.Version == 1 {
 		if len(m.Parts) > 0 {

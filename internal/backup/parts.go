@@ -72,7 +72,6 @@ type partWriter struct {
 	mu    sync.Mutex
 	parts []Part
 	err   error
-	raw   int64
 }
 
 type partJob struct {
@@ -143,7 +142,6 @@ func (w *partWriter) send() {
 	w.mu.Lock()
 	i := len(w.parts)
 	w.parts = append(w.parts, Part{})
-	w.raw += int64(len(w.cur))
 	w.mu.Unlock()
 	w.jobs <- partJob{i: i, buf: w.cur}
 	w.cur = w.buffer()
