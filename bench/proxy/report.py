@@ -35,6 +35,8 @@ print("the transactions; pgfleet's proxy runs inside the agent, so its figure al
 print("the agent's background work (etcd, supervision) during the run.")
 print()
 for test, title in (("select", "`pgbench -S`"), ("connect", "`pgbench -S -C`"), ("prepared", "`pgbench -S -M prepared`")):
+    if not any(r["test"] == test for r in rows):
+        continue
     print(f"## {title}")
     print()
     print("| path | TPS (median) | ratio to direct | latency ms (median) | CPU µs per transaction | TPS, every round |")
