@@ -43,6 +43,9 @@ const (
 	// again, so a changed password or a dropped role takes effect within
 	// it; a failed login reads it again at once.
 	verifierTTL = 10 * time.Second
+	// maxLookups caps the verifier reads one port runs on the primary at
+	// once: logins of names not in the cache cannot flood it.
+	maxLookups = 4
 	// maxClients caps the clients one port serves at once.
 	maxClients = 5000
 	// resetTimeout bounds the reset of a server between clients.
@@ -151,6 +154,7 @@ func (p *Pooler) open(name string, port int) (*cluster, error) {
 		route: proxy.Route{Mode: proxy.Hold}, changed: make(chan struct{}), stop: make(chan struct{}),
 		pools: map[[2]string]*pool{}, verifiers: map[string]cachedVerifier{},
 		sessions: map[*session]struct{}{}, slots: make(chan struct{}, maxClients),
+		lookups: make(chan struct{}, maxLookups),
 	}
 	c.wg.Add(2)
 	go c.accept()
@@ -195,7 +199,8 @@ type cluster struct {
 	wg   sync.WaitGroup
 	stop chan struct{} // closed with the port
 
-	slots chan struct{}
+	slots   chan struct{}
+	lookups chan struct{} // one per verifier read under way
 
 	mu        sync.Mutex
 	route     proxy.Route
@@ -387,6 +392,12 @@ func (c *cluster) verifier(ctx context.Context, user string) (Verifier, bool, er
 	r, err := c.forward(ctx, time.Now().Add(c.p.cfg.QueueTimeout))
 	if err != nil {
 		return Verifier{}, false, err
+	}
+	select {
+	case c.lookups <- struct{}{}:
+		defer func() { <-c.lookups }()
+	case <-ctx.Done():
+		return Verifier{}, false, ctx.Err()
 	}
 	text, err := c.p.cfg.Verifiers.Verifier(ctx, c.name, r.Backend, user)
 	if err != nil {

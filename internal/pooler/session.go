@@ -27,7 +27,7 @@ const resetSQL = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLIS
 
 // sessionTags are command tags after which a server's session differs
 // from a fresh one: it is reset before another client gets it.
-var sessionTags = []string{"SET", "RESET", "LISTEN", "PREPARE", "DECLARE CURSOR", "CREATE TABLE", "SELECT INTO", "CREATE TABLE AS", "LOAD", "DISCARD", "DEALLOCATE", "CREATE SEQUENCE"}
+var sessionTags = []string{"SET", "RESET", "LISTEN", "PREPARE", "DECLARE CURSOR", "CREATE TABLE", "LOAD", "DISCARD", "DEALLOCATE", "CREATE SEQUENCE"}
 
 // session is one client connection.
 type session struct {
@@ -223,7 +223,12 @@ func (s *session) authenticate(ctx context.Context) bool {
 		v = fakeVerifier()
 	}
 	failed := func() bool {
-		s.c.forget(s.user)
+		if found {
+			// The password may have changed: read it again next time. A
+			// role that was not found stays so until the cache expires, so
+			// that guessing names costs the primary nothing.
+			s.c.forget(s.user)
+		}
 		s.fatal(pgError("FATAL", "28P01", fmt.Sprintf("password authentication failed for user %q", s.user), ""))
 		return false
 	}
