@@ -389,7 +389,7 @@ func (c *cluster) verifier(ctx context.Context, user string) (Verifier, bool, er
 	if ok && time.Since(cv.at) < verifierTTL {
 		return cv.v, cv.found, nil
 	}
-	r, err := c.forward(ctx, time.Now().Add(c.p.cfg.QueueTimeout))
+	r, err := c.forward(ctx)
 	if err != nil {
 		return Verifier{}, false, err
 	}
@@ -430,7 +430,7 @@ func (e *errNoPrimary) Error() string { return e.why }
 
 // forward waits for a route that forwards to a primary: through a hold
 // (an election or switchover), up to its hold time.
-func (c *cluster) forward(ctx context.Context, deadline time.Time) (proxy.Route, error) {
+func (c *cluster) forward(ctx context.Context) (proxy.Route, error) {
 	var holdUntil time.Time
 	var hold time.Duration
 	for {

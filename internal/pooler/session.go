@@ -307,11 +307,14 @@ func (s *session) cancel(m *pgproto3.CancelRequest) {
 // full, the first one freed within the queue timeout.
 func (s *session) acquire(ctx context.Context) (*server, error) {
 	c := s.c
-	deadline := time.Now().Add(c.p.cfg.QueueTimeout)
+	var deadline time.Time // of the wait for a server, once there is a primary
 	for {
-		r, err := c.forward(ctx, deadline)
+		r, err := c.forward(ctx)
 		if err != nil {
 			return nil, err
+		}
+		if deadline.IsZero() {
+			deadline = time.Now().Add(c.p.cfg.QueueTimeout)
 		}
 		srv, err := s.pool.take(deadline, c.stop)
 		if err != nil {
