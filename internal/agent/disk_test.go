@@ -100,15 +100,19 @@ func TestDiskGuard(t *testing.T) {
 		}
 		return false, fmt.Sprintf("INSERT: %v", err)
 	})
-	v, err = c.Cluster(ctx, "db")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []string{"member " + standby.ID + " on host " + standby.Host, "below the disk guard's 10 %", "writes resume by themselves"} {
-		if !strings.Contains(v.ReadOnly, want) {
-			t.Errorf("the cluster's read-only reason %q lacks %q", v.ReadOnly, want)
+	// The primary publishes why right after it stops the writes.
+	labtest.WaitFor(t, 10*time.Second, "the cluster saying why it is read-only", func() (bool, string) {
+		v, err := c.Cluster(ctx, "db")
+		if err != nil {
+			return false, err.Error()
 		}
-	}
+		for _, want := range []string{"member " + standby.ID + " on host " + standby.Host, "below the disk guard's 10 %", "writes resume by themselves"} {
+			if !strings.Contains(v.ReadOnly, want) {
+				return false, fmt.Sprintf("read-only reason %q lacks %q", v.ReadOnly, want)
+			}
+		}
+		return true, ""
+	})
 	waitEvent(t, c, "read-only", standby.ID)
 	var reads int
 	if err := conn.QueryRow(ctx, "SELECT count(*) FROM t").Scan(&reads); err != nil {
