@@ -110,6 +110,41 @@ func TestPooledPort(t *testing.T) {
 		}
 	})
 
+	t.Run("cancel", func(t *testing.T) {
+		conn, err := pgx.Connect(ctx, appURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		done := make(chan error, 1)
+		go func() {
+			_, err := conn.Exec(ctx, "SELECT pg_sleep(30)")
+			done <- err
+		}()
+		labtest.WaitFor(t, 5*time.Second, "the sleep on the server", func() (bool, string) {
+			var n int
+			admin.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND query = 'SELECT pg_sleep(30)' AND state = 'active'").Scan(&n)
+			return n == 1, fmt.Sprintf("%d sleeping", n)
+		})
+		// The client's cancel key is the pooler's; the pooler passes the
+		// request to the server running the query.
+		if err := conn.PgConn().CancelRequest(ctx); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-done:
+			if sqlState(err) != "57014" {
+				t.Errorf("a cancelled query: %v, want SQLSTATE 57014", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the query was not cancelled within 10 s")
+		}
+		var one int
+		if err := conn.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
+			t.Errorf("the connection after a cancel: %v", err)
+		}
+	})
+
 	t.Run("queue past the pool size", func(t *testing.T) {
 		var wg sync.WaitGroup
 		errs := make(chan error, 8)
