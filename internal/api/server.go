@@ -507,6 +507,12 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		limit = n
 	}
 	if _, err := s.store.Cluster(r.Context(), name); err != nil {
+		// A destroyed cluster whose backups are kept keeps its history
+		// with them.
+		if rt, rerr := s.store.Retired(r.Context(), name); errors.Is(err, store.ErrNotFound) && rerr == nil && len(rt.Events) > 0 {
+			writeJSON(w, http.StatusOK, rt.Events[max(0, len(rt.Events)-limit):])
+			return
+		}
 		s.storeError(w, err)
 		return
 	}

@@ -164,6 +164,10 @@ type Retired struct {
 	Spec    ClusterSpec `json:"spec"`
 	Secrets Secrets     `json:"secrets"`
 	Deleted time.Time   `json:"deleted"`
+	// Events is the cluster's history as it was destroyed, oldest first,
+	// its destruction last: `pgfleet events` of a cluster whose backups
+	// are kept still says what happened to it.
+	Events []Event `json:"events,omitempty"`
 }
 
 // RestoreSpec is where a restored cluster's data comes from: the archive

@@ -606,6 +606,11 @@ func (r Retired) Validate() error {
 	if err := ValidateClusterName(r.Spec.Name); err != nil {
 		return err
 	}
+	for _, ev := range r.Events {
+		if ev.Cluster != r.Spec.Name {
+			return fmt.Errorf("an event of cluster %q is in the history of %s", ev.Cluster, r.Spec.Name)
+		}
+	}
 	if r.Spec.Backup != nil {
 		if err := r.Spec.Backup.Validate(); err != nil {
 			return fmt.Errorf("backup: %w", err)

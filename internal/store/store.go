@@ -790,7 +790,14 @@ func (s *Store) DeleteCluster(ctx context.Context, name string) error {
 		if err != nil {
 			return fmt.Errorf("delete cluster %s: %w", name, err)
 		}
-		retired, _ = json.Marshal(fleet.Retired{Spec: c.Spec, Secrets: sec, Deleted: time.Now().UTC()})
+		evs, err := s.Events(ctx, name, MaxEvents-1)
+		if err != nil {
+			return fmt.Errorf("delete cluster %s: %w", name, err)
+		}
+		now := time.Now().UTC()
+		evs = append(evs, fleet.Event{Time: now, Cluster: name, Kind: "destroyed",
+			Message: fmt.Sprintf("cluster %s destroyed; its backups are kept: `pgfleet restore %s --into NEW --latest` makes a cluster of them", name, name)})
+		retired, _ = json.Marshal(fleet.Retired{Spec: c.Spec, Secrets: sec, Deleted: now, Events: evs})
 	}
 	ctx, cancel := timeout(ctx)
 	defer cancel()

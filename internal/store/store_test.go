@@ -282,3 +282,35 @@ func TestTimelineRecord(t *testing.T) {
 		t.Fatal("Cluster().LeaderTerm = 0 while c-1 leads")
 	}
 }
+
+// TestRetiredKeepsHistory: a cluster destroyed with its backups kept keeps
+// its events in the retired record, its destruction last.
+func TestRetiredKeepsHistory(t *testing.T) {
+	s := openStore(t)
+	ctx := context.Background()
+	sp := spec("old", 6000)
+	sp.Backup = &fleet.BackupSpec{Store: "file:///var/lib/pgfleet/backups"}
+	if err := s.CreateCluster(ctx, sp, fleet.Secrets{SuperuserPassword: "a", ReplicationPassword: "b"}, members("old", 6000), ev("old", "made")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AppendEvent(ctx, fleet.Event{Time: time.Now().UTC(), Cluster: "old", Kind: "failover", Message: "old-2 promoted"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteCluster(ctx, "old"); err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.Retired(ctx, "old")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
+	for _, e := range r.Events {
+		kinds = append(kinds, e.Kind)
+	}
+	if got := strings.Join(kinds, ","); got != "created,failover,destroyed" {
+		t.Errorf("retired history = %s, want created,failover,destroyed", got)
+	}
+	if evs, err := s.Events(ctx, "old", 0); err != nil || len(evs) != 0 {
+		t.Errorf("live events of the destroyed cluster = %v, %v; want none", evs, err)
+	}
+}
