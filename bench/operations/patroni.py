@@ -2,10 +2,12 @@
 """The Patroni side of bench/operations/run.sh: three Patroni 3.0 members and
 etcd, started with the peers' harness (../shared/peers/patroni_harness.py,
 imported as a module, on ports of our own so that a failover benchmark can
-run beside it), HAProxy routing to the member whose Patroni answers 200 on
-/primary, and the two ways of restarting them that the benchmark times.
+run beside it), TLS and a SCRAM user for the writers as pgfleet has, HAProxy
+routing to the member whose Patroni answers 200 on /primary, and the two
+ways of restarting them that the benchmark times.
 
-    patroni.py up            start etcd, n1 (bootstrap), n2, n3 and HAProxy; print the HAProxy URL
+    patroni.py up            start etcd, n1 (bootstrap), n2, n3 and HAProxy; print the HAProxy
+                             URL and the members' multi-host URL
     patroni.py rolling       restart members one at a time, pgfleet's order: each replica
                              (`patronictl restart C M --force`), back and streaming before
                              the next; `patronictl switchover --force`; then the old leader
@@ -16,6 +18,7 @@ run beside it), HAProxy routing to the member whose Patroni answers 200 on
 Run as root with /usr/bin/python3 (Debian's psycopg2); Patroni and etcd run
 as the postgres user under $PEERS_BASE.
 """
+import json
 import os
 import subprocess
 import sys
@@ -34,6 +37,7 @@ h.API_PORT = {'n1': 18461, 'n2': 18462, 'n3': 18463}
 h.ETCD_CLIENT, h.ETCD_PEER = 23796, 23806
 h.SCOPE = 'opsbench'
 HAPROXY_PORT = 15460
+WRITER, WRITER_PASSWORD = 'opsbench', 'opsbench-writer'
 # Patroni's defaults, as a user gets them.
 TTL, LOOP_WAIT, RETRY_TIMEOUT = 30, 10, 10
 TIMEOUT = 180
@@ -73,9 +77,26 @@ def up():
         if r.stdout.strip():
             raise SystemExit(f'port {port} is in use on this machine: {r.stdout.strip()}')
     h.prepare_dirs()
+    # The writers connect as pgfleet's do: TLS and a SCRAM password, so
+    # that a connection costs the same on both sides. The harness's own
+    # checks keep connecting as postgres without a password.
+    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=opsbench',
+                    '-keyout', f'{h.BASE}/server.key', '-out', f'{h.BASE}/server.crt'], check=True, capture_output=True)
+    os.chmod(f'{h.BASE}/server.key', 0o600)
+    subprocess.run(['chown', 'postgres:postgres', f'{h.BASE}/server.key', f'{h.BASE}/server.crt'], check=True)
     h.start_etcd()
     for m in h.MEMBERS:
         h.write_conf(m, TTL, LOOP_WAIT, RETRY_TIMEOUT, False)
+        with open(h.conf_path(m)) as f:
+            conf = json.load(f)
+        conf['postgresql']['parameters'].update(
+            {'ssl': 'on', 'ssl_cert_file': f'{h.BASE}/server.crt', 'ssl_key_file': f'{h.BASE}/server.key'})
+        conf['postgresql']['pg_hba'] = [
+            f'hostssl all {WRITER} 127.0.0.1/32 scram-sha-256',
+            f'host all {WRITER} 127.0.0.1/32 reject',
+        ] + conf['postgresql']['pg_hba']
+        with open(h.conf_path(m), 'w') as f:
+            json.dump(conf, f, indent=1)
     t0 = time.monotonic()
     h.start_patroni('n1')
     while h.in_recovery(h.PG_PORT['n1']) is not False:
@@ -85,10 +106,14 @@ def up():
     h.start_patroni('n2')
     h.start_patroni('n3')
     leader = h.wait_healthy(False)
+    c = h.pg_connect(h.PG_PORT[leader])
+    c.autocommit = True
+    c.cursor().execute(f"CREATE ROLE {WRITER} LOGIN SUPERUSER PASSWORD '{WRITER_PASSWORD}'")
+    c.close()
     with open(f'{h.BASE}/haproxy.cfg', 'w') as f:
         f.write(haproxy_cfg())
     subprocess.run(['haproxy', '-f', f'{h.BASE}/haproxy.cfg', '-D', '-p', f'{h.BASE}/pids/haproxy.pid'], check=True)
-    url = f'postgres://postgres@127.0.0.1:{HAPROXY_PORT}/postgres?sslmode=disable'
+    url = f'postgres://{WRITER}:{WRITER_PASSWORD}@127.0.0.1:{HAPROXY_PORT}/postgres?sslmode=require'
     for _ in range(100):
         if subprocess.run(['psql', url, '-Atqc', 'select 1'], capture_output=True).returncode == 0:
             break
@@ -96,7 +121,9 @@ def up():
     else:
         raise SystemExit('HAProxy did not route to the leader')
     print(f'leader {leader}, up in {time.monotonic() - t0:.1f}s', file=sys.stderr)
+    hosts = ','.join(f'127.0.0.1:{h.PG_PORT[m]}' for m in h.MEMBERS)
     print(url)
+    print(f'postgres://{WRITER}:{WRITER_PASSWORD}@{hosts}/postgres?sslmode=require&target_session_attrs=read-write')
 
 
 def patronictl(*args):
@@ -173,7 +200,7 @@ def restart_all():
     p = subprocess.Popen(['/usr/bin/patronictl', '-c', h.conf_path('n1'), 'restart', h.SCOPE, '--force'],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in p.stdout:
-        if line.strip():
+        if line.startswith(('Success', 'Failed')):  # not the table of members it prints first
             step(line.strip())
     if p.wait(TIMEOUT) != 0:
         raise SystemExit(f'patronictl restart: rc {p.returncode}')

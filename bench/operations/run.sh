@@ -4,7 +4,8 @@
 # `patronictl switchover`, then the old leader; and `patronictl restart`
 # of the whole cluster as it comes), in interleaved rounds on one machine,
 # while writers open a new connection for every INSERT through pgfleet's
-# proxy or through HAProxy in front of Patroni. Writes
+# proxy or through HAProxy in front of Patroni, and straight to the members
+# with a multi-host URL (target_session_attrs=read-write). Writes
 # bench/tmp/operations/operations.md (bench/results/operations.md keeps the
 # runs worth keeping). ROUNDS (default 3); PATRONI_ALL=0 leaves out the
 # whole-cluster `patronictl restart`.
@@ -47,26 +48,30 @@ t0=$SECONDS
 "$PGF" dev up --dir "$FLEET" --regions iad:3 --net "$NET" >/dev/null
 "$PGF" create bench --primary-region iad --ha 3 --wait >/dev/null
 echo "pgfleet up in $((SECONDS - t0)) s" >>"$TMP/load.txt"
-read -r PRIMARY PHOST PPORT < <("$PGF" status bench --json | python3 -c '
+read -r PRIMARY PHOST PPORT MEMBERS < <("$PGF" status bench --json | python3 -c '
 import json,sys
 v=json.load(sys.stdin)
 m=[m for m in v["members"] if m["id"]==v["primary"]][0]
 h,p=m["addr"].rsplit(":",1)
-print(m["id"], h, p)')
-# The primary port of the proxy on the first primary's host: it routes to
-# whichever member is primary, and stays up while that host's postgres
-# restarts.
-PGFURL="$(python3 -c '
+print(m["id"], h, p, ",".join(m["addr"] for m in v["members"]))')
+# The primary port of the proxy on the first primary's host, which routes
+# to whichever member is primary and stays up while that host's postgres
+# restarts; and every member's postgres in one multi-host URL that asks
+# for the read-write one.
+read -r PGFURL PGFDIRECT < <(python3 -c '
 import sys, urllib.parse as u
 p = u.urlparse(sys.argv[1])
-host, port = sys.argv[2], int(sys.argv[3]) + 1
-pw = u.quote(u.unquote(p.password), safe="")
-print(p._replace(netloc=f"{p.username}:{pw}@{host}:{port}").geturl())
-' "$("$PGF" url bench --member "$PRIMARY")" "$PHOST" "$PPORT")"
+host, port, members = sys.argv[2], int(sys.argv[3]) + 1, sys.argv[4]
+auth = p.username + ":" + u.quote(u.unquote(p.password), safe="")
+q = u.parse_qsl(p.query)
+print(p._replace(netloc=f"{auth}@{host}:{port}").geturl(),
+      p._replace(netloc=f"{auth}@{members}", query=u.urlencode(q + [("target_session_attrs", "read-write")])).geturl())
+' "$("$PGF" url bench --member "$PRIMARY")" "$PHOST" "$PPORT" "$MEMBERS")
 
 say "Patroni (3 members, etcd, HAProxy)"
 t0=$SECONDS
-PATRONIURL="$("${PATRONI[@]}" up)"
+{ read -r PATRONIURL; read -r PATRONIDIRECT; } < <("${PATRONI[@]}" up)
+[ -n "$PATRONIDIRECT" ] || { say "Patroni did not start"; exit 1; }
 echo "Patroni up in $((SECONDS - t0)) s" >>"$TMP/load.txt"
 
 OPS=("$TMP/operations.bin" -out "$RUNS")
@@ -74,9 +79,9 @@ variants=(pgfleet patroni-rolling)
 [ "$PATRONI_ALL" = 1 ] && variants+=(patroni-all)
 measure() { # variant round
 	case "$1" in
-	pgfleet) "${OPS[@]}" -tool "$1" -round "$2" -url "$PGFURL" -- "$PGF" restart bench ;;
-	patroni-rolling) "${OPS[@]}" -tool "$1" -round "$2" -url "$PATRONIURL" -- "${PATRONI[@]}" rolling ;;
-	patroni-all) "${OPS[@]}" -tool "$1" -round "$2" -url "$PATRONIURL" -- "${PATRONI[@]}" restart-all ;;
+	pgfleet) "${OPS[@]}" -tool "$1" -round "$2" -url "$PGFURL" -direct "$PGFDIRECT" -- "$PGF" restart bench ;;
+	patroni-rolling) "${OPS[@]}" -tool "$1" -round "$2" -url "$PATRONIURL" -direct "$PATRONIDIRECT" -- "${PATRONI[@]}" rolling ;;
+	patroni-all) "${OPS[@]}" -tool "$1" -round "$2" -url "$PATRONIURL" -direct "$PATRONIDIRECT" -- "${PATRONI[@]}" restart-all ;;
 	esac
 }
 for r in $(seq "$ROUNDS"); do
@@ -90,5 +95,6 @@ done
 echo "end $(date -u +%FT%TZ) load $(load)" >>"$TMP/load.txt"
 "$PGF" events bench >"$TMP/events.txt" 2>&1 || true
 
-python3 bench/operations/report.py "$RUNS" "$TMP/load.txt" "$ROUNDS" >"$TMP/operations.md"
+cleanup
+python3 bench/operations/report.py "$RUNS" "$TMP/load.txt" "$ROUNDS" "$TMP/events.txt" "$TMP/patroni-logs" >"$TMP/operations.md"
 cat "$TMP/operations.md"
