@@ -2,8 +2,13 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
@@ -16,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgfleet/pgfleet/internal/api"
 	"github.com/pgfleet/pgfleet/internal/lab/labtest"
 )
 
@@ -31,6 +37,44 @@ func asUser(t *testing.T, u, user, password string) string {
 	q.Set("connect_timeout", "10")
 	p.RawQuery = q.Encode()
 	return p.String()
+}
+
+// poolTimeouts sums pgfleet_pool_timeouts_total of user app over every
+// host's /metrics, verified with the CA the pooled URL names.
+func poolTimeouts(t *testing.T, c cli, pooled string) float64 {
+	t.Helper()
+	u, err := url.Parse(pooled)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pem, err := os.ReadFile(u.Query().Get("sslrootcert"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(pem)
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
+	var hosts []api.HostView
+	if err := json.Unmarshal([]byte(c.ok("hosts", "--json")), &hosts); err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, h := range hosts {
+		resp, err := client.Get("https://" + h.APIAddr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "pgfleet_pool_timeouts_total{") && strings.Contains(line, `user="app"`) {
+				var v float64
+				fmt.Sscan(line[strings.LastIndex(line, " ")+1:], &v)
+				sum += v
+			}
+		}
+	}
+	return sum
 }
 
 // sqlState is err's SQLSTATE, "" when it has none.
@@ -211,6 +255,10 @@ func TestPooledPort(t *testing.T) {
 		took := time.Since(start)
 		if sqlState(err) != "53300" || !strings.Contains(err.Error(), "pgfleet set db --pool-size") || took < 4*time.Second {
 			t.Errorf("a transaction on a full pool: %v after %s, want 53300 naming the pool size after the 5 s queue timeout", err, took)
+		}
+		// /metrics counts it.
+		if n := poolTimeouts(t, c, pooled); n < 1 {
+			t.Errorf("pgfleet_pool_timeouts_total of app on every host = %v, want at least 1", n)
 		}
 		// The session goes on once a server is free.
 		wg.Wait()

@@ -406,7 +406,8 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	rt := &router{a: a, proxy: proxy.New(cfg.Advertise, a.log.With("component", "proxy"))}
 	defer rt.proxy.Close()
-	defer a.newPooler(rt.proxy).Close()
+	rt.pool = a.newPooler(rt.proxy)
+	defer rt.pool.Close()
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /metrics", rt.metrics)
 	apiSrv := api.NewServer(st, a.host, a.log.With("component", "api"))

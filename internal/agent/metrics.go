@@ -150,6 +150,9 @@ func (e *exposition) write(w io.Writer) error {
 func (rt *router) metrics(w http.ResponseWriter, r *http.Request) {
 	var e exposition
 	rt.proxyMetrics(&e)
+	if rt.pool != nil {
+		poolMetrics(rt.pool, rt.a.host, &e)
+	}
 
 	rt.a.supsMu.RLock()
 	sups := make([]*supervisor, 0, len(rt.a.sups))

@@ -29,6 +29,18 @@ type verifiers struct{ a *Agent }
 
 var _ pooler.Verifiers = verifiers{}
 
+// poolMetrics adds each pool of the pooled ports to /metrics.
+func poolMetrics(pl *pooler.Pooler, host fleet.Host, e *exposition) {
+	for _, p := range pl.Pools() {
+		l := labels{"cluster", p.Cluster, "user", p.User, "database", p.Database, "host", host.Name, "region", host.Region}
+		e.gauge("pgfleet_pool_size", "The most server connections the pool opens (pgfleet set --pool-size).", float64(p.Size), l)
+		e.gauge("pgfleet_pool_server_connections", "Server connections the pool has open, idle or busy.", float64(p.Open), l)
+		e.gauge("pgfleet_pool_server_connections_idle", "Server connections idle in the pool.", float64(p.Idle), l)
+		e.gauge("pgfleet_pool_waiting", "Transactions waiting for a server connection now.", float64(p.Waiting), l)
+		e.counter("pgfleet_pool_timeouts_total", "Transactions that waited past the queue timeout and failed with 53300.", float64(p.Timeouts), l)
+	}
+}
+
 func (v verifiers) Verifier(ctx context.Context, cluster string, primary proxy.Backend, user string) (string, error) {
 	sec, err := v.a.store.Secrets(ctx, cluster)
 	if err != nil {

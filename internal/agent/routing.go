@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pgfleet/pgfleet/internal/fleet"
+	"github.com/pgfleet/pgfleet/internal/pooler"
 	"github.com/pgfleet/pgfleet/internal/proxy"
 	"github.com/pgfleet/pgfleet/internal/store"
 )
@@ -114,6 +115,7 @@ func refusing(routes []proxy.ClusterRoutes) bool {
 type router struct {
 	a     *Agent
 	proxy *proxy.Proxy
+	pool  *pooler.Pooler
 
 	mu      sync.Mutex
 	rtt     map[string]time.Duration

@@ -26,6 +26,8 @@ type pool struct {
 	// params are the settings the last server login reported, which a
 	// client is told at its own login.
 	params map[string]string
+	// timeouts counts transactions that waited past the queue timeout.
+	timeouts int64
 }
 
 // grant is what a waiting client gets: an idle server, or leave to open
@@ -86,6 +88,7 @@ func (p *pool) take(deadline time.Time, stop <-chan struct{}) (*server, error) {
 	for i, w := range p.waiters {
 		if w == ch {
 			p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
+			p.timeouts++
 			p.mu.Unlock()
 			select {
 			case <-stop:

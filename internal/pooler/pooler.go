@@ -20,6 +20,7 @@
 package pooler
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -27,7 +28,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -161,6 +164,39 @@ func (p *Pooler) open(name string, port int) (*cluster, error) {
 	go c.expire()
 	c.log.Info("pooler listening", "addr", addr)
 	return c, nil
+}
+
+// PoolStats is one pool's state now, for /metrics.
+type PoolStats struct {
+	Cluster, User, Database string
+	Size                    int   // the most server connections it opens
+	Open, Idle, Waiting     int   // server connections open (idle or busy), idle; transactions waiting for one
+	Timeouts                int64 // transactions that waited past the queue timeout (53300), since the pool began
+}
+
+// Pools returns every pool's state, by cluster, user and database.
+func (p *Pooler) Pools() []PoolStats {
+	p.mu.Lock()
+	clusters := make([]*cluster, 0, len(p.clusters))
+	for _, c := range p.clusters {
+		clusters = append(clusters, c)
+	}
+	p.mu.Unlock()
+	var out []PoolStats
+	for _, c := range clusters {
+		c.mu.Lock()
+		for _, pl := range c.pools {
+			pl.mu.Lock()
+			out = append(out, PoolStats{Cluster: c.name, User: pl.user, Database: pl.db, Size: pl.size,
+				Open: pl.open, Idle: len(pl.idle), Waiting: len(pl.waiters), Timeouts: pl.timeouts})
+			pl.mu.Unlock()
+		}
+		c.mu.Unlock()
+	}
+	slices.SortFunc(out, func(a, b PoolStats) int {
+		return cmp.Or(strings.Compare(a.Cluster, b.Cluster), strings.Compare(a.User, b.User), strings.Compare(a.Database, b.Database))
+	})
+	return out
 }
 
 // register gives s a cancel key of its own.
