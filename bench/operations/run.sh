@@ -8,7 +8,8 @@
 # with a multi-host URL (target_session_attrs=read-write). Writes
 # bench/tmp/operations/operations.md (bench/results/operations.md keeps the
 # runs worth keeping). ROUNDS (default 3); PATRONI_ALL=0 leaves out the
-# whole-cluster `patronictl restart`.
+# whole-cluster `patronictl restart`; PGFLEET_BIN measures that binary
+# instead of building one.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/setup.sh
@@ -26,14 +27,16 @@ fi
 TMP="$PWD/bench/tmp/operations"
 FLEET="$TMP/fleet"
 export PGFLEET_HOME="$TMP/home"
-PGF="$PWD/bin/pgfleet"
+# PGFLEET_BIN measures a pgfleet built elsewhere (say, from a clean
+# checkout of a commit) instead of building the work tree's.
+PGF="${PGFLEET_BIN:-$PWD/bin/pgfleet}"
 PATRONI=(/usr/bin/python3 "$PWD/bench/operations/patroni.py")
 cleanup() {
 	KEEP_LOGS="$TMP/patroni-logs" "${PATRONI[@]}" down >/dev/null 2>&1 || true
 	"$PGF" dev down --dir "$FLEET" --purge >/dev/null 2>&1 || true
 }
 trap cleanup EXIT INT TERM
-go build -o bin/pgfleet ./cmd/pgfleet
+[ -n "${PGFLEET_BIN:-}" ] || go build -o bin/pgfleet ./cmd/pgfleet
 go build -o "$TMP/operations.bin" ./bench/operations
 cleanup
 rm -rf "$FLEET" "$PGFLEET_HOME"
@@ -41,7 +44,7 @@ mkdir -p "$TMP" "$PGFLEET_HOME"
 RUNS="$TMP/runs.jsonl"
 : >"$RUNS"
 load() { cut -d' ' -f1-3 /proc/loadavg; }
-echo "start $(date -u +%FT%TZ) load $(load)" >"$TMP/load.txt"
+echo "start $(date -u +%FT%TZ) load $(load); $("$PGF" version 2>/dev/null | head -1)" >"$TMP/load.txt"
 
 say "pgfleet dev fleet (iad:3) and cluster bench (primary and two standbys)"
 t0=$SECONDS
