@@ -25,13 +25,22 @@ type importOptions struct {
 	jobs    int
 	noRoles bool
 	clean   bool
+
+	online       bool // logical replication instead of a copy
+	fullIdentity bool // --replica-identity-full
+	status       bool
+	cutover      bool
+	lockSource   bool
+	abort        bool
+	json         bool
+	timeout      time.Duration // how long --cutover waits for the lag to shrink
 }
 
 func newImportCmd(cf *clientFlags) *cobra.Command {
 	var o importOptions
 	cmd := &cobra.Command{
-		Use:   "import NAME --from URL",
-		Short: "Copy a database from any PostgreSQL server into a cluster (offline: schema and data, in parallel)",
+		Use:   "import NAME --from URL [--online | --status | --cutover [--lock-source] | --abort]",
+		Short: "Copy a database from any PostgreSQL server into a cluster (offline in parallel, or online by logical replication)",
 		Long: `Copy one database of an existing PostgreSQL server into cluster NAME: its
 roles first (without superuser or replication attributes; --no-roles leaves
 them and the objects' owners out), then its schema and data with pg_dump and
@@ -44,7 +53,25 @@ Give the source's password in PGPASSWORD (or a ~/.pgpass) rather than in the
 URL, which ` + "`ps`" + ` shows. Writes to the source made during the import are not
 copied: stop the app, or make the source read-only, first. Import only from a
 source you trust: its dump is restored as the cluster's superuser, so its
-functions, defaults and index expressions run with that power while it loads.`,
+functions, defaults and index expressions run with that power while it loads.
+
+--online copies the schema, then lets the cluster's primary subscribe to a
+publication of the source (logical replication), which copies the data and
+then follows every change while the app keeps writing to the source. It
+checks first that the source can (wal_level=logical, free slots and
+walsenders, a role with REPLICATION, tables with a primary key or replica
+identity; --replica-identity-full sets FULL on those without) and says what
+to change. --status shows the initial copy's progress, then the lag (--json).
+--cutover waits until the lag is nearly zero, with --lock-source makes the
+source database read-only and ends its sessions, waits for the last change,
+copies the sequences' values, drops the subscription, the source's slot and
+publication, and reports the write pause. --abort drops all of that and
+leaves the copied data. All of them take the same --from: the import's
+state is its subscription in the cluster and its publication and slot on
+the source, named pgfleet_import_<database>. The cluster's primary connects
+to the source with --from's URL and password, which PostgreSQL keeps in the
+subscription's catalog row (readable by superusers only) until the cutover
+or abort drops it.`,
 		Args: exactArgs("a cluster NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if o.from == "" {
@@ -53,6 +80,24 @@ functions, defaults and index expressions run with that power while it loads.`,
 			if _, err := migrate.SplitURL(o.from); err != nil {
 				return usageError{fmt.Errorf("--from: %w", err)}
 			}
+			modes := 0
+			for _, on := range []bool{o.online, o.status, o.cutover, o.abort} {
+				if on {
+					modes++
+				}
+			}
+			if modes > 1 {
+				return usageError{errors.New("give one of --online, --status, --cutover and --abort")}
+			}
+			if o.lockSource && !o.cutover {
+				return usageError{errors.New("--lock-source goes with --cutover")}
+			}
+			if o.json && !o.status {
+				return usageError{errors.New("--json goes with --status")}
+			}
+			if o.fullIdentity && !o.online {
+				return usageError{errors.New("--replica-identity-full goes with --online")}
+			}
 			if o.jobs < 1 || o.jobs > 32 {
 				return usageError{fmt.Errorf("--jobs %d: want 1 to 32", o.jobs)}
 			}
@@ -60,13 +105,32 @@ functions, defaults and index expressions run with that power while it loads.`,
 			if err != nil {
 				return err
 			}
-			return runImport(cmd.Context(), c, args[0], o, cmd.OutOrStdout(), cmd.ErrOrStderr())
+			out, errw := cmd.OutOrStdout(), cmd.ErrOrStderr()
+			switch {
+			case o.online:
+				return runImportOnline(cmd.Context(), c, args[0], o, out, errw)
+			case o.status:
+				return runImportStatus(cmd.Context(), c, args[0], o, out)
+			case o.cutover:
+				return runImportCutover(cmd.Context(), c, args[0], o, out, errw)
+			case o.abort:
+				return runImportAbort(cmd.Context(), c, args[0], o, out)
+			}
+			return runImport(cmd.Context(), c, args[0], o, out, errw)
 		},
 	}
 	cmd.Flags().StringVar(&o.from, "from", "", "the source database's URL (required)")
 	cmd.Flags().IntVar(&o.jobs, "jobs", 2, "parallel pg_dump and pg_restore workers")
 	cmd.Flags().BoolVar(&o.noRoles, "no-roles", false, "copy no roles; objects belong to the cluster's superuser")
 	cmd.Flags().BoolVar(&o.clean, "clean", false, "drop the target's objects that the source also has before loading")
+	cmd.Flags().BoolVar(&o.online, "online", false, "import by logical replication while the source stays in use")
+	cmd.Flags().BoolVar(&o.fullIdentity, "replica-identity-full", false, "with --online: give the source's tables without a primary key REPLICA IDENTITY FULL")
+	cmd.Flags().BoolVar(&o.status, "status", false, "show an online import's progress and lag")
+	cmd.Flags().BoolVar(&o.json, "json", false, "with --status: print JSON")
+	cmd.Flags().BoolVar(&o.cutover, "cutover", false, "finish an online import: wait for the last change, copy sequences, drop the replication")
+	cmd.Flags().BoolVar(&o.lockSource, "lock-source", false, "with --cutover: make the source database read-only and end its sessions first")
+	cmd.Flags().BoolVar(&o.abort, "abort", false, "stop an online import and drop its subscription, slot and publication")
+	cmd.Flags().DurationVar(&o.timeout, "timeout", 10*time.Minute, "with --cutover: how long to wait for the initial copy and the lag")
 	return cmd
 }
 

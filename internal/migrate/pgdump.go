@@ -64,11 +64,23 @@ func (t Tool) env(c Conn, name string) ([]string, error) {
 // Dump runs pg_dump of src in directory format with jobs parallel
 // workers into dir.
 func (t Tool) Dump(ctx context.Context, src Conn, dir string, jobs int) error {
+	return t.dump(ctx, src, "-Fd", "-j", strconv.Itoa(jobs), "-f", dir)
+}
+
+// DumpSchema runs pg_dump of src's schema alone into dir, for an online
+// import, whose data comes by replication. The source's own publications
+// and subscriptions stay behind: in the cluster they would replicate from
+// or to places that have nothing to do with it.
+func (t Tool) DumpSchema(ctx context.Context, src Conn, dir string) error {
+	return t.dump(ctx, src, "-Fd", "--schema-only", "--no-publications", "--no-subscriptions", "-f", dir)
+}
+
+func (t Tool) dump(ctx context.Context, src Conn, args ...string) error {
 	env, err := t.env(src, "source")
 	if err != nil {
 		return err
 	}
-	cmd := exec.CommandContext(ctx, t.Bin.Path("pg_dump"), "-d", src.URL, "-Fd", "-j", strconv.Itoa(jobs), "-f", dir)
+	cmd := exec.CommandContext(ctx, t.Bin.Path("pg_dump"), append([]string{"-d", src.URL}, args...)...)
 	cmd.Env = env
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
