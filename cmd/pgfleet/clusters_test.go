@@ -89,6 +89,9 @@ func TestURLFlags(t *testing.T) {
 			usage: "--direct cannot be combined with --region"},
 		{name: "connect checks the same", args: []string{"connect", "db", "--member", "db-2", "--direct"}, query: "-",
 			usage: "--member cannot be combined with --direct"},
+		{name: "pooled in a region", args: []string{"url", "db", "--pooled", "--region", "ams"}, query: "pooled=true&region=ams"},
+		{name: "pooled replicas", args: []string{"url", "db", "--pooled", "--replica"}, query: "-",
+			usage: "--pooled cannot be combined with --replica or --direct"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
