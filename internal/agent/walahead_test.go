@@ -26,15 +26,7 @@ import (
 func TestWALPushAhead(t *testing.T) {
 	dataDir := t.TempDir()
 	storeDir := t.TempDir()
-	clusters := &fakeClusters{c: store.ClusterState{
-		Spec:    fleet.ClusterSpec{Name: "demo", Backup: &fleet.BackupSpec{Store: "file://" + storeDir}},
-		Members: []fleet.MemberSpec{{ID: "demo-1", Cluster: "demo", Host: "iad-1"}},
-	}}
-	me := postgres.OSUser{Name: "me", UID: os.Geteuid(), GID: os.Getegid()}
-	w := newWALServer(clusters, "iad-1", dataDir, me, slog.New(slog.DiscardHandler))
-	if err := w.start(); err != nil {
-		t.Fatal(err)
-	}
+	w := startWALServer(t, "demo", dataDir, storeDir)
 	t.Cleanup(func() { w.Close() })
 	pgwal := filepath.Join(dataDir, "members", "demo-1", "pgdata", "pg_wal")
 	if err := os.MkdirAll(filepath.Join(pgwal, "archive_status"), 0o700); err != nil {
@@ -129,7 +121,7 @@ func BenchmarkWALPushThroughAgent(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
 		dataDir := b.TempDir()
-		w := benchWALServer(b, dataDir, b.TempDir())
+		w := startWALServer(b, "bench", dataDir, b.TempDir())
 		pgwal := filepath.Join(dataDir, "members", "bench-1", "pgdata", "pg_wal")
 		if err := os.MkdirAll(filepath.Join(pgwal, "archive_status"), 0o700); err != nil {
 			b.Fatal(err)
@@ -174,15 +166,7 @@ func BenchmarkWALPushThroughAgent(b *testing.B) {
 func TestWALFetchAhead(t *testing.T) {
 	dataDir := t.TempDir()
 	storeDir := t.TempDir()
-	clusters := &fakeClusters{c: store.ClusterState{
-		Spec:    fleet.ClusterSpec{Name: "demo", Backup: &fleet.BackupSpec{Store: "file://" + storeDir}},
-		Members: []fleet.MemberSpec{{ID: "demo-1", Cluster: "demo", Host: "iad-1"}},
-	}}
-	me := postgres.OSUser{Name: "me", UID: os.Geteuid(), GID: os.Getegid()}
-	w := newWALServer(clusters, "iad-1", dataDir, me, slog.New(slog.DiscardHandler))
-	if err := w.start(); err != nil {
-		t.Fatal(err)
-	}
+	w := startWALServer(t, "demo", dataDir, storeDir)
 	t.Cleanup(func() { w.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -297,7 +281,7 @@ func BenchmarkWALFetchThroughAgent(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
 		dest := b.TempDir()
-		w := benchWALServer(b, b.TempDir(), storeDir)
+		w := startWALServer(b, "bench", b.TempDir(), storeDir)
 		b.StartTimer()
 		start := time.Now()
 		for _, name := range segs {
@@ -331,17 +315,18 @@ func benchSegments(b *testing.B) (src, bin string, segs []string) {
 	return src, bin, segs
 }
 
-// benchWALServer serves the WAL socket of host h in dataDir for member
-// bench-1 of cluster bench, whose archive is the file store storeDir.
-func benchWALServer(b *testing.B, dataDir, storeDir string) *walServer {
+// startWALServer serves the WAL socket of host h in dataDir for member
+// <cluster>-1 of cluster, whose archive is the file store storeDir.
+func startWALServer(tb testing.TB, cluster, dataDir, storeDir string) *walServer {
+	tb.Helper()
 	clusters := &fakeClusters{c: store.ClusterState{
-		Spec:    fleet.ClusterSpec{Name: "bench", Backup: &fleet.BackupSpec{Store: "file://" + storeDir}},
-		Members: []fleet.MemberSpec{{ID: "bench-1", Cluster: "bench", Host: "h"}},
+		Spec:    fleet.ClusterSpec{Name: cluster, Backup: &fleet.BackupSpec{Store: "file://" + storeDir}},
+		Members: []fleet.MemberSpec{{ID: cluster + "-1", Cluster: cluster, Host: "h"}},
 	}}
 	me := postgres.OSUser{Name: "me", UID: os.Geteuid(), GID: os.Getegid()}
 	w := newWALServer(clusters, "h", dataDir, me, slog.New(slog.DiscardHandler))
 	if err := w.start(); err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	return w
 }
