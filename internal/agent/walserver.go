@@ -100,7 +100,7 @@ type walServer struct {
 	// runs itself.
 	postmasters func() map[int]memberRef
 
-	ahead *walAhead // pushes of files ready after the one asked for (walahead.go)
+	ahead *walAhead // pushes and fetches ahead of postgres (walahead.go)
 
 	srv  *http.Server
 	done chan struct{}

@@ -489,6 +489,47 @@ func TestApplyRetentionAndVerify(t *testing.T) {
 	}
 }
 
+// TestGetBackupPartsOutOfPlace: parts that are each intact but not where
+// the manifest puts them (swapped, or one missing) fail the restore, which
+// leaves nothing behind, and Verify reports them.
+func TestGetBackupPartsOutOfPlace(t *testing.T) {
+	dir := t.TempDir()
+	a := testArchive(t, openStore(t, fileURL(dir+"/store")), testKey(t))
+	a.partSize = 1 << 20
+	ctx := context.Background()
+	rel := make([]byte, 3<<20)
+	rand.Read(rel)
+	for _, id := range []string{"swapped", "missing"} {
+		if _, err := a.PutBackup(ctx, id, bytes.NewReader(fakeBackup{files: map[string][]byte{"base/1/1": rel}}.tar(t)), BackupInfo{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	part := func(id string, i int) string { return filepath.Join(dir, "store", filepath.FromSlash(a.partKey(id, i))) }
+	p0, _ := os.ReadFile(part("swapped", 0))
+	p1, _ := os.ReadFile(part("swapped", 1))
+	os.WriteFile(part("swapped", 0), p1, 0o600)
+	os.WriteFile(part("swapped", 1), p0, 0o600)
+	os.Remove(part("missing", 2))
+	for _, c := range []struct {
+		id   string
+		want error
+	}{{"swapped", ErrCorrupt}, {"missing", ErrNotFound}} {
+		dest := filepath.Join(dir, c.id)
+		if _, err := a.GetBackup(ctx, c.id, dest, nil); !errors.Is(err, c.want) {
+			t.Errorf("GetBackup(%s) = %v, want %v", c.id, err, c.want)
+		}
+		for _, p := range []string{dest, dest + ".restoring"} {
+			if _, err := os.Stat(p); err == nil {
+				t.Errorf("GetBackup(%s) left %s", c.id, p)
+			}
+		}
+		rep, err := a.Verify(ctx, c.id)
+		if err != nil || len(rep.Backups) != 1 || rep.Backups[0].DataError == "" {
+			t.Errorf("Verify(%s) = %+v, %v; want its data reported", c.id, rep, err)
+		}
+	}
+}
+
 func TestKernelAtLeast(t *testing.T) {
 	for _, c := range []struct {
 		release string

@@ -323,9 +323,10 @@ func objectStream(src io.Reader, key *Key) (io.Reader, error) {
 // a streaming reader copies every block through its window and out again.
 // It is not safe for concurrent use.
 type blockDecoder struct {
-	key *Key
-	zd  *zstd.Decoder
-	in  bytes.Buffer
+	key     *Key
+	zd      *zstd.Decoder
+	in      bytes.Buffer
+	maxSize int
 }
 
 // newBlockDecoder returns a decoder of objects whose plaintext is at most
@@ -337,7 +338,7 @@ func newBlockDecoder(key *Key, maxSize int) (*blockDecoder, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &blockDecoder{key: key, zd: zd}, nil
+	return &blockDecoder{key: key, zd: zd, maxSize: maxSize}, nil
 }
 
 // decode reads the object src whole and decodes its plaintext into dst
@@ -349,9 +350,17 @@ func (d *blockDecoder) decode(src io.Reader, dst []byte) ([]byte, string, error)
 	if err != nil {
 		return dst, "", err
 	}
+	// What a plaintext of maxSize bytes compresses to at worst (zstd
+	// stores what does not compress in raw blocks, at a few bytes each),
+	// trailer included: no more is held in memory.
+	limit := int64(d.maxSize) + int64(d.maxSize)/8 + 1<<20
 	d.in.Reset()
-	if _, err := d.in.ReadFrom(inner); err != nil {
+	n, err := d.in.ReadFrom(io.LimitReader(inner, limit+1))
+	if err != nil {
 		return dst, "", err
+	}
+	if n > limit {
+		return dst, "", fmt.Errorf("%w: the object holds more than %d bytes of plaintext can be stored in", ErrCorrupt, d.maxSize)
 	}
 	b := d.in.Bytes()
 	if len(b) < trailerLen {
