@@ -504,7 +504,9 @@ func TestGetBackupPartsOutOfPlace(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	part := func(id string, i int) string { return filepath.Join(dir, "store", filepath.FromSlash(a.partKey(id, i))) }
+	part := func(id string, i int) string {
+		return filepath.Join(dir, "store", filepath.FromSlash(a.partKey(id, i)))
+	}
 	p0, _ := os.ReadFile(part("swapped", 0))
 	p1, _ := os.ReadFile(part("swapped", 1))
 	os.WriteFile(part("swapped", 0), p1, 0o600)
