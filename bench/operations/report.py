@@ -1,6 +1,7 @@
 """Writes the table of bench/operations/run.sh's rounds (markdown, on stdout)."""
 import datetime
 import os
+import re
 import json
 import statistics
 import sys
@@ -13,6 +14,18 @@ names = {
     "patroni-rolling": "Patroni: `patronictl restart` per member, pgfleet's order, `patronictl switchover` before the leader",
     "patroni-all": "Patroni: `patronictl restart --force` of the whole cluster, as it comes",
 }
+
+
+def kind(err):
+    """Returns an error with addresses left out and a multi-host URL's
+    answers sorted, so that the same failure counts once."""
+    parts = set()
+    for part in err.split(" / "):
+        part = re.sub(r"(read|write|dial) tcp [0-9.:]+(->[0-9.:]+)?: ", "", part)
+        part = re.sub(r"127\.[0-9.]+:[0-9]+", "a member", part)
+        part = re.sub(r" \(SQLSTATE [0-9A-Z]+\)", "", part)
+        parts.add(part.replace("ValidateConnect failed: read only connection", "a read-only member"))
+    return " / ".join(sorted(parts))
 
 
 def med(vals):
@@ -78,10 +91,11 @@ for tool in ("pgfleet", "patroni-rolling", "patroni-all"):
         for r in runs:
             if r["tool"] == tool:
                 for k, v in (path(r, p).get("errors") or {}).items():
+                    k = kind(k)
                     errs[k] = errs.get(k, 0) + v
         if errs:
             print(f"- {tool}, {'through the proxy' if p == 'proxy' else 'multi-host URL'}: "
-                  + "; ".join(f"{v} × `{k[:100]}`" for k, v in sorted(errs.items(), key=lambda kv: -kv[1])))
+                  + "; ".join(f"{v} × `{k}`" for k, v in sorted(errs.items(), key=lambda kv: -kv[1])))
 print()
 print("## Steps, as the commands printed them (seconds since the command started)")
 print()
