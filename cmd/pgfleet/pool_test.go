@@ -189,6 +189,27 @@ func TestPooledPort(t *testing.T) {
 		}
 	})
 
+	t.Run("server connections ended by the server", func(t *testing.T) {
+		conn, err := pgx.Connect(ctx, appURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, "SELECT 1"); err != nil {
+			t.Fatal(err)
+		}
+		var n int
+		if err := admin.QueryRow(ctx, "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity WHERE usename = 'app'").Scan(&n); err != nil || n == 0 {
+			t.Fatalf("terminate app's server connections: %d, %v", n, err)
+		}
+		// The idle client's next transactions run on new server connections.
+		for i := 0; i < 5; i++ {
+			if _, err := conn.Exec(ctx, "SELECT 1"); err != nil {
+				t.Fatalf("transaction %d after the server ended the pool's connections: %v", i, err)
+			}
+		}
+	})
+
 	t.Run("queue past the pool size", func(t *testing.T) {
 		var wg sync.WaitGroup
 		errs := make(chan error, 8)

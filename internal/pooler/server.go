@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -19,7 +20,8 @@ const dialTimeout = 5 * time.Second
 // server is one connection to PostgreSQL, logged in as one role to one
 // database, that serves one client transaction at a time.
 type server struct {
-	conn net.Conn
+	conn net.Conn // TLS
+	raw  net.Conn // the TCP connection under it
 	fe   *pgproto3.Frontend
 	// wmu is held by the session writing to fe, from its first Send to
 	// its Flush: the server is released only once the writing is done, so
@@ -111,7 +113,7 @@ func startServer(ctx context.Context, raw net.Conn, l login, roots *tls.Config) 
 	if err := fe.Flush(); err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", l.member, err)
 	}
-	s := &server{conn: tc, fe: fe, addr: l.addr, member: l.member, params: map[string]string{}, login: map[string]string{}, set: map[string]string{}, prepared: map[string]bool{}}
+	s := &server{conn: tc, raw: raw, fe: fe, addr: l.addr, member: l.member, params: map[string]string{}, login: map[string]string{}, set: map[string]string{}, prepared: map[string]bool{}}
 	for k, v := range l.params {
 		s.set[k], s.login[k] = v, v
 	}
@@ -199,6 +201,34 @@ func (s *server) exec(sql string, timeout time.Duration) error {
 			return failed
 		}
 	}
+}
+
+// alive reports whether an idle server still answers for its session.
+// Postgres says why it ends one (a restart, pg_terminate_backend) and
+// closes it; an idle server has nothing else to say, so any byte waiting
+// on its socket, or its end, means it is gone. A peek that does not wait
+// finds them, and the next transaction takes another server instead of
+// failing on this one.
+func (s *server) alive() bool {
+	if s.fe.ReadBufferLen() > 0 {
+		return false
+	}
+	sc, ok := s.raw.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	alive := false
+	rc.Read(func(fd uintptr) bool {
+		var b [1]byte
+		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		alive = n < 0 && (err == syscall.EAGAIN || err == syscall.EWOULDBLOCK)
+		return true
+	})
+	return alive
 }
 
 func (s *server) close() {

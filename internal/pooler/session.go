@@ -326,6 +326,11 @@ func (s *session) acquire(ctx context.Context) (*server, error) {
 				return nil, err
 			}
 			s.pool.opened(srv)
+		} else if !srv.alive() {
+			c.log.Debug("an idle server connection was closed by the server", "user", s.user, "member", srv.member)
+			srv.close()
+			s.pool.drop(srv)
+			continue
 		}
 		if srv.member != r.Backend.Member {
 			// Opened before the primary moved on.
