@@ -33,6 +33,9 @@ PGF="${PGFLEET_BIN:-$PWD/bin/pgfleet}"
 PATRONI=(/usr/bin/python3 "$PWD/bench/operations/patroni.py")
 cleanup() {
 	KEEP_LOGS="$TMP/patroni-logs" "${PATRONI[@]}" down >/dev/null 2>&1 || true
+	if ls "$FLEET"/*.log >/dev/null 2>&1; then # the agents' logs, postgres' lines in them
+		rm -rf "$TMP/fleet-logs" && mkdir -p "$TMP/fleet-logs" && cp "$FLEET"/*.log "$TMP/fleet-logs/"
+	fi
 	"$PGF" dev down --dir "$FLEET" --purge >/dev/null 2>&1 || true
 }
 trap cleanup EXIT INT TERM
