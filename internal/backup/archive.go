@@ -195,15 +195,11 @@ func (a *Archive) objectSum(ctx context.Context, key string) (string, int64, err
 		return "", 0, err
 	}
 	defer rc.Close()
-	or, err := openObject(rc, a.key, 0)
+	sum, size, err := copyObject(rc, a.key, io.Discard)
 	if err != nil {
 		return "", 0, fmt.Errorf("%s: %w", key, err)
 	}
-	defer or.Close()
-	if _, err := io.Copy(io.Discard, or); err != nil {
-		return "", 0, fmt.Errorf("%s: %w", key, err)
-	}
-	return or.Sum(), or.Size(), nil
+	return sum, size, nil
 }
 
 // FetchWAL restores the archived WAL file name (restore_command's %f) to
@@ -252,11 +248,7 @@ func (a *Archive) readWAL(ctx context.Context, name string, dst io.Writer) error
 		return err
 	}
 	defer rc.Close()
-	or, err := openObject(rc, a.key, 1)
-	if err == nil {
-		defer or.Close()
-		_, err = io.Copy(dst, or)
-	}
+	_, _, err = copyObject(rc, a.key, dst)
 	if errors.Is(err, ErrCorrupt) || errors.Is(err, ErrWrongKey) || errors.Is(err, ErrNotEncrypted) {
 		return fmt.Errorf("store %s: %s: %w", a.store, key, err)
 	}

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"sync"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -270,6 +271,12 @@ func openObject(src io.Reader, key *Key, concurrency int) (*objectReader, error)
 	if err != nil {
 		return nil, err
 	}
+	return newObjectReader(inner, concurrency)
+}
+
+// newObjectReader decodes the compressed stream of an object (objectStream).
+func newObjectReader(inner io.Reader, concurrency int) (*objectReader, error) {
+	var err error
 	r := &objectReader{tail: newHoldBack(inner, trailerLen), sha: sha256.New()}
 	// The trailer is held back from the decoder, which would otherwise skip
 	// it (and print a debug line to stderr as it does). The frames'
@@ -362,17 +369,22 @@ func (d *blockDecoder) decode(src io.Reader, dst []byte) ([]byte, string, error)
 	if n > limit {
 		return dst, "", fmt.Errorf("%w: the object holds more than %d bytes of plaintext can be stored in", ErrCorrupt, d.maxSize)
 	}
-	b := d.in.Bytes()
-	if len(b) < trailerLen {
-		return dst, "", fmt.Errorf("%w: checksum trailer missing: the object is truncated", ErrCorrupt)
-	}
-	t := b[len(b)-trailerLen:]
-	if binary.LittleEndian.Uint32(t) != skippableMagic || binary.LittleEndian.Uint32(t[4:]) != trailerLen-8 || string(t[8:16]) != trailerMagic {
-		return dst, "", fmt.Errorf("%w: checksum trailer missing: the object is truncated", ErrCorrupt)
-	}
-	out, err := d.zd.DecodeAll(b[:len(b)-trailerLen], dst[:0])
+	return decodeWhole(d.zd, d.in.Bytes(), dst)
+}
+
+// decodeWhole decodes b, an object's whole compressed stream (trailer
+// included), into dst (appending to dst[:0]) and checks it against its
+// trailer; it returns the plaintext and its SHA-256 in hex. A plaintext
+// larger than zd allows is an error wrapping both ErrCorrupt and zstd's
+// ErrDecoderSizeExceeded.
+func decodeWhole(zd *zstd.Decoder, b, dst []byte) ([]byte, string, error) {
+	t, err := trailerOf(b)
 	if err != nil {
-		return dst, "", fmt.Errorf("%w: decompress: %v", ErrCorrupt, err)
+		return dst, "", err
+	}
+	out, err := zd.DecodeAll(b[:len(b)-trailerLen], dst[:0])
+	if err != nil {
+		return dst, "", fmt.Errorf("%w: decompress: %w", ErrCorrupt, err)
 	}
 	if size := binary.LittleEndian.Uint64(t[16:]); size != uint64(len(out)) {
 		return out, "", fmt.Errorf("%w: %d bytes stored, %d read back", ErrCorrupt, size, len(out))
@@ -382,6 +394,87 @@ func (d *blockDecoder) decode(src io.Reader, dst []byte) ([]byte, string, error)
 		return out, "", fmt.Errorf("%w: checksum mismatch (stored sha256 %x, read back %x)", ErrCorrupt, t[24:], sum)
 	}
 	return out, hex.EncodeToString(sum[:]), nil
+}
+
+// trailerOf returns the trailer at the end of an object's compressed
+// stream b.
+func trailerOf(b []byte) ([]byte, error) {
+	if len(b) < trailerLen {
+		return nil, fmt.Errorf("%w: checksum trailer missing: the object is truncated", ErrCorrupt)
+	}
+	t := b[len(b)-trailerLen:]
+	if binary.LittleEndian.Uint32(t) != skippableMagic || binary.LittleEndian.Uint32(t[4:]) != trailerLen-8 || string(t[8:16]) != trailerMagic {
+		return nil, fmt.Errorf("%w: checksum trailer missing: the object is truncated", ErrCorrupt)
+	}
+	return t, nil
+}
+
+// wholeMax is the largest plaintext copyObject decodes in memory: a WAL
+// segment of the default size, or a backup's part, fits.
+const wholeMax = 64 << 20
+
+// wholeDecoders are zstd decoders for decodeWhole, kept between objects:
+// making one costs about as much as decoding a WAL segment.
+var wholeDecoders = sync.Pool{New: func() any {
+	zd, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.IgnoreChecksum(true), zstd.WithDecoderMaxMemory(wholeMax))
+	if err != nil {
+		panic(err) // only for options that do not exist
+	}
+	return zd
+}}
+
+// copyObject writes the plaintext of the object read from src to dst,
+// checked against its trailer, and returns its SHA-256 in hex and its size.
+// An object of at most wholeMax bytes of plaintext is decoded whole, in
+// memory, in about a third of the time a streaming decoder takes (which
+// moves every block through its window, and costs as much to make); a
+// larger one is streamed. On an error, what was written to dst is not the
+// object and must be discarded.
+func copyObject(src io.Reader, key *Key, dst io.Writer) (string, int64, error) {
+	inner, err := objectStream(src, key)
+	if err != nil {
+		return "", 0, err
+	}
+	// What wholeMax bytes compress to at worst, trailer included.
+	limit := int64(wholeMax) + wholeMax/8 + 1<<20
+	var in bytes.Buffer
+	n, err := in.ReadFrom(io.LimitReader(inner, limit+1))
+	if err != nil {
+		return "", 0, err
+	}
+	rest := inner
+	if n <= limit {
+		rest = nil
+		t, err := trailerOf(in.Bytes())
+		if err != nil {
+			return "", 0, err
+		}
+		if size := binary.LittleEndian.Uint64(t[16:]); size <= wholeMax {
+			zd := wholeDecoders.Get().(*zstd.Decoder)
+			defer wholeDecoders.Put(zd)
+			out, sum, err := decodeWhole(zd, in.Bytes(), make([]byte, 0, size+1))
+			if err != nil {
+				return "", 0, err
+			}
+			if _, err := dst.Write(out); err != nil {
+				return "", 0, err
+			}
+			return sum, int64(len(out)), nil
+		}
+	}
+	src = bytes.NewReader(in.Bytes())
+	if rest != nil {
+		src = io.MultiReader(src, rest)
+	}
+	r, err := newObjectReader(src, 1)
+	if err != nil {
+		return "", 0, err
+	}
+	defer r.Close()
+	if _, err := io.Copy(dst, r); err != nil {
+		return "", 0, err
+	}
+	return r.Sum(), r.Size(), nil
 }
 
 // Close releases the decoder.

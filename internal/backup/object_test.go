@@ -228,3 +228,33 @@ func TestHoldBack(t *testing.T) {
 		t.Errorf("holdBack of a short stream: passed %q, held %q", got, h.held())
 	}
 }
+
+// TestCopyObjectLarge: objects too large to decode whole in memory are
+// streamed, checked all the same: one whose plaintext is larger than
+// wholeMax but compresses to little, and one that does not compress.
+func TestCopyObjectLarge(t *testing.T) {
+	big := make([]byte, wholeMax+(1<<20))
+	noisy := make([]byte, wholeMax+wholeMax/8+(2<<20))
+	rand.Read(noisy)
+	for name, plain := range map[string][]byte{"compressible": big, "incompressible": noisy} {
+		var obj bytes.Buffer
+		w, err := newObjectWriterLevel(&obj, nil, 0, zstd.SpeedFastest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write(plain)
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		h := sha256.New()
+		sum, size, err := copyObject(bytes.NewReader(obj.Bytes()), nil, h)
+		if err != nil || size != int64(len(plain)) || sum != w.Sum() || hex.EncodeToString(h.Sum(nil)) != sum {
+			t.Errorf("%s: copyObject = %.12s, %d, %v; want %.12s, %d", name, sum, size, err, w.Sum(), len(plain))
+		}
+		b := obj.Bytes()
+		b[len(b)/2] ^= 1
+		if _, _, err := copyObject(bytes.NewReader(b), nil, io.Discard); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%s: copyObject(altered) = %v, want ErrCorrupt", name, err)
+		}
+	}
+}
