@@ -298,11 +298,13 @@ func TestImportOnline(t *testing.T) {
 	if err != nil {
 		t.Fatalf("import --online: %v", err)
 	}
+	// status reads --status --json; an error (the primary changing hands)
+	// comes back as a phase of its own, for the waits to report.
 	status := func() migrate.Progress {
 		t.Helper()
 		out, stderr, err := inFleet(t, f, "import", "new", "--status", "--json", "--from", shop)
 		if err != nil {
-			t.Fatalf("import --status: %v\n%s", err, stderr)
+			return migrate.Progress{Phase: migrate.Phase("error: " + err.Error() + " " + stderr)}
 		}
 		var p migrate.Progress
 		if err := json.Unmarshal([]byte(out), &p); err != nil {
@@ -324,6 +326,10 @@ func TestImportOnline(t *testing.T) {
 	text, _, err := inFleet(t, f, "import", "new", "--status", "--from", shop)
 	if err != nil || !strings.Contains(text, "streaming, all 2 table(s) copied; lag") {
 		t.Errorf("import --status: %v\n%s", err, text)
+	}
+
+	if again, _, err := inFleet(t, f, "import", "new", "--online", "--from", shop); err != nil || !strings.Contains(again, "under way already") {
+		t.Errorf("import --online again: %v\n%s; want the running import's progress", err, again)
 	}
 
 	// A switchover of the cluster: the new primary has the subscription
@@ -360,7 +366,7 @@ func TestImportOnline(t *testing.T) {
 	if err != nil {
 		t.Fatalf("import --cutover: %v", err)
 	}
-	m := regexp.MustCompile(`writes were paused for (\S+);`).FindStringSubmatch(out)
+	m := regexp.MustCompile(`writes were paused for (\S+) `).FindStringSubmatch(out)
 	if m == nil {
 		t.Errorf("the cutover did not report its pause:\n%s", out)
 	} else if pause, err := time.ParseDuration(m[1]); err != nil || pause > time.Second {
@@ -431,6 +437,49 @@ func TestImportOnline(t *testing.T) {
 	}
 	if _, _, err := inFleet(t, f, "import", "new", "--status", "--from", shop); err == nil {
 		t.Error("--status after the cutover found an import")
+	}
+
+	// An import given up half-way: --abort leaves nothing on the source,
+	// and says so when run again.
+	if _, err := admin.Exec(ctx, "CREATE DATABASE extra"); err != nil {
+		t.Fatal(err)
+	}
+	extraURL := strings.Replace(source, "/postgres?", "/extra?", 1)
+	ex := mustConnect(t, extraURL)
+	if _, err := ex.Exec(ctx, "CREATE TABLE big (id int PRIMARY KEY, pad text); INSERT INTO big SELECT g, repeat('x', 200) FROM generate_series(1, 100000) g"); err != nil {
+		t.Fatal(err)
+	}
+	if out, stderr, err := inFleet(t, f, "import", "new", "--online", "--no-roles", "--from", extraURL); err != nil {
+		t.Fatalf("import --online of extra: %v\n%s%s", err, out, stderr)
+	}
+	out, _, err = inFleet(t, f, "import", "new", "--abort", "--from", extraURL)
+	if err != nil || !strings.Contains(out, "aborted: dropped subscription pgfleet_import_extra") {
+		t.Errorf("import --abort: %v\n%s", err, out)
+	}
+	nothingLeft(t, "after --abort")
+	var exPubs int
+	ex.QueryRow(ctx, "SELECT count(*) FROM pg_publication").Scan(&exPubs)
+	if exPubs != 0 {
+		t.Errorf("after --abort, database extra holds %d publication(s)", exPubs)
+	}
+	out, _, err = inFleet(t, f, "import", "new", "--abort", "--from", extraURL)
+	if err != nil || !strings.Contains(out, "no subscription pgfleet_import_extra") {
+		t.Errorf("import --abort again: %v\n%s", err, out)
+	}
+
+	// Bad sources answer fast with libpq's message.
+	for _, tt := range []struct{ name, from, want string }{
+		{"nothing listens", "postgres://postgres:x@127.0.0.1:1/shop", "connect to the source"},
+		{"wrong password", strings.Replace(shop, "source-secret-9", "wrong", 1), "password authentication failed"},
+	} {
+		start := time.Now()
+		_, _, err := inFleet(t, f, "import", "new", "--online", "--from", tt.from)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: %v; want an error with %q", tt.name, err, tt.want)
+		}
+		if took := time.Since(start); took > 5*time.Second {
+			t.Errorf("%s: answered after %s; want under 5 s", tt.name, took.Round(time.Millisecond))
+		}
 	}
 }
 

@@ -203,16 +203,20 @@ FROM pg_subscription s WHERE subname = $1`, name).Scan(&s.OID, &s.Enabled, &s.Ru
 // it creates on the source. conninfo holds the source's password, which
 // PostgreSQL keeps in pg_subscription.subconninfo (readable by superusers
 // only): the session first stops the server from logging the statement,
-// should it fail. Applied changes commit with synchronous_commit = on, so
-// that in a cluster with sync standbys the source forgets no change before
-// a standby holds it.
-func CreateSubscription(ctx context.Context, dst *pgx.Conn, name, conninfo string) error {
+// should it fail. With sync, applied changes commit with
+// synchronous_commit = on, so that the source forgets no change before a
+// sync standby holds it and a failover loses none; otherwise they commit
+// as PostgreSQL's subscriptions do by default (off: the source is told
+// once the primary's WAL is flushed), which applies several times faster,
+// and a failover may lose the last ones, as it may lose the cluster's own
+// last commits in that mode.
+func CreateSubscription(ctx context.Context, dst *pgx.Conn, name, conninfo string, sync bool) error {
 	if _, err := dst.Exec(ctx, "SET log_min_error_statement = panic; SET log_statement = 'none'"); err != nil {
 		return fmt.Errorf("create subscription %s: %w", name, err)
 	}
 	id := pgx.Identifier{name}.Sanitize()
 	q := "CREATE SUBSCRIPTION " + id + " CONNECTION " + quoteLiteral(conninfo) + " PUBLICATION " + id +
-		" WITH (slot_name = " + quoteLiteral(name) + ", synchronous_commit = 'on')"
+		" WITH (slot_name = " + quoteLiteral(name) + ", synchronous_commit = " + quoteLiteral(map[bool]string{true: "on", false: "off"}[sync]) + ")"
 	if _, err := dst.Exec(ctx, q); err != nil {
 		// The statement holds a password: report the server's message alone.
 		return fmt.Errorf("create subscription %s: %v", name, err)
