@@ -124,7 +124,8 @@ func TestStatusHeaderShowsProxyPorts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "cluster db  primary db-1  region iad  port 6010 (proxy: primary 6011, replicas 6012 within 16.0 MB lag)  sync off\n"
+	// The fake's view has no disk guard threshold: 0 means the guard is off.
+	want := "cluster db  primary db-1  region iad  port 6010 (proxy: primary 6011, replicas 6012 within 16.0 MB lag)  sync off  disk guard off\n"
 	if first := strings.SplitAfter(out, "\n")[0]; first != want {
 		t.Errorf("status db header = %q, want %q", first, want)
 	}
