@@ -199,11 +199,14 @@ def restart_all():
     # line as each returns: passed on as it comes, so the steps are timed.
     p = subprocess.Popen(['/usr/bin/patronictl', '-c', h.conf_path('n1'), 'restart', h.SCOPE, '--force'],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    failed = []
     for line in p.stdout:
         if line.startswith(('Success', 'Failed')):  # not the table of members it prints first
             step(line.strip())
-    if p.wait(TIMEOUT) != 0:
-        raise SystemExit(f'patronictl restart: rc {p.returncode}')
+        if line.startswith('Failed'):
+            failed.append(line.strip())
+    if p.wait(TIMEOUT) != 0 or failed:
+        raise SystemExit(f'patronictl restart: rc {p.returncode}: {" ".join(failed)}')
     new = None
     while time.monotonic() - t0 < TIMEOUT:
         new = leader_now()
