@@ -390,7 +390,7 @@ func runImportCutover(ctx context.Context, c *api.Client, name string, o importO
 		return unlockOnError(im, o, fmt.Errorf("read the source's WAL position: %w", err))
 	}
 	locked := time.Since(start)
-	if err := waitConfirmed(ctx, im, lsn, 30*time.Second); err != nil {
+	if err := waitConfirmed(ctx, im, dst, lsn, 30*time.Second); err != nil {
 		return unlockOnError(im, o, err)
 	}
 	applied := time.Since(start)
@@ -440,10 +440,15 @@ func unlockOnError(im *onlineImport, o importOptions, err error) error {
 	return fmt.Errorf("%w; the source is writable again and the import goes on: run --cutover again", err)
 }
 
-// waitConfirmed waits until the source's slot is confirmed up to lsn.
-func waitConfirmed(ctx context.Context, im *onlineImport, lsn string, timeout time.Duration) error {
+// waitConfirmed waits until the source's slot is confirmed up to lsn,
+// hurrying the confirmation on both ends (migrate.Nudge): left alone, the
+// last applied changes wait for the primary's WAL writer and then for the
+// apply worker's next report, which together take up to a second or so.
+func waitConfirmed(ctx context.Context, im *onlineImport, dst *pgx.Conn, lsn string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
+	nudge := migrate.Nudger(im.src, dst)
 	for {
+		nudge(ctx)
 		ok, err := migrate.SlotConfirmed(ctx, im.src, im.obj, lsn)
 		if err != nil {
 			return err
@@ -455,7 +460,7 @@ func waitConfirmed(ctx context.Context, im *onlineImport, lsn string, timeout ti
 			_, confirmed, _, _, _ := migrate.SourceLSN(ctx, im.src, im.obj)
 			return fmt.Errorf("cutover: the cluster has not confirmed the source's last change (%s) within %s; it confirmed %s", lsn, timeout, confirmed)
 		}
-		if err := sleepCtx(ctx, 5*time.Millisecond); err != nil {
+		if err := sleepCtx(ctx, 10*time.Millisecond); err != nil {
 			return err
 		}
 	}

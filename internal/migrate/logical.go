@@ -166,6 +166,30 @@ func SlotConfirmed(ctx context.Context, src *pgx.Conn, slot, lsn string) (bool, 
 	return ok, nil
 }
 
+// Nudger returns a function that hurries the cluster's confirmation of
+// what it has applied. The apply worker commits without waiting for its
+// WAL to reach disk and confirms a change to the source only once it has,
+// and only when it next reports; the source's walsender asks for a report
+// when it has read WAL past the last one, but reads only flushed WAL. So
+// on each side an empty transaction that takes a transaction ID, whose
+// commit is synchronous, flushes that side's WAL: the cluster's covers the
+// applied changes, the source's makes its walsender ask. Without the
+// nudges, the last changes of a cutover wait up to about a second for the
+// WAL writers and the worker's own reports. Both are best effort.
+func Nudger(src, dst *pgx.Conn) func(ctx context.Context) {
+	srcOK, dstOK := true, true
+	return func(ctx context.Context) {
+		if dstOK {
+			_, err := dst.Exec(ctx, "SELECT pg_current_xact_id()")
+			dstOK = err == nil
+		}
+		if srcOK {
+			_, err := src.Exec(ctx, "SELECT pg_current_xact_id()")
+			srcOK = err == nil
+		}
+	}
+}
+
 // Subscription is an online import's subscription as the cluster's
 // catalog holds it.
 type Subscription struct {
