@@ -226,16 +226,21 @@ FROM pg_subscription s WHERE subname = $1`, name).Scan(&s.OID, &s.Enabled, &s.Ru
 // publication name on the source, through a slot of the same name, which
 // it creates on the source. conninfo holds the source's password, which
 // PostgreSQL keeps in pg_subscription.subconninfo (readable by superusers
-// only): the session first stops the server from logging the statement,
-// should it fail. With sync, applied changes commit with
-// synchronous_commit = on, so that the source forgets no change before a
-// sync standby holds it and a failover loses none; otherwise they commit
+// only): the session first stops the server from logging the statement
+// (on error or for its duration) and pg_stat_statements from keeping it.
+// With sync, applied changes commit with synchronous_commit = on, so that
+// the source forgets no change before a sync standby holds it and a
+// failover loses none; otherwise they commit
 // as PostgreSQL's subscriptions do by default (off: the source is told
 // once the primary's WAL is flushed), which applies several times faster,
 // and a failover may lose the last ones, as it may lose the cluster's own
 // last commits in that mode.
 func CreateSubscription(ctx context.Context, dst *pgx.Conn, name, conninfo string, sync bool) error {
-	if _, err := dst.Exec(ctx, "SET log_min_error_statement = panic; SET log_statement = 'none'"); err != nil {
+	if _, err := dst.Exec(ctx, "SET log_min_error_statement = panic; SET log_statement = 'none'; SET log_min_duration_statement = -1"); err != nil {
+		return fmt.Errorf("create subscription %s: %w", name, err)
+	}
+	// Nor may pg_stat_statements keep it, should a user have loaded it.
+	if _, err := dst.Exec(ctx, "SET pg_stat_statements.track_utility = off"); err != nil {
 		return fmt.Errorf("create subscription %s: %w", name, err)
 	}
 	id := pgx.Identifier{name}.Sanitize()
