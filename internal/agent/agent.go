@@ -522,25 +522,39 @@ func (a *Agent) Run(ctx context.Context) error {
 // ensureToken creates the fleet's API token if the fleet has none: the
 // first agent to get here saves it in its data dir (mode 0600) and its hash
 // in the store. The file is written before the hash, so a crash between the
-// two cannot leave a fleet whose token nobody knows.
+// two cannot leave a fleet whose token nobody knows; and it gets its name
+// only once the store holds the hash, so whoever reads it (`dev up`, a
+// test) finds a token the API takes. A crash in between leaves the token in
+// the temporary file, which the next start names if its hash is the one
+// stored.
 func (a *Agent) ensureToken(ctx context.Context) error {
-	if _, err := a.store.TokenHash(ctx); err == nil {
+	path := TokenPath(a.cfg.DataDir)
+	if hash, err := a.store.TokenHash(ctx); err == nil {
+		if b, err := os.ReadFile(path + ".tmp"); err == nil && api.HashToken(strings.TrimSpace(string(b))) == hash {
+			if err := os.Rename(path+".tmp", path); err != nil {
+				return fmt.Errorf("save API token: %w", err)
+			}
+		}
 		return nil
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
 	tok := api.NewToken()
-	path := TokenPath(a.cfg.DataDir)
 	if err := os.WriteFile(path+".tmp", []byte(tok+"\n"), 0o600); err != nil {
 		return fmt.Errorf("save API token: %w", err)
 	}
+	ok, err := a.store.InitToken(ctx, api.HashToken(tok))
+	if err != nil {
+		// The hash may be stored all the same: the next call finds out,
+		// and the temporary file still holds its token.
+		return err
+	}
+	if !ok {
+		os.Remove(path + ".tmp") // another agent's token won
+		return nil
+	}
 	if err := os.Rename(path+".tmp", path); err != nil {
 		return fmt.Errorf("save API token: %w", err)
-	}
-	ok, err := a.store.InitToken(ctx, api.HashToken(tok))
-	if err != nil || !ok {
-		os.Remove(path) // another agent's token won
-		return err
 	}
 	a.log.Info("created the fleet's API token", "path", path)
 	return nil
