@@ -105,7 +105,7 @@ func readyAfter(pgwal, current string) []string {
 	return names
 }
 
-// schedule starts pushing ahead the files ready after current in the
+// scheduleAhead starts pushing ahead the files ready after current in the
 // member's pg_wal (at most aheadMax per member), and forgets finished pushes
 // of files no longer ready (archived meanwhile, or removed).
 func (w *walServer) scheduleAhead(t walTarget, current string) {

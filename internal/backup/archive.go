@@ -270,7 +270,9 @@ func WriteFileAtomic(path string, r io.Reader) error {
 // (restore_command's, which postgres keeps with a durable_rename).
 func WriteFileRenamed(path string, r io.Reader) error {
 	return writeFile(path, false, func(w io.Writer) error {
-		_, err := io.Copy(w, r)
+		// In large pieces: os.File's ReadFrom would copy a WAL segment
+		// from a socket in 32 KiB reads and writes.
+		_, err := io.CopyBuffer(struct{ io.Writer }{w}, r, make([]byte, 1<<20))
 		return err
 	})
 }
