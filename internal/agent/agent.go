@@ -182,6 +182,9 @@ type Agent struct {
 	host   fleet.Host
 
 	store *store.Store
+	// view is the agent's copy of clusters and hosts, which its loop,
+	// router and supervisors read (store.View).
+	view  *store.View
 	etcd  *store.Embedded
 	apiLn net.Listener
 	// identity is this host's certificate, for etcd and the API; ca is
@@ -380,6 +383,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.store = st
 	defer st.Close()
+	a.view = st.StartView(ctx, a.log.With("component", "view"))
 	if a.etcd != nil {
 		// A voter's endpoints start as its own member only.
 		syncCtx, stopSync := context.WithCancel(ctx)
@@ -419,6 +423,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return memberlog.Dir(filepath.Join(a.cfg.DataDir, "members", member))
 	})
 	apiSrv.SetConsole(a.console(st, apiSrv))
+	apiSrv.SetMemberChecked(a.memberChecked)
 	mux.Handle("/", apiSrv.Handler())
 	srv := &http.Server{
 		Handler: mux,
@@ -584,7 +589,7 @@ func (a *Agent) register(ctx context.Context) error {
 // loop keeps the host registered and its supervisors in line with the
 // store until ctx ends.
 func (a *Agent) loop(ctx context.Context) {
-	watch := a.store.WatchPlacement(ctx)
+	placement := a.view.Subscribe(ctx, store.PlacementChange)
 	rotWatch := a.store.WatchCARotation(ctx)
 	lastTLSCheck := time.Now()
 	tick := time.NewTicker(time.Second)
@@ -606,10 +611,7 @@ func (a *Agent) loop(ctx context.Context) {
 				}
 			}
 			continue
-		case _, ok := <-watch:
-			if !ok {
-				watch = a.store.WatchPlacement(ctx) // the watch broke (store restarted); open it again
-			}
+		case <-placement:
 		case _, ok := <-rotWatch:
 			if !ok {
 				rotWatch = a.store.WatchCARotation(ctx)
@@ -685,7 +687,7 @@ type placed struct {
 // under the same name is another cluster: its members get new supervisors
 // and fresh data.
 func (a *Agent) reconcile(ctx context.Context) {
-	cs, err := a.store.Clusters(ctx)
+	cs, err := a.view.Clusters(ctx)
 	// Clusters with an invalid record are left out, and left alone: their
 	// members here keep running as they are until the record is repaired.
 	invalid := map[string]bool{}
@@ -883,7 +885,7 @@ func (a *Agent) startSupervisor(ctx context.Context, p placed) error {
 	}
 	log = log.With("cluster", m.Cluster, "member", m.ID)
 	s := &supervisor{
-		spec: m, host: a.host, store: a.store, lease: a.currentLease, dir: dir, log: log, secrets: sec,
+		spec: m, host: a.host, store: a.store, view: a.view, lease: a.currentLease, dir: dir, log: log, secrets: sec,
 		cluster: p.cluster, role: m.Role, state: fleet.StatePending, publishNow: make(chan struct{}, 1),
 		exe: a.exe, osUser: a.osUser,
 	}
@@ -921,4 +923,16 @@ func (a *Agent) stopAll() {
 		delete(a.sups, id)
 		a.supsMu.Unlock()
 	}
+}
+
+// memberChecked is when the supervisor of member on this host last checked
+// its status; zero when none runs here.
+func (a *Agent) memberChecked(member string) time.Time {
+	a.supsMu.RLock()
+	r, ok := a.sups[member]
+	a.supsMu.RUnlock()
+	if !ok {
+		return time.Time{}
+	}
+	return r.sup.checkedAt()
 }

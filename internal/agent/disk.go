@@ -36,6 +36,15 @@ func (s *supervisor) diskSpace() (diskUsage, error) {
 	return diskUsage{free: int64(fs.Bavail) * bs, used: int64(fs.Blocks-fs.Bfree) * bs, size: int64(fs.Blocks) * bs}, nil
 }
 
+// roundFree rounds free space down to a thousandth of the disk (at least
+// 1 MiB): plenty for the disk guard, and an idle member's status, whose
+// free space moves by a few kilobytes with every log line, stays the same
+// and is not written again (statusHeartbeat).
+func roundFree(free, size int64) int64 {
+	g := max(size/1000, 1<<20)
+	return free / g * g
+}
+
 // guarded reports whether this member, as a primary, takes no writes
 // because of the disk guard.
 func (s *supervisor) guarded() bool {

@@ -408,7 +408,7 @@ func (s *supervisor) diskMetrics(e *exposition, base labels) {
 // supervisor's loops replace as they run.
 func (s *supervisor) backupMetrics(ctx context.Context, e *exposition, base labels) {
 	rctx, cancel := context.WithTimeout(ctx, scrapeTimeout)
-	c, err := s.store.Cluster(rctx, s.spec.Cluster)
+	c, err := s.view.Cluster(rctx, s.spec.Cluster)
 	cancel()
 	if err != nil {
 		s.log.Debug("metrics: read the cluster's backup settings", "err", err)

@@ -141,14 +141,19 @@ func (s *supervisor) servePrimary(ctx context.Context, kind, msg string) error {
 		s.mu.Unlock()
 	}()
 
-	tick := time.NewTicker(primaryTick)
-	defer tick.Stop()
+	wctx, unsubscribe := context.WithCancel(ctx)
+	defer unsubscribe()
+	changes := s.view.SubscribeCluster(wctx, s.spec.Cluster)
 	lastTrim := time.Time{}
 	var orphans map[string]time.Time // slots without a member, since when
 	// The first check soon after the term starts: a new cluster gets its
 	// first backup at once.
 	lastBackupCheck := time.Now().Add(-backupCheckEvery + 3*time.Second)
 	for {
+		wait := primaryTick
+		if !s.view.Current() {
+			wait = primaryPollTick
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -170,9 +175,10 @@ func (s *supervisor) servePrimary(ctx context.Context, kind, msg string) error {
 			return fmt.Errorf("postgres exited: %v", s.inst.ExitErr())
 		case <-s.hold.lost:
 			return s.lostHold(ctx)
-		case <-tick.C:
+		case <-changes:
+		case <-time.After(wait):
 		}
-		c, err := s.store.Cluster(ctx, s.spec.Cluster)
+		c, err := s.view.Cluster(ctx, s.spec.Cluster)
 		if err != nil {
 			continue // the lease decides; the fence fires if the store stays away
 		}

@@ -10,7 +10,16 @@ import (
 	"github.com/pgfleet/pgfleet/internal/postgres"
 )
 
-// publishLoop writes the member's status every second.
+// statusHeartbeat is how long a status that has not changed goes without
+// being written again. Writing an idle member's unchanged status every
+// second cost every store voter a raft round and a disk sync per member
+// per second; now a change is written at once, and the heartbeat only
+// keeps Updated telling readers of the store that the supervisor runs.
+// Health checks do not read Updated: they ask this agent (checkedAt).
+const statusHeartbeat = 30 * time.Second
+
+// publishLoop checks the member's status every second and writes it when
+// it changed (statusHeartbeat).
 func (s *supervisor) publishLoop(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
@@ -40,7 +49,7 @@ func (s *supervisor) publish(ctx context.Context) {
 	// Measured whatever postgres is doing: a member that cannot start
 	// because its disk is full is the one the disk guard must see.
 	if d, err := s.diskSpace(); err == nil {
-		st.DiskFree, st.DiskSize = d.free, d.size
+		st.DiskFree, st.DiskSize = roundFree(d.free, d.size), d.size
 	}
 	if st.Role == "" {
 		st.Role = s.spec.Role
@@ -77,9 +86,33 @@ func (s *supervisor) publish(ctx context.Context) {
 			s.mu.Unlock()
 		}
 	}
-	if err := s.store.PutStatus(ctx, s.spec.Cluster, st, s.lease()); err != nil && ctx.Err() == nil {
-		s.log.Debug("publish status", "err", err)
+	s.checked.Store(time.Now().UnixNano())
+	lease := s.lease()
+	if lease == nil {
+		return
 	}
+	last := s.published
+	last.Updated = st.Updated
+	if last == st && s.publishedLease == lease.ID && time.Since(s.published.Updated) < statusHeartbeat {
+		return
+	}
+	if err := s.store.PutStatus(ctx, s.spec.Cluster, st, lease); err != nil {
+		if ctx.Err() == nil {
+			s.log.Debug("publish status", "err", err)
+		}
+		return
+	}
+	s.published, s.publishedLease = st, lease.ID
+}
+
+// checkedAt is when the supervisor last checked its member's status: what
+// the health checks trust, since the published status is not written again
+// while it does not change.
+func (s *supervisor) checkedAt() time.Time {
+	if n := s.checked.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
 }
 
 // lag measures replay distance to the primary's last published write LSN;

@@ -45,7 +45,7 @@ func (s *supervisor) clone(ctx context.Context, c store.ClusterState, why string
 // afresh.
 func (s *supervisor) rejoin(ctx context.Context, c store.ClusterState, why string) error {
 	leader, _ := c.Member(c.Leader)
-	h, err := s.store.Host(ctx, leader.Host)
+	h, err := s.view.Host(ctx, leader.Host)
 	if err != nil {
 		return fmt.Errorf("find primary %s's host: %w", leader.ID, err)
 	}

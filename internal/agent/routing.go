@@ -17,8 +17,9 @@ import (
 
 // Routing periods.
 const (
-	// routePoll re-reads the store even without a watch event: replica lag
-	// changes with every status write, which the watch ignores.
+	// routePoll recomputes the routes from the view even when no routing
+	// change woke the router: replica lag changes with every status
+	// write, which RoutingChanges ignores.
 	routePoll = time.Second
 	// rttPoll is how often the agent measures its round trips to the others.
 	rttPoll = 5 * time.Second
@@ -176,7 +177,7 @@ func (rt *router) rtts() map[string]time.Duration {
 // every routePoll.
 func (rt *router) run(ctx context.Context) {
 	a := rt.a
-	watch := a.store.WatchRouting(ctx)
+	changes := a.view.Subscribe(ctx, store.RoutingChanges())
 	tick := time.NewTicker(routePoll)
 	defer tick.Stop()
 	var (
@@ -193,28 +194,20 @@ func (rt *router) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case _, ok := <-watch:
-			if !ok {
-				// The watch broke (no store leader, store restarted): poll
-				// until it can be opened again.
-				watch = nil
-			}
+		case <-changes:
 		case <-tick.C:
-			if watch == nil {
-				watch = a.store.WatchRouting(ctx)
-			}
 		}
 		sent := time.Now()
 		// Records that fail validation are left out (a cluster with one
 		// gets no routes: its ports refuse connections) and reported by
 		// the agent's loop; the rest is routed.
-		cs, err := a.store.Clusters(ctx)
+		cs, err := a.view.Clusters(ctx)
 		if store.OnlyInvalid(err) {
 			err = nil
 		}
 		var hosts []fleet.Host
 		if err == nil {
-			if hosts, err = a.store.Hosts(ctx); store.OnlyInvalid(err) {
+			if hosts, err = a.view.Hosts(ctx); store.OnlyInvalid(err) {
 				err = nil
 			}
 		}
@@ -278,7 +271,7 @@ func (rt *router) run(ctx context.Context) {
 func (rt *router) measure(ctx context.Context) {
 	a := rt.a
 	for {
-		hosts, err := a.store.Hosts(ctx)
+		hosts, err := a.view.Hosts(ctx)
 		if err == nil {
 			m := map[string]time.Duration{}
 			for _, h := range hosts {

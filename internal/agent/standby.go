@@ -90,6 +90,9 @@ func (s *supervisor) runStandby(ctx context.Context) error {
 		since          = time.Now()
 	)
 	s.primaryLSN.Store(0)
+	wctx, unsubscribe := context.WithCancel(ctx)
+	defer unsubscribe()
+	changes := s.view.SubscribeCluster(wctx, s.spec.Cluster)
 	tick := standbyTick
 	for {
 		select {
@@ -97,17 +100,23 @@ func (s *supervisor) runStandby(ctx context.Context) error {
 			return ctx.Err()
 		case <-s.inst.Done():
 			return fmt.Errorf("postgres exited: %v", s.inst.ExitErr())
+		case <-changes:
 		case <-time.After(tick):
 		}
-		c, err := s.store.Cluster(ctx, s.spec.Cluster)
+		c, err := s.view.Cluster(ctx, s.spec.Cluster)
 		if err != nil {
+			tick = standbyTick
 			continue
 		}
 		// While a switchover runs, clients wait for the target: it watches
 		// closely for the old primary's release.
-		tick = standbyTick
-		if c.Switchover != nil && c.Switchover.To == s.spec.ID {
+		switch {
+		case c.Switchover != nil && c.Switchover.To == s.spec.ID:
 			tick = switchoverTick
+		case c.Leader == "" || !s.view.Current():
+			tick = standbyTick
+		default:
+			tick = standbyIdleTick
 		}
 		s.cluster = c.Spec
 		s.followRole(ctx, c)

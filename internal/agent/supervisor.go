@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/pgfleet/pgfleet/internal/fleet"
 	"github.com/pgfleet/pgfleet/internal/ha"
@@ -40,8 +41,18 @@ var errRestart = errors.New("restarting postgres on order")
 
 // Loop periods.
 const (
-	primaryTick = 250 * time.Millisecond // a primary checks for step-down and switchover requests
-	standbyTick = 200 * time.Millisecond // a standby checks the leader key and runs elections
+	// A primary and a standby wake on every change of their cluster
+	// (store.View.SubscribeCluster): a step-down or switchover request, a
+	// leader key gone. Their ticks are for what the view does not wake them
+	// for: the primary's upkeep (slots, the sync set, which follows the
+	// standbys' lag) and a standby's lag and stream checks, and, faster,
+	// for reading the store itself while the view is not current.
+	primaryTick     = time.Second
+	primaryPollTick = 250 * time.Millisecond
+	standbyIdleTick = time.Second
+	// standbyTick is how often a standby checks during an election, whose
+	// candidacies and waits are timed, and while the view is not current.
+	standbyTick = 200 * time.Millisecond
 	// switchoverTick is how often a switchover's target checks.
 	switchoverTick = 25 * time.Millisecond
 	// divergedAfter is how long a standby may fail to stream from a running
@@ -70,16 +81,24 @@ type supervisor struct {
 	restarted   atomic.Pointer[string]
 	host        fleet.Host
 	store       *store.Store
-	lease       func() *store.Lease // the host's current lease
-	dir         string              // member directory, owned by the postgres OS user
-	inst        *postgres.Instance
-	log         *slog.Logger
-	secrets     fleet.Secrets
+	// view answers the member's steady reads (its loops' ticks); the
+	// store, the reads that start a term or an election, and every write.
+	view    *store.View
+	lease   func() *store.Lease // the host's current lease
+	dir     string              // member directory, owned by the postgres OS user
+	inst    *postgres.Instance
+	log     *slog.Logger
+	secrets fleet.Secrets
 
-	publishNow chan struct{}   // wakes the status publisher
-	exe        string          // this pgfleet binary, for archive_command and restore_command
-	osUser     postgres.OSUser // runs postgres, wal-push and wal-fetch
-	serverTLS  func() postgres.ServerTLS
+	publishNow chan struct{} // wakes the status publisher
+	// published is the status last written, under the host lease
+	// publishedLease; only the publisher uses them.
+	published      fleet.MemberStatus
+	publishedLease clientv3.LeaseID
+	checked        atomic.Int64    // unix nanoseconds of the last status check (checkedAt)
+	exe            string          // this pgfleet binary, for archive_command and restore_command
+	osUser         postgres.OSUser // runs postgres, wal-push and wal-fetch
+	serverTLS      func() postgres.ServerTLS
 
 	backingUp      atomic.Bool // a base backup of this member runs
 	checkingBackup atomic.Bool // the primary's backup schedule check runs
@@ -302,7 +321,7 @@ func (s *supervisor) releaseLeader() {
 
 // observe gathers what ha.Next needs.
 func (s *supervisor) observe(ctx context.Context) (ha.Observation, store.ClusterState, error) {
-	c, err := s.store.Cluster(ctx, s.spec.Cluster)
+	c, err := s.view.Cluster(ctx, s.spec.Cluster)
 	if err != nil {
 		return ha.Observation{}, c, err
 	}
@@ -392,7 +411,7 @@ func (s *supervisor) standbyRole() fleet.Role {
 // replicationSource is where a standby streams from: the leader's host
 // address, from its host record.
 func (s *supervisor) replicationSource(ctx context.Context, leader fleet.MemberSpec) (postgres.ConnInfo, error) {
-	h, err := s.store.Host(ctx, leader.Host)
+	h, err := s.view.Host(ctx, leader.Host)
 	if err != nil {
 		return postgres.ConnInfo{}, fmt.Errorf("find primary %s's host %s: %w", leader.ID, leader.Host, err)
 	}

@@ -39,11 +39,12 @@ var healthChecks = map[string]string{
 // validChecks is the list an unknown check's answer gives.
 const validChecks = "primary (or master, leader, read-write), replica, read-only, health, sync (or synchronous), async (or asynchronous)"
 
-// statusMaxAge is how old a member's published status may be before a health
-// check stops trusting it. Supervisors publish every second; a status that
-// has not changed for the host lease's TTL (agent.HostTTL) comes from a
-// supervisor that is stuck, even if its agent still renews the lease. The
-// status is written by this same agent, so the age is read on one clock.
+// statusMaxAge is how long ago a member's supervisor may have last checked
+// its status before a health check stops trusting it. Supervisors check
+// every second; one that has not for the host lease's TTL (agent.HostTTL)
+// is stuck, even if its agent still renews the lease. The agent answering
+// runs that supervisor, so the age is read on one clock. (The published
+// status is written only when it changes, so its Updated says less.)
 const statusMaxAge = 5 * time.Second
 
 // healthCheck is a parsed health check request.
@@ -127,7 +128,11 @@ type memberHealth struct {
 	// there is none, as when its host's lease expired.
 	Status    fleet.MemberStatus
 	HasStatus bool
-	Leader    string   // member holding the leader key, "" during an election
+	// Checked is when the member's supervisor last checked its status, as
+	// the agent running it says; zero when it cannot say, and the status's
+	// Updated stands in.
+	Checked time.Time
+	Leader  string   // member holding the leader key, "" during an election
 	Sync      []string // published sync set; nil outside sync mode
 }
 
@@ -139,7 +144,11 @@ func judgeHealth(hc healthCheck, m memberHealth, now time.Time) (int, string) {
 	if !m.HasStatus {
 		return http.StatusServiceUnavailable, fmt.Sprintf("%s has no status: its host's agent is down or has not reported yet", m.ID)
 	}
-	if age := now.Sub(st.Updated); age > statusMaxAge {
+	checked := m.Checked
+	if checked.IsZero() {
+		checked = st.Updated
+	}
+	if age := now.Sub(checked); age > statusMaxAge {
 		return http.StatusServiceUnavailable, fmt.Sprintf("%s's status is %s old: its supervisor has stopped reporting", m.ID, age.Round(time.Second))
 	}
 	// The same tests as the routing proxy's (internal/agent/routing.go), so

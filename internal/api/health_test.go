@@ -81,6 +81,10 @@ func TestHealthDecision(t *testing.T) {
 		{name: "standby is not primary", check: "primary", m: member(standby, "db-2"), code: 503, reason: "standby, streaming"},
 		{name: "primary without status", check: "primary", m: memberHealth{ID: "db-1", Leader: "db-1"}, code: 503, reason: "has no status"},
 		{name: "stale status", check: "replica", m: member(stale, "db-2"), code: 503, reason: "1m0s old"},
+		// An unchanged status is not written again: the supervisor's own
+		// check, which the agent reports, is what counts.
+		{name: "unchanged status, supervisor checking", check: "replica", m: func() memberHealth { m := member(stale, "db-2"); m.Checked = fresh; return m }(), code: 200},
+		{name: "supervisor stopped checking", check: "replica", m: func() memberHealth { m := member(standby, "db-2"); m.Checked = now.Add(-time.Minute); return m }(), code: 503, reason: "1m0s old"},
 
 		{name: "replica: standby", check: "replica", m: member(standby, "db-2"), code: 200},
 		{name: "replica: read replica", check: "replica", m: member(replica, "db-2"), code: 200},

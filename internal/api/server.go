@@ -47,9 +47,17 @@ type Server struct {
 
 	logs logState // members' logs (logs.go)
 
+	// memberChecked says when the supervisor of a member on this host last
+	// checked its status (health checks); nil: the status's Updated.
+	memberChecked func(member string) time.Time
+
 	voters   func(context.Context) ([]string, error) // the store's voters; nil on an existing etcd
 	excluded func(rotation, host string) bool        // hosts CA rotations left behind; nil: the record's list only
 }
+
+// SetMemberChecked tells the server when this host's supervisors last
+// checked their members, for the health checks.
+func (s *Server) SetMemberChecked(f func(member string) time.Time) { s.memberChecked = f }
 
 // SetConsole serves h at every path outside the API's own.
 func (s *Server) SetConsole(h http.Handler) { s.console = h }
@@ -121,6 +129,7 @@ func (s *Server) Handler() http.Handler {
 	s.caRoutes(mux)
 	s.accessRoutes(mux)
 	s.consoleRoutes(mux)
+	s.debugRoutes(mux)
 	s.logRoutes(mux)
 	s.moveRoutes(mux)
 	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
@@ -599,6 +608,9 @@ func (s *Server) memberHealth(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	mh := memberHealth{ID: mine.ID, Leader: c.Leader}
+	if f := s.memberChecked; f != nil {
+		mh.Checked = f(mine.ID)
+	}
 	mh.Status, mh.HasStatus = c.Status[mine.ID]
 	// A sync set belongs to the primary that published it; a stale one
 	// from an earlier primary, or one left in a mode turned off, names

@@ -47,57 +47,36 @@ func (s *Store) RTTs(ctx context.Context) (map[string]map[string]time.Duration, 
 	return out, nil
 }
 
-// WatchRouting returns a channel that receives a value whenever something
-// that decides where connections go may have changed: a leader key, a
+// RoutingChanges returns a View subscription filter that accepts what may
+// change where connections go: a host coming or going, a leader key, a
 // switchover, a spec or placement, the sync set, or a member's status
 // changing role, state or health. A status write that changes none of those
-// (the lag, every second) does not wake it; routers poll for lag. The
-// channel closes when ctx ends or the watch breaks.
-func (s *Store) WatchRouting(ctx context.Context) <-chan struct{} {
-	out := make(chan struct{}, 1)
-	wch := s.cli.Watch(clientv3.WithRequireLeader(ctx), s.clustersPrefix(), clientv3.WithPrefix())
+// (the lag, every second) is not accepted; routers poll for lag. The filter
+// keeps the shapes it saw, so it belongs to one subscription.
+func RoutingChanges() func(key string, ev *clientv3.Event) bool {
 	type shape struct {
 		role    fleet.Role
 		state   fleet.State
 		healthy bool
 	}
 	seen := map[string]shape{}
-	go func() {
-		defer close(out)
-		for resp := range wch {
-			if resp.Err() != nil {
-				return
-			}
-			wake := false
-			for _, e := range resp.Events {
-				key := string(e.Kv.Key)
-				if !strings.HasSuffix(key, "/status") {
-					wake = wake || !strings.Contains(key, "/candidates/")
-					continue
-				}
-				if e.Type == clientv3.EventTypeDelete {
-					delete(seen, key)
-					wake = true
-					continue
-				}
-				var st fleet.MemberStatus
-				if json.Unmarshal(e.Kv.Value, &st) != nil {
-					continue
-				}
-				now := shape{st.Role, st.State, st.Healthy}
-				if prev, ok := seen[key]; !ok || prev != now {
-					seen[key] = now
-					wake = true
-				}
-			}
-			if !wake {
-				continue
-			}
-			select {
-			case out <- struct{}{}:
-			default:
-			}
+	return func(key string, ev *clientv3.Event) bool {
+		if !strings.HasSuffix(key, "/status") {
+			return !strings.Contains(key, "/candidates/")
 		}
-	}()
-	return out
+		if ev.Type == clientv3.EventTypeDelete {
+			delete(seen, key)
+			return true
+		}
+		var st fleet.MemberStatus
+		if json.Unmarshal(ev.Kv.Value, &st) != nil {
+			return false
+		}
+		now := shape{st.Role, st.State, st.Healthy}
+		if prev, ok := seen[key]; ok && prev == now {
+			return false
+		}
+		seen[key] = now
+		return true
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"path"
 	"slices"
 	"sort"
@@ -388,9 +389,14 @@ func (s *Store) Hosts(ctx context.Context) ([]fleet.Host, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list hosts: %w", Translate(err))
 	}
-	hosts := make([]fleet.Host, 0, len(resp.Kvs))
+	return s.hostsView(resp.Kvs)
+}
+
+// hostsView decodes the records under hosts/ (see Hosts).
+func (s *Store) hostsView(kvs []*mvccpb.KeyValue) ([]fleet.Host, error) {
+	hosts := make([]fleet.Host, 0, len(kvs))
 	var bad []error
-	for _, kv := range resp.Kvs {
+	for _, kv := range kvs {
 		h, err := decodeHost(strings.TrimPrefix(string(kv.Key), s.prefix+"hosts/"), kv.Value)
 		if err != nil {
 			bad = append(bad, &InvalidRecordError{Key: string(kv.Key), Err: err})
@@ -622,6 +628,18 @@ func (s *Store) clusterView(cluster string, kvs []*mvccpb.KeyValue) (ClusterStat
 	return c, nil
 }
 
+// clone copies the state's slices and maps, which a View hands out from a
+// cache many readers share.
+func (c ClusterState) clone() ClusterState {
+	c.Members = slices.Clone(c.Members)
+	c.Status = maps.Clone(c.Status)
+	c.Candidates = slices.Clone(c.Candidates)
+	c.Restarts = maps.Clone(c.Restarts)
+	c.Spec.Params = maps.Clone(c.Spec.Params)
+	c.Spec.Replicas = slices.Clone(c.Spec.Replicas)
+	return c
+}
+
 // Clusters reads every cluster in one request, so the view is consistent.
 // A cluster with an invalid record (see ErrInvalid) is left out whole; the
 // error then names each such record (InvalidRecords lists them, and
@@ -635,10 +653,16 @@ func (s *Store) Clusters(ctx context.Context) ([]ClusterState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read clusters: %w", Translate(err))
 	}
-	// etcd returns keys in order, so each cluster's keys are consecutive.
+	return s.clustersView(resp.Kvs)
+}
+
+// clustersView decodes the records under clusters/, in key order (see
+// Clusters).
+func (s *Store) clustersView(kvs []*mvccpb.KeyValue) ([]ClusterState, error) {
+	// In key order, each cluster's keys are consecutive.
 	var names []string
 	byName := map[string][]*mvccpb.KeyValue{}
-	for _, kv := range resp.Kvs {
+	for _, kv := range kvs {
 		name, _, _ := strings.Cut(strings.TrimPrefix(string(kv.Key), s.clustersPrefix()), "/")
 		if _, ok := byName[name]; !ok {
 			names = append(names, name)
@@ -1271,27 +1295,12 @@ func (s *Store) TokenHash(ctx context.Context) (string, error) {
 	return string(resp.Kvs[0].Value), nil
 }
 
-// WatchPlacement returns a channel that receives a value whenever a
-// cluster's spec or a member's placement changes, so agents start and stop
-// supervisors at once instead of on their next poll. Status, candidacy and
-// leader writes, several a second, are not placement and do not wake it.
-// It closes when ctx ends.
-func (s *Store) WatchPlacement(ctx context.Context) <-chan struct{} {
-	out := make(chan struct{}, 1)
-	wch := s.cli.Watch(clientv3.WithRequireLeader(ctx), s.clustersPrefix(), clientv3.WithPrefix())
-	go func() {
-		defer close(out)
-		for resp := range wch {
-			if !slices.ContainsFunc(resp.Events, func(e *clientv3.Event) bool { return strings.HasSuffix(string(e.Kv.Key), "/spec") }) {
-				continue
-			}
-			select {
-			case out <- struct{}{}:
-			default:
-			}
-		}
-	}()
-	return out
+// PlacementChange is a View subscription filter that accepts a change of
+// a cluster's spec or a member's placement, so agents start and stop
+// supervisors at once instead of on their next look. Status, candidacy and
+// leader writes, several a second, are not placement.
+func PlacementChange(key string, _ *clientv3.Event) bool {
+	return strings.HasSuffix(key, "/spec")
 }
 
 func (s *Store) putJSON(ctx context.Context, key string, v any, opts ...clientv3.OpOption) error {
