@@ -23,13 +23,16 @@ import (
 // timer: a linearizable read costs the store's raft leader a round of
 // heartbeats to a quorum, and an idle fleet made dozens a second.
 //
-// A read answers from the copy only while the watch proves it current: an
-// event or a progress notification (which the view asks for every
-// viewProgressEvery while nothing changes) within viewMaxAge. Otherwise,
-// the watch broken, the store without a leader or the copy not yet made,
-// it reads the store itself, as before there was a view, so a caller sees
-// the store's own errors (ErrNoQuorum) and never a copy that stopped
-// following it. Writes go to the store as always; their compare-and-swap
+// A read answers from the copy only while it is proven current within
+// viewMaxAge: by an event (a change the store committed, which a member
+// cut off from its quorum does not apply) or, while nothing changes, by a
+// linearizable read of one small key every viewProgressEvery (which only a
+// store with a leader and a quorum answers) whose revision the copy has
+// reached. Otherwise, the watch broken, the store without quorum or the
+// copy not yet made, it reads the store itself, as before there was a
+// view, so a caller sees the store's own errors (ErrNoQuorum) and never a
+// copy that stopped following it. (A watch's progress notification is no
+// such proof: a member answers it from its own state, quorum or not.) Writes go to the store as always; their compare-and-swap
 // conditions, not reads, are what keep two members from acting on one
 // stale picture.
 type View struct {
@@ -46,8 +49,14 @@ type View struct {
 	// once the reads stopped going to the store.
 	decoded map[string]decodedCluster
 	rev     int64     // the store revision the copy reflects
-	current time.Time // when the watch last proved the copy current; zero: not following
-	subs    []*subscriber
+	current time.Time // when the copy was last proven current; zero: not following
+	// pending is a confirming read's revision, which the copy had not
+	// reached yet, and when that read began.
+	pending struct {
+		rev int64
+		at  time.Time
+	}
+	subs []*subscriber
 }
 
 type decodedCluster struct {
@@ -61,11 +70,12 @@ type subscriber struct {
 }
 
 const (
-	// viewMaxAge is how long the copy counts as current after the watch
-	// last answered. Reads fall back to the store past it.
-	viewMaxAge = 3 * time.Second
-	// viewProgressEvery is how often the view asks the store to confirm
-	// the watch is current while nothing changes.
+	// viewMaxAge is how long the copy counts as current after it was
+	// last proven so; reads fall back to the store past it. It allows
+	// one confirmation to be missed.
+	viewMaxAge = 2500 * time.Millisecond
+	// viewProgressEvery is how often the view confirms the copy while
+	// nothing changes, and how long a confirming read may take.
 	viewProgressEvery = time.Second
 )
 
@@ -260,9 +270,7 @@ func (v *View) follow(ctx context.Context) error {
 			quiet := time.Since(v.current) >= viewProgressEvery
 			v.mu.Unlock()
 			if quiet {
-				if err := v.s.cli.RequestProgress(wctx); err != nil {
-					return fmt.Errorf("ask for watch progress: %w", err)
-				}
+				v.confirm(ctx)
 			}
 		case resp, ok := <-wch:
 			if !ok {
@@ -274,6 +282,27 @@ func (v *View) follow(ctx context.Context) error {
 			v.apply(resp)
 		}
 	}
+}
+
+// confirm proves the copy current while nothing changes: a linearizable
+// read of one small key returns the store's revision; once the copy has
+// reached it, the copy was current when the read began. A read that fails
+// proves nothing, and the copy ages.
+func (v *View) confirm(ctx context.Context) {
+	start := time.Now()
+	cctx, cancel := context.WithTimeout(ctx, viewProgressEvery)
+	defer cancel()
+	resp, err := v.s.cli.Get(cctx, v.s.prefix+"fleet-id", clientv3.WithCountOnly())
+	if err != nil {
+		return
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.rev >= resp.Header.Revision {
+		v.current = start
+		return
+	}
+	v.pending.rev, v.pending.at = resp.Header.Revision, start
 }
 
 // load reads clusters/ and hosts/ at one revision into a fresh copy.
@@ -294,7 +323,7 @@ func (v *View) load(ctx context.Context) error {
 	for _, kv := range append(cs.Kvs, hs.Kvs...) {
 		v.put(kv)
 	}
-	v.rev, v.current = rev, time.Now()
+	v.rev, v.current, v.pending.rev = rev, time.Now(), 0
 	subs := v.subs
 	v.mu.Unlock()
 	for _, s := range subs {
@@ -325,7 +354,15 @@ func (v *View) apply(resp clientv3.WatchResponse) {
 		}
 	}
 	v.rev = max(v.rev, resp.Header.Revision)
-	v.current = time.Now()
+	if len(resp.Events) > 0 {
+		v.current = time.Now()
+	}
+	if v.pending.rev != 0 && v.rev >= v.pending.rev {
+		if v.pending.at.After(v.current) {
+			v.current = v.pending.at
+		}
+		v.pending.rev = 0
+	}
 	for i, s := range v.subs {
 		if wake[i] {
 			notify(s.ch)

@@ -136,3 +136,19 @@ func TestViewWithoutStore(t *testing.T) {
 		t.Error("a view without a store says it is current")
 	}
 }
+
+// TestViewStaysCurrentWhileQuiet: with nothing changing, the view keeps
+// proving itself current (a linearizable read each second), so readers
+// are not sent to the store.
+func TestViewStaysCurrentWhileQuiet(t *testing.T) {
+	s := openStore(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	v := s.StartView(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	labtest.WaitFor(t, 10*time.Second, "the view current", func() (bool, string) { return v.Current(), "not current" })
+	for end := time.Now().Add(4 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		if !v.Current() {
+			t.Fatal("a quiet view stopped being current")
+		}
+	}
+}
