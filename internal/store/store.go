@@ -142,6 +142,10 @@ type Store struct {
 	cli    *clientv3.Client
 	prefix string
 	avoid  atomic.Value // string: a member's client URL the client keeps away from
+	// wrote is the newest store revision this client wrote at: a View
+	// answers only once its copy has reached it, so that whatever this
+	// agent wrote (a leader key let go, a request served) it reads back.
+	wrote atomic.Int64
 }
 
 // Open connects to etcd. prefix (default "/pgfleet/") lets several fleets,
@@ -184,7 +188,9 @@ func OpenWith(endpoints []string, prefix string, tlsSrc func() *tls.Config) (*St
 	if err != nil {
 		return nil, fmt.Errorf("connect to etcd %v: %w", endpoints, err)
 	}
-	return &Store{cli: cli, prefix: prefix}, nil
+	s := &Store{cli: cli, prefix: prefix}
+	cli.KV = writeTracker{KV: cli.KV, note: s.noteWrite}
+	return s, nil
 }
 
 // FollowMembers keeps the client's endpoints equal to the client URLs of
@@ -289,6 +295,7 @@ type Lease struct {
 	done chan struct{}
 	cli  *clientv3.Client
 	stop context.CancelFunc
+	note func(rev int64) // Store.noteWrite: a revoke deletes the lease's keys
 }
 
 // Done returns a channel that closes when the lease stops being refreshed:
@@ -300,7 +307,10 @@ func (l *Lease) Revoke(ctx context.Context) error {
 	l.stop()
 	ctx, cancel := timeout(ctx)
 	defer cancel()
-	_, err := l.cli.Revoke(ctx, l.ID)
+	resp, err := l.cli.Revoke(ctx, l.ID)
+	if err == nil && l.note != nil {
+		l.note(resp.Header.Revision)
+	}
 	return Translate(err)
 }
 
@@ -318,7 +328,7 @@ func (s *Store) Grant(ctx context.Context, ttl time.Duration) (*Lease, error) {
 		stop()
 		return nil, fmt.Errorf("keep lease alive: %w", Translate(err))
 	}
-	l := &Lease{ID: resp.ID, TTL: ttl, done: make(chan struct{}), cli: s.cli, stop: stop}
+	l := &Lease{ID: resp.ID, TTL: ttl, done: make(chan struct{}), cli: s.cli, stop: stop, note: s.noteWrite}
 	go func() {
 		defer close(l.done)
 		for range ch {
@@ -341,7 +351,7 @@ func (s *Store) GrantManual(ctx context.Context, ttl time.Duration) (*Lease, err
 		return nil, fmt.Errorf("grant lease: %w", Translate(err))
 	}
 	done := make(chan struct{})
-	return &Lease{ID: resp.ID, TTL: ttl, done: done, cli: s.cli, stop: func() {}}, nil
+	return &Lease{ID: resp.ID, TTL: ttl, done: done, cli: s.cli, stop: func() {}, note: s.noteWrite}, nil
 }
 
 // Renew refreshes a manual lease once. ErrLeaseLost when the store no

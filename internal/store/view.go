@@ -32,7 +32,10 @@ import (
 // copy not yet made, it reads the store itself, as before there was a
 // view, so a caller sees the store's own errors (ErrNoQuorum) and never a
 // copy that stopped following it. (A watch's progress notification is no
-// such proof: a member answers it from its own state, quorum or not.) Writes go to the store as always; their compare-and-swap
+// such proof: a member answers it from its own state, quorum or not.)
+// Nor does it answer before the copy has reached the agent's own last
+// write (Store.wrote): a member that let its leader key go must not read
+// it back as its own. Writes go to the store as always; their compare-and-swap
 // conditions, not reads, are what keep two members from acting on one
 // stale picture.
 type View struct {
@@ -127,7 +130,7 @@ func (v *View) Current() bool {
 }
 
 func (v *View) currentLocked() bool {
-	return !v.current.IsZero() && time.Since(v.current) < viewMaxAge
+	return !v.current.IsZero() && time.Since(v.current) < viewMaxAge && v.rev >= v.s.wrote.Load()
 }
 
 // decode returns cluster name's state from the copy, decoding it only when

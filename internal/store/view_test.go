@@ -71,6 +71,10 @@ func TestViewFollowsTheStore(t *testing.T) {
 	if err := s.PutStatus(ctx, "c", running, lease); err != nil {
 		t.Fatal(err)
 	}
+	// What this store client wrote, it reads back at once.
+	if got, err := v.Cluster(ctx, "c"); err != nil || got.Status["c-1"].State != fleet.StateRunning {
+		t.Errorf("right after writing it, the view shows status %+v, %v; want c-1 running", got.Status, err)
+	}
 	same("the member running")
 	if !woken(cluster, 5*time.Second) {
 		t.Error("a member starting to run did not wake its cluster's subscriber")
