@@ -679,10 +679,17 @@ func (s *Store) clustersView(kvs []*mvccpb.KeyValue) ([]ClusterState, error) {
 		}
 		byName[name] = append(byName[name], kv)
 	}
+	return gatherClusters(names, func(name string) (ClusterState, error) { return s.clusterView(name, byName[name]) })
+}
+
+// gatherClusters decodes the named clusters in name order, leaving out the
+// leftovers of a cluster being deleted; the error names every invalid one
+// (see Clusters).
+func gatherClusters(names []string, decode func(name string) (ClusterState, error)) ([]ClusterState, error) {
 	out := make([]ClusterState, 0, len(names))
 	var bad []error
 	for _, name := range names {
-		c, err := s.clusterView(name, byName[name])
+		c, err := decode(name)
 		switch {
 		case errors.Is(err, ErrNotFound): // leftovers of a cluster being deleted
 			continue

@@ -177,21 +177,7 @@ func (v *View) Clusters(ctx context.Context) ([]ClusterState, error) {
 	for name := range v.clusters {
 		names = append(names, name)
 	}
-	sort.Strings(names)
-	out := make([]ClusterState, 0, len(names))
-	var bad []error
-	for _, name := range names {
-		c, err := v.decode(name)
-		switch {
-		case errors.Is(err, ErrNotFound): // leftovers of a cluster being deleted
-			continue
-		case err != nil:
-			bad = append(bad, err)
-			continue
-		}
-		out = append(out, c)
-	}
-	return out, errors.Join(bad...)
+	return gatherClusters(names, v.decode)
 }
 
 // Hosts is Store.Hosts, from the copy while it is current.
