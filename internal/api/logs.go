@@ -184,14 +184,8 @@ func (s *Server) memberLogs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	member, since, follow := lq.member, lq.since, lq.follow
-	hm, _, err := s.hostMap(r.Context())
-	if err != nil {
-		s.storeError(w, err)
-		return
-	}
-	c, err := s.store.Cluster(r.Context(), name)
-	if err != nil {
-		s.storeError(w, err)
+	c, hm, ok := s.clusterWithHosts(w, r, name)
+	if !ok {
 		return
 	}
 	m, code, msg := logMember(c, member)

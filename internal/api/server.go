@@ -330,17 +330,25 @@ func clusterName(w http.ResponseWriter, r *http.Request) (string, bool) {
 
 // writeCluster answers with the cluster's current view.
 func (s *Server) writeCluster(w http.ResponseWriter, r *http.Request, name string) {
+	if c, hm, ok := s.clusterWithHosts(w, r, name); ok {
+		writeJSON(w, http.StatusOK, viewCluster(c, hm))
+	}
+}
+
+// clusterWithHosts reads cluster name and the live hosts by name; a store
+// error is answered, and ok is false.
+func (s *Server) clusterWithHosts(w http.ResponseWriter, r *http.Request, name string) (store.ClusterState, map[string]fleet.Host, bool) {
 	hm, _, err := s.hostMap(r.Context())
 	if err != nil {
 		s.storeError(w, err)
-		return
+		return store.ClusterState{}, nil, false
 	}
 	c, err := s.store.Cluster(r.Context(), name)
 	if err != nil {
 		s.storeError(w, err)
-		return
+		return store.ClusterState{}, nil, false
 	}
-	writeJSON(w, http.StatusOK, viewCluster(c, hm))
+	return c, hm, true
 }
 
 // maxBody bounds request bodies: a create request is a few hundred bytes.

@@ -282,17 +282,9 @@ func (s *Server) removeMembers(ctx context.Context, c store.ClusterState, ids []
 }
 
 func (s *Server) writeShape(w http.ResponseWriter, r *http.Request, name string, code int, added []fleet.MemberSpec, removed []string) {
-	hm, _, err := s.hostMap(r.Context())
-	if err != nil {
-		s.storeError(w, err)
-		return
+	if c, hm, ok := s.clusterWithHosts(w, r, name); ok {
+		writeJSON(w, code, ShapeView{Added: added, Removed: removed, Cluster: viewCluster(c, hm)})
 	}
-	c, err := s.store.Cluster(r.Context(), name)
-	if err != nil {
-		s.storeError(w, err)
-		return
-	}
-	writeJSON(w, code, ShapeView{Added: added, Removed: removed, Cluster: viewCluster(c, hm)})
 }
 
 // AddReplica adds a read replica of cluster name in region.
