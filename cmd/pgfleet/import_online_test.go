@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -491,4 +492,14 @@ func primaryURL(t *testing.T, c *api.Client, name string) string {
 		t.Fatal(err)
 	}
 	return u.URL
+}
+
+// withDB returns rawURL, a URL the API gave, naming database db.
+func withDB(rawURL, db string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return rawURL
+	}
+	u.Path = "/" + db
+	return u.String()
 }

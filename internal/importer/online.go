@@ -1,4 +1,4 @@
-package main
+package importer
 
 import (
 	"context"
@@ -45,7 +45,7 @@ func (im *onlineImport) close() {
 // openOnline connects to the source and finds the cluster's primary. The
 // import's state needs nothing else: its name comes from the database's.
 func openOnline(ctx context.Context, c *api.Client, name, from string) (*onlineImport, error) {
-	src, err := connect(ctx, from, "the source")
+	src, err := Connect(ctx, from, "the source")
 	if err != nil {
 		return nil, err
 	}
@@ -79,7 +79,7 @@ func openOnline(ctx context.Context, c *api.Client, name, from string) (*onlineI
 
 // target connects to the import's database in the cluster.
 func (im *onlineImport) target(ctx context.Context) (*pgx.Conn, error) {
-	return connect(ctx, im.dstURL, "the cluster's database "+im.db)
+	return Connect(ctx, im.dstURL, "the cluster's database "+im.db)
 }
 
 // importTarget connects to the import's database in the cluster, which
@@ -134,16 +134,16 @@ func subscriptionConninfo(from, user, password string) (string, error) {
 	return u.String(), nil
 }
 
-// runImportOnline starts an online import: checks, roles, schema,
+// Online starts an online import: checks, roles, schema,
 // publication, subscription. Run again while one is under way, it only
 // shows its progress: the subscription resumes by itself.
-func runImportOnline(ctx context.Context, c *api.Client, name string, o importOptions, out, errw io.Writer) error {
-	im, err := openOnline(ctx, c, name, o.from)
+func Online(ctx context.Context, c *api.Client, name string, o Options, out, errw io.Writer) error {
+	im, err := openOnline(ctx, c, name, o.From)
 	if err != nil {
 		return err
 	}
 	defer im.close()
-	admin, err := connect(ctx, withDB(im.dstURL, "postgres"), "the cluster's primary")
+	admin, err := Connect(ctx, withDB(im.dstURL, "postgres"), "the cluster's primary")
 	if err != nil {
 		return err
 	}
@@ -164,7 +164,7 @@ func runImportOnline(ctx context.Context, c *api.Client, name string, o importOp
 		}
 		if ok {
 			fmt.Fprintf(out, "an online import of %s into cluster %s is under way already:\n", im.db, name)
-			printProgress(out, p)
+			PrintProgress(out, p)
 			return nil
 		}
 	}
@@ -173,7 +173,7 @@ func runImportOnline(ctx context.Context, c *api.Client, name string, o importOp
 	if err != nil {
 		return err
 	}
-	if err := migrate.CheckOnline(repl, tables, o.fullIdentity); err != nil {
+	if err := migrate.CheckOnline(repl, tables, o.FullIdentity); err != nil {
 		return fmt.Errorf("online import into %s refused, nothing changed: %w", name, err)
 	}
 	srcInfo, err := migrate.InspectSource(ctx, im.src)
@@ -197,12 +197,12 @@ func runImportOnline(ctx context.Context, c *api.Client, name string, o importOp
 		}
 		dstInfo.UserTables = t.UserTables
 	}
-	if err := migrate.Check(srcInfo, dstInfo, o.clean); err != nil {
+	if err := migrate.Check(srcInfo, dstInfo, o.Clean); err != nil {
 		return fmt.Errorf("online import into %s refused, nothing changed: %w", name, err)
 	}
 	fmt.Fprintf(out, "importing database %s (%s, PostgreSQL %d) online into cluster %s (primary %s)\n", im.db, fleet.FormatBytes(srcInfo.Bytes), srcInfo.VersionNum/10000, name, im.primary)
 
-	if !o.noRoles {
+	if !o.NoRoles {
 		if err := importRoles(ctx, im.src, admin, out, errw); err != nil {
 			return err
 		}
@@ -234,7 +234,7 @@ func runImportOnline(ctx context.Context, c *api.Client, name string, o importOp
 	}
 	defer os.RemoveAll(work)
 	tool := migrate.Tool{Bin: bin, Dir: work}
-	srcConn, _ := migrate.SplitURL(o.from)
+	srcConn, _ := migrate.SplitURL(o.From)
 	if srcConn.Password == "" {
 		srcConn.Password = im.src.Config().Password
 	}
@@ -245,7 +245,7 @@ func runImportOnline(ctx context.Context, c *api.Client, name string, o importOp
 	if err := tool.DumpSchema(ctx, srcConn, work+"/schema"); err != nil {
 		return err
 	}
-	if err := tool.Restore(ctx, dstConn, work+"/schema", migrate.RestoreOptions{Jobs: 1, Clean: o.clean, NoOwner: o.noRoles}); err != nil {
+	if err := tool.Restore(ctx, dstConn, work+"/schema", migrate.RestoreOptions{Jobs: 1, Clean: o.Clean, NoOwner: o.NoRoles}); err != nil {
 		return fmt.Errorf("%w (the target database %s may hold part of the schema: run the import again with --clean)", err, im.db)
 	}
 	fmt.Fprintln(out, "copied the schema")
@@ -253,7 +253,7 @@ func runImportOnline(ctx context.Context, c *api.Client, name string, o importOp
 	if err := migrate.CreatePublication(ctx, im.src, im.obj, repl.Superuser); err != nil {
 		return err
 	}
-	conninfo, err := subscriptionConninfo(o.from, im.src.Config().User, im.src.Config().Password)
+	conninfo, err := subscriptionConninfo(o.From, im.src.Config().User, im.src.Config().Password)
 	if err != nil {
 		return err
 	}
@@ -272,7 +272,7 @@ func runImportOnline(ctx context.Context, c *api.Client, name string, o importOp
 	}
 	fmt.Fprintf(out, "publication %s on the source, subscription %s in cluster %s: the initial copy runs\n", im.obj, im.obj, name)
 	if p, _, _, err := im.progress(ctx, dst); err == nil {
-		printProgress(out, p)
+		PrintProgress(out, p)
 	}
 	fmt.Fprintf(out, "follow it with `pgfleet import %s --from URL --status`; finish with --cutover\n", name)
 	return nil
@@ -287,7 +287,8 @@ func withDB(rawURL, db string) string {
 	return s
 }
 
-func printProgress(out io.Writer, p migrate.Progress) {
+// PrintProgress writes one line of where an online import stands.
+func PrintProgress(out io.Writer, p migrate.Progress) {
 	switch p.Phase {
 	case migrate.PhaseCopying:
 		fmt.Fprintf(out, "%s: initial copy, %d of %d table(s) done; lag %s\n", p.Subscription, p.TablesDone, p.Tables, fleet.FormatBytes(p.LagBytes))
@@ -303,36 +304,34 @@ func errNoImport(im *onlineImport) error {
 	return fmt.Errorf("no online import of database %s into cluster %s: start one with `pgfleet import %s --from URL --online` (--abort drops whatever an interrupted one left on the source)", im.db, im.name, im.name)
 }
 
-func runImportStatus(ctx context.Context, c *api.Client, name string, o importOptions, out io.Writer) error {
-	im, err := openOnline(ctx, c, name, o.from)
+// Status reads where the online import from database from into cluster
+// name stands.
+func Status(ctx context.Context, c *api.Client, name, from string) (migrate.Progress, error) {
+	im, err := openOnline(ctx, c, name, from)
 	if err != nil {
-		return err
+		return migrate.Progress{}, err
 	}
 	defer im.close()
 	dst, err := im.importTarget(ctx)
 	if err != nil {
-		return err
+		return migrate.Progress{}, err
 	}
 	defer dst.Close(context.Background())
 	p, _, ok, err := im.progress(ctx, dst)
 	if err != nil {
-		return err
+		return migrate.Progress{}, err
 	}
 	if !ok {
-		return errNoImport(im)
+		return migrate.Progress{}, errNoImport(im)
 	}
-	if o.json {
-		return printJSON(out, p)
-	}
-	printProgress(out, p)
-	return nil
+	return p, nil
 }
 
-// runImportCutover finishes an online import. The pause it reports runs
+// Cutover finishes an online import. The pause it reports runs
 // from the moment the source stops taking writes to the moment the
 // cluster's sequences are set, when the app may write to the cluster.
-func runImportCutover(ctx context.Context, c *api.Client, name string, o importOptions, out, errw io.Writer) error {
-	im, err := openOnline(ctx, c, name, o.from)
+func Cutover(ctx context.Context, c *api.Client, name string, o Options, out, errw io.Writer) error {
+	im, err := openOnline(ctx, c, name, o.From)
 	if err != nil {
 		return err
 	}
@@ -344,7 +343,7 @@ func runImportCutover(ctx context.Context, c *api.Client, name string, o importO
 	defer dst.Close(context.Background())
 
 	// Catch up while the source still takes writes.
-	deadline := time.Now().Add(o.timeout)
+	deadline := time.Now().Add(o.Timeout)
 	var last string
 	var lastAt time.Time
 	var sub migrate.Subscription
@@ -366,7 +365,7 @@ func runImportCutover(ctx context.Context, c *api.Client, name string, o importO
 			last, lastAt = kind, time.Now()
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("cutover: not caught up after %s (%s); nothing changed, run it again", o.timeout, why)
+			return fmt.Errorf("cutover: not caught up after %s (%s); nothing changed, run it again", o.Timeout, why)
 		}
 		if err := sleepCtx(ctx, 200*time.Millisecond); err != nil {
 			return err
@@ -374,7 +373,7 @@ func runImportCutover(ctx context.Context, c *api.Client, name string, o importO
 	}
 
 	start := time.Now()
-	if o.lockSource {
+	if o.LockSource {
 		ended, err := migrate.LockSource(ctx, im.src, im.db)
 		if err != nil {
 			return err
@@ -415,12 +414,12 @@ func runImportCutover(ctx context.Context, c *api.Client, name string, o importO
 		return err
 	}
 	verb := "writes were paused for"
-	if !o.lockSource {
+	if !o.LockSource {
 		verb = "the cutover took"
 	}
 	fmt.Fprintf(out, "cutover done at %s: %s %s (lock %s, last change applied %s, sequences %s); copied %d sequence value(s); dropped subscription, slot and publication %s\n",
 		lsn, verb, pause.Round(time.Millisecond), locked.Round(time.Millisecond), (applied - locked).Round(time.Millisecond), (pause - applied).Round(time.Millisecond), copied, im.obj)
-	if o.lockSource {
+	if o.LockSource {
 		fmt.Fprintf(out, "the source database stays read-only; undo with ALTER DATABASE %s RESET default_transaction_read_only\n", pgx.Identifier{im.db}.Sanitize())
 	}
 	return nil
@@ -428,8 +427,8 @@ func runImportCutover(ctx context.Context, c *api.Client, name string, o importO
 
 // unlockOnError makes a locked source writable again when the cutover
 // fails before the cluster took over.
-func unlockOnError(im *onlineImport, o importOptions, err error) error {
-	if !o.lockSource {
+func unlockOnError(im *onlineImport, o Options, err error) error {
+	if !o.LockSource {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -477,13 +476,13 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// runImportAbort stops an online import, wherever it got to: the
+// Abort stops an online import, wherever it got to: the
 // subscription goes (with its slot), then whatever the source still holds
 // of it. The data copied so far stays in the cluster. It needs the source:
 // an abort that could not drop the source's slot would leave it holding
 // the source's WAL, so then it changes nothing.
-func runImportAbort(ctx context.Context, c *api.Client, name string, o importOptions, out io.Writer) error {
-	im, err := openOnline(ctx, c, name, o.from)
+func Abort(ctx context.Context, c *api.Client, name, from string, out io.Writer) error {
+	im, err := openOnline(ctx, c, name, from)
 	if err != nil {
 		return err
 	}
