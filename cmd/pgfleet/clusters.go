@@ -60,8 +60,9 @@ func newCreateCmd(cf *clientFlags) *cobra.Command {
 	var wait bool
 	var timeout, leaseTTL, backupEvery time.Duration
 	var diskGuard string
+	var imp createImport
 	cmd := &cobra.Command{
-		Use:   "create NAME --primary-region REGION [--ha N] [--replicas R1,R2] [--lease-ttl 3s] [--max-replica-lag BYTES] [--disk-guard 10] [--wait]",
+		Use:   "create NAME --primary-region REGION [--ha N] [--replicas R1,R2] [--lease-ttl 3s] [--max-replica-lag BYTES] [--disk-guard 10] [--wait] [--import-from URL [--online]]",
 		Short: "Create a cluster: a primary and standbys in one region, read replicas in others",
 		Args:  exactArgs("a cluster NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -104,10 +105,16 @@ func newCreateCmd(cf *clientFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if err := imp.check(cmd, req.Name); err != nil {
+				return err
+			}
 			start := time.Now()
 			v, err := c.Create(cmd.Context(), req)
 			if err != nil {
 				return err
+			}
+			if imp.From != "" {
+				return imp.run(cmd, c, v, timeout, start)
 			}
 			headline := fmt.Sprintf("cluster %s created on port %d", v.Name, v.Port)
 			return followNewCluster(cmd, c, v, headline, "ready", wait, timeout, start)
@@ -128,6 +135,7 @@ func newCreateCmd(cf *clientFlags) *cobra.Command {
 	f.DurationVar(&backupEvery, "backup-every", 0, "base backup interval (default 24h)")
 	f.StringVar(&diskGuard, "disk-guard", strconv.Itoa(fleet.DefaultDiskGuard), "stop taking writes while a member's data disk has less than this percentage free (1 to 50), before postgres stops on a full disk; off to turn the guard off")
 	f.IntVar(&req.PoolSize, "pool-size", fleet.DefaultPoolSize, "server connections the pooled port (pgfleet url --pooled) opens per user and database on each host (1 to 1000)")
+	imp.flags(f)
 	return cmd
 }
 
