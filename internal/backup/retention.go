@@ -48,6 +48,9 @@ type RetentionPlan struct {
 	// KeepWALFrom is the oldest segment kept (the earliest start segment
 	// of a kept backup), "" when no backup is kept and so no WAL deleted.
 	KeepWALFrom string
+	// DeleteStreamed are the streamed increments dropped (partial.go):
+	// those of segments archived since, and those before KeepWALFrom.
+	DeleteStreamed []WALIncrement
 }
 
 // PlanRetention decides, for backups and the archived WAL file names wal, at
@@ -156,6 +159,14 @@ func (a *Archive) ApplyRetention(ctx context.Context, p Policy, now time.Time) (
 		if err := a.store.Delete(ctx, a.walKey(f)); err != nil {
 			return plan, fmt.Errorf("retention of %s: %w", a.cluster, err)
 		}
+	}
+	incs, err := a.ListWALIncrements(ctx)
+	if err != nil {
+		return plan, err
+	}
+	plan.DeleteStreamed = planStreamRetention(incs, wal, plan.KeepWALFrom)
+	if err := a.DeleteWALIncrements(ctx, plan.DeleteStreamed); err != nil {
+		return plan, fmt.Errorf("retention of %s: %w", a.cluster, err)
 	}
 	return plan, a.deleteIncomplete(ctx, now)
 }

@@ -70,6 +70,9 @@ type WALCheck struct {
 	// MissingHistory lists history files of timelines that have archived
 	// WAL but no history file, so recovery cannot follow them.
 	MissingHistory []string `json:"missing_history,omitempty"`
+	// Streamed are the segments taken from streamed increments rather
+	// than the archive (StreamedWAL): the newest WAL, not archived yet.
+	Streamed []string `json:"streamed,omitempty"`
 	// Consistent reports whether the WAL up to the backup's stop LSN is
 	// archived without a gap: whether the backup can be restored at all.
 	Consistent bool `json:"consistent"`
@@ -330,8 +333,17 @@ func (a *Archive) Verify(ctx context.Context, id string) (VerifyReport, error) {
 			delete(histories, f.tli)
 		}
 	}
+	// Segments the archive lacks but streamed increments hold are read from
+	// those by a restore (partial.go): not a gap. The stream cuts
+	// segments of pgfleet's size, DefaultWALSegmentSize.
+	incs, err := a.ListWALIncrements(ctx)
+	if err != nil {
+		return rep, err
+	}
+	streamed := StreamedWAL(incs, wal, DefaultWALSegmentSize)
 	for _, m := range backups {
-		br := BackupReport{Manifest: m, WAL: CheckWAL(m, wal, histories)}
+		br := BackupReport{Manifest: m, WAL: CheckWAL(m, append(wal[:len(wal):len(wal)], streamed...), histories)}
+		br.WAL.Streamed = streamed
 		br.DataError = a.checkBackupData(ctx, m)
 		if ctx.Err() != nil {
 			return rep, ctx.Err()
