@@ -134,6 +134,8 @@ func (s *supervisor) servePrimary(ctx context.Context, kind, msg string) error {
 	}
 	s.set(fleet.StateRunning, fleet.RolePrimary, "")
 	s.event(ctx, kind, msg)
+	stopStream := s.startWALStream(ctx) // walstream.go
+	defer stopStream()
 	defer func() {
 		// The next term decides afresh, from its first tick.
 		s.mu.Lock()

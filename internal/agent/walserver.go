@@ -571,7 +571,11 @@ func (w *walServer) fetchWAL(ctx context.Context, req WALRequest, name, dir stri
 		return f, nil
 	}
 	dest := filepath.Join(dir, name)
-	if err := w.fetchInto(ctx, t, name, dest); err != nil {
+	err = w.fetchInto(ctx, t, name, dest)
+	if errors.Is(err, backup.ErrNotFound) && req.From != "" && req.From != req.Cluster {
+		err = w.fetchStreamed(ctx, t, name, dest) // walstream.go
+	}
+	if err != nil {
 		return nil, err
 	}
 	w.scheduleFetchAhead(t, req, name)

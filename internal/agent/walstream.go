@@ -1,0 +1,113 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/pgfleet/pgfleet/internal/backup"
+	"github.com/pgfleet/pgfleet/internal/fleet"
+	"github.com/pgfleet/pgfleet/internal/postgres"
+)
+
+// Streaming WAL to the store. archive_command archives a segment once it is
+// full, or archive_timeout cuts it short, so a region lost with its primary
+// would take up to that much of the acknowledged commits with it. The
+// primary's agent therefore also streams its own postgres' WAL over the
+// replication protocol and uploads it as increments at most every
+// backup.DefaultStreamEvery (backup.Streamer), and a restore reads a
+// segment the archive lacks from them (fetchStreamed).
+//
+// The primary's own agent streams, rather than a standby's: it follows every
+// failover and switchover (each new primary starts its own stream, on its
+// new timeline), it needs no standby, and on the primary it costs one more
+// walsender, which reads WAL postgres just wrote from the page cache. The
+// stream lives exactly as long as the member's term as primary
+// (servePrimary), and uploads only while the member surely holds the leader
+// key (leaderHold.holding): a primary that lost the key adds nothing to the
+// store after its fence deadline, before which no other member can have
+// taken over.
+
+// startWALStream starts streaming the member's WAL to its cluster's
+// archive, when the cluster has backups, and returns what stops it and
+// waits for it to end.
+func (s *supervisor) startWALStream(ctx context.Context) (stop func()) {
+	h := s.hold
+	if s.cluster.Backup == nil || h == nil {
+		return func() {}
+	}
+	a, err := s.archive(ctx)
+	if err != nil {
+		s.log.Warn("stream WAL to the store", "err", err)
+		return func() {}
+	}
+	st := &backup.Streamer{
+		Source:    postgres.ConnInfo{Host: s.host.Addr, Port: s.spec.Port, User: fleet.ReplicationUser, Password: s.secrets.ReplicationPassword, Database: "postgres", RootCert: s.inst.RootCertPath()},
+		Archive:   a,
+		MayUpload: h.holding,
+		Log:       s.log.With("component", "walstream"),
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := st.Run(ctx); errors.Is(err, backup.ErrNotStreaming) {
+			s.log.Info("WAL stream to the store stopped: the member no longer surely holds the leader key")
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}
+
+// holding reports whether the member surely still holds the leader key:
+// the hold is neither lost nor given up, and its fence deadline, before
+// which the store cannot have expired the lease, has not passed.
+func (h *leaderHold) holding() bool {
+	select {
+	case <-h.lost:
+		return false
+	case <-h.done:
+		return false
+	default:
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return time.Now().Before(h.deadline)
+}
+
+// fetchStreamed is a restore's fetch of a segment the archive does not
+// hold: assembled from the increments its primary streamed, padded with
+// zeros past the last streamed byte, into a new file at path. Only a
+// restore gets it (a fetch from another cluster's archive): a live standby
+// streams from its primary instead, and must not replay a segment that
+// may still grow. A segment the archive took over while it was read is
+// fetched from the archive.
+func (w *walServer) fetchStreamed(ctx context.Context, t walTarget, name, path string) error {
+	a, err := backup.OpenArchiveKey(ctx, t.store, t.archive, t.key)
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	end, err := a.ReadStreamedWAL(ctx, name, backup.DefaultWALSegmentSize, f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+		if errors.Is(err, backup.ErrNotFound) {
+			if ferr := w.fetchInto(ctx, t, name, path); ferr == nil || !errors.Is(ferr, backup.ErrNotFound) {
+				return ferr
+			}
+		}
+		return err
+	}
+	w.log.Info("restored a segment from streamed WAL", "archive", t.archive, "name", name, "streamed", fmt.Sprintf("%d of %d bytes", end, backup.DefaultWALSegmentSize))
+	return nil
+}
