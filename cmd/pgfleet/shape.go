@@ -15,7 +15,7 @@ func newReplicaCmd(cf *clientFlags) *cobra.Command {
 	var region string
 	add := &cobra.Command{
 		Use:   "add NAME --region R",
-		Short: "Add a read replica in region R: it clones from the primary and then streams",
+		Short: "Add a read replica in region R: it clones from a standby nearby (or the primary) and then streams",
 		Args:  exactArgs("a cluster NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := fleet.ValidateRegion(region); err != nil {
@@ -66,7 +66,7 @@ func newHACmd(cf *clientFlags) *cobra.Command {
 		Use:   "ha NAME --size N",
 		Short: "Set how many members a cluster has in its primary region (the primary and N-1 standbys)",
 		Long: `Set how many members a cluster has in its primary region. New standbys
-clone from the primary and then stream; removed ones are the newest
+clone from a streaming standby (or the primary) and then stream; removed ones are the newest
 standbys that neither lead nor hold acknowledged commits alone (sync
 mode), and their data is deleted and their slots dropped.`,
 		Args: exactArgs("a cluster NAME"),

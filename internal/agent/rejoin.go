@@ -13,31 +13,130 @@ import (
 	"time"
 
 	"github.com/pgfleet/pgfleet/internal/fleet"
+	"github.com/pgfleet/pgfleet/internal/ha"
 	"github.com/pgfleet/pgfleet/internal/postgres"
 	"github.com/pgfleet/pgfleet/internal/store"
 )
 
+// clone copies the cluster's data into this member, which has none, from
+// the member ha.CloneSource picks: a standby or replica when one fits
+// (preferably in this member's region), else the primary.
 func (s *supervisor) clone(ctx context.Context, c store.ClusterState, why string) error {
 	leader, _ := c.Member(c.Leader)
-	src, err := s.replicationSource(ctx, leader)
+	from, reason := s.cloneSource(ctx, c, leader)
+	src, err := s.replicationSource(ctx, from)
 	if err != nil {
 		return err
 	}
-	s.event(ctx, "clone", fmt.Sprintf("cloning %s from %s (%s)", s.spec.ID, leader.ID, net.JoinHostPort(src.Host, strconv.Itoa(src.Port))))
-	s.set(fleet.StateCloning, s.standbyRole(), why)
+	// The member's own slot lives on the primary. A copy from a standby
+	// goes without it: pg_basebackup's temporary slot on the standby keeps
+	// the WAL of the copy itself, and the primary's slot keeps what comes
+	// after (see ha.CloneSource).
+	slot := postgres.SlotName(s.spec.ID)
+	if from.ID != leader.ID {
+		slot = ""
+	}
+	s.event(ctx, "clone", fmt.Sprintf("cloning %s from %s (%s): %s", s.spec.ID, from.ID, net.JoinHostPort(src.Host, strconv.Itoa(src.Port)), reason))
+	s.set(fleet.StateCloning, s.standbyRole(), fmt.Sprintf("%s; copying from %s", why, from.ID))
 	start := time.Now()
-	err = s.inst.BaseBackup(ctx, src, postgres.SlotName(s.spec.ID), func(done, total int64) {
+	err = s.inst.BaseBackup(ctx, src, slot, func(done, total int64) {
 		s.mu.Lock()
 		if total > 0 {
 			s.progress = fmt.Sprintf("%d%% of %d MB", done*100/total, total>>20)
 		}
 		s.mu.Unlock()
 	})
+	s.standbyCloneFailed = err != nil && from.ID != leader.ID
 	if err != nil {
-		return fmt.Errorf("clone from %s: %w", leader.ID, err)
+		return fmt.Errorf("clone from %s: %w", from.ID, err)
 	}
-	s.event(ctx, "cloned", fmt.Sprintf("cloned %s from %s in %s", s.spec.ID, leader.ID, time.Since(start).Round(time.Millisecond)))
+	s.event(ctx, "cloned", fmt.Sprintf("cloned %s from %s in %s", s.spec.ID, from.ID, time.Since(start).Round(time.Millisecond)))
 	return nil
+}
+
+// slotWait is how long a member without data waits for the primary to
+// hold its replication slot before choosing where to copy from: a member
+// just added to the spec starts about when the primary makes its slot, on
+// the primary's next round.
+const slotWait = 10 * time.Second
+
+// cloneSource gathers what ha.CloneSource decides from, the restart LSN of
+// this member's slot on the primary among it, and returns its choice.
+func (s *supervisor) cloneSource(ctx context.Context, c store.ClusterState, leader fleet.MemberSpec) (fleet.MemberSpec, string) {
+	in := ha.CloneInput{
+		Self: s.spec, Primary: ha.CloneMember{ID: leader.ID, Region: leader.Region},
+		MaxLag: ha.CloneMaxLag, StandbyFailed: s.standbyCloneFailed,
+	}
+	for _, m := range c.Members {
+		cm := ha.CloneMember{ID: m.ID, Region: m.Region, Leaving: m.Leaving, LagBytes: -1}
+		if st, ok := c.Status[m.ID]; ok {
+			cm.Streaming = m.ID != c.Leader && st.State == fleet.StateStreaming && st.Healthy
+			cm.LagBytes = st.LagBytes
+			if l, err := postgres.ParseLSN(st.ReplayLSN); err == nil {
+				cm.ReplayLSN = uint64(l)
+			}
+		}
+		in.Members = append(in.Members, cm)
+	}
+	if !in.StandbyFailed {
+		in.SlotLSN = s.waitSlot(ctx, leader)
+	}
+	id, why := ha.CloneSource(in)
+	if m, ok := c.Member(id); ok {
+		return m, why
+	}
+	return leader, why
+}
+
+// waitSlot returns the restart LSN of this member's replication slot on
+// the primary, once it holds one, asking over the superuser connection
+// that pg_rewind uses; 0 if it holds none within slotWait.
+func (s *supervisor) waitSlot(ctx context.Context, leader fleet.MemberSpec) uint64 {
+	name := postgres.SlotName(s.spec.ID)
+	deadline := time.Now().Add(slotWait)
+	var last error
+	for {
+		lsn, err := s.slotOn(ctx, leader, name)
+		if err == nil && lsn != 0 {
+			return uint64(lsn)
+		}
+		last = err
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+	s.log.Info("the primary holds no replication slot for this member yet; cloning from the primary", "primary", leader.ID, "slot", name, "err", last)
+	return 0
+}
+
+// slotOn reads the restart LSN of slot name on member m.
+func (s *supervisor) slotOn(ctx context.Context, m fleet.MemberSpec, name string) (postgres.LSN, error) {
+	ci, err := s.superuserOf(ctx, m)
+	if err != nil {
+		return 0, err
+	}
+	qctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	conn, err := postgres.Connect(qctx, ci)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	return postgres.SlotRestartLSN(qctx, conn, name)
+}
+
+// superuserOf is how this agent connects to member m's postgres as the
+// superuser: pg_rewind's source, and the slot check before a clone.
+func (s *supervisor) superuserOf(ctx context.Context, m fleet.MemberSpec) (postgres.ConnInfo, error) {
+	h, err := s.view.Host(ctx, m.Host)
+	if err != nil {
+		return postgres.ConnInfo{}, fmt.Errorf("find member %s's host: %w", m.ID, err)
+	}
+	return postgres.ConnInfo{Host: h.Addr, Port: m.Port, User: fleet.Superuser, Password: s.secrets.SuperuserPassword, Database: "postgres", RootCert: s.inst.RootCertPath()}, nil
 }
 
 // rejoin makes data whose history left the leader's follow it again: with
@@ -45,11 +144,10 @@ func (s *supervisor) clone(ctx context.Context, c store.ClusterState, why string
 // afresh.
 func (s *supervisor) rejoin(ctx context.Context, c store.ClusterState, why string) error {
 	leader, _ := c.Member(c.Leader)
-	h, err := s.view.Host(ctx, leader.Host)
+	src, err := s.superuserOf(ctx, leader)
 	if err != nil {
-		return fmt.Errorf("find primary %s's host: %w", leader.ID, err)
+		return err
 	}
-	src := postgres.ConnInfo{Host: h.Addr, Port: leader.Port, User: fleet.Superuser, Password: s.secrets.SuperuserPassword, Database: "postgres", RootCert: s.inst.RootCertPath()}
 	if s.noopRewind {
 		// The last rewind found nothing to do, yet the data still cannot
 		// follow: pg_rewind takes one timeline number for one history, and

@@ -145,6 +145,9 @@ type supervisor struct {
 	// rewindFailures and startFailures count consecutive failures of
 	// pg_rewind and of starts as a standby (see rewindTries, startTries).
 	rewindFailures, startFailures int
+	// standbyCloneFailed is set when the last clone was from a standby and
+	// failed: the next comes from the primary (ha.CloneSource).
+	standbyCloneFailed bool
 	// noopRewind is set when the last rewind changed nothing, until the
 	// member streams: if it cannot follow after all, rewinding again would
 	// change nothing again.
@@ -408,14 +411,15 @@ func (s *supervisor) standbyRole() fleet.Role {
 	return fleet.RoleStandby
 }
 
-// replicationSource is where a standby streams from: the leader's host
-// address, from its host record.
-func (s *supervisor) replicationSource(ctx context.Context, leader fleet.MemberSpec) (postgres.ConnInfo, error) {
-	h, err := s.view.Host(ctx, leader.Host)
+// replicationSource is where a standby streams from, or a clone copies
+// from, as the replication user: member m's host address, from its host
+// record.
+func (s *supervisor) replicationSource(ctx context.Context, m fleet.MemberSpec) (postgres.ConnInfo, error) {
+	h, err := s.view.Host(ctx, m.Host)
 	if err != nil {
-		return postgres.ConnInfo{}, fmt.Errorf("find primary %s's host %s: %w", leader.ID, leader.Host, err)
+		return postgres.ConnInfo{}, fmt.Errorf("find member %s's host %s: %w", m.ID, m.Host, err)
 	}
-	return postgres.ConnInfo{Host: h.Addr, Port: leader.Port, User: fleet.ReplicationUser, Password: s.secrets.ReplicationPassword, Database: "postgres", RootCert: s.inst.RootCertPath()}, nil
+	return postgres.ConnInfo{Host: h.Addr, Port: m.Port, User: fleet.ReplicationUser, Password: s.secrets.ReplicationPassword, Database: "postgres", RootCert: s.inst.RootCertPath()}, nil
 }
 
 func (s *supervisor) settings(follow *postgres.ConnInfo, standby bool) postgres.Settings {

@@ -71,7 +71,7 @@ func (s *Server) addMembers(ctx context.Context, c store.ClusterState, hosts []f
 	for _, m := range added {
 		msg += fmt.Sprintf(" %s on %s;", m.ID, m.Host)
 	}
-	ev := fleet.Event{Time: time.Now().UTC(), Cluster: c.Spec.Name, Kind: "member-added", Message: fmt.Sprintf("%s added in %s:%s it clones from the primary", role, region, msg[:len(msg)-1])}
+	ev := fleet.Event{Time: time.Now().UTC(), Cluster: c.Spec.Name, Kind: "member-added", Message: fmt.Sprintf("%s added in %s:%s it clones from a streaming standby, one in its region first, or from the primary", role, region, msg[:len(msg)-1])}
 	return added, s.store.AddMembers(ctx, c, added, change, ev)
 }
 
@@ -313,7 +313,7 @@ func (c *Client) SetHA(ctx context.Context, name string, size int) (ShapeView, e
 func (v ShapeView) Summary() string {
 	var lines []string
 	for _, m := range v.Added {
-		lines = append(lines, fmt.Sprintf("%s added: %s on %s (%s); it clones from the primary, then streams", m.ID, m.Role, m.Host, m.Region))
+		lines = append(lines, fmt.Sprintf("%s added: %s on %s (%s); it clones from a standby in its region (or the primary), then streams", m.ID, m.Role, m.Host, m.Region))
 	}
 	if len(v.Removed) > 0 {
 		lines = append(lines, fmt.Sprintf("removed: %s; their hosts delete their data, and the primary drops their slots", strings.Join(v.Removed, ", ")))

@@ -13,7 +13,8 @@ const (
 	Wait Action = "wait"
 	// Bootstrap: create a new database cluster with initdb and run it as primary.
 	Bootstrap Action = "bootstrap"
-	// Clone: copy the leader's data with pg_basebackup, then follow it.
+	// Clone: copy the cluster's data with pg_basebackup, from the member
+	// CloneSource picks (a standby, or the leader), then follow the leader.
 	Clone Action = "clone"
 	// StartPrimary: start the existing data as the writable primary.
 	StartPrimary Action = "start-primary"
@@ -56,7 +57,7 @@ func Next(o Observation) (Action, string) {
 	case !o.Initialized && !o.LeaderReady:
 		return Wait, "waiting for primary " + o.Leader + " to accept connections"
 	case !o.Initialized:
-		return Clone, "cloning from primary " + o.Leader
+		return Clone, "no data here: cloning while primary " + o.Leader + " runs"
 	case o.Leader == self && o.WasPrimary:
 		return StartPrimary, "holds the leader key"
 	case o.Leader == self:

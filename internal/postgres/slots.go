@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
@@ -42,4 +43,27 @@ func DropSlot(ctx context.Context, conn *pgx.Conn, name string) error {
 		return fmt.Errorf("drop replication slot %s: %w", name, err)
 	}
 	return nil
+}
+
+// SlotRestartLSN returns the restart LSN of physical replication slot
+// name: the server keeps every WAL segment from it on for the slot's
+// standby. It is 0 when the server has no such slot, or one that reserves
+// no WAL yet.
+func SlotRestartLSN(ctx context.Context, conn *pgx.Conn, name string) (LSN, error) {
+	var lsn *string
+	err := conn.QueryRow(ctx, "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_type = 'physical' AND slot_name = $1", name).Scan(&lsn)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read replication slot %s: %w", name, err)
+	}
+	if lsn == nil {
+		return 0, nil
+	}
+	l, err := ParseLSN(*lsn)
+	if err != nil {
+		return 0, fmt.Errorf("read replication slot %s: %w", name, err)
+	}
+	return l, nil
 }
