@@ -133,7 +133,7 @@ type memberHealth struct {
 	// Updated stands in.
 	Checked time.Time
 	Leader  string   // member holding the leader key, "" during an election
-	Sync      []string // published sync set; nil outside sync mode
+	Sync    []string // published sync set; nil outside sync mode
 }
 
 // judgeHealth decides a parsed check for a member: 200 when it passes, 503
