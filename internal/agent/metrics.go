@@ -188,8 +188,8 @@ func (rt *router) proxyMetrics(e *exposition) {
 	e.counter("pgfleet_proxy_connections_rerouted_total", "Forwarded connections closed because their member stopped being the primary.", float64(st.Closed.Load()), host)
 	e.gauge("pgfleet_proxy_connections_active", "Forwarded connections open now.", float64(st.Active.Load()), host)
 	e.gauge("pgfleet_proxy_connections_held", "Connections waiting for a primary now.", float64(st.Held.Load()), host)
-	e.counter("pgfleet_proxy_received_bytes_total", "Bytes forwarded from clients to members, counted when a connection closes.", float64(st.ReceivedBytes.Load()), host)
-	e.counter("pgfleet_proxy_sent_bytes_total", "Bytes forwarded from members to clients, counted when a connection closes.", float64(st.SentBytes.Load()), host)
+	e.counter("pgfleet_proxy_received_bytes_total", "Bytes forwarded from clients to members.", float64(st.ReceivedBytes.Load()), host)
+	e.counter("pgfleet_proxy_sent_bytes_total", "Bytes forwarded from members to clients.", float64(st.SentBytes.Load()), host)
 	e.gauge("pgfleet_proxy_store_ok", "1 when the last read of the state store succeeded; 0 while the proxy fails closed.", ok, host)
 
 	for _, p := range rt.proxy.Ports() {
@@ -199,8 +199,8 @@ func (rt *router) proxyMetrics(e *exposition) {
 		e.counter("pgfleet_proxy_port_connections_refused_total", "Client connections this port closed without reaching a member: refused, held too long, member unreachable, too many.", float64(p.Refused), l)
 		e.gauge("pgfleet_proxy_port_connections_active", "Connections this port forwards now.", float64(p.Active), l)
 		e.gauge("pgfleet_proxy_port_connections_held", "Connections waiting on this port for a member now.", float64(p.Held), l)
-		e.counter("pgfleet_proxy_port_received_bytes_total", "Bytes this port forwarded from clients, counted when a connection closes.", float64(p.ReceivedBytes), l)
-		e.counter("pgfleet_proxy_port_sent_bytes_total", "Bytes this port forwarded to clients, counted when a connection closes.", float64(p.SentBytes), l)
+		e.counter("pgfleet_proxy_port_received_bytes_total", "Bytes this port forwarded from clients.", float64(p.ReceivedBytes), l)
+		e.counter("pgfleet_proxy_port_sent_bytes_total", "Bytes this port forwarded to clients.", float64(p.SentBytes), l)
 		member := ""
 		if p.Route.Mode == proxy.Forward {
 			member = p.Route.Backend.Member

@@ -1,9 +1,9 @@
 // Package proxy is the routing proxy every agent runs: for each cluster, one
 // port that reaches the primary wherever it runs and one that reaches the
 // nearest member fit for reads. It forwards bytes and nothing else: the
-// Postgres protocol, TLS included, passes through untouched, and between two
-// TCP sockets Go's io.Copy moves them with splice(2), without copying them
-// through user space.
+// Postgres protocol, TLS included, passes through untouched. Once a
+// connection reaches its backend, an epoll loop of the proxy's own moves
+// its bytes (epoll.go).
 //
 // The proxy makes no decisions of its own: the agent computes each port's
 // Route from the state store and hands it over with Update. A Route with no
@@ -15,7 +15,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"slices"
@@ -24,6 +23,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Defaults.
@@ -103,6 +104,7 @@ type Proxy struct {
 	ports    map[int]*port // by port number
 	stats    Stats
 	follower func([]ClusterRoutes) error
+	loops    loops
 }
 
 // Follow has f take every set of routes Update takes, after the proxy's
@@ -123,8 +125,7 @@ type Stats struct {
 	Active    atomic.Int64 // forwarded connections open now
 	Held      atomic.Int64 // connections waiting for a backend now
 	// ReceivedBytes and SentBytes are the bytes forwarded from clients and
-	// back to them, counted when a connection closes: splice moves them
-	// in the kernel, and io.Copy only says how many once it returns.
+	// back to them, counted as they pass.
 	ReceivedBytes atomic.Int64
 	SentBytes     atomic.Int64
 }
@@ -162,7 +163,7 @@ func (p *Proxy) Ports() []PortStats {
 // New returns a proxy that will listen on addr (an IP address); it opens
 // no port until Update names one.
 func New(addr string, log *slog.Logger) *Proxy {
-	return &Proxy{addr: addr, log: log, maxConns: DefaultMaxConns, ports: map[int]*port{}}
+	return &Proxy{addr: addr, log: log, maxConns: DefaultMaxConns, ports: map[int]*port{}, loops: loops{max: loopCount()}}
 }
 
 // Stats returns the proxy's counters.
@@ -222,6 +223,7 @@ func (p *Proxy) Close() {
 		pt.close()
 		delete(p.ports, num)
 	}
+	p.loops.close()
 }
 
 func (p *Proxy) open(cluster, kind string, num int) (*port, error) {
@@ -264,14 +266,25 @@ type port struct {
 	wg      sync.WaitGroup
 }
 
-// link is one client connection and, once forwarded, its backend connection.
+// link is one client connection and, once forwarded, its backend connection
+// and then the pipe that moves their bytes. Its fields are guarded by the
+// port's mu.
 type link struct {
 	client  *net.TCPConn
 	backend *net.TCPConn
 	member  string
+	pipe    *pipe
+	closed  bool
 }
 
+// close ends the connection, whichever stage it is at. Called with the
+// port's mu held.
 func (l *link) close() {
+	l.closed = true
+	if l.pipe != nil {
+		l.pipe.shut()
+		return
+	}
 	l.client.Close()
 	if l.backend != nil {
 		l.backend.Close()
@@ -378,8 +391,8 @@ func (pt *port) track(l *link) bool {
 func (pt *port) untrack(l *link) {
 	pt.mu.Lock()
 	delete(pt.conns, l)
-	pt.mu.Unlock()
 	l.close()
+	pt.mu.Unlock()
 }
 
 // current returns the route and a channel that closes when it changes.
@@ -466,12 +479,12 @@ func dial(addr string) (*net.TCPConn, error) {
 	return c.(*net.TCPConn), nil
 }
 
-// forward copies both ways. Between two *net.TCPConn, io.Copy uses splice:
-// no user-space buffer, no allocation per packet.
+// forward hands the client and its backend to an epoll loop and waits
+// until the connection ends.
 func (pt *port) forward(l *link, backend *net.TCPConn, member string) {
 	pt.mu.Lock()
 	r := pt.route
-	stale := pt.closed || (pt.kind == "primary" && (r.Mode != Forward || r.Backend.Member != member))
+	stale := l.closed || pt.closed || (pt.kind == "primary" && (r.Mode != Forward || r.Backend.Member != member))
 	if !stale {
 		l.backend, l.member = backend, member
 	}
@@ -484,26 +497,47 @@ func (pt *port) forward(l *link, backend *net.TCPConn, member string) {
 		pt.stats.Refused.Add(1)
 		return
 	}
+	p, err := pt.pipe(l.client, backend)
+	if err != nil {
+		pt.log.Warn("forward", "member", member, "err", err)
+		pt.p.stats.Refused.Add(1)
+		pt.stats.Refused.Add(1)
+		return
+	}
+	pt.mu.Lock()
+	l.pipe = p
+	if l.closed {
+		// A route change closed the link while it was handed over.
+		p.shut()
+	}
+	pt.mu.Unlock()
 	pt.p.stats.Forwarded.Add(1)
 	pt.stats.Forwarded.Add(1)
 	pt.p.stats.Active.Add(1)
 	pt.stats.Active.Add(1)
-	defer pt.p.stats.Active.Add(-1)
-	defer pt.stats.Active.Add(-1)
-	done := make(chan struct{}, 2)
-	go func() {
-		n, _ := io.Copy(backend, l.client)
-		pt.p.stats.ReceivedBytes.Add(n)
-		pt.stats.ReceivedBytes.Add(n)
-		done <- struct{}{}
-	}()
-	go func() {
-		n, _ := io.Copy(l.client, backend)
-		pt.p.stats.SentBytes.Add(n)
-		pt.stats.SentBytes.Add(n)
-		done <- struct{}{}
-	}()
-	<-done
-	l.close()
-	<-done
+	<-p.done
+	pt.p.stats.Active.Add(-1)
+	pt.stats.Active.Add(-1)
+}
+
+// pipe takes both connections out of Go's netpoller into a loop. Either
+// way both are closed by the time the pipe's done closes, or on an error.
+func (pt *port) pipe(client, backend *net.TCPConn) (*pipe, error) {
+	cfd, err := detach(client)
+	if err != nil {
+		backend.Close()
+		return nil, err
+	}
+	bfd, err := detach(backend)
+	if err != nil {
+		unix.Close(cfd)
+		return nil, err
+	}
+	lp, err := pt.p.loops.pick()
+	if err != nil {
+		unix.Close(cfd)
+		unix.Close(bfd)
+		return nil, err
+	}
+	return lp.add(cfd, bfd, &pt.p.stats, &pt.stats)
 }
