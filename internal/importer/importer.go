@@ -158,31 +158,20 @@ func Offline(ctx context.Context, c *api.Client, name string, o Options, out, er
 	if err != nil {
 		return err
 	}
-	dump := work + "/dump"
-	t0 := time.Now()
-	if err := tool.Dump(ctx, srcConn, dump, o.Jobs); err != nil {
-		return err
-	}
-	total, err := tool.TableData(ctx, dump)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "dumped %d table(s) in %s\n", total, time.Since(t0).Round(100*time.Millisecond))
-	t0 = time.Now()
 	done := 0
 	progress := newLineProgress(out)
-	err = tool.Restore(ctx, dstConn, dump, migrate.RestoreOptions{
+	err = tool.Copy(ctx, srcConn, dstConn, migrate.CopyOptions{
 		Jobs: o.Jobs, Clean: o.Clean, NoOwner: o.NoRoles,
-		Table: func(table string) {
+		Table: func(table string, total int) {
 			done++
-			progress.show(fmt.Sprintf("restoring: table %d of %d (%s)", done, total, table))
+			progress.show(fmt.Sprintf("loading: table %d of %d (%s)", done, total, table))
 		},
+		Step: func(line string) { progress.end(); progress.n = 0; fmt.Fprintln(out, line) },
 	})
 	progress.end()
 	if err != nil {
 		return fmt.Errorf("%w (the target database %s may hold part of the data: run the import again with --clean)", err, db)
 	}
-	fmt.Fprintf(out, "restored in %s\n", time.Since(t0).Round(100*time.Millisecond))
 
 	dst, err := Connect(ctx, dstURL, "the cluster's database "+db)
 	if err != nil {

@@ -64,7 +64,33 @@ func (t Tool) env(c Conn, name string) ([]string, error) {
 // Dump runs pg_dump of src in directory format with jobs parallel
 // workers into dir.
 func (t Tool) Dump(ctx context.Context, src Conn, dir string, jobs int) error {
-	return t.dump(ctx, src, "-Fd", "-j", strconv.Itoa(jobs), "-f", dir)
+	return t.DumpWith(ctx, src, dir, DumpOptions{Jobs: jobs})
+}
+
+// DumpOptions says how DumpWith dumps.
+type DumpOptions struct {
+	Jobs int
+	// Snapshot is a snapshot the source exported (pg_export_snapshot),
+	// which pg_dump reads in; "" for one of its own.
+	Snapshot string
+	// NoData are pg_dump patterns (TablePattern) of tables whose
+	// definitions are dumped but not their rows.
+	NoData []string
+}
+
+// DumpWith runs pg_dump of src in directory format into dir, without
+// compression: the files live only until pg_restore has read them, on
+// the same machine, and compressing them took most of a core for the
+// whole dump.
+func (t Tool) DumpWith(ctx context.Context, src Conn, dir string, o DumpOptions) error {
+	args := []string{"-Fd", "-Z", "0", "-j", strconv.Itoa(max(o.Jobs, 1)), "-f", dir}
+	if o.Snapshot != "" {
+		args = append(args, "--snapshot="+o.Snapshot)
+	}
+	for _, p := range o.NoData {
+		args = append(args, "--exclude-table-data="+p)
+	}
+	return t.dump(ctx, src, args...)
 }
 
 // DumpSchema runs pg_dump of src's schema alone into dir, for an online
@@ -112,6 +138,12 @@ type RestoreOptions struct {
 	Jobs    int
 	Clean   bool // drop what the dump also has before loading it
 	NoOwner bool // leave owners and privileges out (the roles did not come along)
+	// Section is the part of the dump to load (pre-data, data or
+	// post-data); "" for all of it.
+	Section string
+	// Settings are name=value settings of pg_restore's sessions
+	// (RestoreSettings), passed in PGOPTIONS.
+	Settings []string
 	// Table is told of each table whose data starts loading.
 	Table func(name string)
 }
@@ -128,6 +160,12 @@ func (t Tool) Restore(ctx context.Context, dst Conn, dir string, o RestoreOption
 	}
 	if o.NoOwner {
 		args = append(args, "--no-owner", "--no-privileges")
+	}
+	if o.Section != "" {
+		args = append(args, "--section="+o.Section)
+	}
+	if len(o.Settings) > 0 {
+		env = append(env, "PGOPTIONS=-c "+strings.Join(o.Settings, " -c "))
 	}
 	cmd := exec.CommandContext(ctx, t.Bin.Path("pg_restore"), append(args, dir)...)
 	cmd.Env = env

@@ -1,0 +1,199 @@
+package migrate_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgfleet/pgfleet/internal/lab/labtest"
+	"github.com/pgfleet/pgfleet/internal/migrate"
+	"github.com/pgfleet/pgfleet/internal/postgres"
+)
+
+// TestCopyStreamsBigTablesWhole copies a database between two databases
+// of one real PostgreSQL with Copy, every table streamed COPY to COPY and
+// the big one in two ctid ranges side by side, and checks what a user
+// would: every table's rows and content hash equal the source's (a
+// generated column, a dropped one, an inheritance parent and child, a
+// partitioned table, an unlogged table, odd names), the keys and foreign
+// keys are there, and the sequence goes on from the source's value.
+func TestCopyStreamsBigTablesWhole(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts postgres")
+	}
+	bin := labtest.RequirePostgres(t)
+	base := startPG(t, bin)
+	ctx := context.Background()
+	admin := connect(t, base+"postgres")
+	for _, s := range []string{"CREATE DATABASE src", "CREATE DATABASE dst"} {
+		if _, err := admin.Exec(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src := connect(t, base+"src")
+	for _, s := range []string{
+		"CREATE TABLE big (id int PRIMARY KEY, grp int NOT NULL, gone text, pad text, twice int GENERATED ALWAYS AS (id * 2) STORED)",
+		"INSERT INTO big (id, grp, gone, pad) SELECT g, g % 100, 'x', repeat(md5(g::text), 2) FROM generate_series(1, 250000) g",
+		"ALTER TABLE big DROP COLUMN gone",
+		`CREATE SCHEMA "Sales"`,
+		`CREATE TABLE "Sales"."Order ""Lines""" (big_id int REFERENCES big, qty int, note text)`,
+		`INSERT INTO "Sales"."Order ""Lines""" SELECT g, g % 7, CASE WHEN g % 3 = 0 THEN NULL ELSE E'tab\there, line\nbreak, \\back' END FROM generate_series(1, 3000) g`,
+		"CREATE TABLE notes (id serial PRIMARY KEY, body text)",
+		"CREATE TABLE notes_archive (archived date) INHERITS (notes)",
+		"INSERT INTO notes (body) SELECT 'n' || g FROM generate_series(1, 500) g",
+		"INSERT INTO notes_archive (body, archived) SELECT 'a' || g, '2026-01-01' FROM generate_series(1, 200) g",
+		"CREATE TABLE events (at date, what text) PARTITION BY RANGE (at)",
+		"CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')",
+		"CREATE TABLE events_2027 PARTITION OF events FOR VALUES FROM ('2027-01-01') TO ('2028-01-01')",
+		"INSERT INTO events SELECT '2026-01-01'::date + g % 700, 'e' FROM generate_series(1, 1000) g",
+		"CREATE UNLOGGED TABLE scratch (k text)",
+		"INSERT INTO scratch SELECT 'k' || g FROM generate_series(1, 100) g",
+		"CREATE INDEX big_grp ON big (grp)",
+		"VACUUM ANALYZE",
+	} {
+		if _, err := src.Exec(ctx, s); err != nil {
+			t.Fatalf("%s: %v", s, err)
+		}
+	}
+
+	tool := migrate.Tool{Bin: bin, Dir: labtest.TestDir(t)}
+	var steps []string
+	loaded := map[string]int{}
+	err := tool.Copy(ctx, migrate.Conn{URL: base + "src"}, migrate.Conn{URL: base + "dst"}, migrate.CopyOptions{
+		Jobs: 2, StreamAbove: 1,
+		Table: func(name string, total int) { loaded[name] = total },
+		Step:  func(line string) { steps = append(steps, line) },
+	})
+	if err != nil {
+		t.Fatalf("Copy: %v\nsteps: %s", err, strings.Join(steps, "\n"))
+	}
+	t.Logf("steps:\n%s", strings.Join(steps, "\n"))
+	// big (about 20 MB) in two parts, the six others whole.
+	if got := strings.Join(steps, "\n"); !strings.Contains(got, "copied 7 big table(s)") || !strings.Contains(got, "in 8 part(s) by 2 session(s)") {
+		t.Errorf("Copy's steps do not say 7 tables streamed in 8 parts:\n%s", got)
+	}
+	if len(loaded) != 7 || loaded["public.big"] != 7 {
+		t.Errorf("tables told loading: %v; want 7, of 7", loaded)
+	}
+
+	dst := connect(t, base+"dst")
+	tables, err := migrate.Tables(ctx, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, table := range append(tables, "ONLY public.notes", "public.notes_archive", "public.events_2026", "public.events_2027") {
+		q := fmt.Sprintf("SELECT count(*), coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '') FROM %s t", table)
+		var n, m int64
+		var h, g string
+		if err := src.QueryRow(ctx, q).Scan(&n, &h); err != nil {
+			t.Fatalf("%s on the source: %v", q, err)
+		}
+		if err := dst.QueryRow(ctx, q).Scan(&m, &g); err != nil {
+			t.Fatalf("%s in the copy: %v", q, err)
+		}
+		if n != m || h != g {
+			t.Errorf("%s: %d rows (hash %s) in the copy, want %d (hash %s)", table, m, g, n, h)
+		}
+	}
+	var indexes int
+	if err := dst.QueryRow(ctx, "SELECT count(*) FROM pg_indexes WHERE tablename = 'big'").Scan(&indexes); err != nil || indexes != 2 {
+		t.Errorf("big has %d indexes (%v), want its primary key and big_grp", indexes, err)
+	}
+	if _, err := dst.Exec(ctx, `INSERT INTO "Sales"."Order ""Lines""" VALUES (999999, 1, 'no such big')`); err == nil || !strings.Contains(err.Error(), "foreign key") {
+		t.Errorf("an order line for no big row: %v, want the foreign key to refuse it", err)
+	}
+	var id int
+	if err := dst.QueryRow(ctx, "INSERT INTO notes (body) VALUES ('after') RETURNING id").Scan(&id); err != nil || id != 701 {
+		t.Errorf("a new note got id %d (%v), want 701", id, err)
+	}
+}
+
+// startPG starts a PostgreSQL of its own on a free loopback port, trusting
+// local TCP, and returns the URL prefix of its databases.
+func startPG(t *testing.T, bin postgres.Bin) string {
+	t.Helper()
+	dir := labtest.TestDir(t)
+	u, err := postgres.CurrentOrPostgres()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cred *syscall.Credential
+	if os.Geteuid() == 0 && u.UID != 0 {
+		cred = &syscall.Credential{Uid: uint32(u.UID), Gid: uint32(u.GID)}
+		if err := os.Chown(dir, u.UID, u.GID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run := func(name string, args ...string) *exec.Cmd {
+		cmd := exec.Command(bin.Path(name), args...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Setpgid: true}
+		cmd.Env = []string{"PATH=/usr/bin:/bin", "LANG=C.UTF-8", "HOME=" + dir}
+		cmd.Dir = dir
+		return cmd
+	}
+	data := filepath.Join(dir, "data")
+	if out, err := run("initdb", "-D", data, "-U", "postgres", "-A", "trust").CombinedOutput(); err != nil {
+		t.Fatalf("initdb: %v\n%s", err, out)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	pm := run("postgres", "-D", data, "-c", "listen_addresses=127.0.0.1", "-c", fmt.Sprintf("port=%d", port),
+		"-c", "unix_socket_directories="+dir, "-c", "fsync=off")
+	logf, err := os.Create(filepath.Join(dir, "postgres.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pm.Stdout, pm.Stderr = logf, logf
+	if err := pm.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		pm.Process.Signal(syscall.SIGINT) // fast shutdown
+		done := make(chan struct{})
+		go func() { pm.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			pm.Process.Kill()
+			<-done
+		}
+		logf.Close()
+	})
+	base := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/", port)
+	labtest.WaitFor(t, 30*time.Second, "postgres accepts connections", func() (bool, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, base+"postgres?sslmode=disable")
+		if err != nil {
+			return false, err.Error()
+		}
+		conn.Close(ctx)
+		return true, ""
+	})
+	return base
+}
+
+func connect(t *testing.T, rawURL string) *pgx.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, rawURL)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
