@@ -282,8 +282,13 @@ func newStatusCmd(cf *clientFlags) *cobra.Command {
 			if v.DiskGuard > 0 {
 				guard = fmt.Sprintf("%d%% free", v.DiskGuard)
 			}
-			fmt.Fprintf(out, "cluster %s  primary %s  region %s  port %d (proxy: primary %d, replicas %d within %s lag)  sync %s  disk guard %s\n\n",
-				v.Name, primary, v.PrimaryRegion, v.Port, v.PrimaryProxyPort, v.ReplicaProxyPort, fleet.FormatBytes(v.MaxReplicaLag), v.Sync, guard)
+			// A server from before the pooled port answers none.
+			pooled := ""
+			if v.PooledProxyPort > 0 {
+				pooled = fmt.Sprintf(", pooled %d", v.PooledProxyPort)
+			}
+			fmt.Fprintf(out, "cluster %s  primary %s  region %s  port %d (proxy: primary %d, replicas %d within %s lag%s)  sync %s  disk guard %s\n\n",
+				v.Name, primary, v.PrimaryRegion, v.Port, v.PrimaryProxyPort, v.ReplicaProxyPort, fleet.FormatBytes(v.MaxReplicaLag), pooled, v.Sync, guard)
 			if v.ReadOnly != "" {
 				fmt.Fprintf(out, "READ-ONLY: %s\n\n", v.ReadOnly)
 			}

@@ -35,7 +35,7 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(api.URLView{URL: "postgres://postgres:pw@127.0.1.1:6011/postgres?" + r.URL.RawQuery, Via: "proxy"})
 	case r.Method == "GET" && r.URL.Path == "/v1/clusters/db":
 		json.NewEncoder(w).Encode(api.ClusterView{Name: "db", PrimaryRegion: "iad", Port: 6010, PrimaryProxyPort: 6011, ReplicaProxyPort: 6012,
-			MaxReplicaLag: 16 << 20, Sync: "off", Primary: "db-1"})
+			PooledProxyPort: 6013, MaxReplicaLag: 16 << 20, Sync: "off", Primary: "db-1"})
 	case r.Method == "POST" && r.URL.Path == "/v1/clusters":
 		json.NewDecoder(r.Body).Decode(&f.created)
 		w.WriteHeader(http.StatusCreated)
@@ -125,7 +125,7 @@ func TestStatusHeaderShowsProxyPorts(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The fake's view has no disk guard threshold: 0 means the guard is off.
-	want := "cluster db  primary db-1  region iad  port 6010 (proxy: primary 6011, replicas 6012 within 16.0 MB lag)  sync off  disk guard off\n"
+	want := "cluster db  primary db-1  region iad  port 6010 (proxy: primary 6011, replicas 6012 within 16.0 MB lag, pooled 6013)  sync off  disk guard off\n"
 	if first := strings.SplitAfter(out, "\n")[0]; first != want {
 		t.Errorf("status db header = %q, want %q", first, want)
 	}
