@@ -26,7 +26,7 @@ import (
 // walsender, which reads WAL postgres just wrote from the page cache. The
 // stream lives exactly as long as the member's term as primary
 // (servePrimary), and uploads only while the member surely holds the leader
-// key (leaderHold.holding): a primary that lost the key adds nothing to the
+// key (leaderHold.uploadUntil): each upload ends by the fence deadline: a primary that lost the key adds nothing to the
 // store after its fence deadline, before which no other member can have
 // taken over.
 
@@ -44,10 +44,10 @@ func (s *supervisor) startWALStream(ctx context.Context) (stop func()) {
 		return func() {}
 	}
 	st := &backup.Streamer{
-		Source:    postgres.ConnInfo{Host: s.host.Addr, Port: s.spec.Port, User: fleet.ReplicationUser, Password: s.secrets.ReplicationPassword, Database: "postgres", RootCert: s.inst.RootCertPath()},
-		Archive:   a,
-		MayUpload: h.holding,
-		Log:       s.log.With("component", "walstream"),
+		Source:      postgres.ConnInfo{Host: s.host.Addr, Port: s.spec.Port, User: fleet.ReplicationUser, Password: s.secrets.ReplicationPassword, Database: "postgres", RootCert: s.inst.RootCertPath()},
+		Archive:     a,
+		UploadUntil: h.uploadUntil,
+		Log:         s.log.With("component", "walstream"),
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
@@ -63,20 +63,21 @@ func (s *supervisor) startWALStream(ctx context.Context) (stop func()) {
 	}
 }
 
-// holding reports whether the member surely still holds the leader key:
-// the hold is neither lost nor given up, and its fence deadline, before
-// which the store cannot have expired the lease, has not passed.
-func (h *leaderHold) holding() bool {
+// uploadUntil returns until when the member surely still holds the leader
+// key: while the hold is neither lost nor given up, its fence deadline,
+// before which the store cannot have expired the lease; otherwise the zero
+// time.
+func (h *leaderHold) uploadUntil() time.Time {
 	select {
 	case <-h.lost:
-		return false
+		return time.Time{}
 	case <-h.done:
-		return false
+		return time.Time{}
 	default:
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return time.Now().Before(h.deadline)
+	return h.deadline
 }
 
 // fetchStreamed is a restore's fetch of a segment the archive does not

@@ -28,8 +28,9 @@ const (
 	streamCleanEvery = 10 * time.Second
 )
 
-// ErrNotStreaming is returned by Streamer.Run once MayUpload says no: the
-// member is no longer the primary, and what it received is not uploaded.
+// ErrNotStreaming is returned by Streamer.Run once UploadUntil has passed:
+// the member is no longer the primary, and what it received is not
+// uploaded.
 var ErrNotStreaming = errors.New("no longer allowed to upload WAL")
 
 // Streamer receives a primary's WAL over the replication protocol, as
@@ -47,19 +48,20 @@ type Streamer struct {
 	// Every is how often, at most, increments are uploaded; 0 means
 	// DefaultStreamEvery.
 	Every time.Duration
-	// MayUpload reports whether WAL may still be uploaded; it is asked
-	// before every upload. The agent answers whether its member surely
-	// still holds the leader key, so a primary that lost it, and whose
-	// timeline a new primary has branched from, adds nothing after.
+	// UploadUntil returns until when WAL may be uploaded; it is asked
+	// before every upload, which must end by then. The agent answers its
+	// member's fence deadline while the member holds the leader key, and
+	// the zero time once it does not, so a primary that lost the key, and
+	// whose timeline a new primary may branch from, adds nothing after.
 	// Nil means always.
-	MayUpload func() bool
+	UploadUntil func() time.Time
 	// OnUpload, if set, is called after each upload with the timeline and
 	// the LSN up to which the store holds the WAL.
 	OnUpload func(tli uint32, end LSN)
 	Log      *slog.Logger
 }
 
-// Run streams until ctx ends or MayUpload says no (ErrNotStreaming),
+// Run streams until ctx ends or UploadUntil has passed (ErrNotStreaming),
 // starting over after a failure (postgres restarting, the store away).
 func (s *Streamer) Run(ctx context.Context) error {
 	log := s.Log
@@ -68,12 +70,16 @@ func (s *Streamer) Run(ctx context.Context) error {
 	}
 	failures := 0
 	for {
+		start := time.Now()
 		err := s.session(ctx, log)
 		switch {
 		case ctx.Err() != nil:
 			return ctx.Err()
 		case errors.Is(err, ErrNotStreaming):
 			return err
+		}
+		if time.Since(start) > time.Minute {
+			failures = 0 // a stream that ran a while failing is news again
 		}
 		failures++
 		// The first failure in a row is worth a line; postgres restarting
@@ -88,10 +94,28 @@ func (s *Streamer) Run(ctx context.Context) error {
 			return ctx.Err()
 		case <-time.After(min(time.Duration(failures)*time.Second, 5*time.Second)):
 		}
-		if err == nil {
-			failures = 0
-		}
 	}
+}
+
+// uploadDeadline returns until when the next upload may run, and false
+// when none may.
+func (s *Streamer) uploadDeadline() (time.Time, bool) {
+	limit := time.Now().Add(streamUploadTimeout)
+	if s.UploadUntil == nil {
+		return limit, true
+	}
+	until := s.UploadUntil()
+	if !time.Now().Before(until) {
+		return time.Time{}, false
+	}
+	return minTime(limit, until), true
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 // streamState is one session's WAL received and not yet uploaded.
@@ -112,7 +136,7 @@ func (st *streamState) end() LSN { return st.pendingAt + LSN(len(st.pending)) }
 // after what the store already holds of it, until the stream or an upload
 // fails.
 func (s *Streamer) session(ctx context.Context, log *slog.Logger) error {
-	if s.MayUpload != nil && !s.MayUpload() {
+	if _, ok := s.uploadDeadline(); !ok {
 		return ErrNotStreaming
 	}
 	conn, err := postgres.OpenWALStream(ctx, s.Source)
@@ -199,14 +223,15 @@ func isTimeout(err error) bool {
 // upload stores the pending WAL as increments, one per segment it touches.
 func (s *Streamer) upload(ctx context.Context, st *streamState) error {
 	for len(st.pending) > 0 {
-		if s.MayUpload != nil && !s.MayUpload() {
+		deadline, ok := s.uploadDeadline()
+		if !ok {
 			return ErrNotStreaming
 		}
 		segNo := uint64(st.pendingAt) / st.segSize
 		from := uint64(st.pendingAt) - segNo*st.segSize
 		n := min(uint64(len(st.pending)), st.segSize-from)
 		inc := WALIncrement{Segment: segmentName(st.tli, segNo, st.segSize), From: uint32(from), To: uint32(from + n)}
-		uctx, cancel := context.WithTimeout(ctx, streamUploadTimeout)
+		uctx, cancel := context.WithDeadline(ctx, deadline)
 		err := s.Archive.PutWALIncrement(uctx, inc, st.pending[:n])
 		cancel()
 		if err != nil {

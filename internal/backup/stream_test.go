@@ -15,7 +15,7 @@ import (
 
 // TestStreamerPostgres: a Streamer on a real postgres puts each commit in
 // the store within about its interval, as increments that reassemble to the
-// bytes of the segment in pg_wal; once MayUpload says no, nothing more is
+// bytes of the segment in pg_wal; once its upload deadline passed, nothing more is
 // uploaded and Run ends.
 func TestStreamerPostgres(t *testing.T) {
 	pt := newPGTest(t)
@@ -33,9 +33,15 @@ func TestStreamerPostgres(t *testing.T) {
 		allowed  atomic.Bool
 	)
 	allowed.Store(true)
+	until := func() time.Time {
+		if allowed.Load() {
+			return time.Now().Add(time.Hour)
+		}
+		return time.Time{}
+	}
 	st := &Streamer{
 		Source: src.connInfo(), Archive: a, Every: 200 * time.Millisecond, Log: pt.log,
-		MayUpload: allowed.Load,
+		UploadUntil: until,
 		OnUpload: func(t uint32, end LSN) {
 			mu.Lock()
 			tli, uploaded = t, end
@@ -89,14 +95,14 @@ func TestStreamerPostgres(t *testing.T) {
 	select {
 	case err := <-done:
 		if !errors.Is(err, ErrNotStreaming) {
-			t.Errorf("Streamer.Run after MayUpload said no = %v, want ErrNotStreaming", err)
+			t.Errorf("Streamer.Run after its upload deadline passed = %v, want ErrNotStreaming", err)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("Streamer.Run goes on after MayUpload said no")
+		t.Fatal("Streamer.Run goes on after its upload deadline passed")
 	}
 	mu.Lock()
 	if uploaded != end {
-		t.Errorf("uploaded up to %s after MayUpload said no at %s", uploaded, end)
+		t.Errorf("uploaded up to %s after its upload deadline passed at %s", uploaded, end)
 	}
 	mu.Unlock()
 }
