@@ -310,6 +310,12 @@ func (w *walServer) fetchFile(ctx context.Context, t walTarget, name, path strin
 // is not fsynced: the spool is emptied when the agent starts, and what
 // postgres keeps of a restored file it makes durable itself.
 func (w *walServer) fetchInto(ctx context.Context, t walTarget, name, path string) error {
+	return intoSpool(ctx, t, path, func(a *backup.Archive, f io.Writer) error { return a.ReadWAL(ctx, name, f) })
+}
+
+// intoSpool fills a new file at path with what read writes from t's
+// archive; on an error it leaves no file.
+func intoSpool(ctx context.Context, t walTarget, path string, read func(*backup.Archive, io.Writer) error) error {
 	a, err := backup.OpenArchiveKey(ctx, t.store, t.archive, t.key)
 	if err != nil {
 		return err
@@ -318,7 +324,7 @@ func (w *walServer) fetchInto(ctx context.Context, t walTarget, name, path strin
 	if err != nil {
 		return err
 	}
-	err = a.ReadWAL(ctx, name, f)
+	err = read(a, f)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

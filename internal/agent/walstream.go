@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
+	"io"
 	"time"
 
 	"github.com/pgfleet/pgfleet/internal/backup"
@@ -88,25 +88,17 @@ func (h *leaderHold) uploadUntil() time.Time {
 // may still grow. A segment the archive took over while it was read is
 // fetched from the archive.
 func (w *walServer) fetchStreamed(ctx context.Context, t walTarget, name, path string) error {
-	a, err := backup.OpenArchiveKey(ctx, t.store, t.archive, t.key)
-	if err != nil {
+	var end uint32
+	err := intoSpool(ctx, t, path, func(a *backup.Archive, f io.Writer) (err error) {
+		end, err = a.ReadStreamedWAL(ctx, name, backup.DefaultWALSegmentSize, f)
 		return err
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	end, err := a.ReadStreamedWAL(ctx, name, backup.DefaultWALSegmentSize, f)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(path)
-		if errors.Is(err, backup.ErrNotFound) {
-			if ferr := w.fetchInto(ctx, t, name, path); ferr == nil || !errors.Is(ferr, backup.ErrNotFound) {
-				return ferr
-			}
+	})
+	if errors.Is(err, backup.ErrNotFound) {
+		if ferr := w.fetchInto(ctx, t, name, path); ferr == nil || !errors.Is(ferr, backup.ErrNotFound) {
+			return ferr
 		}
+	}
+	if err != nil {
 		return err
 	}
 	w.log.Info("restored a segment from streamed WAL", "archive", t.archive, "name", name, "streamed", fmt.Sprintf("%d of %d bytes", end, backup.DefaultWALSegmentSize))

@@ -166,6 +166,7 @@ func (s *Streamer) session(ctx context.Context, log *slog.Logger) error {
 		every = DefaultStreamEvery
 	}
 	var lastUpload, lastClean time.Time
+	failing := false // the last upload failed: retries log quietly
 	for {
 		// Wait for WAL until the next upload is due, or a while when
 		// nothing waits to be uploaded (an idle cluster costs a wake-up
@@ -201,12 +202,18 @@ func (s *Streamer) session(ctx context.Context, log *slog.Logger) error {
 		}
 		if len(st.pending) > 0 && time.Since(lastUpload) >= every {
 			lastUpload = time.Now()
-			if err := s.upload(ctx, st); err != nil {
-				if errors.Is(err, ErrNotStreaming) {
-					return err
-				}
+			err := s.upload(ctx, st)
+			switch {
+			case errors.Is(err, ErrNotStreaming):
+				return err
+			case err != nil && !failing:
 				log.Warn("upload streamed WAL; retrying", "err", err)
+			case err != nil:
+				log.Debug("upload streamed WAL; retrying", "err", err)
+			case failing:
+				log.Info("streamed WAL reaches the store again")
 			}
+			failing = err != nil
 		}
 		if len(st.toClean) > 0 && time.Since(lastClean) >= streamCleanEvery {
 			lastClean = time.Now()
