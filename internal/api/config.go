@@ -96,7 +96,7 @@ func checkConfig(req ConfigRequest, defs map[string]fleet.SettingDef) error {
 		}
 	}
 	for _, n := range req.Reset {
-		if why, reserved := fleet.ReservedParameter(n); reserved {
+		if why, reserved := fleet.ReservedParameter(n); reserved && !fleet.ResettableReserved(n) {
 			problems = append(problems, fmt.Sprintf("%s is pgfleet's to set: %s", n, why))
 		} else if d, ok := defs[n]; ok && !d.Reloadable() && !req.Restart {
 			problems = append(problems, fmt.Sprintf("%s takes effect only when postgres restarts (context %s): add --restart to apply it with a rolling restart", n, d.Context))

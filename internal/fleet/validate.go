@@ -206,6 +206,27 @@ var reservedPatterns = []struct {
 	{suffix: "_directories", why: whyFile},
 }
 
+// reservedButSettable are reserved settings that a spec may still set to
+// one value, which keeps what pgfleet needs of them: wal_level logical
+// writes everything replica does, and what logical decoding needs besides,
+// so that the cluster can be the source of a logical replication (an
+// online `pgfleet import` out of it).
+var reservedButSettable = map[string]string{"wal_level": "logical"}
+
+// reservedValueAllowed reports whether reserved setting name may still be
+// set to value (reservedButSettable).
+func reservedValueAllowed(name, value string) bool {
+	v, ok := reservedButSettable[name]
+	return ok && strings.EqualFold(strings.TrimSpace(value), v)
+}
+
+// ResettableReserved reports whether reserved setting name may still be
+// reset to pgfleet's own value, having been set (reservedButSettable).
+func ResettableReserved(name string) bool {
+	_, ok := reservedButSettable[name]
+	return ok
+}
+
 // ReservedParameter reports whether a cluster's spec may not set the
 // setting name (lowercase), and why not, with what to do instead.
 func ReservedParameter(name string) (why string, reserved bool) {
@@ -233,7 +254,10 @@ func ValidateParameter(name, value string) error {
 	case !paramNameRE.MatchString(name):
 		return fmt.Errorf("parameter %q is not a valid PostgreSQL setting name: use lowercase letters, digits and '_' (with one '.' for an extension's setting, e.g. auto_explain.log_min_duration)", name)
 	}
-	if why, ok := ReservedParameter(name); ok {
+	if why, ok := ReservedParameter(name); ok && !reservedValueAllowed(name, value) {
+		if v, ok := reservedButSettable[name]; ok {
+			return fmt.Errorf("parameter %s = %q: %s; it may be set to %s only", name, value, why, v)
+		}
 		return fmt.Errorf("parameter %s is reserved by pgfleet and cannot be set: %s; remove it from the cluster's parameters", name, why)
 	}
 	switch {

@@ -143,6 +143,12 @@ func TestValidateParameter(t *testing.T) {
 		{"synchronous_commit", "off", "--sync off|on|strict"},
 		{"ssl_ciphers", "NULL", "certificates from the fleet's CA"},
 		{"hba_file", "/tmp/hba", "file or directory"},
+		// logical writes all that replica does: the cluster can then be a
+		// logical replication source (an online import out of it).
+		{"wal_level", "logical", ""},
+		{"wal_level", " Logical ", ""},
+		{"wal_level", "minimal", `parameter wal_level = "minimal": pgfleet sets it on every member for its role (primary, standby or replica) so that replication, failover and pg_rewind work; it may be set to logical only`},
+		{"wal_level", "replica", "may be set to logical only"},
 		{"FSYNC", "off", "is not a valid PostgreSQL setting name"},
 		{"Work_Mem", "1MB", "is not a valid PostgreSQL setting name"},
 		{"a..b", "1", "is not a valid PostgreSQL setting name"},
