@@ -350,7 +350,10 @@ func newListCmd(cf *clientFlags) *cobra.Command {
 }
 
 // urlFlags are the flags that choose a cluster URL, shared by url and connect.
-type urlFlags struct{ api.URLOptions }
+type urlFlags struct {
+	api.URLOptions
+	db string // the database the URL names; "" keeps the server's (postgres)
+}
 
 func (uf *urlFlags) add(cmd *cobra.Command) {
 	f := cmd.Flags()
@@ -359,6 +362,20 @@ func (uf *urlFlags) add(cmd *cobra.Command) {
 	f.BoolVar(&uf.Replica, "replica", false, "route to the nearest member fit for reads instead of the primary")
 	f.BoolVar(&uf.Direct, "direct", false, "bypass the proxies: list every member's postgres, the primary first")
 	f.BoolVar(&uf.Pooled, "pooled", false, "the pooled port: each transaction runs on a pooled server connection to the primary")
+	f.StringVar(&uf.db, "db", "", "the database to connect to (default: postgres), e.g. one made with `pgfleet db create`")
+}
+
+// database makes the cluster's URL name the database --db asks for.
+func (uf *urlFlags) database(raw string) (string, error) {
+	if uf.db == "" {
+		return raw, nil
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", fmt.Errorf("parse the cluster's URL: %w", err)
+	}
+	u.Path = "/" + uf.db
+	return u.String(), nil
 }
 
 // options checks the flags before anything is sent, naming them as flags.
@@ -372,7 +389,7 @@ func (uf *urlFlags) options() (api.URLOptions, error) {
 func newURLCmd(cf *clientFlags) *cobra.Command {
 	var uf urlFlags
 	cmd := &cobra.Command{
-		Use:   "url NAME [--replica] [--region R] [--direct] [--member ID]",
+		Use:   "url NAME [--replica] [--region R] [--direct] [--member ID] [--db DB]",
 		Short: "Print a libpq URL, with credentials: through the routing proxy to the primary, or to readers, or direct",
 		Long: `Print a libpq URL with credentials.
 
@@ -397,6 +414,9 @@ primary, or with --replica a standby); --member gives one member's.`,
 			if err != nil {
 				return clusterGone(cmd.Context(), c, args[0], err)
 			}
+			if u.URL, err = uf.database(u.URL); err != nil {
+				return err
+			}
 			if cf.json {
 				return printJSON(cmd.OutOrStdout(), u)
 			}
@@ -412,7 +432,7 @@ primary, or with --replica a standby); --member gives one member's.`,
 func newConnectCmd(cf *clientFlags) *cobra.Command {
 	var uf urlFlags
 	cmd := &cobra.Command{
-		Use:   "connect NAME [--replica] [--region R] [--direct] [--member ID] [-- PSQL-ARGS...]",
+		Use:   "connect NAME [--replica] [--region R] [--direct] [--member ID] [--db DB] [-- PSQL-ARGS...]",
 		Short: "Open psql on the primary (through the routing proxy), on a reader, or on a member",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -430,6 +450,9 @@ func newConnectCmd(cf *clientFlags) *cobra.Command {
 			}
 			psql, err := findPsql()
 			if err != nil {
+				return err
+			}
+			if u.URL, err = uf.database(u.URL); err != nil {
 				return err
 			}
 			// The password goes through the environment: any local user can

@@ -69,6 +69,24 @@ func runCLI(t *testing.T, f http.Handler, args ...string) (string, error) {
 	return out.String(), err
 }
 
+// TestURLDatabase: --db names another database in the URL; the
+// credentials and the parameters stay as the server gave them.
+func TestURLDatabase(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"url", "db"}, "postgres://postgres:pw@127.0.1.1:6011/postgres?&sslrootcert="},
+		{[]string{"url", "db", "--db", "inventory"}, "postgres://postgres:pw@127.0.1.1:6011/inventory?&sslrootcert="},
+		{[]string{"url", "db", "--db", "my db", "--replica"}, "postgres://postgres:pw@127.0.1.1:6011/my%20db?replica=true&sslrootcert="},
+	} {
+		out, err := runCLI(t, &fakeAPI{}, tt.args...)
+		if err != nil || !strings.HasPrefix(out, tt.want) {
+			t.Errorf("pgfleet %s = %q, %v; want it to start with %q", strings.Join(tt.args, " "), out, err, tt.want)
+		}
+	}
+}
+
 func TestURLFlags(t *testing.T) {
 	tests := []struct {
 		name  string
