@@ -113,7 +113,7 @@ func TestRPOHostLost(t *testing.T) {
 
 	c.apis = strings.Join(survivors, ",")
 	via := []string{"--api", c.apis}
-	c.ok(append([]string{"restore", "db", "--into", "after", "--latest", "--primary-region", "ams", "--ha", "1", "--wait"}, via...)...)
+	restoreRetrying(t, c, append([]string{"restore", "db", "--into", "after", "--latest", "--primary-region", "ams", "--ha", "1", "--wait"}, via...)...)
 	rows := ticks(t, c, "after", via)
 	n := len(rows)
 	if n == 0 {
@@ -143,7 +143,7 @@ func TestRPOHostLost(t *testing.T) {
 
 	// A time within the last streamed segment: exactly the commits before it.
 	target := lastAt.Add(-time.Second)
-	c.ok(append([]string{"restore", "db", "--into", "before", "--time", target.UTC().Format(time.RFC3339Nano), "--primary-region", "ams", "--ha", "1", "--wait"}, via...)...)
+	restoreRetrying(t, c, append([]string{"restore", "db", "--into", "before", "--time", target.UTC().Format(time.RFC3339Nano), "--primary-region", "ams", "--ha", "1", "--wait"}, via...)...)
 	got := ticks(t, c, "before", via)
 	want := 0
 	for _, at := range acked {
@@ -159,6 +159,20 @@ func TestRPOHostLost(t *testing.T) {
 	if len(got) != want {
 		t.Errorf("the restore to %s holds %d rows, want the %d committed before it", target.Format(time.RFC3339Nano), len(got), want)
 	}
+}
+
+// restoreRetrying runs a restore, again while the store, which just lost a
+// voter, answers that it has no quorum (the restore then changed nothing,
+// and says to retry).
+func restoreRetrying(t *testing.T, c cli, args ...string) {
+	t.Helper()
+	labtest.WaitFor(t, time.Minute, "pgfleet "+strings.Join(args, " "), func() (bool, string) {
+		out, errs, code := c.run(args...)
+		if code != 0 && !strings.Contains(errs, "no quorum") {
+			t.Fatalf("pgfleet %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, out, errs)
+		}
+		return code == 0, errs
+	})
 }
 
 // ticks returns the rows of cluster's ticks table, by n.
