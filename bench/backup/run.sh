@@ -7,7 +7,8 @@
 # does (pgfleet directly to the store, and through its agent's WAL socket
 # with a backlog marked ready, as postgres leaves it), the time to restore
 # them one process per segment as restore_command does, and pgfleet's RPO
-# bound: how long a commit waits until the WAL holding it is in the store.
+# bound: how long a commit waits until the WAL holding it is in the store,
+# through archive_command alone and through the WAL stream.
 # Writes bench/results/backup.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -205,6 +206,8 @@ for i in 1 2 3 4 5; do
 	sleep 1
 done
 echo "rpo,${RPO[*]}" >"$BASE/rpo.txt"
+say "RPO bound: WAL streamed to the store as a primary's agent streams it"
+"$BASE/bench-backup" -op rpo -port "$PORT" -store "file://$BASE/streamstore" -commits 20 >>"$BASE/rpo.txt"
 echo "end $(cut -d' ' -f1-3 /proc/loadavg)" >>"$BASE/load.txt"
 
 python3 bench/backup/report.py "$CSV" "$BASE/rpo.txt" "$SCALE" "$DBSIZE" "$ROUNDS" "$BASE/load.txt" >bench/results/backup.md
