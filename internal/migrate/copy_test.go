@@ -55,8 +55,10 @@ func TestCopyStreamsBigTablesWhole(t *testing.T) {
 		"CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')",
 		"CREATE TABLE events_2027 PARTITION OF events FOR VALUES FROM ('2027-01-01') TO ('2028-01-01')",
 		"INSERT INTO events SELECT '2026-01-01'::date + g % 700, 'e' FROM generate_series(1, 1000) g",
-		"CREATE UNLOGGED TABLE scratch (k text)",
-		"INSERT INTO scratch SELECT 'k' || g FROM generate_series(1, 100) g",
+		// A type of the database's own: its rows go as text, not binary.
+		"CREATE TYPE mood AS ENUM ('calm', 'busy')",
+		"CREATE UNLOGGED TABLE scratch (k text, moods mood[], at timestamptz, n numeric)",
+		"INSERT INTO scratch SELECT 'k' || g, ARRAY['busy', 'calm']::mood[], '2026-11-28 04:00:00+00'::timestamptz + g * interval '1 min', g / 7.0 FROM generate_series(1, 100) g",
 		"CREATE INDEX big_grp ON big (grp)",
 		"VACUUM ANALYZE",
 	} {

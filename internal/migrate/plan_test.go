@@ -102,3 +102,24 @@ func TestTablePattern(t *testing.T) {
 		t.Errorf("RestoreSettings(32) = %s, want at least 64MB a session", got)
 	}
 }
+
+func TestBinaryCopy(t *testing.T) {
+	ints := []TypeIO{{OID: 23, Binary: true}, {OID: 1042, Binary: true}}
+	for _, tt := range []struct {
+		name     string
+		src, dst int
+		st, dt   []TypeIO
+		want     bool
+	}{
+		{"built-in types, same major", 150004, 150010, ints, ints, true},
+		{"another major", 140010, 150004, ints, ints, false},
+		{"a type of the database's own", 150004, 150004, []TypeIO{{OID: 23, Binary: true}, {OID: 16390, Binary: true}}, []TypeIO{{OID: 23, Binary: true}, {OID: 16390, Binary: true}}, false},
+		{"a type without a binary form", 150004, 150004, []TypeIO{{OID: 23, Binary: true}, {OID: 1042}}, ints, false},
+		{"types differ", 150004, 150004, ints, []TypeIO{{OID: 23, Binary: true}, {OID: 25, Binary: true}}, false},
+		{"columns differ", 150004, 150004, ints, ints[:1], false},
+	} {
+		if got := BinaryCopy(tt.src, tt.dst, tt.st, tt.dt); got != tt.want {
+			t.Errorf("%s: BinaryCopy = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"time"
 
@@ -27,9 +28,12 @@ WHERE c.relkind = 'r' AND c.relpersistence IN ('p', 'u')
 ORDER BY 1`
 
 // copyColumns lists a table's columns that COPY carries: not dropped,
-// not generated (the cluster computes those itself), in order, quoted.
-const copyColumns = `SELECT coalesce(string_agg(format('%I', attname), ', ' ORDER BY attnum), '')
-FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = ''`
+// not generated (the cluster computes those itself), in order, with
+// their types (BinaryCopy).
+const copyColumns = `SELECT format('%I', a.attname), a.atttypid, t.typsend <> 0 AND t.typreceive <> 0
+FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+ORDER BY a.attnum`
 
 // snapshot is a transaction on the source whose snapshot pg_dump and the
 // copy sessions share, so that every table is read as of one moment. It
@@ -106,13 +110,25 @@ func dial(ctx context.Context, c Conn, what string) (*pgx.Conn, error) {
 }
 
 // columns returns the columns COPY carries of table, as the connected
-// side's catalog names them.
-func columns(ctx context.Context, conn *pgx.Conn, table string) (string, error) {
-	var cols string
-	if err := conn.QueryRow(ctx, copyColumns, table).Scan(&cols); err != nil {
-		return "", err
+// side's catalog names them, and their types.
+func columns(ctx context.Context, conn *pgx.Conn, table string) (string, []TypeIO, error) {
+	rows, err := conn.Query(ctx, copyColumns, table)
+	if err != nil {
+		return "", nil, err
 	}
-	return cols, nil
+	defer rows.Close()
+	var names []string
+	var types []TypeIO
+	for rows.Next() {
+		var n string
+		var t TypeIO
+		if err := rows.Scan(&n, &t.OID, &t.Binary); err != nil {
+			return "", nil, err
+		}
+		names = append(names, n)
+		types = append(types, t)
+	}
+	return strings.Join(names, ", "), types, rows.Err()
 }
 
 // streamOptions says how stream runs a plan.
@@ -197,12 +213,19 @@ const copyBuffer = 256 << 10
 // copySession is one source session in the import's snapshot and one
 // cluster session.
 type copySession struct {
-	src, dst *pgx.Conn
-	cols     map[string][2]string // table: the source's and the cluster's column lists
+	src, dst               *pgx.Conn
+	srcVersion, dstVersion int
+	tables                 map[string]tableCopy
+}
+
+// tableCopy is how a session copies one table.
+type tableCopy struct {
+	srcCols, dstCols string // as each side's catalog names them
+	format           string // COPY's FORMAT: text, or binary (BinaryCopy)
 }
 
 func openCopySession(ctx context.Context, src, dst Conn, snapshotID string) (*copySession, error) {
-	s := &copySession{cols: map[string][2]string{}}
+	s := &copySession{tables: map[string]tableCopy{}}
 	var err error
 	if s.src, err = dial(ctx, src, "the source"); err != nil {
 		return nil, err
@@ -227,6 +250,15 @@ func openCopySession(ctx context.Context, src, dst Conn, snapshotID string) (*co
 		s.close()
 		return nil, fmt.Errorf("set up a cluster session: %w", err)
 	}
+	for _, side := range []struct {
+		conn *pgx.Conn
+		v    *int
+	}{{s.src, &s.srcVersion}, {s.dst, &s.dstVersion}} {
+		if err := side.conn.QueryRow(ctx, "SELECT current_setting('server_version_num')::int").Scan(side.v); err != nil {
+			s.close()
+			return nil, fmt.Errorf("read the server's version: %w", err)
+		}
+	}
 	return s, nil
 }
 
@@ -243,21 +275,24 @@ func (s *copySession) close() {
 
 // copy runs one task and returns the rows it copied.
 func (s *copySession) copy(ctx context.Context, t CopyTask) (int64, error) {
-	cols, ok := s.cols[t.Table]
+	tc, ok := s.tables[t.Table]
 	if !ok {
-		srcCols, err := columns(ctx, s.src, t.Table)
+		srcCols, srcTypes, err := columns(ctx, s.src, t.Table)
 		if err != nil {
 			return 0, fmt.Errorf("read the columns of %s on the source: %w", t.Table, err)
 		}
-		dstCols, err := columns(ctx, s.dst, t.Table)
+		dstCols, dstTypes, err := columns(ctx, s.dst, t.Table)
 		if err != nil {
 			return 0, fmt.Errorf("read the columns of %s in the cluster: %w", t.Table, err)
 		}
 		if srcCols != dstCols {
 			return 0, fmt.Errorf("table %s has columns (%s) on the source and (%s) in the cluster", t.Table, srcCols, dstCols)
 		}
-		cols = [2]string{srcCols, dstCols}
-		s.cols[t.Table] = cols
+		tc = tableCopy{srcCols: srcCols, dstCols: dstCols, format: "text"}
+		if BinaryCopy(s.srcVersion, s.dstVersion, srcTypes, dstTypes) {
+			tc.format = "binary"
+		}
+		s.tables[t.Table] = tc
 	}
 	pr, pw := io.Pipe()
 	srcErr := make(chan error, 1)
@@ -267,14 +302,14 @@ func (s *copySession) copy(ctx context.Context, t CopyTask) (int64, error) {
 		// into big writes, or each row costs a hand-over between
 		// goroutines and a network write (a TLS record) of its own.
 		bw := bufio.NewWriterSize(pw, copyBuffer)
-		_, err := s.src.PgConn().CopyTo(ctx, bw, "COPY (SELECT "+cols[0]+" FROM ONLY "+t.Table+t.Where()+") TO STDOUT")
+		_, err := s.src.PgConn().CopyTo(ctx, bw, "COPY (SELECT "+tc.srcCols+" FROM ONLY "+t.Table+t.Where()+") TO STDOUT (FORMAT "+tc.format+")")
 		if err == nil {
 			err = bw.Flush()
 		}
 		pw.CloseWithError(err) // nil: the reader sees the end of the data
 		srcErr <- err
 	}()
-	tag, err := s.dst.PgConn().CopyFrom(ctx, pr, "COPY "+t.Table+" ("+cols[1]+") FROM STDIN")
+	tag, err := s.dst.PgConn().CopyFrom(ctx, pr, "COPY "+t.Table+" ("+tc.dstCols+") FROM STDIN (FORMAT "+tc.format+")")
 	pr.CloseWithError(errors.New("the cluster's COPY ended")) // unblocks the source's side if it is still writing
 	if serr := <-srcErr; serr != nil {
 		return 0, fmt.Errorf("copy %s from the source: %w", t.Table, serr)
