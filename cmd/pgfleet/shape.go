@@ -15,7 +15,7 @@ func newReplicaCmd(cf *clientFlags) *cobra.Command {
 	var region string
 	add := &cobra.Command{
 		Use:   "add NAME --region R",
-		Short: "Add a read replica in region R: it clones from a standby nearby (or the primary) and then streams",
+		Short: "Add a read replica in region R: it clones from a streaming standby (or the primary) and then streams",
 		Args:  exactArgs("a cluster NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := fleet.ValidateRegion(region); err != nil {

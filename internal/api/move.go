@@ -149,7 +149,7 @@ func (s *Server) takeMoveStep(ctx context.Context, c store.ClusterState, hosts [
 				mv.Added = append(mv.Added, m.ID)
 				on = append(on, m.ID+" on "+m.Host)
 			}
-			step.Why += " (" + strings.Join(on, ", ") + "; they clone from a standby in " + mv.To + " or the primary)"
+			step.Why += " (" + strings.Join(on, ", ") + "; they clone from a streaming standby, one in " + mv.To + " first, or the primary)"
 			ev.Message = step.Why
 		}
 		var changed []fleet.MemberSpec

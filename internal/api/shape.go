@@ -313,7 +313,7 @@ func (c *Client) SetHA(ctx context.Context, name string, size int) (ShapeView, e
 func (v ShapeView) Summary() string {
 	var lines []string
 	for _, m := range v.Added {
-		lines = append(lines, fmt.Sprintf("%s added: %s on %s (%s); it clones from a standby in its region (or the primary), then streams", m.ID, m.Role, m.Host, m.Region))
+		lines = append(lines, fmt.Sprintf("%s added: %s on %s (%s); it clones from a streaming standby (one in its region first) or the primary, then streams", m.ID, m.Role, m.Host, m.Region))
 	}
 	if len(v.Removed) > 0 {
 		lines = append(lines, fmt.Sprintf("removed: %s; their hosts delete their data, and the primary drops their slots", strings.Join(v.Removed, ", ")))
