@@ -15,6 +15,7 @@ func (a *Agent) console(st *store.Store, apiSrv *api.Server) http.Handler {
 	c, err := console.New(console.Config{
 		API: apiSrv.Handler(), Etcd: st.Client(), Prefix: storePrefix(a.cfg.EtcdPrefix),
 		Host: a.host.Name, Region: a.host.Region, Log: a.log.With("component", "console"),
+		CAFile: a.tlsFiles().CAPath(),
 	})
 	if err != nil {
 		// The templates are embedded and parsed in tests: this is a

@@ -43,6 +43,9 @@ type Config struct {
 	Host   string // this agent's host name, shown in the header
 	Region string
 	Log    *slog.Logger
+	// CAFile is the fleet's CA, with which an import run here verifies
+	// the cluster's primary.
+	CAFile string
 }
 
 // Console serves the web console.
@@ -63,6 +66,8 @@ type Console struct {
 
 	restartsMu sync.Mutex
 	restarts   map[string]*restartRun // the rolling restarts this console ran, by cluster
+	imports    map[string]*importRun  // the imports, by cluster, under restartsMu too
+	moves      map[string]*moveRun    // the moves of a primary region, by cluster, under restartsMu too
 }
 
 // New returns a console; it starts its watch on the first request.
@@ -73,6 +78,7 @@ func New(cfg Config) (*Console, error) {
 	c := &Console{
 		cfg: cfg, call: caller{api: api.InProcess(cfg.API)}, hub: newHub(cfg.Etcd, cfg.Prefix, cfg.Log),
 		log: cfg.Log, known: map[string]hostRow{}, restarts: map[string]*restartRun{},
+		imports: map[string]*importRun{}, moves: map[string]*moveRun{},
 	}
 	var err error
 	if c.pages, err = parsePages(); err != nil {

@@ -237,6 +237,15 @@ func (h *hub) mark(topics ...string) {
 	}
 }
 
+// wake wakes the pages subscribed to topics, as a change in the store
+// does: for what changes outside the store, such as a job's progress.
+func (h *hub) wake(topics ...string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.mark(topics...)
+	h.scheduleFlush()
+}
+
 // markAll wakes every page, after a gap in what the hub saw.
 func (h *hub) markAll() {
 	h.mu.Lock()

@@ -38,7 +38,7 @@ var livePages = map[string]livePage{
 			return []string{topicCluster + "/" + name, topicEvents + "/" + name, topicBackups + "/" + name}
 		},
 		build:   (*Console).buildCluster,
-		regions: []string{"cluster-status", "cluster-members", "cluster-switchover", "cluster-backups", "cluster-events", "cluster-restart"},
+		regions: []string{"cluster-status", "cluster-members", "cluster-switchover", "cluster-backups", "cluster-events", "cluster-restart", "cluster-import", "cluster-move"},
 	},
 }
 

@@ -38,6 +38,12 @@ func (c *Console) manage(w http.ResponseWriter, r *http.Request, rq *req, action
 	back := "/clusters/" + url.PathEscape(name)
 	form := func(k string) string { return strings.TrimSpace(r.PostFormValue(k)) }
 	switch action {
+	case "import", "import-cutover", "import-abort":
+		c.importAction(w, r, rq, action, fail)
+		return true
+	case "move", "move-reverse":
+		c.moveAction(w, r, rq, action, fail)
+		return true
 	case "replica-add":
 		region := form("region")
 		if region == "" {
@@ -219,6 +225,9 @@ func (c *Console) readManaged(ctx context.Context, rq *req, d *clusterData) {
 		if r != d.V.PrimaryRegion && !slices.Contains(d.V.Replicas, r) {
 			d.ReplicaRegions = append(d.ReplicaRegions, r)
 		}
+		if r != d.V.PrimaryRegion {
+			d.MoveRegions = append(d.MoveRegions, r)
+		}
 	}
 	for _, m := range d.V.Members {
 		if m.ID != d.V.Primary {
@@ -252,7 +261,7 @@ func (c *Console) startRestart(name string, rq *req) bool {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 		defer cancel()
-		err := cl.RollingRestart(ctx, name, restartLog{c, name, run})
+		err := cl.RollingRestart(ctx, name, lineWriter{c: c, name: name, lines: &run.Lines})
 		c.restartsMu.Lock()
 		run.Done = true
 		if err != nil {
@@ -273,31 +282,8 @@ func (c *Console) startRestart(name string, rq *req) bool {
 // restartState is a copy of the last rolling restart of cluster name this
 // console ran, or nil.
 func (c *Console) restartState(name string) *restartRun {
-	c.restartsMu.Lock()
-	defer c.restartsMu.Unlock()
-	run := c.restarts[name]
-	if run == nil {
-		return nil
-	}
-	cp := *run
-	cp.Lines = slices.Clone(run.Lines)
-	return &cp
-}
-
-// restartLog takes a rolling restart's lines and wakes the cluster's page
-// with each.
-type restartLog struct {
-	c    *Console
-	name string
-	run  *restartRun
-}
-
-func (l restartLog) Write(b []byte) (int, error) {
-	l.c.restartsMu.Lock()
-	for _, line := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
-		l.run.Lines = append(l.run.Lines, line)
-	}
-	l.c.restartsMu.Unlock()
-	l.c.changed(l.name)
-	return len(b), nil
+	return jobCopy(c, c.restarts, name, func(r restartRun) restartRun {
+		r.Lines = slices.Clone(r.Lines)
+		return r
+	})
 }

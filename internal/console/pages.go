@@ -554,6 +554,12 @@ type clusterData struct {
 	ReplicaRegions []string
 	Removable      []api.MemberView
 	Restart        *restartRun // the last rolling restart this console ran
+	Import         *importRun  // the last import into it this console ran
+	Move           *moveRun    // the last move of its primary region this console ran
+	// MoveRegions are the fleet's regions but the primary's.
+	MoveRegions []string
+	ImportForm  importForm
+	MoveForm    api.MoveRequest
 	// What was typed in a refused form, and an app just attached: its
 	// URLs shown this once, like a new user's password.
 	Remove, DBForm, AppForm string
@@ -586,7 +592,8 @@ func (c *Console) buildCluster(ctx context.Context, rq *req, name string) (any, 
 	if err != nil {
 		return nil, err
 	}
-	d := &clusterData{V: v, Health: judge(v), Ready: ready(v), Errors: map[string]string{}, Restart: c.restartState(name)}
+	d := &clusterData{V: v, Health: judge(v), Ready: ready(v), Errors: map[string]string{}, Restart: c.restartState(name),
+		Import: c.importState(name), Move: c.moveState(name)}
 	if d.Events, err = c.events(ctx, rq, name); err != nil {
 		d.EvErr = apiMessage(err)
 	}
@@ -627,6 +634,7 @@ func (c *Console) showCluster(w http.ResponseWriter, r *http.Request, rq *req, c
 		d.Errors, d.Restore, d.Typed = prev.Errors, prev.Restore, prev.Typed
 		d.NewUser, d.UserForm = prev.NewUser, prev.UserForm
 		d.Remove, d.DBForm, d.AppForm, d.ConfigForm, d.Attached = prev.Remove, prev.DBForm, prev.AppForm, prev.ConfigForm, prev.Attached
+		d.ImportForm, d.MoveForm = prev.ImportForm, prev.MoveForm
 	}
 	if !rq.sess.readOnly() {
 		// Users live in postgres, not in the store: read when the page
