@@ -26,9 +26,9 @@ import (
 // walsender, which reads WAL postgres just wrote from the page cache. The
 // stream lives exactly as long as the member's term as primary
 // (servePrimary), and uploads only while the member surely holds the leader
-// key (leaderHold.uploadUntil): each upload ends by the fence deadline: a primary that lost the key adds nothing to the
-// store after its fence deadline, before which no other member can have
-// taken over.
+// key, each upload ending by the fence deadline (leaderHold.uploadUntil): a
+// primary that lost the key adds nothing to the store after that deadline,
+// before which no other member can have taken over.
 
 // startWALStream starts streaming the member's WAL to its cluster's
 // archive, when the cluster has backups, and returns what stops it and
