@@ -77,6 +77,11 @@ const importFollowFor = 7 * 24 * time.Hour
 // this console runs.
 func (c *Console) importAction(w http.ResponseWriter, r *http.Request, rq *req, action string, fail func(string, error, *clusterData)) {
 	name := r.PathValue("name")
+	if rq.sess.readOnly() {
+		// Refused before the agent connects anywhere on its behalf.
+		fail("import", errors.New("a read-only token cannot import: sign in with the fleet's API token"), nil)
+		return
+	}
 	var err error
 	switch action {
 	case "import":
@@ -85,7 +90,7 @@ func (c *Console) importAction(w http.ResponseWriter, r *http.Request, rq *req, 
 		from, password, ferr := sourceURL(f.Source, r.PostFormValue("password"))
 		// What was typed goes back without a password, whichever field
 		// held it.
-		f.Source = importer.Redact(f.Source)
+		f.Source = withoutPassword(f.Source)
 		if ferr != nil {
 			fail("import", ferr, &clusterData{ImportForm: f})
 			return
@@ -130,6 +135,19 @@ func sourceURL(raw, password string) (from, pw string, err error) {
 		u.User = url.UserPassword(u.User.Username(), password)
 	}
 	return u.String(), password, nil
+}
+
+// withoutPassword is a typed source URL without its password, to show
+// again in the form: "" when it does not parse.
+func withoutPassword(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return ""
+	}
+	if u.User != nil {
+		u.User = url.User(u.User.Username())
+	}
+	return u.String()
 }
 
 // mask takes a password out of a message.

@@ -1,6 +1,7 @@
 package console_test
 
 import (
+	"encoding/json"
 	"net/http"
 	"net/url"
 	"strings"
@@ -40,6 +41,9 @@ func TestImportMoveRefusals(t *testing.T) {
 		if strings.Contains(body, "pw-field-secret") || strings.Contains(body, "url-secret") {
 			t.Errorf("%s: the answer holds the password", tt.name)
 		}
+		if strings.Contains(section(body, "import-source"), "secret") {
+			t.Errorf("%s: the source field came back with the password", tt.name)
+		}
 		if strings.Contains(body, `id="import-progress"`) {
 			t.Errorf("%s: an import shows as started", tt.name)
 		}
@@ -53,5 +57,24 @@ func TestImportMoveRefusals(t *testing.T) {
 	resp, body = admin.post("/clusters/db01/move", url.Values{"csrf": {csrf}})
 	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(section(body, "move-error"), "choose the region") {
 		t.Errorf("move without a region = %s, want 400", resp.Status)
+	}
+
+	// A read-only token: refused before the agent connects anywhere.
+	var tok struct {
+		Token string `json:"token"`
+	}
+	req, _ := http.NewRequest("POST", f.srv.URL+"/v1/tokens/read-only", nil)
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	r, err := f.srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	json.NewDecoder(r.Body).Decode(&tok)
+	r.Body.Close()
+	ro := f.client(t)
+	rocsrf := ro.signIn(tok.Token)
+	resp, body = ro.post("/clusters/db01/import", url.Values{"csrf": {rocsrf}, "source": {"postgres://app@127.0.0.1:1/shop"}, "mode": {"offline"}})
+	if !strings.Contains(body, "a read-only token cannot import") {
+		t.Errorf("import with a read-only token = %s, want refused with the reason", resp.Status)
 	}
 }
