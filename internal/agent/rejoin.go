@@ -23,6 +23,9 @@ import (
 // (preferably in this member's region), else the primary.
 func (s *supervisor) clone(ctx context.Context, c store.ClusterState, why string) error {
 	leader, _ := c.Member(c.Leader)
+	// Choosing may wait a few seconds for the primary to make this
+	// member's slot (waitSlot): the status says it clones meanwhile.
+	s.set(fleet.StateCloning, s.standbyRole(), why)
 	from, reason := s.cloneSource(ctx, c, leader)
 	src, err := s.replicationSource(ctx, from)
 	if err != nil {
