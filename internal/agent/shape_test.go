@@ -181,18 +181,8 @@ func waitShape(t *testing.T, c *api.Client, name string, n int) api.ClusterView 
 // countRows counts the rows of items on one member, directly.
 func countRows(t *testing.T, c *api.Client, cluster, member string) int {
 	t.Helper()
-	ctx := context.Background()
-	u, err := c.URL(ctx, cluster, member)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := pgx.Connect(ctx, u.URL)
-	if err != nil {
-		t.Fatalf("connect to %s: %v", member, err)
-	}
-	defer conn.Close(ctx)
 	var n int
-	if err := conn.QueryRow(ctx, "SELECT count(*) FROM items").Scan(&n); err != nil {
+	if err := connectMember(t, c, cluster, member).QueryRow(context.Background(), "SELECT count(*) FROM items").Scan(&n); err != nil {
 		t.Fatalf("count on %s: %v", member, err)
 	}
 	return n
