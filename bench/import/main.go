@@ -63,14 +63,14 @@ type result struct {
 	Round         int     `json:"round"`
 	OK            bool    `json:"ok"`
 	Error         string  `json:"error,omitempty"`
-	TotalS        float64 `json:"total_s"`         // the cutover command's run time
-	PauseMS       float64 `json:"pause_ms"`        // longest gap between two commits, as the app saw it
-	ReportedMS    float64 `json:"reported_ms"`     // the pause the cutover printed
-	SourceCommits int     `json:"source_commits"`  // rows the writer committed into the source
-	TargetCommits int     `json:"target_commits"`  // rows it committed through the proxy afterwards
-	Failed        int     `json:"failed"`          // attempts refused (the source read-only, or ended)
-	Missing       int64   `json:"missing"`         // rows of the source the target lacks (want 0)
-	Line          string  `json:"line"`            // the cutover's own summary
+	TotalS        float64 `json:"total_s"`        // the cutover command's run time
+	PauseMS       float64 `json:"pause_ms"`       // longest gap between two commits, as the app saw it
+	ReportedMS    float64 `json:"reported_ms"`    // the pause the cutover printed
+	SourceCommits int     `json:"source_commits"` // rows the writer committed into the source
+	TargetCommits int     `json:"target_commits"` // rows it committed through the proxy afterwards
+	Failed        int     `json:"failed"`         // attempts refused (the source read-only, or ended)
+	Missing       int64   `json:"missing"`        // rows of the source the target lacks (want 0)
+	Line          string  `json:"line"`           // the cutover's own summary
 	Load1         float64 `json:"load1"`
 }
 
