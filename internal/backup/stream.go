@@ -118,23 +118,42 @@ func minTime(a, b time.Time) time.Time {
 	return b
 }
 
-// streamState is one session's WAL received and not yet uploaded.
+// streamState is one session's WAL received and not yet in the store.
 type streamState struct {
 	tli     uint32
 	segSize uint64
-	// pending is the WAL from pendingAt on, received and not uploaded.
-	pending   []byte
-	pendingAt LSN
+	// uploaded is where the WAL the store does not hold yet starts.
+	uploaded LSN
+	// inflight is the WAL from uploaded on that is being uploaded, and
+	// pending what was received after it.
+	inflight, pending []byte
 	// toClean are segments completed this session whose increments go
 	// once the archive holds them.
 	toClean []string
 }
 
-func (st *streamState) end() LSN { return st.pendingAt + LSN(len(st.pending)) }
+// end is where the WAL received ends.
+func (st *streamState) end() LSN { return st.uploaded + LSN(len(st.inflight)+len(st.pending)) }
+
+// uploadJob is WAL from at on, for the uploader.
+type uploadJob struct {
+	at   LSN
+	data []byte
+}
+
+// uploadResult is what the uploader did with a job: n bytes from its start
+// are in the store, completing the segments done.
+type uploadResult struct {
+	n    int
+	done []string
+	err  error
+}
 
 // session streams from the newest segment of the primary's WAL, resuming
-// after what the store already holds of it, until the stream or an upload
-// fails.
+// after what the store already holds of it, until the stream fails. Uploads
+// run beside the receiving, so that the server is always answered: a
+// server shutting down (a switchover) waits for its WAL to be received,
+// never for an upload.
 func (s *Streamer) session(ctx context.Context, log *slog.Logger) error {
 	if _, ok := s.uploadDeadline(); !ok {
 		return ErrNotStreaming
@@ -151,73 +170,126 @@ func (s *Streamer) session(ctx context.Context, log *slog.Logger) error {
 	st := &streamState{tli: sys.Timeline, segSize: DefaultWALSegmentSize}
 	segStart := LSN(uint64(sys.Flush) / st.segSize * st.segSize)
 	seg := segmentName(st.tli, uint64(segStart)/st.segSize, st.segSize)
-	st.pendingAt = segStart
+	st.uploaded = segStart
 	if incs, err := s.Archive.SegmentIncrements(ctx, seg); err == nil {
 		if end := AssembleIncrements(seg, incs).End; end > 0 && segStart+LSN(end) <= sys.Flush {
-			st.pendingAt = segStart + LSN(end)
+			st.uploaded = segStart + LSN(end)
 		}
 	}
-	if err := conn.Start(ctx, st.pendingAt, st.tli); err != nil {
+	if err := conn.Start(ctx, st.uploaded, st.tli); err != nil {
 		return err
 	}
-	log.Info("streaming WAL to the store", "timeline", st.tli, "from", st.pendingAt, "store", s.Archive.Store().String())
+	log.Info("streaming WAL to the store", "timeline", st.tli, "from", st.uploaded, "store", s.Archive.Store().String())
 	every := s.Every
 	if every <= 0 {
 		every = DefaultStreamEvery
 	}
-	var lastUpload, lastClean time.Time
+
+	jobs := make(chan uploadJob)
+	results := make(chan uploadResult, 1)
+	uctx, stopUploads := context.WithCancel(ctx)
+	uploaderDone := make(chan struct{})
+	go func() {
+		defer close(uploaderDone)
+		for j := range jobs {
+			n, done, err := s.upload(uctx, st.tli, st.segSize, j.at, j.data)
+			results <- uploadResult{n, done, err}
+		}
+	}()
+	defer func() {
+		stopUploads()
+		close(jobs)
+		<-uploaderDone
+	}()
+	busy := false    // an upload is under way
 	failing := false // the last upload failed: retries log quietly
-	for {
-		// Wait for WAL until the next upload is due, or a while when
-		// nothing waits to be uploaded (an idle cluster costs a wake-up
-		// every few seconds, and no upload).
-		wait := 5 * time.Second
-		if len(st.pending) > 0 {
-			wait = max(time.Until(lastUpload.Add(every)), 0)
+	// finished takes an upload's result in.
+	finished := func(r uploadResult) error {
+		busy = false
+		st.uploaded += LSN(r.n)
+		st.toClean = append(st.toClean, r.done...)
+		if rest := st.inflight[r.n:]; len(rest) > 0 {
+			// Not uploaded: first in line for the next try.
+			st.pending = append(rest[:len(rest):len(rest)], st.pending...)
 		}
-		var d postgres.WALData
-		err := error(nil)
-		if wait > 0 {
-			rctx, cancel := context.WithTimeout(ctx, wait)
-			d, err = conn.Receive(rctx, st.end(), st.pendingAt)
-			cancel()
-		}
+		st.inflight = nil
 		switch {
-		case err == nil && d.Data != nil:
+		case errors.Is(r.err, ErrNotStreaming):
+			return r.err
+		case r.err != nil && !failing:
+			log.Warn("upload streamed WAL; retrying", "err", r.err)
+		case r.err != nil:
+			log.Debug("upload streamed WAL; retrying", "err", r.err)
+		case failing:
+			log.Info("streamed WAL reaches the store again")
+		}
+		failing = r.err != nil
+		return nil
+	}
+	var lastUpload, lastClean time.Time
+	for {
+		if busy {
+			select {
+			case r := <-results:
+				if err := finished(r); err != nil {
+					return err
+				}
+			default:
+			}
+		}
+		if !busy && len(st.pending) > 0 && time.Since(lastUpload) >= every {
+			lastUpload = time.Now()
+			st.inflight, st.pending = st.pending, nil
+			busy = true
+			jobs <- uploadJob{at: st.uploaded, data: st.inflight}
+		}
+		if !busy && len(st.toClean) > 0 && time.Since(lastClean) >= streamCleanEvery {
+			lastClean = time.Now()
+			s.clean(ctx, st, log)
+		}
+		// Wait for WAL until the next upload is due, a moment while one
+		// is under way, or a while when nothing waits to be uploaded (an
+		// idle cluster costs a wake-up every few seconds, and no upload).
+		wait := 5 * time.Second
+		switch {
+		case busy:
+			wait = 20 * time.Millisecond
+		case len(st.pending) > 0:
+			wait = max(time.Until(lastUpload.Add(every)), time.Millisecond)
+		}
+		rctx, cancel := context.WithTimeout(ctx, wait)
+		// Received is reported as written, and nothing as flushed, as
+		// pg_receivewal does: a server shutting down waits only until all
+		// its WAL was received.
+		d, err := conn.Receive(rctx, st.end(), 0)
+		cancel()
+		switch {
+		case err == nil:
 			if d.Start != st.end() {
 				return fmt.Errorf("the stream sent WAL from %s, want %s", d.Start, st.end())
 			}
 			st.pending = append(st.pending, d.Data...)
-			if len(st.pending) > streamMaxPending {
-				return fmt.Errorf("%d bytes of WAL received and not yet in the store: starting over from the newest segment", len(st.pending))
+			if len(st.inflight)+len(st.pending) > streamMaxPending {
+				return fmt.Errorf("%d bytes of WAL received and not yet in the store: starting over from the newest segment", len(st.inflight)+len(st.pending))
 			}
-		case err == nil, ctx.Err() == nil && isTimeout(err):
+		case ctx.Err() == nil && isTimeout(err):
 		default:
 			// The stream ended (postgres stopping sends all it flushed
 			// first): what was received still goes to the store.
-			if uerr := s.upload(ctx, st); uerr != nil && !errors.Is(uerr, ErrNotStreaming) {
-				log.Warn("upload the last streamed WAL", "err", uerr)
+			if busy {
+				if ferr := finished(<-results); ferr != nil {
+					return ferr
+				}
+			}
+			if len(st.pending) > 0 {
+				st.inflight, st.pending = st.pending, nil
+				n, _, uerr := s.upload(ctx, st.tli, st.segSize, st.uploaded, st.inflight)
+				st.uploaded += LSN(n)
+				if uerr != nil && !errors.Is(uerr, ErrNotStreaming) {
+					log.Warn("upload the last streamed WAL", "err", uerr)
+				}
 			}
 			return err
-		}
-		if len(st.pending) > 0 && time.Since(lastUpload) >= every {
-			lastUpload = time.Now()
-			err := s.upload(ctx, st)
-			switch {
-			case errors.Is(err, ErrNotStreaming):
-				return err
-			case err != nil && !failing:
-				log.Warn("upload streamed WAL; retrying", "err", err)
-			case err != nil:
-				log.Debug("upload streamed WAL; retrying", "err", err)
-			case failing:
-				log.Info("streamed WAL reaches the store again")
-			}
-			failing = err != nil
-		}
-		if len(st.toClean) > 0 && time.Since(lastClean) >= streamCleanEvery {
-			lastClean = time.Now()
-			s.clean(ctx, st, log)
 		}
 	}
 }
@@ -227,34 +299,37 @@ func isTimeout(err error) bool {
 	return errors.Is(err, context.DeadlineExceeded) || errors.As(err, &to) && to.Timeout()
 }
 
-// upload stores the pending WAL as increments, one per segment it touches.
-func (s *Streamer) upload(ctx context.Context, st *streamState) error {
-	for len(st.pending) > 0 {
+// upload stores data, the WAL from at on, as increments, one per segment it
+// touches, and returns how many of its bytes the store holds and which
+// segments that completed.
+func (s *Streamer) upload(ctx context.Context, tli uint32, segSize uint64, at LSN, data []byte) (int, []string, error) {
+	n := 0
+	var done []string
+	for n < len(data) {
 		deadline, ok := s.uploadDeadline()
 		if !ok {
-			return ErrNotStreaming
+			return n, done, ErrNotStreaming
 		}
-		segNo := uint64(st.pendingAt) / st.segSize
-		from := uint64(st.pendingAt) - segNo*st.segSize
-		n := min(uint64(len(st.pending)), st.segSize-from)
-		inc := WALIncrement{Segment: segmentName(st.tli, segNo, st.segSize), From: uint32(from), To: uint32(from + n)}
+		pos := at + LSN(n)
+		segNo := uint64(pos) / segSize
+		from := uint64(pos) - segNo*segSize
+		k := int(min(uint64(len(data)-n), segSize-from))
+		inc := WALIncrement{Segment: segmentName(tli, segNo, segSize), From: uint32(from), To: uint32(from) + uint32(k)}
 		uctx, cancel := context.WithDeadline(ctx, deadline)
-		err := s.Archive.PutWALIncrement(uctx, inc, st.pending[:n])
+		err := s.Archive.PutWALIncrement(uctx, inc, data[n:n+k])
 		cancel()
 		if err != nil {
-			return err
+			return n, done, err
 		}
-		st.pending = st.pending[n:]
-		st.pendingAt += LSN(n)
-		if uint64(inc.To) == st.segSize {
-			st.toClean = append(st.toClean, inc.Segment)
+		n += k
+		if uint64(inc.To) == segSize {
+			done = append(done, inc.Segment)
 		}
 		if s.OnUpload != nil {
-			s.OnUpload(st.tli, st.pendingAt)
+			s.OnUpload(tli, at+LSN(n))
 		}
 	}
-	st.pending = st.pending[:0:0]
-	return nil
+	return n, done, nil
 }
 
 // clean drops the increments of completed segments the archive now holds.

@@ -156,8 +156,10 @@ func (s *WALStream) Receive(ctx context.Context, write, flush LSN) (WALData, err
 }
 
 // Status sends a standby status update: WAL received up to write and made
-// durable up to flush. Nothing is ever reported applied, so the server
-// never counts this stream as a standby's replay.
+// durable up to flush, 0 for none (as pg_receivewal reports unless it is
+// synchronous: a server shutting down then waits only until its WAL was
+// received). Nothing is ever reported applied, so the server never counts
+// this stream as a standby's replay.
 func (s *WALStream) Status(write, flush LSN) error {
 	s.conn.Frontend().Send(&pgproto3.CopyData{Data: statusUpdate(write, flush, time.Now())})
 	if err := s.conn.Frontend().Flush(); err != nil {
