@@ -1,8 +1,10 @@
 // Package migrate decides how an existing Postgres database moves into a
 // pgfleet cluster (`pgfleet import`): whether the source fits the target,
 // which roles come along and with which attributes, how far a restore has
-// got, and whether every table arrived whole. It does no I/O; pgdump.go
-// runs pg_dump and pg_restore.
+// got, which tables the import copies itself and in how many parts
+// (plan.go), and whether every table arrived whole. These decisions do no
+// I/O; pgdump.go runs pg_dump and pg_restore, stream.go copies big tables
+// COPY to COPY, and offline.go puts the two together.
 package migrate
 
 import (
