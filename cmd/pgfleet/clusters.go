@@ -621,12 +621,50 @@ func newSwitchoverCmd(cf *clientFlags) *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(out, "%s is the primary of %s (%s)\n", v.To, args[0], time.Since(start).Round(10*time.Millisecond))
+			// Until the old primary streams from the new one the cluster
+			// has a standby less, and a failover or another switchover has
+			// nowhere to go: the command returns once it does.
+			wctx, wcancel := context.WithTimeout(ctx, rejoinWait)
+			defer wcancel()
+			if state, err := waitStreaming(wctx, c, args[0], v.From); err != nil {
+				fmt.Fprintf(out, "%s does not stream from %s yet (%s); follow it with `pgfleet status %s`\n", v.From, v.To, state, args[0])
+				return nil
+			}
+			fmt.Fprintf(out, "%s streams from %s as a standby (%s)\n", v.From, v.To, time.Since(start).Round(10*time.Millisecond))
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&to, "to", "", "member to promote (default: the most caught-up standby)")
 	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for the new primary")
 	return cmd
+}
+
+// rejoinWait is how long `switchover` waits for the old primary to stream
+// from the new one: it rejoins within a second or two, or a rewind takes
+// longer and the command says so rather than wait for it.
+const rejoinWait = 30 * time.Second
+
+// waitStreaming waits until member id of cluster name streams from its
+// primary, and returns the state it was last seen in.
+func waitStreaming(ctx context.Context, c *api.Client, name, id string) (fleet.State, error) {
+	state := fleet.StateUnknown
+	for {
+		if v, err := c.Cluster(ctx, name); err == nil {
+			for _, m := range v.Members {
+				if m.ID == id {
+					state = m.State
+				}
+			}
+			if state == fleet.StateStreaming {
+				return state, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return state, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 func newFailoverCmd(cf *clientFlags) *cobra.Command {

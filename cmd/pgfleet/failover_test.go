@@ -356,6 +356,11 @@ func TestFailover(t *testing.T) {
 		out := c.ok("switchover", "db")
 		newP := status(t, c, "db").Primary
 		t.Logf("%s", strings.TrimSpace(out))
+		// It returns once the old primary streams again: a failover
+		// right after has a standby to go to.
+		if !strings.Contains(out, old+" streams from "+newP+" as a standby") {
+			t.Errorf("switchover printed %q; want it to say that %s streams from %s", out, old, newP)
+		}
 		w.waitWritesOn(newP, start)
 		acks := w.since(time.Time{})
 		checkOnePrimary(t, w.since(start), old, newP)
