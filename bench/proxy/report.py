@@ -31,35 +31,43 @@ print("poolers (pgfleet's pooled port, PgBouncer in transaction pooling) end TLS
 print("SCRAM login for every client connection, and keep their server connections open.")
 print()
 print("CPU per transaction is the proxy process's user+system time over the run divided by")
-print("the transactions; pgfleet's proxy runs inside the agent, so its figure also holds")
-print("the agent's background work (etcd, supervision) during the run.")
+print("the transactions. pgfleet's proxy runs inside the agent, so its figure also holds")
+print("the agent's own work (etcd, supervision), which goes on without clients too: the")
+print("last column takes off what the agent used in an idle stretch before the test")
+print("(`IDLE` seconds, default 10), in proportion to the run's length.")
 print()
 for test, title in (("select", "`pgbench -S`"), ("connect", "`pgbench -S -C`"), ("prepared", "`pgbench -S -M prepared`")):
     if not any(r["test"] == test for r in rows):
         continue
     print(f"## {title}")
     print()
-    print("| path | TPS (median) | ratio to direct | latency ms (median) | CPU µs per transaction | TPS, every round |")
-    print("|---|---|---|---|---|---|")
+    idle = [r for r in rows if r["test"] == test and r["target"] == "agent-idle"]
+    rate = float(idle[0]["proxy_cpu_s"]) / float(idle[0]["wall_s"]) if idle and idle[0].get("wall_s") else None
+    print("| path | TPS (median) | ratio to direct | latency ms (median) | CPU µs per transaction | TPS, every round | CPU µs per transaction, less the agent's idle work |")
+    print("|---|---|---|---|---|---|---|")
     direct = None
     for t in ("direct", "pgfleet", "haproxy", "pgbouncer", "pooled", "pgbouncer-tx"):
         failed = [r for r in rows if r["test"] == test and r["target"] == t and not r["tps"]]
         rs = [r for r in rows if r["test"] == test and r["target"] == t and r["tps"]]
         if failed and not rs:
-            print(f"| {names[t]} | fails: {failed[0].get('error') or 'no result'} | | | | {len(failed)} of {len(failed)} rounds failed |")
+            print(f"| {names[t]} | fails: {failed[0].get('error') or 'no result'} | | | | {len(failed)} of {len(failed)} rounds failed | |")
             continue
         if not rs:
             continue
         tps = statistics.median(float(r["tps"]) for r in rs)
         lat = statistics.median(float(r["latency_ms"]) for r in rs)
+        net = "-"
         if t == "direct":
             direct = tps
             cpu = "-"
         else:
             per = [float(r["proxy_cpu_s"]) / float(r["transactions"]) * 1e6 for r in rs if r["transactions"]]
             cpu = f"{statistics.median(per):.1f}"
+            if t in ("pgfleet", "pooled") and rate is not None and all(r.get("wall_s") for r in rs):
+                less = [(float(r["proxy_cpu_s"]) - rate * float(r["wall_s"])) / float(r["transactions"]) * 1e6 for r in rs if r["transactions"]]
+                net = f"{statistics.median(less):.1f}"
         every = " ".join(f"{float(r['tps']):.0f}" for r in rs)
-        print(f"| {names[t]} | {tps:.0f} | {tps / direct:.2f} | {lat:.3f} | {cpu} | {every} |")
+        print(f"| {names[t]} | {tps:.0f} | {tps / direct:.2f} | {lat:.3f} | {cpu} | {every} | {net} |")
     print()
 vals = [float(v) for v in pause.get("pause_ms", "").split()]
 if vals:

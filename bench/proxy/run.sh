@@ -135,7 +135,7 @@ declare -A TARGETS=(
 	[prepared]="direct pgfleet pooled pgbouncer-tx"
 )
 CSV="$TMP/runs.csv"
-echo "round,test,target,tps,latency_ms,transactions,proxy_cpu_s,error" >"$CSV"
+echo "round,test,target,tps,latency_ms,transactions,proxy_cpu_s,error,wall_s" >"$CSV"
 
 cpu_of() { # pid -> utime+stime in clock ticks
 	awk '{print $14 + $15}' "/proc/$1/stat"
@@ -157,7 +157,9 @@ run() { # test target round
 	esac
 	pid="$(proxy_pid "$target")"
 	c0=0; [ -n "$pid" ] && c0="$(cpu_of "$pid")"
+	w0="$(date +%s.%N)"
 	out="$(PGDATABASE="${DB[$target]:-postgres}" pgbench -h "$PHOST" -p "${PORT[$target]}" -n -S -c 8 -j 2 "${extra[@]}" 2>&1)" || true
+	w1="$(date +%s.%N)"
 	c1=0; [ -n "$pid" ] && c1="$(cpu_of "$pid")"
 	cpu="$(python3 -c "print(($c1 - $c0) / $(getconf CLK_TCK))")"
 	tps="$(awk '/^tps = /{print $3; exit}' <<<"$out")"
@@ -170,13 +172,26 @@ run() { # test target round
 		err="$(grep -m1 'error' <<<"$out" | tr ',' ';' | cut -c1-160)"
 		tps="" lat=""
 	fi
-	echo "$round,$test,$target,$tps,$lat,$n,$cpu,$err" | tee -a "$CSV" >&2
+	echo "$round,$test,$target,$tps,$lat,$n,$cpu,$err,$(python3 -c "print($w1 - $w0)")" | tee -a "$CSV" >&2
+}
+
+# idle TEST: the agent's own CPU over IDLE seconds with no client, so that
+# the report can tell the proxy's share of the agent's CPU from the rest
+# of its work (etcd, supervision), which goes on with or without clients.
+IDLE="${IDLE:-10}"
+idle() {
+	local c0 c1 w0 w1
+	c0="$(cpu_of "$AGENT_PID")" w0="$(date +%s.%N)"
+	sleep "$IDLE"
+	c1="$(cpu_of "$AGENT_PID")" w1="$(date +%s.%N)"
+	echo "0,$1,agent-idle,,,0,$(python3 -c "print(($c1 - $c0) / $(getconf CLK_TCK))"),,$(python3 -c "print($w1 - $w0)")" | tee -a "$CSV" >&2
 }
 
 say "warm-up"
 pgbench -h "$PHOST" -p "$PPORT" -n -S -c 8 -j 2 -T 5 >/dev/null 2>&1
 for test in $TESTS; do
 	read -r -a ts <<<"${TARGETS[$test]}"
+	idle "$test"
 	for r in $(seq "$ROUNDS"); do
 		for k in "${!ts[@]}"; do
 			run "$test" "${ts[$(((k + r - 1) % ${#ts[@]}))]}" "$r"
