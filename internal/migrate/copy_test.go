@@ -41,6 +41,8 @@ func TestCopyStreamsBigTablesWhole(t *testing.T) {
 	}
 	src := connect(t, base+"src")
 	for _, s := range []string{
+		// A type of the database's own: its rows go as text, not binary.
+		"CREATE TYPE mood AS ENUM ('calm', 'busy')",
 		"CREATE TABLE big (id int PRIMARY KEY, grp int NOT NULL, gone text, pad text, twice int GENERATED ALWAYS AS (id * 2) STORED)",
 		"INSERT INTO big (id, grp, gone, pad) SELECT g, g % 100, 'x', repeat(md5(g::text), 2) FROM generate_series(1, 250000) g",
 		"ALTER TABLE big DROP COLUMN gone",
@@ -55,10 +57,18 @@ func TestCopyStreamsBigTablesWhole(t *testing.T) {
 		"CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')",
 		"CREATE TABLE events_2027 PARTITION OF events FOR VALUES FROM ('2027-01-01') TO ('2028-01-01')",
 		"INSERT INTO events SELECT '2026-01-01'::date + g % 700, 'e' FROM generate_series(1, 1000) g",
-		// A type of the database's own: its rows go as text, not binary.
-		"CREATE TYPE mood AS ENUM ('calm', 'busy')",
-		"CREATE UNLOGGED TABLE scratch (k text, moods mood[], at timestamptz, n numeric)",
-		"INSERT INTO scratch SELECT 'k' || g, ARRAY['busy', 'calm']::mood[], '2026-11-28 04:00:00+00'::timestamptz + g * interval '1 min', g / 7.0 FROM generate_series(1, 100) g",
+		"CREATE UNLOGGED TABLE scratch (k text, moods mood[], at timestamptz, n numeric, f float8, d date, i interval)",
+		"INSERT INTO scratch SELECT 'k' || g, ARRAY['busy', 'calm']::mood[], '2026-11-28 04:00:00+00'::timestamptz + g * interval '1 min', g / 7.0, g / 7.0::float8, '2026-11-28'::date + g, g * interval '1 day 1 min' FROM generate_series(1, 100) g",
+		// Defaults that print rows as text another server would read
+		// otherwise: day before month, floats cut short, as an old
+		// server did.
+		"ALTER DATABASE src SET DateStyle = 'SQL, DMY'",
+		"ALTER DATABASE src SET IntervalStyle = 'sql_standard'",
+		"ALTER DATABASE src SET extra_float_digits = 0",
+		// Values that name objects by OID must arrive as names: the
+		// cluster's OIDs differ.
+		"CREATE TABLE refs (t regclass, ty regtype[], n int)",
+		"INSERT INTO refs VALUES ('big', ARRAY['mood']::regtype[], 1), ('notes', ARRAY['int4']::regtype[], 2)",
 		"CREATE INDEX big_grp ON big (grp)",
 		"VACUUM ANALYZE",
 	} {
@@ -79,12 +89,12 @@ func TestCopyStreamsBigTablesWhole(t *testing.T) {
 		t.Fatalf("Copy: %v\nsteps: %s", err, strings.Join(steps, "\n"))
 	}
 	t.Logf("steps:\n%s", strings.Join(steps, "\n"))
-	// big (about 20 MB) in two parts, the six others whole.
-	if got := strings.Join(steps, "\n"); !strings.Contains(got, "copied 7 big table(s)") || !strings.Contains(got, "in 8 part(s) by 2 session(s)") {
-		t.Errorf("Copy's steps do not say 7 tables streamed in 8 parts:\n%s", got)
+	// big (about 20 MB) in two parts, the seven others whole.
+	if got := strings.Join(steps, "\n"); !strings.Contains(got, "copied 8 big table(s)") || !strings.Contains(got, "in 9 part(s) by 2 session(s)") {
+		t.Errorf("Copy's steps do not say 8 tables streamed in 9 parts:\n%s", got)
 	}
-	if len(loaded) != 7 || loaded["public.big"] != 7 {
-		t.Errorf("tables told loading: %v; want 7, of 7", loaded)
+	if len(loaded) != 8 || loaded["public.big"] != 8 {
+		t.Errorf("tables told loading: %v; want 8, of 8", loaded)
 	}
 
 	dst := connect(t, base+"dst")

@@ -137,16 +137,26 @@ func BinaryCopy(srcVersion, dstVersion int, srcTypes, dstTypes []TypeIO) bool {
 	}
 	for i := range srcTypes {
 		s, d := srcTypes[i], dstTypes[i]
-		if s.OID != d.OID || s.OID >= firstUserOID || !s.Binary || !d.Binary {
+		if s != d || s.OID >= firstUserOID || !s.Binary || regTypes[s.OID] || regTypes[s.Elem] {
 			return false
 		}
 	}
 	return true
 }
 
-// TypeIO is a column's type as BinaryCopy needs it: its OID, and whether
-// it has binary send and receive functions.
+// TypeIO is a column's type as BinaryCopy needs it: its OID, its
+// element type's for an array, and whether it has binary send and
+// receive functions.
 type TypeIO struct {
-	OID    uint32
-	Binary bool
+	OID, Elem uint32
+	Binary    bool
+}
+
+// regTypes are the built-in types whose values name a database's own
+// objects (regclass, regtype, ...): as text they carry the name, which
+// the cluster looks up again; in binary, the source's OID, which means
+// another object or none in the cluster.
+var regTypes = map[uint32]bool{
+	24: true, 2202: true, 2203: true, 2204: true, 2205: true, 2206: true, // regproc, regprocedure, regoper, regoperator, regclass, regtype
+	3734: true, 3769: true, 4089: true, 4096: true, 4191: true, // regconfig, regdictionary, regnamespace, regrole, regcollation
 }

@@ -117,6 +117,9 @@ func TestBinaryCopy(t *testing.T) {
 		{"a type without a binary form", 150004, 150004, []TypeIO{{OID: 23, Binary: true}, {OID: 1042}}, ints, false},
 		{"types differ", 150004, 150004, ints, []TypeIO{{OID: 23, Binary: true}, {OID: 25, Binary: true}}, false},
 		{"columns differ", 150004, 150004, ints, ints[:1], false},
+		{"regclass names a table by OID in binary", 150004, 150004, []TypeIO{{OID: 2205, Binary: true}}, []TypeIO{{OID: 2205, Binary: true}}, false},
+		{"an array of regtype", 150004, 150004, []TypeIO{{OID: 2211, Elem: 2206, Binary: true}}, []TypeIO{{OID: 2211, Elem: 2206, Binary: true}}, false},
+		{"an array of int", 150004, 150004, []TypeIO{{OID: 1007, Elem: 23, Binary: true}}, []TypeIO{{OID: 1007, Elem: 23, Binary: true}}, true},
 	} {
 		if got := BinaryCopy(tt.src, tt.dst, tt.st, tt.dt); got != tt.want {
 			t.Errorf("%s: BinaryCopy = %v, want %v", tt.name, got, tt.want)

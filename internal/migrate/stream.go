@@ -30,7 +30,8 @@ ORDER BY 1`
 // copyColumns lists a table's columns that COPY carries: not dropped,
 // not generated (the cluster computes those itself), in order, with
 // their types (BinaryCopy).
-const copyColumns = `SELECT format('%I', a.attname), a.atttypid, t.typsend <> 0 AND t.typreceive <> 0
+const copyColumns = `SELECT format('%I', a.attname), a.atttypid, CASE WHEN t.typcategory = 'A' THEN t.typelem ELSE 0 END,
+  t.typsend <> 0 AND t.typreceive <> 0
 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
 WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
 ORDER BY a.attnum`
@@ -122,7 +123,7 @@ func columns(ctx context.Context, conn *pgx.Conn, table string) (string, []TypeI
 	for rows.Next() {
 		var n string
 		var t TypeIO
-		if err := rows.Scan(&n, &t.OID, &t.Binary); err != nil {
+		if err := rows.Scan(&n, &t.OID, &t.Elem, &t.Binary); err != nil {
 			return "", nil, err
 		}
 		names = append(names, n)
@@ -246,9 +247,22 @@ func openCopySession(ctx context.Context, src, dst Conn, snapshotID string) (*co
 			return nil, fmt.Errorf("join the source's snapshot: %w", err)
 		}
 	}
-	if _, err := s.dst.Exec(ctx, "SET statement_timeout = 0"); err != nil {
-		s.close()
-		return nil, fmt.Errorf("set up a cluster session: %w", err)
+	// Rows as text read back as what they were, whatever either server's
+	// defaults: dates in ISO order, intervals in one style, floats with
+	// every digit (an older server's default drops some), as pg_dump and
+	// pg_restore set them. No name is looked up on a search path.
+	for _, side := range []struct {
+		conn *pgx.Conn
+		what string
+		q    string
+	}{
+		{s.src, "the source", "SET DateStyle = ISO; SET IntervalStyle = postgres; SET extra_float_digits = 3; SET search_path = ''"},
+		{s.dst, "the cluster", "SET DateStyle = ISO; SET IntervalStyle = postgres; SET search_path = ''; SET statement_timeout = 0"},
+	} {
+		if _, err := side.conn.Exec(ctx, side.q); err != nil {
+			s.close()
+			return nil, fmt.Errorf("set up a session on %s: %w", side.what, err)
+		}
 	}
 	for _, side := range []struct {
 		conn *pgx.Conn
