@@ -69,8 +69,14 @@ if runs:
     w("")
     if base and "pgfleet" in med:
         sp = base / med["pgfleet"]
+        per = []
+        for r in sorted({r for r, _ in by["pgfleet"]}):
+            a = dict(by["dump-psql"]).get(r)
+            b = dict(by["pgfleet"]).get(r)
+            if a and b:
+                per.append(f"{a / b:.2f}")
         w(f"Aim: `pgfleet import` at least 1.5x as fast as `pg_dump | psql`: "
-          f"{'met' if sp >= 1.5 else 'missed'} ({sp:.2f}x in this run).")
+          f"{'met' if sp >= 1.5 else 'missed'} ({sp:.3f}x, median against median; round by round {' '.join(per)}).")
         w("")
     logs = sorted(glob.glob(os.path.join(keep, "pgfleet-*.log")))
     if logs:
