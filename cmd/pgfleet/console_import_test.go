@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -197,5 +198,28 @@ func TestConsoleImportMove(t *testing.T) {
 	b.shots("move", "#move")
 	if n := count(clusterDB("shop"), "orders"); n != 3000 {
 		t.Errorf("orders after the move: %d rows, want 3000", n)
+	}
+
+	// A move someone else began and left (one step through the API, as a
+	// stopped `pgfleet move` leaves it) shows on the page with Resume and
+	// Reverse; reversed by clicking, the primary is back in ams and no
+	// move is left.
+	step := b.eval(fmt.Sprintf(`fetch("/v1/clusters/shop/move",{method:"POST",headers:{"Authorization":"Bearer %s","Content-Type":"application/json"},body:JSON.stringify({region:"iad"})}).then(function(r){return r.text()})`, strings.TrimSpace(string(tok))))
+	var mv api.MoveView
+	if err := json.Unmarshal([]byte(step), &mv); err != nil || mv.Move == nil || mv.Move.To != "iad" || mv.Done {
+		t.Fatalf("one step of a move to iad through the API: %v\n%s", err, step)
+	}
+	b.open(base + "/clusters/shop")
+	b.waitText("#move-underway", "A move from ams to iad is under way", 10*time.Second)
+	b.waitText("#move-underway", "not run from this console", time.Second)
+	b.click("#move-reverse")
+	b.waitText(".flash", "Reversing the move", 20*time.Second)
+	b.waitText("#move-progress", "Moved back", 4*time.Minute)
+	v = api.ClusterView{}
+	if err := json.Unmarshal([]byte(c.ok("status", "shop", "--json")), &v); err != nil {
+		t.Fatal(err)
+	}
+	if v.PrimaryRegion != "ams" || v.Move != nil {
+		t.Errorf("after the reverse: primary region %q, move %+v; want ams and no move", v.PrimaryRegion, v.Move)
 	}
 }

@@ -31,6 +31,8 @@ type moveRun struct {
 	Err       string
 	first     chan struct{} // closed once the first step answered
 	firstOnce *sync.Once
+	cancel    context.CancelFunc // stops it, for a reverse
+	ended     chan struct{}      // closed once it stopped
 }
 
 // firstStepWait is how long the request that starts a move waits for the
@@ -42,15 +44,28 @@ const firstStepWait = 10 * time.Second
 func (c *Console) startMove(ctx context.Context, rq *req, name string, mr api.MoveRequest) error {
 	c.restartsMu.Lock()
 	if run := c.moves[name]; run != nil && !run.Done {
+		if !mr.Reverse {
+			c.restartsMu.Unlock()
+			return fmt.Errorf("a move of %s is already running from this console: its progress is below", name)
+		}
+		// A reverse stops the move this console runs first, as a
+		// second `pgfleet move --reverse` would make the first one stop.
+		run.cancel()
 		c.restartsMu.Unlock()
-		return fmt.Errorf("a move of %s is already running from this console: its progress is below", name)
+		select {
+		case <-run.ended:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		c.restartsMu.Lock()
 	}
-	run := &moveRun{Started: time.Now(), To: mr.Region, first: make(chan struct{}), firstOnce: &sync.Once{}}
+	mctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	run := &moveRun{Started: time.Now(), To: mr.Region, first: make(chan struct{}), firstOnce: &sync.Once{}, cancel: cancel, ended: make(chan struct{})}
 	c.moves[name] = run
 	c.restartsMu.Unlock()
 	cl := c.client(rq)
 	go func() {
-		mctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+		defer close(run.ended)
 		defer cancel()
 		err := cl.Move(mctx, name, mr, moveLog{lineWriter{c: c, name: name, lines: &run.Lines, edit: strings.TrimSpace}, run})
 		c.restartsMu.Lock()
