@@ -10,6 +10,7 @@ import (
 
 	"github.com/pgfleet/pgfleet/internal/api"
 	"github.com/pgfleet/pgfleet/internal/importer"
+	"github.com/pgfleet/pgfleet/internal/migrate"
 )
 
 // createImport is `create --import-from`: a new cluster born with a copy
@@ -55,6 +56,10 @@ func (ci *createImport) run(cmd *cobra.Command, c *api.Client, v api.ClusterView
 	goOn := fmt.Sprintf("pgfleet import %s --from %s", v.Name, importer.Redact(ci.From))
 	if ci.online {
 		goOn += " --online"
+	}
+	if sc, _ := migrate.SplitURL(ci.From); sc.Password != "" {
+		// The command shown leaves the password out of the URL.
+		goOn = "PGPASSWORD=… " + goOn
 	}
 	headline := fmt.Sprintf("cluster %s created on port %d", v.Name, v.Port)
 	if err := followNewCluster(cmd, c, v, headline, "ready", true, timeout, start); err != nil {

@@ -22,8 +22,10 @@ func TestCreateImport(t *testing.T) {
 	ctx := context.Background()
 	source := startSourcePG(t, "replica")
 	admin := mustConnect(t, source)
-	if _, err := admin.Exec(ctx, "CREATE DATABASE shop"); err != nil {
-		t.Fatal(err)
+	for _, db := range []string{"shop", `"Shop Old"`} {
+		if _, err := admin.Exec(ctx, "CREATE DATABASE "+db); err != nil {
+			t.Fatal(err)
+		}
 	}
 	from := withDB(source, "shop")
 	src := mustConnect(t, from)
@@ -43,6 +45,7 @@ func TestCreateImport(t *testing.T) {
 	}{
 		{"nothing listens", "postgres://postgres:x@127.0.0.1:1/shop", "connect to the source"},
 		{"wrong password", withUser(t, source, "postgres", "wrong", "shop"), "password authentication failed"},
+		{"a database name the cluster cannot hold", withDB(source, "Shop Old"), `database name "Shop Old" is not valid`},
 	} {
 		start := time.Now()
 		_, _, err := inFleet(t, f, "create", "bad", "--primary-region", "iad", "--backup-store", "none", "--import-from", tt.from)

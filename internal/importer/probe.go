@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/pgfleet/pgfleet/internal/fleet"
 	"github.com/pgfleet/pgfleet/internal/migrate"
 	"github.com/pgfleet/pgfleet/internal/postgres"
 )
@@ -11,9 +12,10 @@ import (
 // Probe checks a source before a cluster is made for it (`create
 // --import-from`): pg_dump is here, the source answers (within 5 s, with
 // libpq's message when it does not: a wrong password, nothing listening),
-// its major version is no newer than the cluster's will be (this
-// machine's PostgreSQL, which the fleet's hosts run too), and, online, it
-// can publish (migrate.CheckOnline). It changes nothing. What only the
+// its database's name is one the cluster can hold, its major version is
+// no newer than the cluster's will be (this machine's PostgreSQL, which
+// the fleet's hosts run too), and, online, it can publish
+// (migrate.CheckOnline). It changes nothing. What only the
 // cluster can answer (its extensions, its free disk) is checked by the
 // import itself, before it copies anything.
 func Probe(ctx context.Context, o Options, online bool) error {
@@ -29,6 +31,12 @@ func Probe(ctx context.Context, o Options, online bool) error {
 		return err
 	}
 	defer src.Close(context.Background())
+	// The database is made in the cluster with the source's name.
+	if db := src.Config().Database; db != "" && db != "postgres" {
+		if err := fleet.ValidateDatabaseName(db); err != nil {
+			return fmt.Errorf("the source's database: %w", err)
+		}
+	}
 	info, err := migrate.InspectSource(ctx, src)
 	if err != nil {
 		return err
