@@ -93,7 +93,7 @@ func (w *walServer) fetchStreamed(ctx context.Context, t walTarget, name, path s
 		end, err = a.ReadStreamedWAL(ctx, name, backup.DefaultWALSegmentSize, f)
 		return err
 	})
-	if errors.Is(err, backup.ErrNotFound) {
+	if errors.Is(err, backup.ErrNotFound) && !errors.Is(err, backup.ErrNotStreamed) {
 		if ferr := w.fetchInto(ctx, t, name, path); ferr == nil || !errors.Is(ferr, backup.ErrNotFound) {
 			return ferr
 		}

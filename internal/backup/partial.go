@@ -36,6 +36,10 @@ import (
 // renamed .partial of pg_receivewal. Once the archive holds a segment, its
 // increments are dropped (by the streamer, and by ApplyRetention).
 
+// ErrNotStreamed is wrapped into ReadStreamedWAL's error when no
+// increment covers the segment's first byte; it wraps ErrNotFound.
+var ErrNotStreamed = fmt.Errorf("no streamed WAL: %w", ErrNotFound)
+
 // WALIncrement is a byte range of one WAL segment, as streamed.
 type WALIncrement struct {
 	Segment  string // the segment's name, e.g. 000000010000000000000003
@@ -235,9 +239,9 @@ func AssembleIncrements(segment string, incs []WALIncrement) Assembly {
 // ReadStreamedWAL writes the segment name, assembled from its streamed
 // increments and padded with zeros to segSize, to dst, and returns how many
 // of its bytes were streamed. No increment from the segment's first byte is
-// an error wrapping ErrNotFound, and so is an increment that vanished while
-// it was read (the archive took the segment over meanwhile: fetch it from
-// there). If a newer timeline's history says that the segment's timeline
+// an error wrapping ErrNotStreamed; an increment that vanished while it was
+// read (the archive took the segment over meanwhile: fetch it from there)
+// one wrapping ErrNotFound. If a newer timeline's history says that the segment's timeline
 // ended within it, the segment is cut there: what the old timeline's
 // primary wrote after the branch is not on the timeline a restore follows.
 // The caller must discard what was written to dst on an error.
@@ -255,7 +259,7 @@ func (a *Archive) ReadStreamedWAL(ctx context.Context, name string, segSize uint
 	}
 	as := AssembleIncrements(name, incs)
 	if as.End == 0 {
-		return 0, fmt.Errorf("streamed WAL %s: %w", name, ErrNotFound)
+		return 0, fmt.Errorf("%s: %w", name, ErrNotStreamed)
 	}
 	if uint64(as.End) > segSize {
 		return 0, fmt.Errorf("streamed WAL %s: increments reach past the segment's %d bytes: %w", name, segSize, ErrCorrupt)
@@ -265,7 +269,7 @@ func (a *Archive) ReadStreamedWAL(ctx context.Context, name string, segSize uint
 		return 0, err
 	}
 	if end == 0 {
-		return 0, fmt.Errorf("streamed WAL %s: its timeline ended before it: %w", name, ErrNotFound)
+		return 0, fmt.Errorf("%s: its timeline ended before it: %w", name, ErrNotStreamed)
 	}
 	seg := make([]byte, segSize)
 	var have uint32

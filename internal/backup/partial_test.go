@@ -201,8 +201,8 @@ func TestReadStreamedWAL(t *testing.T) {
 	if end != 50000 || out.Len() != segSize || !bytes.Equal(out.Bytes()[:50000], content) || bytes.Count(out.Bytes()[50000:], []byte{0}) != segSize-50000 {
 		t.Errorf("ReadStreamedWAL(%s) = %d bytes streamed, %d written; want the 50000 streamed bytes, then zeros to %d", name, end, out.Len(), segSize)
 	}
-	if _, err := a.ReadStreamedWAL(ctx, seg(1, 4), segSize, &out); !errors.Is(err, ErrNotFound) {
-		t.Errorf("ReadStreamedWAL of a segment never streamed: %v, want ErrNotFound", err)
+	if _, err := a.ReadStreamedWAL(ctx, seg(1, 4), segSize, &out); !errors.Is(err, ErrNotStreamed) || !errors.Is(err, ErrNotFound) {
+		t.Errorf("ReadStreamedWAL of a segment never streamed: %v, want ErrNotStreamed, an ErrNotFound", err)
 	}
 
 	// A later timeline that branched inside the segment cuts it there.
