@@ -170,8 +170,9 @@ func TestConsoleImportMove(t *testing.T) {
 	b.eval(`(function(){var s=document.getElementById("move-region");var o=document.createElement("option");o.value="syd";o.text="syd";s.add(o);s.value="syd";return ""})()`)
 	b.click("#move-start")
 	b.waitText("#move-error", "syd", 15*time.Second)
+	// By keyboard: the region, then Enter on the button.
 	b.run("choose ams", chromedp.SetValue(chromedp.CSS("#move-region"), "ams"))
-	b.click("#move-start")
+	b.key("#move-start", "\r")
 	b.waitText(".flash", "Moving the primary to ams", 20*time.Second)
 	b.waitText("#move-progress", "Moved", 4*time.Minute)
 	steps := b.text("#move-progress")
