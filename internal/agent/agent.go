@@ -213,6 +213,7 @@ type Agent struct {
 	lease   *store.Lease
 
 	ready chan struct{}
+	marks *archivedMarks // the WAL server's (walmarks.go), for the supervisors
 	// sups are the supervisors, by member id. Only the agent's loop adds
 	// and removes them, under supsMu, which the WAL server's reads take.
 	sups    map[string]*running
@@ -501,6 +502,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer walSrv.Close()
+	a.marks = walSrv.marks
 	a.log.Info("agent ready", "region", cfg.Region, "addr", cfg.Advertise, "api", cfg.APIListen, "etcd", endpoints, "postgres", a.bin.Dir)
 	close(a.ready)
 
@@ -887,7 +889,7 @@ func (a *Agent) startSupervisor(ctx context.Context, p placed) error {
 	s := &supervisor{
 		spec: m, host: a.host, store: a.store, view: a.view, lease: a.currentLease, dir: dir, log: log, secrets: sec,
 		cluster: p.cluster, role: m.Role, state: fleet.StatePending, publishNow: make(chan struct{}, 1),
-		exe: a.exe, osUser: a.osUser,
+		exe: a.exe, osUser: a.osUser, marks: a.marks,
 	}
 	s.inst = postgres.New(postgres.Config{Bin: a.bin, DataDir: s.pgdata(), User: a.osUser, Logger: log, Exe: a.exe})
 	s.serverTLS = a.postgresTLS

@@ -63,7 +63,7 @@ func (s *supervisor) archiveSettings() map[string]string {
 	}
 	return map[string]string{
 		"archive_mode":    "on",
-		"archive_command": backup.AgentArchiveCommand(s.exe, s.walSocket(), s.spec.Cluster, s.spec.ID),
+		"archive_command": backup.AgentArchiveCommand(s.exe, s.walSocket(), s.spec.Cluster, s.spec.ID, archivedMarksDir(s.walSocket(), s.spec.ID)),
 		"archive_timeout": fmt.Sprintf("%ds", int(b.ArchiveTimeout().Seconds())),
 		"restore_command": backup.AgentRestoreCommand(s.exe, s.walSocket(), s.spec.Cluster, s.spec.ID, ""),
 	}
@@ -296,6 +296,7 @@ func (s *supervisor) watchArchiving(ctx context.Context) {
 // leaves no data behind, so the next round starts it over; the cluster is
 // marked initialized only once its first primary runs.
 func (s *supervisor) restore(ctx context.Context) error {
+	s.forgetArchived()
 	r := s.cluster.Restore
 	key := ""
 	if r.Encrypted {

@@ -90,6 +90,9 @@ func (s *supervisor) runPrimary(ctx context.Context, fresh bool) error {
 // slot, and then watches: postgres exiting, the lease no longer confirmed,
 // a step-down or switchover request.
 func (s *supervisor) servePrimary(ctx context.Context, kind, msg string) error {
+	// The marks of files archived ahead are of one term (walmarks.go).
+	s.forgetArchived()
+	defer s.forgetArchived()
 	// Every standby the term started with gets the grace period to connect.
 	s.lastStreamed = map[string]time.Time{}
 	for _, m := range s.syncApplied {

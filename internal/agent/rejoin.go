@@ -211,6 +211,7 @@ const startTries = 3
 // so the data is not deleted but kept as pgdata.discarded (one generation)
 // until the member streams again.
 func (s *supervisor) discardData(ctx context.Context, why string) error {
+	s.forgetArchived()
 	s.event(ctx, "reclone", fmt.Sprintf("%s: %s; cloning afresh (the old data is kept in %s until it streams)", s.spec.ID, why, s.discarded()))
 	if err := os.RemoveAll(s.discarded()); err != nil {
 		return fmt.Errorf("remove the data set aside before: %w", err)

@@ -18,6 +18,7 @@ import (
 // term as primary ends. While no member holds the leader key, an eligible
 // standby runs in the election.
 func (s *supervisor) runStandby(ctx context.Context) error {
+	s.forgetArchived() // a standby archives nothing; its data may be new
 	c, err := s.store.Cluster(ctx, s.spec.Cluster)
 	if err != nil {
 		return err

@@ -98,6 +98,7 @@ type supervisor struct {
 	checked        atomic.Int64    // unix nanoseconds of the last status check (checkedAt)
 	exe            string          // this pgfleet binary, for archive_command and restore_command
 	osUser         postgres.OSUser // runs postgres, wal-push and wal-fetch
+	marks          *archivedMarks  // the WAL server's marks of files archived ahead; nil in unit tests
 	serverTLS      func() postgres.ServerTLS
 
 	backingUp      atomic.Bool // a base backup of this member runs

@@ -107,8 +107,9 @@ func readyAfter(pgwal, current string) []string {
 
 // scheduleAhead starts pushing ahead the files ready after current in the
 // member's pg_wal (at most aheadMax per member), and forgets finished pushes
-// of files no longer ready (archived meanwhile, or removed).
-func (w *walServer) scheduleAhead(t walTarget, current string) {
+// and marks (walmarks.go) of files no longer ready (archived meanwhile, or
+// removed).
+func (w *walServer) scheduleAhead(t walTarget, member, current string) {
 	pgwal := filepath.Join(t.pgdata, "pg_wal")
 	ready := readyAfter(pgwal, current)
 	h := w.ahead
@@ -117,9 +118,12 @@ func (w *walServer) scheduleAhead(t walTarget, current string) {
 	// The current file is ready too: its push ahead, if any, is what
 	// answers this request.
 	isReady := map[string]bool{filepath.Join(pgwal, current): true}
+	readyNames := map[string]bool{current: true}
 	for _, name := range ready {
 		isReady[filepath.Join(pgwal, name)] = true
+		readyNames[name] = true
 	}
+	w.marks.prune(member, readyNames)
 	n := 0
 	for path, p := range h.pushes {
 		if filepath.Dir(path) != pgwal {
@@ -146,6 +150,7 @@ func (w *walServer) scheduleAhead(t walTarget, current string) {
 		p := &aheadPush{done: make(chan struct{}), target: t}
 		h.pushes[path] = p
 		n++
+		term := w.marks.current(member)
 		h.wg.Add(1)
 		go func() {
 			defer h.wg.Done()
@@ -160,6 +165,10 @@ func (w *walServer) scheduleAhead(t walTarget, current string) {
 			p.pushed, p.err = w.pushFile(h.ctx, t, path)
 			if p.err != nil {
 				w.log.Debug("push WAL ahead", "path", path, "err", p.err)
+				return
+			}
+			if err := w.marks.mark(member, term, filepath.Base(path)); err != nil {
+				w.log.Warn("mark a WAL file archived: archive_command runs wal-push for it", "path", path, "err", err)
 			}
 		}()
 	}

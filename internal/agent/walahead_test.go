@@ -111,7 +111,8 @@ func TestWALPushAhead(t *testing.T) {
 
 // BenchmarkWALPushThroughAgent archives the WAL segments in
 // $PGFLEET_BENCH_WAL_DIR as postgres' archiver does with a backlog: all
-// marked ready, then one `pgfleet wal-push --socket` process per segment,
+// marked ready, then a member's archive_command (a shell testing for the
+// agent's mark, else `pgfleet wal-push --socket`) once per segment,
 // oldest first, each marked done once it succeeds, with the pgfleet binary
 // $PGFLEET_BENCH_BIN. It reports the time per segment (ms/segment), process
 // start included. bench/backup/run.sh runs it beside pgBackRest.
@@ -138,12 +139,15 @@ func BenchmarkWALPushThroughAgent(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
+		cmd := backup.AgentArchiveCommand(bin, w.socket, "bench", "bench-1", archivedMarksDir(w.socket, "bench-1"))
 		b.StartTimer()
 		start := time.Now()
 		for _, name := range segs {
-			out, err := exec.Command(bin, "wal-push", "--socket", w.socket, "--cluster", "bench", "--member", "bench-1", "pg_wal/"+name).CombinedOutput()
+			c := exec.Command("/bin/sh", "-c", pgCommand(cmd, name))
+			c.Dir = filepath.Dir(pgwal)
+			out, err := c.CombinedOutput()
 			if err != nil {
-				b.Fatalf("wal-push %s: %v: %s", name, err, out)
+				b.Fatalf("archive_command for %s: %v: %s", name, err, out)
 			}
 			st := filepath.Join(pgwal, "archive_status", name)
 			if err := os.Rename(st+".ready", st+".done"); err != nil {

@@ -100,7 +100,8 @@ type walServer struct {
 	// runs itself.
 	postmasters func() map[int]memberRef
 
-	ahead *walAhead // pushes and fetches ahead of postgres (walahead.go)
+	ahead *walAhead      // pushes and fetches ahead of postgres (walahead.go)
+	marks *archivedMarks // files pushed ahead, for archive_command's test (walmarks.go)
 
 	srv  *http.Server
 	done chan struct{}
@@ -194,6 +195,10 @@ func (w *walServer) listen() (net.Listener, error) {
 		return nil, err
 	}
 	if err := os.Mkdir(w.spool, 0o700); err != nil {
+		return nil, err
+	}
+	w.marks = newArchivedMarks(filepath.Join(run, "archived"), uid, gid)
+	if err := w.marks.reset(); err != nil {
 		return nil, err
 	}
 	if fi, err := os.Lstat(w.socket); err == nil {
@@ -501,7 +506,7 @@ func (w *walServer) pushWAL(ctx context.Context, req WALRequest, path string) er
 	if err != nil {
 		return err
 	}
-	w.scheduleAhead(t, filepath.Base(p))
+	w.scheduleAhead(t, req.Member, filepath.Base(p))
 	if w.pushedAhead(ctx, t, p) {
 		return nil
 	}

@@ -173,9 +173,16 @@ func walCommand(exe, sub, storeURL, cluster, keyFile string) string {
 // AgentArchiveCommand returns an archive_command that runs `exe wal-push`
 // through the agent listening on socket: the agent reads the file and
 // uploads it, so the postgres OS user that runs the command holds neither
-// the store's credentials nor the backup key.
-func AgentArchiveCommand(exe, socket, cluster, member string) string {
-	return commandLine([]string{exe, "wal-push", "--socket", socket, "--cluster", cluster, "--member", member}) + " %p"
+// the store's credentials nor the backup key. With marks, the directory
+// where the agent marks the files it has archived ahead of postgres, the
+// command first tests for the file's mark with the shell's builtin and
+// starts no process for a file the agent has archived already.
+func AgentArchiveCommand(exe, socket, cluster, member, marks string) string {
+	push := commandLine([]string{exe, "wal-push", "--socket", socket, "--cluster", cluster, "--member", member}) + " %p"
+	if marks == "" {
+		return push
+	}
+	return "test -f " + commandLine([]string{marks + "/"}) + "%f || exec " + push
 }
 
 // AgentRestoreCommand returns a restore_command that runs `exe wal-fetch`
