@@ -36,6 +36,11 @@ FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
 WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
 ORDER BY a.attnum`
 
+// targetTable names a table, given as a value, as the cluster's catalog
+// does, qualified and quoted.
+const targetTable = `SELECT format('%I.%I', n.nspname, c.relname)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1::regclass`
+
 // snapshot is a transaction on the source whose snapshot pg_dump and the
 // copy sessions share, so that every table is read as of one moment. It
 // holds an ACCESS SHARE lock on the tables the import streams, so none is
@@ -221,6 +226,7 @@ type copySession struct {
 
 // tableCopy is how a session copies one table.
 type tableCopy struct {
+	dstTable         string // the table as the cluster's catalog names it
 	srcCols, dstCols string // as each side's catalog names them
 	format           string // COPY's FORMAT: text, or binary (BinaryCopy)
 }
@@ -302,7 +308,13 @@ func (s *copySession) copy(ctx context.Context, t CopyTask) (int64, error) {
 		if srcCols != dstCols {
 			return 0, fmt.Errorf("table %s has columns (%s) on the source and (%s) in the cluster", t.Table, srcCols, dstCols)
 		}
-		tc = tableCopy{srcCols: srcCols, dstCols: dstCols, format: "text"}
+		// The cluster's statement names the table as its own catalog
+		// does: the name the source sent is only looked up, as a value.
+		var dstTable string
+		if err := s.dst.QueryRow(ctx, targetTable, t.Table).Scan(&dstTable); err != nil {
+			return 0, fmt.Errorf("find %s in the cluster: %w", t.Table, err)
+		}
+		tc = tableCopy{dstTable: dstTable, srcCols: srcCols, dstCols: dstCols, format: "text"}
 		if BinaryCopy(s.srcVersion, s.dstVersion, srcTypes, dstTypes) {
 			tc.format = "binary"
 		}
@@ -323,7 +335,7 @@ func (s *copySession) copy(ctx context.Context, t CopyTask) (int64, error) {
 		pw.CloseWithError(err) // nil: the reader sees the end of the data
 		srcErr <- err
 	}()
-	tag, err := s.dst.PgConn().CopyFrom(ctx, pr, "COPY "+t.Table+" ("+tc.dstCols+") FROM STDIN (FORMAT "+tc.format+")")
+	tag, err := s.dst.PgConn().CopyFrom(ctx, pr, "COPY "+tc.dstTable+" ("+tc.dstCols+") FROM STDIN (FORMAT "+tc.format+")")
 	pr.CloseWithError(errors.New("the cluster's COPY ended")) // unblocks the source's side if it is still writing
 	if serr := <-srcErr; serr != nil {
 		return 0, fmt.Errorf("copy %s from the source: %w", t.Table, serr)
