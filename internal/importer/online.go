@@ -1,6 +1,7 @@
 package importer
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -111,6 +112,55 @@ func (im *onlineImport) progress(ctx context.Context, dst *pgx.Conn) (migrate.Pr
 	return p, sub, true, err
 }
 
+// workerStart bounds the wait for a new subscription's worker to start.
+const workerStart = 5 * time.Second
+
+// memberRootCert is where the subscription finds the fleet's CA on any
+// member: root.crt beside the data directory (postgres.Instance.RootCertPath),
+// named relative to the data directory, which is every backend's working
+// directory. An absolute path would name one member's directory, and the
+// subscription goes wherever the primary goes, through switchovers and
+// failovers.
+const memberRootCert = "../root.crt"
+
+// subscriptionRootCert makes conninfo's sslrootcert one the cluster's
+// primary can read, wherever it runs: the CLI's copy of the fleet's CA
+// (a source that is another cluster of the fleet, from `pgfleet url`) is
+// each member's own; a CA the primary has at the same path is kept; any
+// other is refused, since the subscription could not verify the source.
+func subscriptionRootCert(ctx context.Context, admin *pgx.Conn, conninfo string) (string, error) {
+	u, err := url.Parse(conninfo)
+	if err != nil {
+		return "", err
+	}
+	q := u.Query()
+	path := q.Get("sslrootcert")
+	if path == "" || path == "system" {
+		return conninfo, nil
+	}
+	mine, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("read --from's sslrootcert: %w", err)
+	}
+	var fleetCA string
+	if err := admin.QueryRow(ctx, "SELECT pg_read_file($1)", memberRootCert).Scan(&fleetCA); err != nil {
+		return "", fmt.Errorf("read the fleet's CA on the cluster's primary: %w", err)
+	}
+	if m := bytes.TrimSpace(mine); len(m) > 0 && bytes.Contains([]byte(fleetCA), m) {
+		q.Set("sslrootcert", memberRootCert)
+		u.RawQuery = q.Encode()
+		return u.String(), nil
+	}
+	var there bool
+	if err := admin.QueryRow(ctx, "SELECT pg_stat_file($1, true) IS NOT NULL", path).Scan(&there); err != nil {
+		return "", fmt.Errorf("look for --from's sslrootcert on the cluster's primary: %w", err)
+	}
+	if !there {
+		return "", fmt.Errorf("--from's sslrootcert %s is not the fleet's CA, and the subscription connects to the source from the cluster's primary, which has no file %s: copy it to that path on every host of the cluster, readable by the postgres OS user, or use sslmode=require (encrypted, the source's certificate not verified)", path, path)
+	}
+	return conninfo, nil
+}
+
 // subscriptionConninfo is the connection string the cluster's primary
 // uses to reach the source: --from's URL with the password the CLI
 // connected with (PGPASSWORD or a passfile included), since the primary
@@ -200,6 +250,13 @@ func Online(ctx context.Context, c *api.Client, name string, o Options, out, err
 	if err := migrate.Check(srcInfo, dstInfo, o.Clean); err != nil {
 		return fmt.Errorf("online import into %s refused, nothing changed: %w", name, err)
 	}
+	conninfo, err := subscriptionConninfo(o.From, im.src.Config().User, im.src.Config().Password)
+	if err == nil {
+		conninfo, err = subscriptionRootCert(ctx, admin, conninfo)
+	}
+	if err != nil {
+		return fmt.Errorf("online import into %s refused, nothing changed: %w", name, err)
+	}
 	fmt.Fprintf(out, "importing database %s (%s, PostgreSQL %d) online into cluster %s (primary %s)\n", im.db, fleet.FormatBytes(srcInfo.Bytes), srcInfo.VersionNum/10000, name, im.primary)
 
 	if !o.NoRoles {
@@ -253,10 +310,6 @@ func Online(ctx context.Context, c *api.Client, name string, o Options, out, err
 	if err := migrate.CreatePublication(ctx, im.src, im.obj, repl.Superuser); err != nil {
 		return err
 	}
-	conninfo, err := subscriptionConninfo(o.From, im.src.Config().User, im.src.Config().Password)
-	if err != nil {
-		return err
-	}
 	dst, err := im.target(ctx)
 	if err != nil {
 		return err
@@ -271,8 +324,20 @@ func Online(ctx context.Context, c *api.Client, name string, o Options, out, err
 		return fmt.Errorf("%w (the cluster's primary connects to the source with --from's URL: it must reach that host)", err)
 	}
 	fmt.Fprintf(out, "publication %s on the source, subscription %s in cluster %s: the initial copy runs\n", im.obj, im.obj, name)
-	if p, _, _, err := im.progress(ctx, dst); err == nil {
-		PrintProgress(out, p)
+	// The subscription's worker starts a moment after the subscription:
+	// until then its progress would read as stopped.
+	for deadline := time.Now().Add(workerStart); ; {
+		p, _, _, err := im.progress(ctx, dst)
+		if err != nil {
+			break
+		}
+		if p.Phase != migrate.PhaseStopped || time.Now().After(deadline) {
+			PrintProgress(out, p)
+			break
+		}
+		if sleepCtx(ctx, 200*time.Millisecond) != nil {
+			break
+		}
 	}
 	fmt.Fprintf(out, "follow it with `pgfleet import %s --from URL --status`; finish with --cutover\n", name)
 	return nil
@@ -519,6 +584,6 @@ func Abort(ctx context.Context, c *api.Client, name, from string, out io.Writer)
 		fmt.Fprintf(out, "no subscription %s in cluster %s; the source holds no slot of it and no publication any more\n", im.obj, name)
 		return nil
 	}
-	fmt.Fprintf(out, "aborted: dropped subscription %s and the source's slot and publication; the data copied so far stays in %s/%s\n", im.obj, name, im.db)
+	fmt.Fprintf(out, "aborted: dropped subscription %s and the source's slot and publication; the data copied so far stays in %s/%s (run the import again with --clean to start over)\n", im.obj, name, im.db)
 	return nil
 }
