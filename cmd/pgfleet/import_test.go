@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -82,6 +83,13 @@ func TestImport(t *testing.T) {
 	t.Logf("import:\n%s%s", out, stderr)
 	if !strings.Contains(out, "every table's row count matches") || !strings.Contains(out, `public."Order Lines"`) {
 		t.Errorf("import's summary:\n%s", out)
+	}
+	// The summary's counts are the tables' true rows (events: its
+	// partition's), on both sides.
+	for _, line := range []string{`public."Order Lines" +3000 +3000\n`, `public.events +1000 +1000\n`, `public.orders +5000 +5000\n`} {
+		if !regexp.MustCompile(line).MatchString(out) {
+			t.Errorf("import's summary has no line %q:\n%s", line, out)
+		}
 	}
 	if strings.Contains(out+stderr, "shop-secret-1") || strings.Contains(out+stderr, passwordOf(t, srcURL)) {
 		t.Error("the import printed a password")

@@ -160,7 +160,7 @@ func Offline(ctx context.Context, c *api.Client, name string, o Options, out, er
 	}
 	done := 0
 	progress := newLineProgress(out)
-	err = tool.Copy(ctx, srcConn, dstConn, migrate.CopyOptions{
+	copied, err := tool.Copy(ctx, srcConn, dstConn, migrate.CopyOptions{
 		Jobs: o.Jobs, Clean: o.Clean, NoOwner: o.NoRoles,
 		Table: func(table string, total int) {
 			done++
@@ -173,6 +173,14 @@ func Offline(ctx context.Context, c *api.Client, name string, o Options, out, er
 		return fmt.Errorf("%w (the target database %s may hold part of the data: run the import again with --clean)", err, db)
 	}
 
+	srcCounts := copied.Source
+	if srcCounts == nil {
+		t0 := time.Now()
+		if srcCounts, err = migrate.CountTables(ctx, src, nil); err != nil {
+			return fmt.Errorf("count the source's rows: %w", err)
+		}
+		fmt.Fprintf(out, "counted the source's rows in %s\n", time.Since(t0).Round(100*time.Millisecond))
+	}
 	dst, err := Connect(ctx, dstURL, "the cluster's database "+db)
 	if err != nil {
 		return err
@@ -181,13 +189,9 @@ func Offline(ctx context.Context, c *api.Client, name string, o Options, out, er
 	if _, err := dst.Exec(ctx, "ANALYZE"); err != nil {
 		return fmt.Errorf("analyze the imported tables: %w", err)
 	}
-	srcCounts, err := migrate.CountRows(ctx, src)
+	dstCounts, err := migrate.CountTables(ctx, dst, copied.Loaded)
 	if err != nil {
-		return err
-	}
-	dstCounts, err := migrate.CountRows(ctx, dst)
-	if err != nil {
-		return err
+		return fmt.Errorf("count the cluster's rows: %w", err)
 	}
 	counts := migrate.Compare(srcCounts, dstCounts)
 	var rows int64

@@ -70,6 +70,8 @@ func TestCopyStreamsBigTablesWhole(t *testing.T) {
 		"CREATE TABLE refs (t regclass, ty regtype[], n int)",
 		"INSERT INTO refs VALUES ('big', ARRAY['mood']::regtype[], 1), ('notes', ARRAY['int4']::regtype[], 2)",
 		"CREATE INDEX big_grp ON big (grp)",
+		// Its statistics come only from an ANALYZE after the index.
+		"CREATE INDEX big_pad_head ON big (left(pad, 4))",
 		"VACUUM ANALYZE",
 	} {
 		if _, err := src.Exec(ctx, s); err != nil {
@@ -80,7 +82,7 @@ func TestCopyStreamsBigTablesWhole(t *testing.T) {
 	tool := migrate.Tool{Bin: bin, Dir: labtest.TestDir(t)}
 	var steps []string
 	loaded := map[string]int{}
-	err := tool.Copy(ctx, migrate.Conn{URL: base + "src"}, migrate.Conn{URL: base + "dst"}, migrate.CopyOptions{
+	res, err := tool.Copy(ctx, migrate.Conn{URL: base + "src"}, migrate.Conn{URL: base + "dst"}, migrate.CopyOptions{
 		Jobs: 2, StreamAbove: 1,
 		Table: func(name string, total int) { loaded[name] = total },
 		Step:  func(line string) { steps = append(steps, line) },
@@ -117,9 +119,33 @@ func TestCopyStreamsBigTablesWhole(t *testing.T) {
 		}
 	}
 	var indexes int
-	if err := dst.QueryRow(ctx, "SELECT count(*) FROM pg_indexes WHERE tablename = 'big'").Scan(&indexes); err != nil || indexes != 2 {
-		t.Errorf("big has %d indexes (%v), want its primary key and big_grp", indexes, err)
+	if err := dst.QueryRow(ctx, "SELECT count(*) FROM pg_indexes WHERE tablename = 'big'").Scan(&indexes); err != nil || indexes != 3 {
+		t.Errorf("big has %d indexes (%v), want its primary key, big_grp and big_pad_head", indexes, err)
 	}
+
+	// The summary's counts: the source's from the copy's snapshot, the
+	// cluster's from the COPY commands that loaded big (in two parts)
+	// and a count of the rest; each as count(*) on the table says.
+	if res.Source["public.big"] != 250000 || res.Loaded["public.big"] != 250000 {
+		t.Errorf("big: %d row(s) read, %d loaded by the COPY commands, want 250000", res.Source["public.big"], res.Loaded["public.big"])
+	}
+	dstCounts, err := migrate.CountTables(ctx, dst, res.Loaded)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, table := range tables {
+		var n int64
+		if err := src.QueryRow(ctx, "SELECT count(*) FROM "+table).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if res.Source[table] != n || dstCounts[table] != n {
+			t.Errorf("%s: summary says %d on the source and %d in the copy, count(*) %d", table, res.Source[table], dstCounts[table], n)
+		}
+	}
+	if len(res.Source) != len(tables) || len(dstCounts) != len(tables) {
+		t.Errorf("summary of %d and %d table(s), want %d: %v %v", len(res.Source), len(dstCounts), len(tables), res.Source, dstCounts)
+	}
+
 	if _, err := dst.Exec(ctx, `INSERT INTO "Sales"."Order ""Lines""" VALUES (999999, 1, 'no such big')`); err == nil || !strings.Contains(err.Error(), "foreign key") {
 		t.Errorf("an order line for no big row: %v, want the foreign key to refuse it", err)
 	}

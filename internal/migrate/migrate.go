@@ -194,3 +194,32 @@ func Mismatches(counts []TableCount) []TableCount {
 	}
 	return out
 }
+
+// TableTree is one table of the row-count summary (Tables) and the
+// relations whose rows `SELECT count(*)` on it reads: itself and every
+// inheritance child and partition below it, each once.
+type TableTree struct {
+	Table     string
+	Relations []string
+}
+
+// SumTrees gives each summary table the sum of its relations' rows, as
+// count(*) on it would: rows holds each relation's own rows (COPY's
+// count for those the import streamed, count(*) FROM ONLY for the
+// others). A relation missing from rows is an error, not a zero: the
+// summary must never claim a count it did not take.
+func SumTrees(trees []TableTree, rows map[string]int64) (map[string]int64, error) {
+	out := make(map[string]int64, len(trees))
+	for _, t := range trees {
+		var n int64
+		for _, r := range t.Relations {
+			m, ok := rows[r]
+			if !ok {
+				return nil, fmt.Errorf("no row count for %s (in %s)", r, t.Table)
+			}
+			n += m
+		}
+		out[t.Table] = n
+	}
+	return out, nil
+}

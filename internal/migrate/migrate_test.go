@@ -1,6 +1,7 @@
 package migrate
 
 import (
+	"maps"
 	"strings"
 	"testing"
 )
@@ -87,5 +88,27 @@ func TestSplitURL(t *testing.T) {
 	}
 	if _, err := SplitURL("mysql://h/db"); err == nil {
 		t.Error("SplitURL accepted a mysql:// URL")
+	}
+}
+
+func TestSumTrees(t *testing.T) {
+	trees := []TableTree{
+		{Table: "public.events", Relations: []string{"public.events_2026", "public.events_2027"}},
+		{Table: "public.notes", Relations: []string{"public.notes", "public.notes_archive"}},
+		{Table: "public.notes_archive", Relations: []string{"public.notes_archive"}},
+		{Table: "public.empty", Relations: nil},
+	}
+	got, err := SumTrees(trees, map[string]int64{
+		"public.events_2026": 300, "public.events_2027": 700, "public.notes": 500, "public.notes_archive": 200,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int64{"public.events": 1000, "public.notes": 700, "public.notes_archive": 200, "public.empty": 0}
+	if !maps.Equal(got, want) {
+		t.Errorf("SumTrees = %v, want %v", got, want)
+	}
+	if _, err := SumTrees(trees, map[string]int64{"public.events_2026": 300}); err == nil || !strings.Contains(err.Error(), "public.events_2027") {
+		t.Errorf("SumTrees without a partition's count: %v, want an error naming it", err)
 	}
 }

@@ -152,13 +152,20 @@ type streamOptions struct {
 // source sent is never run in the cluster. The cluster's tables have no
 // indexes or constraints yet (pg_restore's post-data section builds them
 // after), so the parts of one table load side by side.
-func stream(ctx context.Context, src, dst Conn, tasks []CopyTask, o streamOptions) (int64, error) {
+// streamCounts is what stream copied, per table, as the COPY commands' tags
+// say: Read by the source's names, Loaded by the cluster's. They count
+// the rows of each part exactly, in the import's snapshot.
+type streamCounts struct {
+	Read, Loaded map[string]int64
+}
+
+func stream(ctx context.Context, src, dst Conn, tasks []CopyTask, o streamOptions) (streamCounts, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
 		mu       sync.Mutex
 		firstErr error
-		rows     int64
+		res      = streamCounts{Read: map[string]int64{}, Loaded: map[string]int64{}}
 		wg       sync.WaitGroup
 	)
 	fail := func(err error) {
@@ -181,13 +188,14 @@ func stream(ctx context.Context, src, dst Conn, tasks []CopyTask, o streamOption
 			}
 			defer s.close()
 			for t := range work {
-				n, err := s.copy(ctx, t)
+				read, loaded, dstTable, err := s.copy(ctx, t)
 				if err != nil {
 					fail(err)
 					return
 				}
 				mu.Lock()
-				rows += n
+				res.Read[t.Table] += read
+				res.Loaded[dstTable] += loaded
 				mu.Unlock()
 			}
 		}()
@@ -210,7 +218,7 @@ feed:
 	if firstErr == nil && ctx.Err() != nil {
 		firstErr = ctx.Err()
 	}
-	return rows, firstErr
+	return res, firstErr
 }
 
 // copyBuffer is how much of a COPY's rows go across in one write.
@@ -293,28 +301,32 @@ func (s *copySession) close() {
 	}
 }
 
-// copy runs one task and returns the rows it copied.
-func (s *copySession) copy(ctx context.Context, t CopyTask) (int64, error) {
+// copy runs one task and returns the rows the source's COPY sent and the
+// cluster's COPY took, by their command tags, and the table's name in the
+// cluster.
+func (s *copySession) copy(ctx context.Context, t CopyTask) (read, loaded int64, dstTable string, err error) {
 	tc, ok := s.tables[t.Table]
 	if !ok {
-		srcCols, srcTypes, err := columns(ctx, s.src, t.Table)
+		var srcCols, dstCols string
+		var srcTypes, dstTypes []TypeIO
+		srcCols, srcTypes, err = columns(ctx, s.src, t.Table)
 		if err != nil {
-			return 0, fmt.Errorf("read the columns of %s on the source: %w", t.Table, err)
+			return 0, 0, "", fmt.Errorf("read the columns of %s on the source: %w", t.Table, err)
 		}
-		dstCols, dstTypes, err := columns(ctx, s.dst, t.Table)
+		dstCols, dstTypes, err = columns(ctx, s.dst, t.Table)
 		if err != nil {
-			return 0, fmt.Errorf("read the columns of %s in the cluster: %w", t.Table, err)
+			return 0, 0, "", fmt.Errorf("read the columns of %s in the cluster: %w", t.Table, err)
 		}
 		if srcCols != dstCols {
-			return 0, fmt.Errorf("table %s has columns (%s) on the source and (%s) in the cluster", t.Table, srcCols, dstCols)
+			return 0, 0, "", fmt.Errorf("table %s has columns (%s) on the source and (%s) in the cluster", t.Table, srcCols, dstCols)
 		}
 		// The cluster's statement names the table as its own catalog
 		// does: the name the source sent is only looked up, as a value.
-		var dstTable string
-		if err := s.dst.QueryRow(ctx, targetTable, t.Table).Scan(&dstTable); err != nil {
-			return 0, fmt.Errorf("find %s in the cluster: %w", t.Table, err)
+		var name string
+		if err := s.dst.QueryRow(ctx, targetTable, t.Table).Scan(&name); err != nil {
+			return 0, 0, "", fmt.Errorf("find %s in the cluster: %w", t.Table, err)
 		}
-		tc = tableCopy{dstTable: dstTable, srcCols: srcCols, dstCols: dstCols, format: "text"}
+		tc = tableCopy{dstTable: name, srcCols: srcCols, dstCols: dstCols, format: "text"}
 		if BinaryCopy(s.srcVersion, s.dstVersion, srcTypes, dstTypes) {
 			tc.format = "binary"
 		}
@@ -328,20 +340,21 @@ func (s *copySession) copy(ctx context.Context, t CopyTask) (int64, error) {
 		// into big writes, or each row costs a hand-over between
 		// goroutines and a network write (a TLS record) of its own.
 		bw := bufio.NewWriterSize(pw, copyBuffer)
-		_, err := s.src.PgConn().CopyTo(ctx, bw, "COPY (SELECT "+tc.srcCols+" FROM ONLY "+t.Table+t.Where()+") TO STDOUT (FORMAT "+tc.format+")")
+		srcTag, err := s.src.PgConn().CopyTo(ctx, bw, "COPY (SELECT "+tc.srcCols+" FROM ONLY "+t.Table+t.Where()+") TO STDOUT (FORMAT "+tc.format+")")
 		if err == nil {
 			err = bw.Flush()
 		}
 		pw.CloseWithError(err) // nil: the reader sees the end of the data
+		read = srcTag.RowsAffected()
 		srcErr <- err
 	}()
 	tag, err := s.dst.PgConn().CopyFrom(ctx, pr, "COPY "+tc.dstTable+" ("+tc.dstCols+") FROM STDIN (FORMAT "+tc.format+")")
 	pr.CloseWithError(errors.New("the cluster's COPY ended")) // unblocks the source's side if it is still writing
 	if serr := <-srcErr; serr != nil {
-		return 0, fmt.Errorf("copy %s from the source: %w", t.Table, serr)
+		return 0, 0, "", fmt.Errorf("copy %s from the source: %w", t.Table, serr)
 	}
 	if err != nil {
-		return 0, fmt.Errorf("copy %s into the cluster: %w", t.Table, err)
+		return 0, 0, "", fmt.Errorf("copy %s into the cluster: %w", t.Table, err)
 	}
-	return tag.RowsAffected(), nil
+	return read, tag.RowsAffected(), tc.dstTable, nil
 }
