@@ -181,17 +181,9 @@ func Offline(ctx context.Context, c *api.Client, name string, o Options, out, er
 		}
 		fmt.Fprintf(out, "counted the source's rows in %s\n", time.Since(t0).Round(100*time.Millisecond))
 	}
-	dst, err := Connect(ctx, dstURL, "the cluster's database "+db)
+	dstCounts, err := checkTarget(ctx, dstConn, dstURL, db, o.Jobs, copied.Loaded, out)
 	if err != nil {
 		return err
-	}
-	defer dst.Close(context.Background())
-	if _, err := dst.Exec(ctx, "ANALYZE"); err != nil {
-		return fmt.Errorf("analyze the imported tables: %w", err)
-	}
-	dstCounts, err := migrate.CountTables(ctx, dst, copied.Loaded)
-	if err != nil {
-		return fmt.Errorf("count the cluster's rows: %w", err)
 	}
 	counts := migrate.Compare(srcCounts, dstCounts)
 	var rows int64
@@ -209,6 +201,42 @@ func Offline(ctx context.Context, c *api.Client, name string, o Options, out, er
 	}
 	fmt.Fprintf(out, "imported %d table(s), %d row(s) into %s/%s in %s; every table's row count matches\n", len(counts), rows, name, db, time.Since(start).Round(100*time.Millisecond))
 	return nil
+}
+
+// checkTarget gathers the planner's statistics of the imported tables
+// (migrate.Analyze, jobs sessions) and, beside them in a session of its
+// own, counts the cluster's rows: loaded holds the streamed tables' rows
+// from the COPY commands that loaded them, so only the other tables are
+// scanned.
+func checkTarget(ctx context.Context, dstConn migrate.Conn, dstURL, db string, jobs int, loaded map[string]int64, out io.Writer) (map[string]int64, error) {
+	t0 := time.Now()
+	dst, err := Connect(ctx, dstURL, "the cluster's database "+db)
+	if err != nil {
+		return nil, err
+	}
+	defer dst.Close(context.Background())
+	type analyzed struct {
+		tables int
+		took   time.Duration
+		err    error
+	}
+	done := make(chan analyzed, 1)
+	go func() {
+		n, err := migrate.Analyze(ctx, dstConn, jobs)
+		done <- analyzed{n, time.Since(t0), err}
+	}()
+	counts, cerr := migrate.CountTables(ctx, dst, loaded)
+	counted := time.Since(t0)
+	a := <-done
+	if a.err != nil {
+		return nil, fmt.Errorf("analyze the imported tables: %w", a.err)
+	}
+	if cerr != nil {
+		return nil, fmt.Errorf("count the cluster's rows: %w", cerr)
+	}
+	fmt.Fprintf(out, "analyzed %d table(s) in %s by %d session(s); counted the cluster's rows beside in %s\n",
+		a.tables, a.took.Round(100*time.Millisecond), max(jobs, 1), counted.Round(100*time.Millisecond))
+	return counts, nil
 }
 
 // importRoles makes the source's roles in the cluster (migrate.RoleStatements).

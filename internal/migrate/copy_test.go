@@ -146,6 +146,25 @@ func TestCopyStreamsBigTablesWhole(t *testing.T) {
 		t.Errorf("summary of %d and %d table(s), want %d: %v %v", len(res.Source), len(dstCounts), len(tables), res.Source, dstCounts)
 	}
 
+	n, err := migrate.Analyze(ctx, migrate.Conn{URL: base + "dst"}, 2)
+	if err != nil {
+		t.Fatalf("Analyze: %v", err)
+	}
+	// big, Order "Lines", notes, notes_archive, events (with its
+	// partitions), scratch, refs.
+	if n != 7 {
+		t.Errorf("Analyze did %d table(s), want 7", n)
+	}
+	var stats int
+	if err := dst.QueryRow(ctx, `SELECT count(*) FROM pg_stats WHERE (schemaname, tablename) IN
+		(('public', 'big'), ('public', 'big_pad_head'), ('public', 'events_2026'), ('public', 'events'), ('Sales', 'Order "Lines"'))`).Scan(&stats); err != nil {
+		t.Fatal(err)
+	}
+	// big's 4 columns (twice too), the expression index's 1, 2 for each
+	// partition and 2 for events as a whole, Order "Lines"'s 3.
+	if stats != 4+1+2+2+3 {
+		t.Errorf("pg_stats has %d row(s) for big, its expression index, events and Order \"Lines\", want 12", stats)
+	}
 	if _, err := dst.Exec(ctx, `INSERT INTO "Sales"."Order ""Lines""" VALUES (999999, 1, 'no such big')`); err == nil || !strings.Contains(err.Error(), "foreign key") {
 		t.Errorf("an order line for no big row: %v, want the foreign key to refuse it", err)
 	}

@@ -3,6 +3,7 @@ package migrate
 import (
 	"context"
 	"fmt"
+	"sync"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -69,4 +70,79 @@ func CountTables(ctx context.Context, conn *pgx.Conn, known map[string]int64) (m
 		}
 	}
 	return SumTrees(trees, got)
+}
+
+// analyzeTables lists what a database-wide ANALYZE reaches among user
+// relations, biggest first so the longest starts first: tables,
+// partitioned tables (their ANALYZE covers their partitions, so those are
+// not listed again) and materialized views.
+const analyzeTables = `SELECT format('%I.%I', n.nspname, c.relname)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'm') AND NOT c.relispartition
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'
+ORDER BY pg_total_relation_size(c.oid) DESC, 1`
+
+// Analyze gathers the planner's statistics for every user table of dst
+// in jobs sessions side by side, so the cluster plans well from its first
+// query. It runs after the indexes exist, never beside their build: the
+// statistics of an expression index come from an ANALYZE after it, and
+// ANALYZE and CREATE INDEX lock each other out of a table anyway.
+func Analyze(ctx context.Context, dst Conn, jobs int) (int, error) {
+	conn, err := dial(ctx, dst, "the cluster")
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close(context.Background())
+	rows, err := conn.Query(ctx, analyzeTables)
+	if err != nil {
+		return 0, fmt.Errorf("list the tables to analyze: %w", err)
+	}
+	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return 0, fmt.Errorf("list the tables to analyze: %w", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	work := make(chan string)
+	errs := make(chan error, max(jobs, 1))
+	var wg sync.WaitGroup
+	for i := range min(max(jobs, 1), len(tables)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := conn
+			if i > 0 {
+				var err error
+				if c, err = dial(ctx, dst, "the cluster"); err != nil {
+					errs <- err
+					cancel()
+					return
+				}
+				defer c.Close(context.Background())
+			}
+			for t := range work {
+				if _, err := c.Exec(ctx, "ANALYZE "+t); err != nil {
+					errs <- fmt.Errorf("analyze %s: %w", t, err)
+					cancel()
+					return
+				}
+			}
+		}()
+	}
+feed:
+	for _, t := range tables {
+		select {
+		case work <- t:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(work)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return 0, err
+	default:
+	}
+	return len(tables), ctx.Err()
 }
