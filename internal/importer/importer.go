@@ -235,7 +235,7 @@ func checkTarget(ctx context.Context, dstConn migrate.Conn, dstURL, db string, j
 		return nil, fmt.Errorf("count the cluster's rows: %w", cerr)
 	}
 	fmt.Fprintf(out, "analyzed %d table(s) in %s by %d session(s); counted the cluster's rows beside in %s\n",
-		a.tables, a.took.Round(100*time.Millisecond), max(jobs, 1), counted.Round(100*time.Millisecond))
+		a.tables, a.took.Round(100*time.Millisecond), max(min(jobs, a.tables), 1), counted.Round(100*time.Millisecond))
 	return counts, nil
 }
 
