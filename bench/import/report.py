@@ -84,7 +84,7 @@ if runs:
         w("")
         w("```")
         for l in open(logs[-1]).read().splitlines():
-            if l.startswith(("dumped", "copied ", "restored", "imported", "importing")):
+            if l.startswith(("dumped", "copied ", "restored", "counted", "built", "analyzed", "imported", "importing")):
                 w(l)
         w("```")
         w("")
