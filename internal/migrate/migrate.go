@@ -4,7 +4,8 @@
 // got, which tables the import copies itself and in how many parts
 // (plan.go), and whether every table arrived whole. These decisions do no
 // I/O; pgdump.go runs pg_dump and pg_restore, stream.go copies big tables
-// COPY to COPY, and offline.go puts the two together.
+// COPY to COPY, offline.go puts the two together, and count.go counts
+// the rows and gathers the statistics afterwards.
 package migrate
 
 import (
