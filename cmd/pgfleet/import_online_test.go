@@ -4,15 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/url"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -21,88 +16,14 @@ import (
 	"github.com/pgfleet/pgfleet/internal/api"
 	"github.com/pgfleet/pgfleet/internal/lab/labtest"
 	"github.com/pgfleet/pgfleet/internal/migrate"
-	"github.com/pgfleet/pgfleet/internal/postgres"
 )
 
 // startSourcePG starts a PostgreSQL outside pgfleet, with its own initdb,
-// on a free loopback port, and returns its superuser's URL (database
-// postgres, password auth over TCP). It stops when the test ends.
+// and returns its superuser's URL (database postgres, password auth over
+// TCP). It stops when the test ends.
 func startSourcePG(t *testing.T, walLevel string) string {
 	t.Helper()
-	bin := labtest.RequirePostgres(t)
-	dir := labtest.TestDir(t)
-	u, err := postgres.CurrentOrPostgres()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cred *syscall.Credential
-	if os.Geteuid() == 0 && u.UID != 0 {
-		cred = &syscall.Credential{Uid: uint32(u.UID), Gid: uint32(u.GID)}
-		if err := os.Chown(dir, u.UID, u.GID); err != nil {
-			t.Fatal(err)
-		}
-	}
-	const password = "source-secret-9"
-	pwfile := filepath.Join(dir, "pw")
-	if err := os.WriteFile(pwfile, []byte(password+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if cred != nil {
-		os.Chown(pwfile, u.UID, u.GID)
-	}
-	data := filepath.Join(dir, "data")
-	run := func(name string, args ...string) *exec.Cmd {
-		cmd := exec.Command(bin.Path(name), args...)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Setpgid: true}
-		cmd.Env = []string{"PATH=/usr/bin:/bin", "LANG=C.UTF-8", "HOME=" + dir}
-		cmd.Dir = dir
-		return cmd
-	}
-	if out, err := run("initdb", "-D", data, "-U", "postgres", "--pwfile", pwfile, "--auth-local=trust", "--auth-host=scram-sha-256").CombinedOutput(); err != nil {
-		t.Fatalf("initdb: %v\n%s", err, out)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	conf := fmt.Sprintf("listen_addresses = '127.0.0.1'\nport = %d\nunix_socket_directories = '%s'\nwal_level = %s\nmax_replication_slots = 10\nmax_wal_senders = 10\nfsync = off\n", port, dir, walLevel)
-	f, err := os.OpenFile(filepath.Join(data, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.WriteString(conf)
-	f.Close()
-	pm := run("postgres", "-D", data)
-	logf, err := os.Create(filepath.Join(dir, "postgres.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pm.Stdout, pm.Stderr = logf, logf
-	if err := pm.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		pm.Process.Signal(syscall.SIGINT) // fast shutdown
-		done := make(chan struct{})
-		go func() { pm.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			pm.Process.Kill()
-			<-done
-		}
-		logf.Close()
-	})
-	rawURL := fmt.Sprintf("postgres://postgres:%s@127.0.0.1:%d/postgres?sslmode=disable", password, port)
-	labtest.WaitFor(t, 30*time.Second, "the source accepts connections", func() (bool, string) {
-		if err := tryConnect(rawURL); err != nil {
-			return false, err.Error()
-		}
-		return true, ""
-	})
-	return rawURL
+	return labtest.StartPostgres(t, labtest.PlainPostgres{Password: "source-secret-9", WALLevel: walLevel})
 }
 
 // importWriter inserts rows into the source's orders table and updates

@@ -3,12 +3,7 @@ package migrate_test
 import (
 	"context"
 	"fmt"
-	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -16,7 +11,6 @@ import (
 
 	"github.com/pgfleet/pgfleet/internal/lab/labtest"
 	"github.com/pgfleet/pgfleet/internal/migrate"
-	"github.com/pgfleet/pgfleet/internal/postgres"
 )
 
 // TestCopyStreamsBigTablesWhole copies a database between two databases
@@ -31,7 +25,7 @@ func TestCopyStreamsBigTablesWhole(t *testing.T) {
 		t.Skip("starts postgres")
 	}
 	bin := labtest.RequirePostgres(t)
-	base := startPG(t, bin)
+	base := startPG(t)
 	ctx := context.Background()
 	admin := connect(t, base+"postgres")
 	for _, s := range []string{"CREATE DATABASE src", "CREATE DATABASE dst"} {
@@ -174,73 +168,12 @@ func TestCopyStreamsBigTablesWhole(t *testing.T) {
 	}
 }
 
-// startPG starts a PostgreSQL of its own on a free loopback port, trusting
-// local TCP, and returns the URL prefix of its databases.
-func startPG(t *testing.T, bin postgres.Bin) string {
+// startPG starts a PostgreSQL of its own (trust auth) and returns the URL
+// prefix of its databases.
+func startPG(t *testing.T) string {
 	t.Helper()
-	dir := labtest.TestDir(t)
-	u, err := postgres.CurrentOrPostgres()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cred *syscall.Credential
-	if os.Geteuid() == 0 && u.UID != 0 {
-		cred = &syscall.Credential{Uid: uint32(u.UID), Gid: uint32(u.GID)}
-		if err := os.Chown(dir, u.UID, u.GID); err != nil {
-			t.Fatal(err)
-		}
-	}
-	run := func(name string, args ...string) *exec.Cmd {
-		cmd := exec.Command(bin.Path(name), args...)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Setpgid: true}
-		cmd.Env = []string{"PATH=/usr/bin:/bin", "LANG=C.UTF-8", "HOME=" + dir}
-		cmd.Dir = dir
-		return cmd
-	}
-	data := filepath.Join(dir, "data")
-	if out, err := run("initdb", "-D", data, "-U", "postgres", "-A", "trust").CombinedOutput(); err != nil {
-		t.Fatalf("initdb: %v\n%s", err, out)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	pm := run("postgres", "-D", data, "-c", "listen_addresses=127.0.0.1", "-c", fmt.Sprintf("port=%d", port),
-		"-c", "unix_socket_directories="+dir, "-c", "fsync=off")
-	logf, err := os.Create(filepath.Join(dir, "postgres.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pm.Stdout, pm.Stderr = logf, logf
-	if err := pm.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		pm.Process.Signal(syscall.SIGINT) // fast shutdown
-		done := make(chan struct{})
-		go func() { pm.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			pm.Process.Kill()
-			<-done
-		}
-		logf.Close()
-	})
-	base := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/", port)
-	labtest.WaitFor(t, 30*time.Second, "postgres accepts connections", func() (bool, string) {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		conn, err := pgx.Connect(ctx, base+"postgres?sslmode=disable")
-		if err != nil {
-			return false, err.Error()
-		}
-		conn.Close(ctx)
-		return true, ""
-	})
-	return base
+	u := labtest.StartPostgres(t, labtest.PlainPostgres{})
+	return strings.TrimSuffix(u, "postgres?sslmode=disable")
 }
 
 func connect(t *testing.T, rawURL string) *pgx.Conn {
