@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/pgfleet/pgfleet/internal/api"
+	"github.com/pgfleet/pgfleet/internal/fleet"
 	"github.com/pgfleet/pgfleet/internal/lab/labtest"
 )
 
@@ -89,10 +90,22 @@ func TestImportOnlineFromCluster(t *testing.T) {
 	}
 	streaming("the initial copy ends and the subscription streams")
 
-	v, err := c.Cluster(ctx, "new")
-	if err != nil {
-		t.Fatal(err)
-	}
+	var v api.ClusterView
+	labtest.WaitFor(t, 2*time.Minute, "new's standby streams, for the switchover", func() (bool, string) {
+		var err error
+		v, err = c.Cluster(ctx, "new")
+		if err != nil {
+			return false, err.Error()
+		}
+		var states []string
+		for _, m := range v.Members {
+			states = append(states, m.ID+" "+string(m.State))
+			if m.ID != v.Primary && m.State == fleet.StateStreaming && m.Healthy && m.LagBytes >= 0 {
+				return true, ""
+			}
+		}
+		return false, strings.Join(states, ", ")
+	})
 	if _, err := c.Switchover(ctx, "new", ""); err != nil {
 		t.Fatalf("switchover: %v", err)
 	}
