@@ -49,7 +49,7 @@ func TestConfigSet(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		conn := mustConnect(t, u.URL)
+		conn := labtest.Connect(t, u.URL)
 		defer conn.Close(ctx)
 		var s string
 		if err := conn.QueryRow(ctx, "SHOW "+setting).Scan(&s); err != nil {
@@ -115,7 +115,7 @@ func TestConfigSet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := mustConnect(t, pu.URL).Exec(ctx, "CREATE TABLE w (id serial PRIMARY KEY, at timestamptz DEFAULT now())"); err != nil {
+	if _, err := labtest.Connect(t, pu.URL).Exec(ctx, "CREATE TABLE w (id serial PRIMARY KEY, at timestamptz DEFAULT now())"); err != nil {
 		t.Fatal(err)
 	}
 	stop := make(chan struct{})

@@ -17,6 +17,7 @@ import (
 	"github.com/pgfleet/pgfleet/internal/agent"
 	"github.com/pgfleet/pgfleet/internal/api"
 	"github.com/pgfleet/pgfleet/internal/lab"
+	"github.com/pgfleet/pgfleet/internal/lab/labtest"
 )
 
 // TestConsoleImportMove imports databases from a PostgreSQL outside
@@ -46,14 +47,14 @@ func TestConsoleImportMove(t *testing.T) {
 	// The source: a PostgreSQL of its own, with two databases.
 	source := startSourcePG(t, "logical")
 	const secret = "source-secret-9" // startSourcePG's
-	admin := mustConnect(t, source)
+	admin := labtest.Connect(t, source)
 	for _, s := range []string{"CREATE DATABASE shop", "CREATE DATABASE live"} {
 		if _, err := admin.Exec(ctx, s); err != nil {
 			t.Fatal(err)
 		}
 	}
 	sourceDB := func(db string, stmts ...string) {
-		conn := mustConnect(t, withDB(source, db))
+		conn := labtest.Connect(t, withDB(source, db))
 		for _, s := range stmts {
 			if _, err := conn.Exec(ctx, s); err != nil {
 				t.Fatalf("%s: %v", s, err)
@@ -74,7 +75,9 @@ func TestConsoleImportMove(t *testing.T) {
 	noPassword := func(db string) string { return withDB(su.String(), db) }
 
 	c.ok("create", "shop", "--primary-region", "iad", "--backup-store", "none", "--wait")
-	clusterDB := func(db string) *pgx.Conn { return mustConnect(t, withDB(strings.TrimSpace(c.ok("url", "shop")), db)) }
+	clusterDB := func(db string) *pgx.Conn {
+		return labtest.Connect(t, withDB(strings.TrimSpace(c.ok("url", "shop")), db))
+	}
 	count := func(conn *pgx.Conn, table string) int {
 		var n int
 		if err := conn.QueryRow(ctx, "SELECT count(*) FROM "+table).Scan(&n); err != nil {

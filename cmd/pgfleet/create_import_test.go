@@ -21,14 +21,14 @@ func TestCreateImport(t *testing.T) {
 	f := labtest.StartFleet(t, "iad")
 	ctx := context.Background()
 	source := startSourcePG(t, "replica")
-	admin := mustConnect(t, source)
+	admin := labtest.Connect(t, source)
 	for _, db := range []string{"shop", `"Shop Old"`} {
 		if _, err := admin.Exec(ctx, "CREATE DATABASE "+db); err != nil {
 			t.Fatal(err)
 		}
 	}
 	from := withDB(source, "shop")
-	src := mustConnect(t, from)
+	src := labtest.Connect(t, from)
 	for _, s := range []string{
 		"CREATE TABLE orders (id bigserial PRIMARY KEY, item text NOT NULL)",
 		"INSERT INTO orders (item) SELECT 'item ' || g FROM generate_series(1, 4000) g",
@@ -72,7 +72,7 @@ func TestCreateImport(t *testing.T) {
 	if strings.Contains(out+stderr, passwordOf(t, source)) {
 		t.Error("create --import-from printed the source's password")
 	}
-	dst := mustConnect(t, withDB(primaryURL(t, f.Client, "shop"), "shop"))
+	dst := labtest.Connect(t, withDB(primaryURL(t, f.Client, "shop"), "shop"))
 	for table, want := range map[string]int{"orders": 4000, "notes": 700} {
 		var n int
 		if err := dst.QueryRow(ctx, "SELECT count(*) FROM "+table).Scan(&n); err != nil || n != want {

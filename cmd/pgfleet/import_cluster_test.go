@@ -57,7 +57,7 @@ func TestImportOnlineFromCluster(t *testing.T) {
 	if !strings.Contains(from, "sslrootcert=") {
 		t.Fatalf("pgfleet url old = %s; want a URL naming the fleet's CA", from)
 	}
-	src := mustConnect(t, from)
+	src := labtest.Connect(t, from)
 	for _, s := range []string{
 		"CREATE TABLE invoices (id serial PRIMARY KEY, amount int)",
 		"INSERT INTO invoices (amount) SELECT g FROM generate_series(1, 1000) g",
@@ -72,7 +72,7 @@ func TestImportOnlineFromCluster(t *testing.T) {
 	if err != nil {
 		t.Fatalf("import --online from another cluster of the fleet: %v", err)
 	}
-	dst := mustConnect(t, primaryURL(t, c, "new"))
+	dst := labtest.Connect(t, primaryURL(t, c, "new"))
 	var conninfo string
 	if err := dst.QueryRow(ctx, "SELECT subconninfo FROM pg_subscription").Scan(&conninfo); err != nil {
 		t.Fatal(err)
@@ -126,7 +126,7 @@ func TestImportOnlineFromCluster(t *testing.T) {
 	if err != nil {
 		t.Fatalf("import --cutover: %v", err)
 	}
-	dst = mustConnect(t, primaryURL(t, c, "new"))
+	dst = labtest.Connect(t, primaryURL(t, c, "new"))
 	var n int
 	if err := dst.QueryRow(ctx, "SELECT count(*) FROM invoices").Scan(&n); err != nil || n != 1500 {
 		t.Errorf("after the cutover the cluster holds %d invoices (%v); want all 1500", n, err)

@@ -124,14 +124,14 @@ func TestImportOnline(t *testing.T) {
 
 	// The source: an app's database with a keyed table that has a sequence,
 	// and a table without a key.
-	admin := mustConnect(t, source)
+	admin := labtest.Connect(t, source)
 	for _, s := range []string{"CREATE ROLE shop LOGIN PASSWORD 'shop-secret-1'", "CREATE DATABASE shop OWNER shop"} {
 		if _, err := admin.Exec(ctx, s); err != nil {
 			t.Fatal(err)
 		}
 	}
 	shop := strings.Replace(source, "/postgres?", "/shop?", 1)
-	app := mustConnect(t, shop)
+	app := labtest.Connect(t, shop)
 	for _, s := range []string{
 		"CREATE TABLE orders (id bigserial PRIMARY KEY, item text NOT NULL)",
 		"INSERT INTO orders (item) SELECT 'item ' || g FROM generate_series(1, 50000) g",
@@ -276,7 +276,7 @@ func TestImportOnline(t *testing.T) {
 		p := status()
 		return p.Running && p.Phase == migrate.PhaseStreaming && w.count() > atSwitch+50 && p.LagBytes < 1<<20, fmt.Sprintf("%+v, %d commits since", p, w.count()-atSwitch)
 	})
-	newPrimary := mustConnect(t, withDB(primaryURL(t, c, "new"), "shop"))
+	newPrimary := labtest.Connect(t, withDB(primaryURL(t, c, "new"), "shop"))
 	var inRecovery bool
 	var workerPID *int32
 	if err := newPrimary.QueryRow(ctx, "SELECT pg_is_in_recovery(), (SELECT pid FROM pg_stat_subscription WHERE relid IS NULL)").Scan(&inRecovery, &workerPID); err != nil || inRecovery || workerPID == nil {
@@ -300,8 +300,8 @@ func TestImportOnline(t *testing.T) {
 	acked := w.halt()
 
 	// Every committed row is in the cluster, and no other; contents match.
-	src := mustConnect(t, shop)
-	dst := mustConnect(t, withDB(primaryURL(t, c, "new"), "shop"))
+	src := labtest.Connect(t, shop)
+	dst := labtest.Connect(t, withDB(primaryURL(t, c, "new"), "shop"))
 	ids := map[int64]bool{}
 	rows, err := dst.Query(ctx, "SELECT id FROM orders")
 	if err != nil {
@@ -349,7 +349,7 @@ func TestImportOnline(t *testing.T) {
 	}
 	// The source: read-only, nothing left of the import.
 	nothingLeft(t, "after the cutover")
-	if _, err := mustConnect(t, shop).Exec(ctx, "INSERT INTO orders (item) VALUES ('late')"); err == nil || !strings.Contains(err.Error(), "read-only") {
+	if _, err := labtest.Connect(t, shop).Exec(ctx, "INSERT INTO orders (item) VALUES ('late')"); err == nil || !strings.Contains(err.Error(), "read-only") {
 		t.Errorf("a write to the locked source: %v; want refused as read-only", err)
 	}
 	var subs int
@@ -367,7 +367,7 @@ func TestImportOnline(t *testing.T) {
 		t.Fatal(err)
 	}
 	extraURL := strings.Replace(source, "/postgres?", "/extra?", 1)
-	ex := mustConnect(t, extraURL)
+	ex := labtest.Connect(t, extraURL)
 	if _, err := ex.Exec(ctx, "CREATE TABLE big (id int PRIMARY KEY, pad text); INSERT INTO big SELECT g, repeat('x', 200) FROM generate_series(1, 100000) g"); err != nil {
 		t.Fatal(err)
 	}

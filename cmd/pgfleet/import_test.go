@@ -49,7 +49,7 @@ func TestImport(t *testing.T) {
 		}
 	}
 	// The source: an app role owning a database with a few kinds of table.
-	admin := mustConnect(t, srcURL)
+	admin := labtest.Connect(t, srcURL)
 	for _, s := range []string{
 		"CREATE ROLE shop LOGIN PASSWORD 'shop-secret-1'",
 		"CREATE DATABASE shop OWNER shop",
@@ -59,7 +59,7 @@ func TestImport(t *testing.T) {
 		}
 	}
 	shopSrc := withUser(t, srcURL, "shop", "shop-secret-1", "shop")
-	app := mustConnect(t, shopSrc)
+	app := labtest.Connect(t, shopSrc)
 	for _, s := range []string{
 		"CREATE TABLE orders (id bigserial PRIMARY KEY, item text NOT NULL, placed timestamptz DEFAULT now())",
 		"INSERT INTO orders (item) SELECT 'item ' || g FROM generate_series(1, 5000) g",
@@ -104,7 +104,7 @@ func TestImport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	moved := mustConnect(t, withUser(t, nu.URL, "shop", "shop-secret-1", "shop"))
+	moved := labtest.Connect(t, withUser(t, nu.URL, "shop", "shop-secret-1", "shop"))
 	for table, want := range map[string]int{"orders": 5000, `"Order Lines"`: 3000, "events": 1000, "big_orders": 1000} {
 		var n int
 		if err := moved.QueryRow(ctx, "SELECT count(*) FROM "+table).Scan(&n); err != nil || n != want {
@@ -150,18 +150,6 @@ func TestImport(t *testing.T) {
 			t.Errorf("%s: answered after %s; want under 5 s", tt.name, took.Round(time.Millisecond))
 		}
 	}
-}
-
-func mustConnect(t *testing.T, rawURL string) *pgx.Conn {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, rawURL)
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	return conn
 }
 
 // passwordOf returns the password of a URL the API gave.

@@ -89,7 +89,7 @@ func TestLogs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn := mustConnect(t, u.URL)
+	conn := labtest.Connect(t, u.URL)
 	marker := func() string {
 		b := make([]byte, 6)
 		rand.Read(b)

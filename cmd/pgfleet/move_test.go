@@ -141,7 +141,7 @@ func TestMove(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := mustConnect(t, pu.URL).Exec(ctx, "CREATE TABLE w (id serial PRIMARY KEY, at timestamptz DEFAULT now())"); err != nil {
+	if _, err := labtest.Connect(t, pu.URL).Exec(ctx, "CREATE TABLE w (id serial PRIMARY KEY, at timestamptz DEFAULT now())"); err != nil {
 		t.Fatal(err)
 	}
 
@@ -265,7 +265,7 @@ func TestMove(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn := mustConnect(t, u.URL)
+	conn := labtest.Connect(t, u.URL)
 	labtest.WaitFor(t, time.Minute, "the dropped members' slots gone from the primary", func() (bool, string) {
 		rows, err := conn.Query(ctx, "SELECT slot_name FROM pg_replication_slots ORDER BY 1")
 		if err != nil {
@@ -313,7 +313,7 @@ func missingRows(t *testing.T, c *api.Client, member string, acked []int) []int 
 	if err != nil {
 		t.Fatal(err)
 	}
-	rows, err := mustConnect(t, u.URL).Query(ctx, "SELECT id FROM w")
+	rows, err := labtest.Connect(t, u.URL).Query(ctx, "SELECT id FROM w")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -360,7 +360,7 @@ func TestMoveSync(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := mustConnect(t, pu.URL).Exec(ctx, "CREATE TABLE w (id serial PRIMARY KEY, at timestamptz DEFAULT now())"); err != nil {
+	if _, err := labtest.Connect(t, pu.URL).Exec(ctx, "CREATE TABLE w (id serial PRIMARY KEY, at timestamptz DEFAULT now())"); err != nil {
 		t.Fatal(err)
 	}
 	app := startReconnectingApp(pu.URL)

@@ -5,9 +5,6 @@ import (
 	"fmt"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/pgfleet/pgfleet/internal/lab/labtest"
 	"github.com/pgfleet/pgfleet/internal/migrate"
@@ -27,13 +24,13 @@ func TestCopyStreamsBigTablesWhole(t *testing.T) {
 	bin := labtest.RequirePostgres(t)
 	base := startPG(t)
 	ctx := context.Background()
-	admin := connect(t, base+"postgres")
+	admin := labtest.Connect(t, base+"postgres")
 	for _, s := range []string{"CREATE DATABASE src", "CREATE DATABASE dst"} {
 		if _, err := admin.Exec(ctx, s); err != nil {
 			t.Fatal(err)
 		}
 	}
-	src := connect(t, base+"src")
+	src := labtest.Connect(t, base+"src")
 	for _, s := range []string{
 		// A type of the database's own: its rows go as text, not binary.
 		"CREATE TYPE mood AS ENUM ('calm', 'busy')",
@@ -93,7 +90,7 @@ func TestCopyStreamsBigTablesWhole(t *testing.T) {
 		t.Errorf("tables told loading: %v; want 8, of 8", loaded)
 	}
 
-	dst := connect(t, base+"dst")
+	dst := labtest.Connect(t, base+"dst")
 	tables, err := migrate.Tables(ctx, src)
 	if err != nil {
 		t.Fatal(err)
@@ -174,16 +171,4 @@ func startPG(t *testing.T) string {
 	t.Helper()
 	u := labtest.StartPostgres(t, labtest.PlainPostgres{})
 	return strings.TrimSuffix(u, "postgres?sslmode=disable")
-}
-
-func connect(t *testing.T, rawURL string) *pgx.Conn {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, rawURL)
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	return conn
 }

@@ -121,3 +121,17 @@ func StartPostgres(t testing.TB, p PlainPostgres) string {
 	})
 	return rawURL
 }
+
+// Connect opens a connection to rawURL within 10 s, failing the test
+// otherwise, and closes it when the test ends.
+func Connect(t testing.TB, rawURL string) *pgx.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, rawURL)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
