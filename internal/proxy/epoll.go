@@ -333,13 +333,25 @@ func (s *sock) flush() bool {
 	return lp.watch(s, s.events&^unix.EPOLLOUT) && lp.watch(s.peer, s.peer.events|readable)
 }
 
-// watch changes what epoll reports for s.
+// watch changes what epoll reports for s. A socket with nothing to wait
+// for leaves the epoll set: epoll reports a hang-up whatever the mask, and
+// one that comes while s is not read (its peer has not taken what s sent)
+// must not end the pipe before the bytes still queued in s are read.
 func (lp *loop) watch(s *sock, events uint32) bool {
 	if events == s.events {
 		return true
 	}
 	ev := unix.EpollEvent{Events: events, Fd: int32(s.fd)}
-	if err := unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_MOD, s.fd, &ev); err != nil {
+	var err error
+	switch {
+	case events == 0:
+		err = unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
+	case s.events == 0:
+		err = unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_ADD, s.fd, &ev)
+	default:
+		err = unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_MOD, s.fd, &ev)
+	}
+	if err != nil {
 		return false
 	}
 	s.events = events
